@@ -1,0 +1,227 @@
+//! The stable C ABI between the Switchboard host and a plugin.
+//!
+//! Only `#[repr(C)]` types and `extern "C"` functions live here: Rust has no
+//! stable ABI, so nothing from std or serde may cross the boundary. Every
+//! struct that may grow starts with (or carries) its own size, and new fields
+//! are only ever appended, so a plugin built against an older `action-api`
+//! keeps loading in a newer host and vice versa. Hosts and plugins read only
+//! the prefix both of them know.
+//!
+//! The protocol of one plugin, in order:
+//! 1. The host opens the library and resolves [`ENTRY_SYMBOL`], an
+//!    [`EntryFn`].
+//! 2. It calls the entry with its [`HostTable`] (callbacks into the host).
+//! 3. The entry returns a [`PluginDescriptor`]: name, version, the actions,
+//!    and the plugin's `call` function. The host copies everything it needs
+//!    out of the descriptor into its own memory.
+//! 4. For each call the host passes a [`CallInfo`]; the plugin answers,
+//!    now or later and from any thread, through [`HostTable::complete`].
+
+use std::ffi::c_void;
+
+/// The ABI version this crate speaks. It changes only when a change cannot
+/// be expressed by appending fields; the entry symbol's name carries it too.
+pub const ABI_VERSION: u32 = 1;
+
+/// Name of the one symbol a plugin exports (NUL-terminated for `dlsym`).
+pub const ENTRY_SYMBOL: &[u8] = b"switchboard_plugin_v1\0";
+
+/// The prefix shared by the entry symbols of every ABI version:
+/// `switchboard_plugin_v{N}`. Hosts use it to name the version of a plugin
+/// they cannot load.
+pub const ENTRY_SYMBOL_PREFIX: &str = "switchboard_plugin_v";
+
+/// Signature of the entry symbol.
+///
+/// The host passes its callback table, which stays valid for as long as the
+/// library is loaded. The plugin returns its descriptor, or null when it
+/// could not initialise (the reason goes through the host's log callback).
+pub type EntryFn = unsafe extern "C" fn(host: *const HostTable) -> *const PluginDescriptor;
+
+/// A borrowed run of bytes: `len` bytes at `ptr`, owned by whoever made it
+/// and valid for the duration stated where it is used. A null `ptr` with a
+/// zero `len` means "absent".
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ByteView {
+    /// First byte, or null when absent.
+    pub ptr: *const u8,
+    /// Number of bytes.
+    pub len: usize,
+}
+
+impl ByteView {
+    /// The absent view (null pointer, zero length).
+    pub const ABSENT: ByteView = ByteView {
+        ptr: std::ptr::null(),
+        len: 0,
+    };
+
+    /// A view of `bytes`; valid for as long as `bytes` is.
+    pub fn of(bytes: &[u8]) -> ByteView {
+        ByteView {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        }
+    }
+
+    /// Whether this view is the absent one.
+    pub fn is_absent(&self) -> bool {
+        self.ptr.is_null()
+    }
+
+    /// Reads the bytes back.
+    ///
+    /// # Safety
+    /// `ptr` must be null, or point to `len` readable bytes that stay valid
+    /// and unchanged for the returned lifetime.
+    pub unsafe fn as_slice<'a>(&self) -> &'a [u8] {
+        if self.ptr.is_null() || self.len == 0 {
+            &[]
+        } else {
+            // SAFETY: the caller promises `ptr` points to `len` live bytes.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+}
+
+/// Severity of a log line sent through [`HostTable::log`].
+pub mod log_level {
+    /// Errors a person should look at.
+    pub const ERROR: u32 = 1;
+    /// Something unexpected that the plugin handled.
+    pub const WARN: u32 = 2;
+    /// Normal operation.
+    pub const INFO: u32 = 3;
+    /// Detail for debugging.
+    pub const DEBUG: u32 = 4;
+    /// Very fine detail.
+    pub const TRACE: u32 = 5;
+}
+
+/// How a call ended, passed to [`HostTable::complete`].
+pub mod status {
+    /// Success: the body is the JSON result.
+    pub const OK: u32 = 0;
+    /// The action refused: the body is a JSON-RPC error object
+    /// (`{"code":..,"message":..,"data":..}`).
+    pub const ACTION_ERROR: u32 = 1;
+    /// The action panicked: the body is the panic message as UTF-8 text.
+    pub const PANICKED: u32 = 2;
+}
+
+/// Bits of [`ActionDescriptor::flags`].
+pub mod action_flags {
+    /// The action may be called by connections that have not signed in.
+    pub const PUBLIC: u32 = 1;
+}
+
+/// Callbacks from the plugin into the host, handed to the entry function.
+///
+/// Fields are only ever appended; a plugin must check `size` before reading
+/// a field that a newer ABI revision added.
+#[repr(C)]
+#[derive(Debug)]
+pub struct HostTable {
+    /// The ABI version of the host ([`ABI_VERSION`] when it was built).
+    pub abi_version: u32,
+    /// `size_of::<HostTable>()` in the host that built this table.
+    pub size: u32,
+    /// Opaque host state; passed back to every callback unchanged.
+    pub host_ctx: *const c_void,
+    /// Writes one log line into the host's `tracing` output. `conn_id` is
+    /// the connection the line is about, or 0. Never panics.
+    pub log: unsafe extern "C" fn(host_ctx: *const c_void, level: u32, conn_id: u64, msg: ByteView),
+    /// Completes a call: `reply` is [`CallInfo::reply`], exactly once per
+    /// call, from any thread, now or later. The host copies `body` before
+    /// it returns. Never panics.
+    pub complete: unsafe extern "C" fn(reply: *mut c_void, status: u32, body: ByteView),
+}
+
+// SAFETY: the table is immutable after construction, and the host promises
+// that `host_ctx` and both callbacks may be used from any thread.
+unsafe impl Send for HostTable {}
+// SAFETY: see `Send`: nothing in the table is mutated through a shared reference.
+unsafe impl Sync for HostTable {}
+
+/// One action a plugin offers.
+///
+/// The array of these that [`PluginDescriptor::actions`] points to is
+/// strided by [`PluginDescriptor::action_size`], so fields may be appended.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ActionDescriptor {
+    /// The method path clients call, UTF-8 (for example `kv/get`).
+    pub path: ByteView,
+    /// [`action_flags`] bits.
+    pub flags: u32,
+    /// Deadline for one call in milliseconds; 0 means the host's default.
+    pub timeout_ms: u64,
+}
+
+/// What a plugin tells the host about itself.
+///
+/// All pointers stay valid until the library is unloaded; the host copies
+/// what it keeps. Fields are only ever appended; the host reads only the
+/// first `size` bytes and treats the rest as absent.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PluginDescriptor {
+    /// The ABI version the plugin was built for.
+    pub abi_version: u32,
+    /// `size_of::<PluginDescriptor>()` in the plugin that built it.
+    pub size: u32,
+    /// Plugin name, UTF-8.
+    pub name: ByteView,
+    /// Plugin version, UTF-8 (usually the crate version).
+    pub version: ByteView,
+    /// First element of the action array.
+    pub actions: *const ActionDescriptor,
+    /// Number of actions.
+    pub action_count: usize,
+    /// `size_of::<ActionDescriptor>()` in the plugin: the array's stride.
+    pub action_size: usize,
+    /// Runs action number `action` (an index into `actions`). The plugin
+    /// must eventually call [`HostTable::complete`] with `call.reply`
+    /// exactly once. `call` and everything it points to are valid only
+    /// until this function returns. Never panics.
+    pub call: unsafe extern "C" fn(action: usize, call: *const CallInfo),
+    /// Appended in ABI 1 revision 1: called once when the host stops using
+    /// the plugin (server shutdown, or the plugin's retirement), so it can
+    /// stop threads and free resources. May be absent. Never panics.
+    pub shutdown: Option<unsafe extern "C" fn()>,
+}
+
+// SAFETY: the descriptor is immutable once returned; its pointers refer to
+// data that lives as long as the library.
+unsafe impl Send for PluginDescriptor {}
+// SAFETY: see `Send`.
+unsafe impl Sync for PluginDescriptor {}
+
+/// The size of the first revision of [`PluginDescriptor`] (everything up
+/// to and including `call`). A host accepts any `size` from this up.
+pub const PLUGIN_DESCRIPTOR_MIN_SIZE: usize = std::mem::offset_of!(PluginDescriptor, shutdown);
+
+/// The size of the first revision of [`ActionDescriptor`].
+pub const ACTION_DESCRIPTOR_MIN_SIZE: usize = std::mem::size_of::<ActionDescriptor>();
+
+/// One call, as the host hands it to [`PluginDescriptor::call`].
+///
+/// Valid only until `call` returns; a plugin that answers later copies
+/// what it needs first. Fields are only ever appended; a plugin reads
+/// fields past the ones it knows only after checking `size`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct CallInfo {
+    /// `size_of::<CallInfo>()` in the host.
+    pub size: u32,
+    /// The `params` member of the request as raw JSON text; `null` when the
+    /// request had none.
+    pub params: ByteView,
+    /// The calling connection's id (never 0).
+    pub conn_id: u64,
+    /// The signed-in user (the token's `sub`), or absent when anonymous.
+    pub user: ByteView,
+    /// The handle to pass to [`HostTable::complete`].
+    pub reply: *mut c_void,
+}

@@ -1,0 +1,195 @@
+//! [`Plugin`] and [`Action`]: how an author describes what a plugin offers,
+//! and [`Reply`], the handle a deferred action answers through.
+
+use crate::context::Context;
+use crate::error::ActionError;
+use crate::export::RawReply;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// A type-erased action body: gets the raw params and the reply slot. A
+/// synchronous action fills the slot before it returns; a deferred one
+/// takes the [`Reply`] out of it and answers later.
+pub(crate) type ErasedHandler = Box<dyn Fn(&Context<'_>, &[u8], &mut Option<Reply>) + Send + Sync>;
+
+/// One action: a method path, its policy, and the function that runs it.
+pub struct Action {
+    pub(crate) path: String,
+    pub(crate) public: bool,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) handler: ErasedHandler,
+}
+
+impl std::fmt::Debug for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Action")
+            .field("path", &self.path)
+            .field("public", &self.public)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn parse_params<P: DeserializeOwned>(raw: &[u8]) -> Result<P, ActionError> {
+    serde_json::from_slice(raw).map_err(|e| ActionError::invalid_params(format!("invalid params: {e}")))
+}
+
+impl Action {
+    /// A synchronous action: `handler` gets typed params and returns a
+    /// typed result or an [`ActionError`]. Params that do not deserialize
+    /// into `P` are refused with -32602 before `handler` runs. A request
+    /// without params deserializes from `null` (so `()` or `Option<T>`
+    /// accept it).
+    ///
+    /// The host runs actions on threads where blocking is fine, under a
+    /// deadline (see [`Action::timeout`]).
+    pub fn new<P, R, F>(path: impl Into<String>, handler: F) -> Action
+    where
+        P: DeserializeOwned,
+        R: Serialize,
+        F: Fn(&Context<'_>, P) -> Result<R, ActionError> + Send + Sync + 'static,
+    {
+        let erased: ErasedHandler = Box::new(move |ctx, raw, slot| {
+            let result = parse_params::<P>(raw).and_then(|params| handler(ctx, params));
+            if let Some(reply) = slot.take() {
+                reply.send(result);
+            }
+        });
+        Action::with_handler(path.into(), erased)
+    }
+
+    /// A deferred action: `handler` gets typed params and a [`Reply`] it
+    /// may complete later, from any thread. Use it when the answer comes
+    /// from elsewhere (another thread, an I/O completion). Dropping the
+    /// `Reply` unanswered sends the caller an internal error.
+    pub fn deferred<P, F>(path: impl Into<String>, handler: F) -> Action
+    where
+        P: DeserializeOwned,
+        F: Fn(&Context<'_>, P, Reply) + Send + Sync + 'static,
+    {
+        let erased: ErasedHandler = Box::new(move |ctx, raw, slot| match parse_params::<P>(raw) {
+            Ok(params) => {
+                if let Some(reply) = slot.take() {
+                    handler(ctx, params, reply);
+                }
+            }
+            Err(err) => {
+                if let Some(reply) = slot.take() {
+                    reply.send::<()>(Err(err));
+                }
+            }
+        });
+        Action::with_handler(path.into(), erased)
+    }
+
+    fn with_handler(path: String, handler: ErasedHandler) -> Action {
+        Action {
+            path,
+            public: false,
+            timeout: None,
+            handler,
+        }
+    }
+
+    /// Lets connections that have not signed in call this action.
+    /// By default an action needs a signed-in caller.
+    pub fn public(mut self) -> Action {
+        self.public = true;
+        self
+    }
+
+    /// Sets this action's deadline; past it the caller gets -32003. The
+    /// default is the server's `call_timeout`.
+    pub fn timeout(mut self, deadline: Duration) -> Action {
+        self.timeout = Some(deadline);
+        self
+    }
+}
+
+/// The answer handle of one call. Send it a result exactly once, from any
+/// thread; dropping it unanswered answers the caller with -32603.
+#[derive(Debug)]
+pub struct Reply {
+    raw: Option<RawReply>,
+}
+
+impl Reply {
+    pub(crate) fn new(raw: RawReply) -> Reply {
+        Reply { raw: Some(raw) }
+    }
+
+    /// Takes the raw handle out, leaving nothing for `Drop` to answer.
+    pub(crate) fn into_raw(mut self) -> Option<RawReply> {
+        self.raw.take()
+    }
+
+    /// Answers the call with a result or an error.
+    pub fn send<R: Serialize>(mut self, result: Result<R, ActionError>) {
+        let Some(raw) = self.raw.take() else { return };
+        match result.and_then(|value| {
+            serde_json::to_vec(&value)
+                .map_err(|e| ActionError::internal(format!("the action's result could not be serialized: {e}")))
+        }) {
+            Ok(json) => raw.ok(&json),
+            Err(err) => raw.error(&err),
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(raw) = self.raw.take() {
+            if std::thread::panicking() {
+                raw.panicked("the action panicked after taking its reply");
+            } else {
+                raw.error(&ActionError::internal("the action dropped its reply without answering"));
+            }
+        }
+    }
+}
+
+/// A plugin: its name, version, actions and optional shutdown hook. Build
+/// one in a function and hand that function to [`export_plugin!`](crate::export_plugin).
+pub struct Plugin {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) actions: Vec<Action>,
+    pub(crate) on_shutdown: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("actions", &self.actions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// A plugin with no actions yet. Pass `env!("CARGO_PKG_VERSION")` as
+    /// the version so `/status` and `rpc.actions` show what is deployed.
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Plugin {
+        Plugin {
+            name: name.into(),
+            version: version.into(),
+            actions: Vec::new(),
+            on_shutdown: None,
+        }
+    }
+
+    /// Adds an action.
+    pub fn action(mut self, action: Action) -> Plugin {
+        self.actions.push(action);
+        self
+    }
+
+    /// Registers a function the host calls once when it stops using the
+    /// plugin (shutdown or retirement): stop threads, flush, free ports.
+    pub fn on_shutdown(mut self, hook: impl Fn() + Send + Sync + 'static) -> Plugin {
+        self.on_shutdown = Some(Box::new(hook));
+        self
+    }
+}

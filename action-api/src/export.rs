@@ -1,0 +1,239 @@
+//! The glue behind [`export_plugin!`](crate::export_plugin): the plugin's
+//! side of the C ABI. All of this crate's `unsafe` lives here.
+//!
+//! Every function the host can call catches panics: since Rust 1.81 a panic
+//! that unwinds out of an `extern "C"` function aborts the whole server.
+
+use crate::abi::{
+    ActionDescriptor, ByteView, CallInfo, HostTable, PluginDescriptor, action_flags, log_level, status, ABI_VERSION,
+};
+use crate::action::{Plugin, Reply};
+use crate::context::{Context, Logger};
+use crate::error::ActionError;
+use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+
+/// The host's callback table, copied at entry.
+static HOST: OnceLock<HostTable> = OnceLock::new();
+
+/// The plugin as built by the author, and the descriptor that points into it.
+static REGISTERED: OnceLock<Registered> = OnceLock::new();
+
+struct Registered {
+    plugin: Plugin,
+    /// Kept alive because `descriptor.actions` points into it.
+    _actions: Vec<ActionDescriptor>,
+    descriptor: PluginDescriptor,
+}
+
+// SAFETY: `Registered` is immutable once built; its raw pointers point into
+// `plugin` and `_actions`, which live in the same static and never move.
+unsafe impl Send for Registered {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Registered {}
+
+pub(crate) fn host() -> Option<&'static HostTable> {
+    HOST.get()
+}
+
+/// Writes `text` to the host's log. Never panics.
+pub(crate) fn host_log(host: &HostTable, level: u32, conn_id: u64, text: &str) {
+    // SAFETY: the host promises `log` is callable from any thread with its
+    // own `host_ctx`, for as long as the library is loaded; `text` outlives
+    // the call and the host copies what it keeps.
+    unsafe { (host.log)(host.host_ctx, level, conn_id, ByteView::of(text.as_bytes())) }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-text payload".to_owned()
+    }
+}
+
+/// The body of the exported entry symbol.
+///
+/// # Safety
+/// `host` must be null or point to a [`HostTable`] that stays valid while
+/// the library is loaded (the host's side of the entry contract).
+#[doc(hidden)]
+pub unsafe fn entry(host: *const HostTable, build: fn() -> Plugin) -> *const PluginDescriptor {
+    if host.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: non-null, and valid per this function's contract.
+    let table = unsafe { &*host };
+    if table.abi_version != ABI_VERSION || (table.size as usize) < std::mem::size_of::<HostTable>() {
+        return std::ptr::null();
+    }
+    let host = HOST.get_or_init(|| HostTable { ..*table });
+    let outcome = catch_unwind(|| {
+        REGISTERED.get_or_init(|| {
+            install_panic_hook();
+            register(build())
+        });
+    });
+    match (outcome, REGISTERED.get()) {
+        (Ok(()), Some(registered)) => &registered.descriptor,
+        (Err(payload), _) => {
+            host_log(host, log_level::ERROR, 0, &format!("plugin initialisation panicked: {}", panic_message(&*payload)));
+            std::ptr::null()
+        }
+        (Ok(()), None) => std::ptr::null(),
+    }
+}
+
+/// Routes this plugin's panic messages (with their location) to the host's
+/// log instead of the server's stderr. The hook is this plugin's own: a
+/// cdylib links its own copy of std.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        if let Some(host) = HOST.get() {
+            let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            host_log(host, log_level::ERROR, 0, &format!("panic{location}: {}", panic_message(info.payload())));
+        }
+    }));
+}
+
+fn register(plugin: Plugin) -> Registered {
+    let actions: Vec<ActionDescriptor> = plugin
+        .actions
+        .iter()
+        .map(|action| ActionDescriptor {
+            path: ByteView::of(action.path.as_bytes()),
+            flags: if action.public { action_flags::PUBLIC } else { 0 },
+            timeout_ms: action.timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
+        })
+        .collect();
+    let descriptor = PluginDescriptor {
+        abi_version: ABI_VERSION,
+        size: std::mem::size_of::<PluginDescriptor>() as u32,
+        name: ByteView::of(plugin.name.as_bytes()),
+        version: ByteView::of(plugin.version.as_bytes()),
+        actions: actions.as_ptr(),
+        action_count: actions.len(),
+        action_size: std::mem::size_of::<ActionDescriptor>(),
+        call: call_action,
+        shutdown: Some(shutdown_plugin),
+    };
+    Registered {
+        plugin,
+        _actions: actions,
+        descriptor,
+    }
+}
+
+/// [`PluginDescriptor::call`] for plugins built with this crate.
+unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
+    let (Some(host), Some(registered)) = (HOST.get(), REGISTERED.get()) else {
+        return;
+    };
+    if call.is_null() {
+        return;
+    }
+    // SAFETY: the host passes a valid `CallInfo` that lives until we return.
+    let call = unsafe { &*call };
+    let mut slot = Some(Reply::new(RawReply { host, handle: call.reply }));
+    let Some(action) = registered.plugin.actions.get(action) else {
+        if let Some(reply) = slot.take() {
+            reply.send::<()>(Err(ActionError::internal(format!("the plugin has no action number {action}"))));
+        }
+        return;
+    };
+    // SAFETY: the host keeps `params` and `user` alive until we return; we
+    // use them only inside this call.
+    let (params, user) = unsafe { (call.params.as_slice(), call.user.as_slice()) };
+    let params: &[u8] = if params.is_empty() { b"null" } else { params };
+    let user = if call.user.is_absent() { None } else { std::str::from_utf8(user).ok() };
+    let ctx = Context {
+        conn_id: call.conn_id,
+        user,
+        logger: Logger::new(host, call.conn_id),
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| (action.handler)(&ctx, params, &mut slot)));
+    if let Err(payload) = outcome {
+        let message = panic_message(&*payload);
+        match slot.take() {
+            Some(reply) => {
+                if let Some(raw) = reply.into_raw() {
+                    raw.panicked(&message);
+                }
+            }
+            None => host_log(host, log_level::ERROR, call.conn_id, &format!("action '{}' panicked after answering: {message}", action.path)),
+        }
+    }
+}
+
+/// [`PluginDescriptor::shutdown`] for plugins built with this crate.
+unsafe extern "C" fn shutdown_plugin() {
+    let (Some(host), Some(registered)) = (HOST.get(), REGISTERED.get()) else {
+        return;
+    };
+    if let Some(hook) = &registered.plugin.on_shutdown {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(hook)) {
+            host_log(host, log_level::ERROR, 0, &format!("shutdown hook panicked: {}", panic_message(&*payload)));
+        }
+    }
+}
+
+/// The host's reply handle for one call, plus the table to complete it with.
+#[derive(Debug)]
+pub(crate) struct RawReply {
+    host: &'static HostTable,
+    handle: *mut c_void,
+}
+
+// SAFETY: the host promises `complete` may be called from any thread, once,
+// with this handle.
+unsafe impl Send for RawReply {}
+
+impl RawReply {
+    fn complete(self, status: u32, body: &[u8]) {
+        // SAFETY: `handle` came from the host for this call and `self` is
+        // consumed, so it is completed exactly once; the host copies `body`.
+        unsafe { (self.host.complete)(self.handle, status, ByteView::of(body)) }
+    }
+
+    pub(crate) fn ok(self, json: &[u8]) {
+        self.complete(status::OK, json)
+    }
+
+    pub(crate) fn error(self, err: &ActionError) {
+        self.complete(status::ACTION_ERROR, &err.to_json_bytes())
+    }
+
+    pub(crate) fn panicked(self, message: &str) {
+        self.complete(status::PANICKED, message.as_bytes())
+    }
+}
+
+/// Exports a plugin: the argument is a function `fn() -> Plugin` that
+/// builds it. Write this once, at the root of a `cdylib` crate.
+///
+/// ```ignore
+/// fn plugin() -> Plugin {
+///     Plugin::new("hello", env!("CARGO_PKG_VERSION"))
+///         .action(Action::new("hello", |_ctx, name: String| Ok(format!("hello, {name}"))).public())
+/// }
+/// action_api::export_plugin!(plugin);
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    ($build:path) => {
+        /// The Switchboard entry symbol (ABI version 1).
+        ///
+        /// # Safety
+        /// Called by the Switchboard host with a valid host table.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn switchboard_plugin_v1(
+            host: *const $crate::abi::HostTable,
+        ) -> *const $crate::abi::PluginDescriptor {
+            // SAFETY: the host's side of the entry contract is forwarded as is.
+            unsafe { $crate::__private::entry(host, $build) }
+        }
+    };
+}

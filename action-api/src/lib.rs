@@ -1,0 +1,61 @@
+//! # action-api: write Switchboard actions in plain Rust
+//!
+//! The only crate a Switchboard plugin depends on. A plugin is a `cdylib`
+//! crate that builds a [`Plugin`] (a name, a version and [`Action`]s, each a
+//! typed Rust function) and exports it with [`export_plugin!`]:
+//!
+//! ```ignore
+//! use action_api::{Action, ActionError, Context, Plugin, export_plugin};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct Add { a: i64, b: i64 }
+//!
+//! fn add(_ctx: &Context<'_>, p: Add) -> Result<i64, ActionError> {
+//!     p.a.checked_add(p.b).ok_or_else(|| ActionError::new(1, "overflow"))
+//! }
+//!
+//! fn plugin() -> Plugin {
+//!     Plugin::new("math", env!("CARGO_PKG_VERSION")).action(Action::new("math/add", add))
+//! }
+//! export_plugin!(plugin);
+//! ```
+//!
+//! The pieces:
+//! - [`abi`]: the stable C ABI (`#[repr(C)]` types, the entry symbol). You
+//!   need it only to write a plugin without this crate's help.
+//! - [`Plugin`], [`Action`]: what a plugin offers, with per-action policy
+//!   (public or signed-in, deadline).
+//! - [`Context`]: the caller (connection id, user) and a [`Logger`] into
+//!   the host's log.
+//! - [`Reply`]: the handle a deferred action answers through, from any
+//!   thread.
+//! - [`ActionError`]: a typed refusal with code, message and data.
+//!
+//! ## What a plugin must know
+//! A plugin links its own copy of every crate it uses, so the host's
+//! statics are invisible to it: `tokio::spawn` finds no runtime and
+//! `tracing`/`log` macros reach no subscriber. Log through [`Context`] or
+//! [`Logger::global`]; answer long work through [`Action::deferred`].
+//! Panics are caught at the boundary and reach the caller as -32005.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod abi;
+mod action;
+mod context;
+mod error;
+mod export;
+
+pub use action::{Action, Plugin, Reply};
+pub use context::{Context, Logger};
+pub use error::ActionError;
+
+/// Re-exported so plugins need no direct serde_json dependency for
+/// free-form params and results.
+pub use serde_json::Value;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::export::entry;
+}

@@ -1,0 +1,109 @@
+//! `echo`: diagnostics actions used by tests, benchmarks and people
+//! checking that a server works.
+//!
+//! - `echo` (public): returns its params unchanged.
+//! - `echo/sleep` `{ms}`: waits, then returns `{"slept": ms}`.
+//! - `echo/spin` `{ms}`: keeps a CPU busy for `ms`, then returns `{"spun": ms}`.
+//! - `echo/error`: refuses with code 1000 and the params as `data`.
+//! - `echo/panic`: panics (the caller gets -32005; the server carries on).
+//! - `echo/whoami` (public): the caller's user and connection id.
+//! - `echo/later` `{ms}`: a deferred reply, sent from another thread.
+
+use action_api::{Action, ActionError, Context, Plugin, Reply, Value, export_plugin};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// Params of the actions that take a duration.
+#[derive(Deserialize)]
+struct Millis {
+    ms: u64,
+}
+
+/// The longest `echo/sleep` and `echo/spin` accept, so a typo cannot tie up
+/// a thread for hours (the deadline answers the caller, but the thread runs on).
+const MAX_MS: u64 = 60_000;
+
+fn checked(p: Millis) -> Result<Duration, ActionError> {
+    if p.ms > MAX_MS {
+        return Err(ActionError::invalid_params(format!("ms must be at most {MAX_MS}, got {}", p.ms)));
+    }
+    Ok(Duration::from_millis(p.ms))
+}
+
+fn echo(_ctx: &Context<'_>, params: Value) -> Result<Value, ActionError> {
+    Ok(params)
+}
+
+#[derive(Serialize)]
+struct Slept {
+    slept: u64,
+}
+
+fn sleep(_ctx: &Context<'_>, p: Millis) -> Result<Slept, ActionError> {
+    let ms = p.ms;
+    std::thread::sleep(checked(p)?);
+    Ok(Slept { slept: ms })
+}
+
+#[derive(Serialize)]
+struct Spun {
+    spun: u64,
+}
+
+fn spin(_ctx: &Context<'_>, p: Millis) -> Result<Spun, ActionError> {
+    let ms = p.ms;
+    let until = Instant::now() + checked(p)?;
+    let mut x: u64 = 0;
+    while Instant::now() < until {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    Ok(Spun { spun: ms })
+}
+
+fn error(_ctx: &Context<'_>, params: Value) -> Result<Value, ActionError> {
+    Err(ActionError::new(1000, "echo/error always refuses").with_data(params))
+}
+
+fn panic(_ctx: &Context<'_>, _params: Value) -> Result<Value, ActionError> {
+    panic!("echo/panic was called")
+}
+
+#[derive(Serialize)]
+struct WhoAmI {
+    user: Option<String>,
+    conn: u64,
+}
+
+fn whoami(ctx: &Context<'_>, _params: Value) -> Result<WhoAmI, ActionError> {
+    Ok(WhoAmI {
+        user: ctx.user().map(str::to_owned),
+        conn: ctx.conn_id(),
+    })
+}
+
+fn later(ctx: &Context<'_>, p: Millis, reply: Reply) {
+    let ms = p.ms;
+    match checked(p) {
+        Ok(wait) => {
+            ctx.debug(format_args!("echo/later answers in {ms} ms"));
+            std::thread::spawn(move || {
+                std::thread::sleep(wait);
+                reply.send(Ok(Slept { slept: ms }));
+            });
+        }
+        Err(err) => reply.send::<()>(Err(err)),
+    }
+}
+
+fn plugin() -> Plugin {
+    Plugin::new("echo", env!("CARGO_PKG_VERSION"))
+        .action(Action::new("echo", echo).public())
+        .action(Action::new("echo/sleep", sleep).timeout(Duration::from_secs(2)))
+        .action(Action::new("echo/spin", spin).timeout(Duration::from_secs(2)))
+        .action(Action::new("echo/error", error))
+        .action(Action::new("echo/panic", panic))
+        .action(Action::new("echo/whoami", whoami).public())
+        .action(Action::deferred("echo/later", later).timeout(Duration::from_secs(2)))
+}
+
+export_plugin!(plugin);

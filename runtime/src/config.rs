@@ -1,0 +1,144 @@
+//! [`Config`]: every setting of `switchboard serve`, from a TOML file, with
+//! environment variables (`SWITCHBOARD_*`) and flags on top.
+//!
+//! Each field is documented here and in the README's configuration
+//! reference; the defaults make the quickstart work with no file at all.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("could not read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its position.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {field}: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The server's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (HTTP and WebSocket on one port). Default
+    /// `127.0.0.1:7800`; port 0 picks a free port (the log says which).
+    pub listen: SocketAddr,
+    /// Folder of plugin libraries to load. Default `actions`.
+    pub actions: PathBuf,
+    /// HS256 secret for client tokens. When absent, `serve` makes one up
+    /// for the run and prints a development token.
+    pub jwt_secret: Option<String>,
+    /// Deadline for an action that sets none itself, in milliseconds.
+    /// Default 30000.
+    pub call_timeout_ms: u64,
+    /// Largest accepted message (and frame), in bytes; a larger one closes
+    /// the connection with 1009. Default 1 MiB.
+    pub max_message_bytes: usize,
+    /// Most calls in one batch. Default 100.
+    pub max_batch: usize,
+    /// Most action calls running at once in the whole server; past it
+    /// calls are refused with -32006. Default 1024.
+    pub max_inflight_calls: usize,
+    /// Most action calls running at once for one connection; past it
+    /// calls are refused with -32006. Default 128.
+    pub max_inflight_per_connection: usize,
+    /// Frames queued for one connection's writer. Default 1024.
+    pub outbound_queue: usize,
+    /// How long shutdown waits for connections to close, in milliseconds.
+    /// Default 5000.
+    pub shutdown_grace_ms: u64,
+    /// Where plugin copies are loaded from. Default
+    /// `$TMPDIR/switchboard-shadow`.
+    pub shadow_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
+            actions: PathBuf::from("actions"),
+            jwt_secret: None,
+            call_timeout_ms: 30_000,
+            max_message_bytes: 1 << 20,
+            max_batch: 100,
+            max_inflight_calls: 1024,
+            max_inflight_per_connection: 128,
+            outbound_queue: 1024,
+            shutdown_grace_ms: 5_000,
+            shadow_dir: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys take their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("call_timeout_ms", self.call_timeout_ms as usize),
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_batch", self.max_batch),
+            ("max_inflight_calls", self.max_inflight_calls),
+            ("max_inflight_per_connection", self.max_inflight_per_connection),
+            ("outbound_queue", self.outbound_queue),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err(ConfigError::Invalid {
+                field: "jwt_secret",
+                reason: "must be at least 16 bytes long".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Config::call_timeout_ms`] as a duration.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+
+    /// [`Config::shutdown_grace_ms`] as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}

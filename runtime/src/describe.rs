@@ -1,0 +1,97 @@
+//! What `switchboard check FILE` reports about one plugin file.
+
+use crate::plugins::{LoadedPlugin, ShadowDir};
+use action_api::abi::ABI_VERSION;
+use serde::Serialize;
+use std::path::Path;
+
+/// A plugin's identity and actions, as `check` prints them.
+#[derive(Debug, Serialize)]
+pub struct PluginReport {
+    /// The file checked.
+    pub file: String,
+    /// Whether it loads.
+    pub ok: bool,
+    /// The ABI version (of the host, when it loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abi_version: Option<u32>,
+    /// Plugin name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Plugin version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Its actions.
+    pub actions: Vec<ActionReport>,
+    /// Why it cannot be loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One action in a [`PluginReport`].
+#[derive(Debug, Serialize)]
+pub struct ActionReport {
+    /// Method path.
+    pub path: String,
+    /// Callable without a token.
+    pub public: bool,
+    /// The plugin's own deadline in milliseconds, if set.
+    pub timeout_ms: Option<u128>,
+}
+
+/// Loads `file` (through a shadow copy under `shadow_base`) and reports.
+pub fn check(file: &Path, shadow_base: &Path) -> PluginReport {
+    let mut report = PluginReport {
+        file: file.display().to_string(),
+        ok: false,
+        abi_version: None,
+        name: None,
+        version: None,
+        actions: Vec::new(),
+        error: None,
+    };
+    let loaded = ShadowDir::create(shadow_base)
+        .map_err(|e| format!("could not create the shadow folder {}: {e}", shadow_base.display()))
+        .and_then(|shadow| {
+            let result = LoadedPlugin::load(file, &shadow).map_err(|e| e.to_string());
+            shadow.remove();
+            result
+        });
+    match loaded {
+        Ok(plugin) => {
+            report.ok = true;
+            report.abi_version = Some(ABI_VERSION);
+            report.actions = plugin
+                .actions
+                .iter()
+                .map(|a| ActionReport {
+                    path: a.path.clone(),
+                    public: a.public,
+                    timeout_ms: a.timeout.map(|t| t.as_millis()),
+                })
+                .collect();
+            report.name = Some(plugin.name);
+            report.version = Some(plugin.version);
+        }
+        Err(error) => report.error = Some(error),
+    }
+    report
+}
+
+impl std::fmt::Display for PluginReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(error) = &self.error {
+            return write!(f, "{}: cannot be loaded: {error}", self.file);
+        }
+        writeln!(f, "file:    {}", self.file)?;
+        writeln!(f, "abi:     {}", self.abi_version.unwrap_or_default())?;
+        writeln!(f, "plugin:  {} {}", self.name.as_deref().unwrap_or("?"), self.version.as_deref().unwrap_or("?"))?;
+        writeln!(f, "actions:")?;
+        for action in &self.actions {
+            let access = if action.public { "public" } else { "signed-in" };
+            let timeout = action.timeout_ms.map(|t| format!(", timeout {t} ms")).unwrap_or_default();
+            writeln!(f, "  {} ({access}{timeout})", action.path)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,210 @@
+//! From a parsed request to its reply: built-ins inline, actions on a
+//! blocking-capable thread under a deadline, every failure mapped to a
+//! protocol code.
+//!
+//! An action never runs on a runtime worker: a plugin's `call` may sleep
+//! or spin, so it runs through `spawn_blocking`, and the connection only
+//! awaits its completion (with a timeout). A slow call therefore never
+//! delays other calls, on its connection or any other.
+
+use crate::builtins::Builtin;
+use crate::plugins::ActionEntry;
+use crate::plugins::host::{Completion, PendingReply};
+use crate::protocol::{self, Envelope, share};
+use crate::rpc_error::{ErrorCode, RpcError};
+use crate::session::Session;
+use crate::state::ServerState;
+use action_api::abi::status;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// What dispatching one request produced.
+pub enum Dispatched {
+    /// The answer is ready (`None`: a notification, nothing to send).
+    Ready(Option<String>),
+    /// An action is running; the future yields its reply (`None` for a
+    /// notification).
+    Running(BoxFuture<'static, Option<String>>),
+}
+
+impl std::fmt::Debug for Dispatched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dispatched::Ready(reply) => f.debug_tuple("Ready").field(reply).finish(),
+            Dispatched::Running(_) => f.write_str("Running(..)"),
+        }
+    }
+}
+
+/// How a call failed: a runtime refusal, or the action's own error object.
+#[derive(Debug)]
+enum CallError {
+    Rpc(RpcError),
+    Action(String),
+}
+
+impl From<RpcError> for CallError {
+    fn from(e: RpcError) -> CallError {
+        CallError::Rpc(e)
+    }
+}
+
+/// Builds the reply for a call's outcome (`None` for a notification).
+fn reply(id: Option<&Bytes>, outcome: Result<String, CallError>) -> Option<String> {
+    let id = id?;
+    Some(match outcome {
+        Ok(result) => protocol::reply_ok(id, &result),
+        Err(CallError::Rpc(error)) => protocol::reply_error(Some(id), &error),
+        Err(CallError::Action(object)) => protocol::reply_error_object(Some(id), &object),
+    })
+}
+
+/// Dispatches one request. `frame` is the buffer `text` lives in, so the
+/// id and params can be shared instead of copied.
+pub fn dispatch(state: &ServerState, session: &mut Session, envelope: &Envelope<'_>, frame: &Bytes, text: &str) -> Dispatched {
+    let id = envelope.id.map(|id| share(frame, text, id.get()));
+    let method: &str = &envelope.method;
+    if method.starts_with("rpc.") {
+        let outcome = match Builtin::from_method(method) {
+            Some(builtin) => builtin.run(state, session, envelope.params).map_err(CallError::from),
+            None => Err(RpcError::new(ErrorCode::MethodNotFound, format!("no built-in method '{method}'")).into()),
+        };
+        return Dispatched::Ready(reply(id.as_ref(), outcome));
+    }
+    match prepare(state, session, method) {
+        Ok(call) => {
+            let params = envelope.params.map(|p| share(frame, text, p.get()));
+            Dispatched::Running(Box::pin(async move {
+                let outcome = call.run(params).await;
+                reply(id.as_ref(), outcome)
+            }))
+        }
+        Err(error) => Dispatched::Ready(reply(id.as_ref(), Err(error.into()))),
+    }
+}
+
+/// A call that passed every check, holding what it needs to run.
+struct PreparedCall {
+    entry: Arc<ActionEntry>,
+    conn_id: u64,
+    user: Option<Arc<str>>,
+    connection_permit: OwnedSemaphorePermit,
+    server_permit: OwnedSemaphorePermit,
+}
+
+fn prepare(state: &ServerState, session: &Session, method: &str) -> Result<PreparedCall, RpcError> {
+    let entry = state
+        .registry
+        .snapshot()
+        .get(method)
+        .cloned()
+        .ok_or_else(|| RpcError::new(ErrorCode::MethodNotFound, format!("no action '{method}'")))?;
+    let user = if entry.public {
+        session.identity().map(|i| Arc::clone(&i.user))
+    } else {
+        Some(Arc::clone(session.require_user(method)?))
+    };
+    let connection_permit = Arc::clone(&session.inflight).try_acquire_owned().map_err(|_| {
+        RpcError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "this connection already has {} calls running; wait for some replies",
+                state.config.max_inflight_per_connection
+            ),
+        )
+    })?;
+    let server_permit = Arc::clone(&state.inflight).try_acquire_owned().map_err(|_| {
+        RpcError::new(
+            ErrorCode::Overloaded,
+            format!("the server is running its limit of {} calls; retry shortly", state.config.max_inflight_calls),
+        )
+    })?;
+    Ok(PreparedCall {
+        entry,
+        conn_id: session.conn_id,
+        user,
+        connection_permit,
+        server_permit,
+    })
+}
+
+impl PreparedCall {
+    async fn run(self, params: Option<Bytes>) -> Result<String, CallError> {
+        let PreparedCall {
+            entry,
+            conn_id,
+            user,
+            connection_permit,
+            server_permit,
+        } = self;
+        let (pending, completion) = PendingReply::new();
+        let plugin_entry = Arc::clone(&entry);
+        // The server-wide permit stays with the thread: a call past its
+        // deadline still occupies one until the plugin returns.
+        tokio::task::spawn_blocking(move || {
+            let _permit = server_permit;
+            let params: &[u8] = params.as_deref().unwrap_or(b"null");
+            plugin_entry
+                .plugin
+                .call(plugin_entry.index, params, conn_id, user.as_deref(), pending);
+        });
+        let outcome = match tokio::time::timeout(entry.timeout, completion).await {
+            Ok(Ok(done)) => interpret(&entry.path, done),
+            Ok(Err(_)) => Err(RpcError::new(ErrorCode::Internal, format!("action '{}' could not be started: the server is stopping", entry.path)).into()),
+            Err(_) => Err(RpcError::new(
+                ErrorCode::Timeout,
+                format!("action '{}' did not answer within {} ms", entry.path, entry.timeout.as_millis()),
+            )
+            .into()),
+        };
+        drop(connection_permit);
+        outcome
+    }
+}
+
+#[derive(Deserialize)]
+struct ActionErrorObject<'a> {
+    code: i64,
+    #[serde(borrow)]
+    message: std::borrow::Cow<'a, str>,
+}
+
+/// Maps a plugin's completion to a result or an error.
+fn interpret(path: &str, done: Completion) -> Result<String, CallError> {
+    match done.status {
+        status::OK => String::from_utf8(done.body).map_err(|_| {
+            RpcError::new(ErrorCode::Internal, format!("action '{path}' returned a result that is not UTF-8")).into()
+        }),
+        status::ACTION_ERROR => Err(action_error(path, &done.body)),
+        status::PANICKED => Err(RpcError::new(
+            ErrorCode::ActionFailed,
+            format!("action '{path}' failed: it panicked: {}", String::from_utf8_lossy(&done.body)),
+        )
+        .into()),
+        other => Err(RpcError::new(ErrorCode::Internal, format!("action '{path}' ended with unknown status {other}")).into()),
+    }
+}
+
+/// Passes an action's error object through, unless it is malformed or uses
+/// a code reserved for the runtime (then it becomes -32603, so clients can
+/// trust the protocol's table).
+fn action_error(path: &str, body: &[u8]) -> CallError {
+    let Ok(object) = serde_json::from_slice::<ActionErrorObject<'_>>(body) else {
+        return RpcError::new(ErrorCode::Internal, format!("action '{path}' returned a malformed error")).into();
+    };
+    let reserved = (-32768..=-32000).contains(&object.code);
+    if reserved && object.code != ErrorCode::InvalidParams.code() && object.code != ErrorCode::Internal.code() {
+        return RpcError::new(
+            ErrorCode::Internal,
+            format!("action '{path}' used the reserved error code {}: {}", object.code, object.message),
+        )
+        .into();
+    }
+    match std::str::from_utf8(body) {
+        Ok(text) => CallError::Action(text.to_owned()),
+        Err(_) => RpcError::new(ErrorCode::Internal, format!("action '{path}' returned an error that is not UTF-8")).into(),
+    }
+}

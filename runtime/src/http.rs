@@ -1,0 +1,159 @@
+//! The HTTP side of the one port: routes (`/ws`, `/healthz`, `/status`)
+//! and the WebSocket upgrade, including the token check on the handshake.
+
+use crate::auth::Identity;
+use crate::connection;
+use crate::session::Session;
+use crate::state::ServerState;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The body type of every response.
+pub type Body = Full<Bytes>;
+
+/// What a request handler needs besides the request.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    /// Shared server state.
+    pub state: Arc<ServerState>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// Tracks upgraded connections so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+impl Routes {
+    /// Answers one HTTP request.
+    pub async fn handle(self, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+        let response = match (req.method(), req.uri().path()) {
+            (&Method::GET, "/ws") => self.upgrade(req),
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/status") => respond(StatusCode::OK, "application/json", crate::status::render(&self.state)),
+            (_, "/ws" | "/healthz" | "/status") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+            _ => text(StatusCode::NOT_FOUND, "not found: this server offers GET /ws, /healthz and /status\n"),
+        };
+        Ok(response)
+    }
+
+    fn upgrade(self, mut req: Request<Incoming>) -> Response<Body> {
+        let headers = req.headers();
+        let key = match check_upgrade(headers) {
+            Ok(key) => key,
+            Err(response) => return response,
+        };
+        let identity = match self.handshake_identity(&req) {
+            Ok(identity) => identity,
+            Err(response) => return response,
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        let state = Arc::clone(&self.state);
+        let shutdown = self.shutdown.clone();
+        let upgrade = hyper::upgrade::on(&mut req);
+        self.tracker.spawn(async move {
+            let upgraded = match upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => {
+                    tracing::debug!("upgrade failed: {e}");
+                    return;
+                }
+            };
+            let _counted = state.count_connection();
+            let config = ws_config(state.config.max_message_bytes);
+            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+            let session = Session::new(identity, state.config.max_inflight_per_connection);
+            connection::serve(ws, state, session, shutdown).await;
+        });
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = response.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(value) = HeaderValue::from_str(&accept) {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+        }
+        response
+    }
+
+    /// The user signed in by the handshake's token, if it carries one. A
+    /// token that does not verify refuses the handshake with 401, so the
+    /// client learns at once instead of on its first call.
+    fn handshake_identity(&self, req: &Request<Incoming>) -> Result<Option<Identity>, Response<Body>> {
+        let Some(token) = bearer_token(req.headers()).or_else(|| query_token(req.uri().query())) else {
+            return Ok(None);
+        };
+        self.state.keys.verify(token).map(Some).map_err(|e| {
+            tracing::info!("handshake refused: {e}");
+            let body = serde_json::json!({"code": -32001, "message": format!("token refused: {e}")}).to_string();
+            respond(StatusCode::UNAUTHORIZED, "application/json", body)
+        })
+    }
+}
+
+/// The WebSocket settings for every connection: small buffers for many
+/// small JSON messages, and hard caps so one peer cannot grow memory.
+pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(2 * max_message_bytes + 64 * 1024)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// Checks the upgrade headers (RFC 6455 section 4.2.1) and returns the key.
+fn check_upgrade(headers: &HeaderMap) -> Result<String, Response<Body>> {
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+        return Err(text(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket: send an Upgrade: websocket request\n"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        let mut response = text(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version: use 13\n");
+        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Err(response);
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n"))
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// The `token` query parameter. JWTs use only URL-safe characters, so no
+/// percent-decoding is needed for a well-formed one.
+fn query_token(query: Option<&str>) -> Option<&str> {
+    query?.split('&').find_map(|pair| pair.strip_prefix("token=")).filter(|t| !t.is_empty())
+}

@@ -1,0 +1,37 @@
+//! # Switchboard: a WebSocket action runtime
+//!
+//! Clients call actions by path over one WebSocket, in JSON-RPC 2.0; the
+//! actions live in native plugins (`cdylib`s built against `action-api`)
+//! that the server loads from a folder.
+//!
+//! The components, in the order a call meets them:
+//! - [`server`]: the TCP listener and shutdown; [`http`]: the routes
+//!   (`/ws`, `/healthz`, `/status`) and the WebSocket upgrade with its
+//!   token check ([`auth`]).
+//! - [`connection`]: one task per connection: reads frames, writes
+//!   replies in bursts.
+//! - [`protocol`]: JSON-RPC envelopes, parsed lazily, replies spliced.
+//! - [`dispatch`]: built-ins ([`builtins`]) inline; actions on blocking
+//!   threads under deadlines, errors mapped to codes ([`rpc_error`]).
+//! - [`plugins`]: loading plugin files, the ABI's host side, and the
+//!   registry snapshot the call path reads without a lock.
+//! - [`config`]: settings from file, environment and flags; [`state`]: what
+//!   connections share; [`session`]: what one connection knows;
+//!   [`status`]: the `/status` document; [`describe`]: `switchboard check`.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod auth;
+pub mod builtins;
+pub mod config;
+pub mod connection;
+pub mod describe;
+pub mod dispatch;
+pub mod http;
+pub mod plugins;
+pub mod protocol;
+pub mod rpc_error;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod status;

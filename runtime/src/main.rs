@@ -1,0 +1,254 @@
+//! The `switchboard` binary: `serve` (the server), `token` (mint a client
+//! token) and `check` (inspect a plugin file). Flags, environment and the
+//! config file are merged here; everything else lives in the library.
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard::auth::{TokenKeys, random_secret};
+use switchboard::config::Config;
+use switchboard::plugins::{Registry, ShadowDir, load_dir};
+use switchboard::state::ServerState;
+use tracing_subscriber::EnvFilter;
+
+/// Switchboard: call native Rust actions over a WebSocket, in JSON-RPC 2.0.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load the plugins in a folder and serve them on one port
+    /// (GET /ws for the WebSocket, /healthz, /status).
+    Serve(ServeArgs),
+    /// Mint a client token signed with the server's secret.
+    Token(TokenArgs),
+    /// Load one plugin file and print its ABI version, name, version and
+    /// actions, or why it cannot be loaded.
+    Check(CheckArgs),
+}
+
+/// Where the settings come from: a TOML file, then environment variables,
+/// then flags (each overriding the one before).
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// TOML config file (see the README's configuration reference).
+    #[arg(long, short = 'c', env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// HS256 secret for client tokens (at least 16 bytes).
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true, value_name = "SECRET")]
+    jwt_secret: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: ConfigArgs,
+    /// Address to listen on [default: 127.0.0.1:7800; port 0 picks one].
+    #[arg(long, short = 'l', env = "SWITCHBOARD_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Folder of plugin libraries to load [default: actions].
+    #[arg(long, short = 'a', env = "SWITCHBOARD_ACTIONS", value_name = "DIR")]
+    actions: Option<PathBuf>,
+    /// Deadline for actions that set none, in milliseconds [default: 30000].
+    #[arg(long, env = "SWITCHBOARD_CALL_TIMEOUT_MS", value_name = "MS")]
+    call_timeout_ms: Option<u64>,
+    /// Largest message accepted, in bytes [default: 1048576].
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Most calls in one batch [default: 100].
+    #[arg(long, env = "SWITCHBOARD_MAX_BATCH", value_name = "N")]
+    max_batch: Option<usize>,
+    /// Most action calls running in the server at once [default: 1024].
+    #[arg(long, env = "SWITCHBOARD_MAX_INFLIGHT_CALLS", value_name = "N")]
+    max_inflight_calls: Option<usize>,
+    /// Most action calls running for one connection at once [default: 128].
+    #[arg(long, env = "SWITCHBOARD_MAX_INFLIGHT_PER_CONNECTION", value_name = "N")]
+    max_inflight_per_connection: Option<usize>,
+    /// How long shutdown waits for connections, in milliseconds [default: 5000].
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_MS", value_name = "MS")]
+    shutdown_grace_ms: Option<u64>,
+    /// Folder for the private plugin copies [default: $TMPDIR/switchboard-shadow].
+    #[arg(long, env = "SWITCHBOARD_SHADOW_DIR", value_name = "DIR")]
+    shadow_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    common: ConfigArgs,
+    /// The user the token signs in (its `sub` claim).
+    #[arg(long)]
+    sub: String,
+    /// How long the token is valid, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The plugin file (.so).
+    file: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
+        Command::Check(args) => check(args),
+    }
+}
+
+fn base_config(common: &ConfigArgs) -> anyhow::Result<Config> {
+    let mut config = match &common.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(secret) = &common.jwt_secret {
+        config.jwt_secret = Some(secret.clone());
+    }
+    Ok(config)
+}
+
+fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
+    let mut config = base_config(&args.common)?;
+    macro_rules! set {
+        ($($field:ident),*) => { $(if let Some(v) = args.$field { config.$field = v; })* };
+    }
+    set!(listen, actions, call_timeout_ms, max_message_bytes, max_batch, max_inflight_calls, max_inflight_per_connection, shutdown_grace_ms);
+    if args.shadow_dir.is_some() {
+        config.shadow_dir = args.shadow_dir;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = serve_config(args)?;
+    if !config.actions.is_dir() {
+        bail!("the actions folder {} does not exist (set it with --actions DIR)", config.actions.display());
+    }
+    let dev_secret = config.jwt_secret.is_none();
+    let secret = match config.jwt_secret.clone() {
+        Some(secret) => secret,
+        None => random_secret().context("could not make a random development secret")?,
+    };
+    config.jwt_secret = Some(secret.clone());
+    let keys = TokenKeys::hs256(secret.as_bytes());
+    let shadow_base = config.shadow_dir.clone().unwrap_or_else(ShadowDir::default_base);
+    let shadow = ShadowDir::create(&shadow_base)
+        .with_context(|| format!("could not create the plugin shadow folder under {}", shadow_base.display()))?;
+    let snapshot = load_dir(&config.actions, &shadow, config.call_timeout())
+        .with_context(|| format!("could not read the actions folder {}", config.actions.display()))?;
+    tracing::info!(
+        plugins = snapshot.plugins.len(),
+        refused = snapshot.refused.len(),
+        folder = %config.actions.display(),
+        "plugins loaded"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(config.max_inflight_calls + 16)
+        .thread_name("switchboard")
+        .build()
+        .context("could not start the async runtime")?;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("could not listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!("listening on http://{addr} (WebSocket: ws://{addr}/ws)");
+        if dev_secret {
+            print_dev_banner(&keys, addr)?;
+        }
+        let state = Arc::new(ServerState::new(config, Registry::new(snapshot), keys));
+        switchboard::server::run(listener, state, shutdown_signal()).await;
+        anyhow::Ok(())
+    });
+    shadow.remove();
+    // Plugin calls past their deadline may still be running on blocking
+    // threads; do not wait for them.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+fn print_dev_banner(keys: &TokenKeys, addr: SocketAddr) -> anyhow::Result<()> {
+    let token = keys.mint("dev", Duration::from_secs(24 * 3600))?;
+    tracing::warn!("no jwt_secret configured: using a random secret for this run only");
+    println!("Development token (user \"dev\", valid 24 h):\n  {token}");
+    println!("Connect:  ws://{addr}/ws?token={token}");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let config = base_config(&args.common)?;
+    config.validate()?;
+    let Some(secret) = config.jwt_secret else {
+        bail!("no secret: pass --jwt-secret, set SWITCHBOARD_JWT_SECRET, or set jwt_secret in the config file");
+    };
+    if args.sub.is_empty() {
+        bail!("--sub must not be empty");
+    }
+    println!("{}", TokenKeys::hs256(secret.as_bytes()).mint(&args.sub, args.ttl)?);
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let shadow_base = std::env::temp_dir().join("switchboard-check");
+    let report = switchboard::describe::check(&args.file, &shadow_base);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.ok {
+        print!("{report}");
+    } else {
+        eprintln!("{report}");
+    }
+    if !report.ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The host's side of the callback table ([`HostTable`]): the log line
+//! and call-completion callbacks every plugin gets.
+//!
+//! Both callbacks are `extern "C"` functions that plugins call from any
+//! thread; both catch panics, since a panic unwinding into plugin code
+//! would abort the server.
+
+use action_api::abi::{ABI_VERSION, ByteView, HostTable, log_level};
+use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use tokio::sync::oneshot;
+
+/// What the log callback knows about the plugin writing, for the `plugin`
+/// field of each line: its file stem until its descriptor has been read,
+/// then its name. Lives as long as the plugin's library.
+#[derive(Debug)]
+pub(crate) struct PluginLogContext {
+    pub(crate) file_stem: String,
+    pub(crate) name: std::sync::OnceLock<String>,
+}
+
+impl PluginLogContext {
+    fn label(&self) -> &str {
+        self.name.get().unwrap_or(&self.file_stem)
+    }
+}
+
+/// Builds the callback table for one plugin. `ctx` must outlive the
+/// plugin's library (the loader keeps both together, and never unloads).
+pub(crate) fn host_table(ctx: &PluginLogContext) -> HostTable {
+    HostTable {
+        abi_version: ABI_VERSION,
+        size: std::mem::size_of::<HostTable>() as u32,
+        host_ctx: (ctx as *const PluginLogContext).cast(),
+        log: log_line,
+        complete: complete_call,
+    }
+}
+
+unsafe extern "C" fn log_line(host_ctx: *const c_void, level: u32, conn_id: u64, msg: ByteView) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `host_ctx` is the `PluginLogContext` this table was built
+        // with, which lives as long as the plugin's library.
+        let plugin = unsafe { host_ctx.cast::<PluginLogContext>().as_ref() }.map_or("?", PluginLogContext::label);
+        // SAFETY: the plugin passes bytes that live for this call.
+        let text = String::from_utf8_lossy(unsafe { msg.as_slice() });
+        let conn = (conn_id != 0).then_some(conn_id);
+        match level {
+            log_level::ERROR => tracing::error!(target: "plugin", plugin, conn, "{text}"),
+            log_level::WARN => tracing::warn!(target: "plugin", plugin, conn, "{text}"),
+            log_level::INFO => tracing::info!(target: "plugin", plugin, conn, "{text}"),
+            log_level::DEBUG => tracing::debug!(target: "plugin", plugin, conn, "{text}"),
+            _ => tracing::trace!(target: "plugin", plugin, conn, "{text}"),
+        }
+    }));
+}
+
+/// How a plugin ended one call: an [`action_api::abi::status`] code and its
+/// body, copied into host memory.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) status: u32,
+    pub(crate) body: Vec<u8>,
+}
+
+/// The state behind one call's `reply` pointer: where its completion goes.
+#[derive(Debug)]
+pub(crate) struct PendingReply {
+    tx: oneshot::Sender<Completion>,
+}
+
+impl PendingReply {
+    /// A pending reply and the receiver its completion arrives on.
+    pub(crate) fn new() -> (PendingReply, oneshot::Receiver<Completion>) {
+        let (tx, rx) = oneshot::channel();
+        (PendingReply { tx }, rx)
+    }
+
+    /// Turns the reply into the opaque handle passed to the plugin. It is
+    /// freed by [`complete_call`], which the plugin calls exactly once.
+    pub(crate) fn into_handle(self) -> *mut c_void {
+        Box::into_raw(Box::new(self)).cast()
+    }
+}
+
+unsafe extern "C" fn complete_call(reply: *mut c_void, status: u32, body: ByteView) {
+    if reply.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `reply` came from `PendingReply::into_handle` and the
+        // plugin completes each call once, so we own the box again here.
+        let pending = unsafe { Box::from_raw(reply.cast::<PendingReply>()) };
+        // SAFETY: the plugin passes bytes that live for this call; we copy.
+        let body = unsafe { body.as_slice() }.to_vec();
+        // The receiver is gone when the caller stopped waiting (deadline
+        // passed, connection closed): the late answer is dropped.
+        let _ = pending.tx.send(Completion { status, body });
+    }));
+}

@@ -1,0 +1,12 @@
+//! The host side of the plugin ABI: loading files ([`loader`]), the private
+//! copies they are loaded from ([`shadow`]), the callback table
+//! ([`host`]), and the snapshot of callable actions ([`registry`]).
+
+pub(crate) mod host;
+pub mod loader;
+pub mod registry;
+pub mod shadow;
+
+pub use loader::{ActionMeta, LoadError, LoadedPlugin};
+pub use registry::{ActionEntry, RefusedFile, Registry, RegistrySnapshot, load_dir};
+pub use shadow::ShadowDir;

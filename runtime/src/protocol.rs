@@ -1,0 +1,302 @@
+//! JSON-RPC 2.0 envelopes: parse only what routing needs, build replies by
+//! splicing raw JSON, never re-encoding params or results.
+//!
+//! Parsing borrows from the frame: `id` and `params` stay [`RawValue`]s
+//! pointing into it, and [`share`] turns them into reference-
+//! counted slices of the frame's own buffer, so params reach a plugin
+//! without a copy.
+
+use crate::rpc_error::{ErrorCode, RpcError};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// One parsed request or notification, borrowing from the frame.
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    /// The raw `id`, or `None` for a notification.
+    pub id: Option<&'a RawValue>,
+    /// The method (action path or built-in).
+    pub method: Cow<'a, str>,
+    /// The raw `params`, or `None` when absent or `null`.
+    pub params: Option<&'a RawValue>,
+}
+
+/// A frame, parsed as far as routing needs.
+#[derive(Debug)]
+pub enum Frame<'a> {
+    /// One request or notification.
+    Single(Result<Envelope<'a>, Refusal>),
+    /// A batch: each element parsed on its own (JSON-RPC 2.0 section 6).
+    Batch(Vec<Result<Envelope<'a>, Refusal>>),
+    /// The whole frame was refused; the reply goes back with `id: null`.
+    Refused(RpcError),
+}
+
+/// A request refused before dispatch, with the id to answer (if one could
+/// be read).
+#[derive(Debug)]
+pub struct Refusal {
+    /// The id to answer with; `None` answers with `null`.
+    pub id: Option<Bytes>,
+    /// Why it was refused.
+    pub error: RpcError,
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+/// Keeps `"id": null` apart from a missing id: a present field is `Some`
+/// whatever its value (serde maps a plain `Option` of null to `None`).
+fn present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// Parses a text frame. The returned envelopes borrow from `text`.
+pub fn parse_frame(text: &str, max_batch: usize) -> Frame<'_> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        let items: Vec<&RawValue> = match serde_json::from_str(trimmed) {
+            Ok(items) => items,
+            Err(e) => return Frame::Refused(RpcError::new(ErrorCode::ParseError, format!("parse error: {e}"))),
+        };
+        if items.is_empty() {
+            return Frame::Refused(RpcError::new(ErrorCode::InvalidRequest, "invalid request: empty batch"));
+        }
+        if items.len() > max_batch {
+            return Frame::Refused(RpcError::new(
+                ErrorCode::InvalidRequest,
+                format!("invalid request: a batch holds at most {max_batch} calls, this one has {}", items.len()),
+            ));
+        }
+        return Frame::Batch(items.into_iter().map(|item| parse_envelope(item.get())).collect());
+    }
+    match parse_envelope(trimmed) {
+        Err(refusal) if refusal.error.code == ErrorCode::ParseError => Frame::Refused(refusal.error),
+        single => Frame::Single(single),
+    }
+}
+
+fn parse_envelope(json: &str) -> Result<Envelope<'_>, Refusal> {
+    let raw: RawEnvelope<'_> = match serde_json::from_str(json) {
+        Ok(raw) => raw,
+        Err(e) => return Err(refuse_unparsable(json, e)),
+    };
+    let id = match raw.id {
+        Some(id) if !is_valid_id(id) => {
+            return Err(Refusal {
+                id: None,
+                error: RpcError::new(ErrorCode::InvalidRequest, "invalid request: id must be a string, a number or null"),
+            });
+        }
+        id => id,
+    };
+    let refuse = |message: &str| Refusal {
+        id: id.map(owned_id),
+        error: RpcError::new(ErrorCode::InvalidRequest, format!("invalid request: {message}")),
+    };
+    if raw.jsonrpc.as_deref() != Some("2.0") {
+        return Err(refuse("\"jsonrpc\" must be \"2.0\""));
+    }
+    let Some(method) = raw.method else {
+        if raw.result.is_some() || raw.error.is_some() {
+            return Err(refuse("this server has made no call for a response to answer"));
+        }
+        return Err(refuse("\"method\" is missing"));
+    };
+    let params = match raw.params {
+        Some(params) if params.get() == "null" => None,
+        Some(params) if !params.get().starts_with(['{', '[']) => {
+            return Err(refuse("\"params\" must be an object or an array"));
+        }
+        params => params,
+    };
+    Ok(Envelope { id, method, params })
+}
+
+/// Tells a frame that is not JSON (-32700) from JSON that is not a request
+/// (-32600), and recovers the id when the object has a usable one.
+fn refuse_unparsable(json: &str, error: serde_json::Error) -> Refusal {
+    if serde_json::from_str::<IgnoredAny>(json).is_err() {
+        return Refusal {
+            id: None,
+            error: RpcError::new(ErrorCode::ParseError, format!("parse error: {error}")),
+        };
+    }
+    let id = serde_json::from_str::<IdOnly<'_>>(json)
+        .ok()
+        .and_then(|v| v.id)
+        .filter(|id| is_valid_id(id))
+        .map(owned_id);
+    let reason = if json.starts_with('{') {
+        format!("invalid request: {error}")
+    } else {
+        "invalid request: a request must be a JSON object".to_owned()
+    };
+    Refusal {
+        id,
+        error: RpcError::new(ErrorCode::InvalidRequest, reason),
+    }
+}
+
+fn is_valid_id(id: &RawValue) -> bool {
+    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')) || id.get() == "null"
+}
+
+/// Copies an id for a refusal (the error path, where a copy costs nothing).
+fn owned_id(id: &RawValue) -> Bytes {
+    Bytes::copy_from_slice(id.get().as_bytes())
+}
+
+/// Returns the sub-slice `part` of the shared buffer `frame` without
+/// copying. `part` must point into `frame_str`, the text of `frame`.
+pub fn share(frame: &Bytes, frame_str: &str, part: &str) -> Bytes {
+    let start = (part.as_ptr() as usize).wrapping_sub(frame_str.as_ptr() as usize);
+    if start <= frame.len() && start + part.len() <= frame.len() {
+        frame.slice(start..start + part.len())
+    } else {
+        Bytes::copy_from_slice(part.as_bytes())
+    }
+}
+
+const OK_HEAD: &str = r#"{"jsonrpc":"2.0","id":"#;
+
+/// A success reply: `result` is spliced in as it is (it must be JSON).
+pub fn reply_ok(id: &[u8], result: &str) -> String {
+    let mut out = String::with_capacity(OK_HEAD.len() + id.len() + result.len() + 12);
+    out.push_str(OK_HEAD);
+    push_id(&mut out, id);
+    out.push_str(r#","result":"#);
+    out.push_str(result);
+    out.push('}');
+    out
+}
+
+/// An error reply whose error object is already JSON (an action's own).
+pub fn reply_error_object(id: Option<&[u8]>, error_object: &str) -> String {
+    let mut out = String::with_capacity(OK_HEAD.len() + error_object.len() + 24);
+    out.push_str(OK_HEAD);
+    push_id(&mut out, id.unwrap_or(b"null"));
+    out.push_str(r#","error":"#);
+    out.push_str(error_object);
+    out.push('}');
+    out
+}
+
+/// An error reply from the runtime.
+pub fn reply_error(id: Option<&[u8]>, error: &RpcError) -> String {
+    reply_error_object(id, &error_object(error.code.code(), &error.message))
+}
+
+/// `{"code":..,"message":..}` with the message JSON-escaped.
+pub fn error_object(code: i64, message: &str) -> String {
+    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"\"".to_owned());
+    format!(r#"{{"code":{code},"message":{message}}}"#)
+}
+
+fn push_id(out: &mut String, id: &[u8]) {
+    // Ids come from the client's own frame (valid UTF-8 JSON), so the
+    // lossy path is never taken; it only keeps this function total.
+    out.push_str(&String::from_utf8_lossy(id));
+}
+
+/// Joins reply objects into one batch reply (`[a,b,...]`).
+pub fn join_batch(replies: &[String]) -> String {
+    let mut out = String::with_capacity(replies.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+    out.push('[');
+    for (i, reply) in replies.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(reply);
+    }
+    out.push(']');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single(text: &str) -> Result<Envelope<'_>, Refusal> {
+        match parse_frame(text, 10) {
+            Frame::Single(s) => s,
+            other => panic!("expected a single request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn null_id_is_kept_apart_from_no_id() {
+        let with_null = single(r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#).map(|e| e.id.map(|i| i.get().to_owned()));
+        assert_eq!(with_null.ok(), Some(Some("null".to_owned())));
+        let without = single(r#"{"jsonrpc":"2.0","method":"m"}"#).map(|e| e.id.is_none());
+        assert_eq!(without.ok(), Some(true));
+    }
+
+    #[test]
+    fn params_stay_raw() {
+        let env = single(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a": [1, 2.50]}}"#);
+        assert_eq!(env.ok().and_then(|e| e.params.map(|p| p.get().to_owned())).as_deref(), Some(r#"{"a": [1, 2.50]}"#));
+    }
+
+    #[test]
+    fn escaped_method_names_are_decoded() {
+        let env = single(r#"{"jsonrpc":"2.0","id":1,"method":"echo\/sleep"}"#);
+        assert_eq!(env.ok().map(|e| e.method.into_owned()).as_deref(), Some("echo/sleep"));
+    }
+
+    #[test]
+    fn refusals_keep_the_id_when_they_can() {
+        let refusal = single(r#"{"jsonrpc":"2.0","id":"x","method":5}"#).err();
+        let refusal = refusal.map(|r| (r.id, r.error.code));
+        assert_eq!(refusal, Some((Some(Bytes::from_static(b"\"x\"")), ErrorCode::InvalidRequest)));
+    }
+
+    #[test]
+    fn not_json_is_a_parse_error_and_oversized_batches_are_refused() {
+        assert!(matches!(parse_frame("{nope", 10), Frame::Refused(e) if e.code == ErrorCode::ParseError));
+        let batch = format!("[{}]", vec!["1"; 11].join(","));
+        assert!(matches!(parse_frame(&batch, 10), Frame::Refused(e) if e.code == ErrorCode::InvalidRequest));
+    }
+
+    #[test]
+    fn share_slices_without_copying() {
+        let frame = Bytes::from_static(br#"{"params":{"k":1}}"#);
+        let text = std::str::from_utf8(&frame).unwrap_or_default();
+        let part = &text[10..17];
+        let shared = share(&frame, text, part);
+        assert_eq!(&shared[..], b"{\"k\":1}");
+        assert_eq!(shared.as_ptr(), frame[10..].as_ptr());
+    }
+
+    #[test]
+    fn replies_splice_raw_json() {
+        assert_eq!(reply_ok(b"7", r#"{"a":1}"#), r#"{"jsonrpc":"2.0","id":7,"result":{"a":1}}"#);
+        let err = reply_error(None, &RpcError::new(ErrorCode::MethodNotFound, "no \"x\""));
+        assert_eq!(err, r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32601,"message":"no \"x\""}}"#);
+    }
+}
