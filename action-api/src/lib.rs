@@ -55,6 +55,11 @@ pub use error::ActionError;
 /// free-form params and results.
 pub use serde_json::Value;
 
+/// Re-exported for actions that pass JSON through without parsing it:
+/// take `Box<RawValue>` as params or return it as a result, and the bytes
+/// travel untouched.
+pub use serde_json::value::RawValue;
+
 #[doc(hidden)]
 pub mod __private {
     pub use crate::export::entry;

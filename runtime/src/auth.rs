@@ -39,8 +39,16 @@ pub enum TokenError {
     Signing(String),
 }
 
-/// The claims this server reads and writes.
-#[derive(Debug, Serialize, Deserialize)]
+/// The claims as they arrive: every one optional, so a missing claim is
+/// reported by name instead of as a JSON error.
+#[derive(Debug, Deserialize)]
+struct IncomingClaims {
+    sub: Option<String>,
+    exp: Option<u64>,
+}
+
+/// The claims this server writes.
+#[derive(Debug, Serialize)]
 pub struct Claims {
     /// The user.
     pub sub: String,
@@ -103,7 +111,7 @@ impl TokenKeys {
 
     /// Checks a token's signature, algorithm and time claims.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding, &self.validation).map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<IncomingClaims>(token.trim(), &self.decoding, &self.validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => TokenError::Expired,
             ErrorKind::ImmatureSignature => TokenError::NotYetValid,
             ErrorKind::InvalidSignature => TokenError::BadSignature,
@@ -113,12 +121,11 @@ impl TokenKeys {
             ErrorKind::MissingRequiredClaim(claim) => TokenError::MissingClaim(claim.clone()),
             _ => TokenError::Malformed(e.to_string()),
         })?;
-        if data.claims.sub.is_empty() {
-            return Err(TokenError::MissingClaim("sub".into()));
-        }
+        let sub = data.claims.sub.filter(|s| !s.is_empty()).ok_or_else(|| TokenError::MissingClaim("sub".into()))?;
+        let exp = data.claims.exp.ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
         Ok(Identity {
-            user: data.claims.sub.into(),
-            expires_at: data.claims.exp,
+            user: sub.into(),
+            expires_at: exp,
         })
     }
 

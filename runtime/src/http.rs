@@ -60,7 +60,7 @@ impl Routes {
         let headers = req.headers();
         let key = match check_upgrade(headers) {
             Ok(key) => key,
-            Err(response) => return response,
+            Err(response) => return refused_handshake(response),
         };
         let identity = match self.handshake_identity(&req) {
             Ok(identity) => identity,
@@ -105,9 +105,16 @@ impl Routes {
         self.state.keys.verify(token).map(Some).map_err(|e| {
             tracing::info!("handshake refused: {e}");
             let body = serde_json::json!({"code": -32001, "message": format!("token refused: {e}")}).to_string();
-            respond(StatusCode::UNAUTHORIZED, "application/json", body)
+            refused_handshake(respond(StatusCode::UNAUTHORIZED, "application/json", body))
         })
     }
+}
+
+/// Marks a refused handshake's response to close the connection: the
+/// client asked to switch protocols, so nothing else will follow on it.
+fn refused_handshake(mut response: Response<Body>) -> Response<Body> {
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The WebSocket settings for every connection: small buffers for many

@@ -1,7 +1,7 @@
 //! `echo`: diagnostics actions used by tests, benchmarks and people
 //! checking that a server works.
 //!
-//! - `echo` (public): returns its params unchanged.
+//! - `echo` (public): returns its params unchanged, byte for byte.
 //! - `echo/sleep` `{ms}`: waits, then returns `{"slept": ms}`.
 //! - `echo/spin` `{ms}`: keeps a CPU busy for `ms`, then returns `{"spun": ms}`.
 //! - `echo/error`: refuses with code 1000 and the params as `data`.
@@ -9,7 +9,7 @@
 //! - `echo/whoami` (public): the caller's user and connection id.
 //! - `echo/later` `{ms}`: a deferred reply, sent from another thread.
 
-use action_api::{Action, ActionError, Context, Plugin, Reply, Value, export_plugin};
+use action_api::{Action, ActionError, Context, Plugin, RawValue, Reply, Value, export_plugin};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,9 @@ fn checked(p: Millis) -> Result<Duration, ActionError> {
     Ok(Duration::from_millis(p.ms))
 }
 
-fn echo(_ctx: &Context<'_>, params: Value) -> Result<Value, ActionError> {
+/// Passes the params through as raw JSON: never parsed into a tree, never
+/// re-encoded, so the reply carries the caller's exact bytes.
+fn echo(_ctx: &Context<'_>, params: Box<RawValue>) -> Result<Box<RawValue>, ActionError> {
     Ok(params)
 }
 

@@ -24,6 +24,9 @@ pub enum LoadError {
     /// The file could not be copied into the shadow folder.
     #[error("could not copy it for loading: {0}")]
     Copy(#[source] std::io::Error),
+    /// The file is not a complete library for this machine.
+    #[error("not a loadable library: {0}")]
+    Incomplete(#[from] super::elf::ElfError),
     /// The dynamic loader refused the file.
     #[error("not a loadable library: {0}")]
     NotALibrary(String),
@@ -111,6 +114,10 @@ impl LoadedPlugin {
 
     /// Loads an already-private copy; `file` is only for reporting.
     fn load_copy(file: &Path, copy: &Path) -> Result<LoadedPlugin, LoadError> {
+        if cfg!(target_os = "linux") {
+            let bytes = std::fs::read(copy).map_err(LoadError::Copy)?;
+            super::elf::check_complete(&bytes)?;
+        }
         // SAFETY: opening a library runs its constructors. The file is a
         // private copy nobody else writes; plugins are code the operator
         // chose to run. (An out-of-process preflight is tracked in #8.)

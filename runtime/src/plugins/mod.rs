@@ -1,7 +1,9 @@
-//! The host side of the plugin ABI: loading files ([`loader`]), the private
+//! The host side of the plugin ABI: loading files ([`loader`]) after a
+//! structural check ([`elf`]), the private
 //! copies they are loaded from ([`shadow`]), the callback table
 //! ([`host`]), and the snapshot of callable actions ([`registry`]).
 
+pub mod elf;
 pub(crate) mod host;
 pub mod loader;
 pub mod registry;

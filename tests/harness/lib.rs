@@ -1,0 +1,399 @@
+//! The black-box test harness: builds the server and plugins with cargo,
+//! starts the real `switchboard` binary on a free port with a folder of
+//! plugins, and talks to it over real WebSockets and HTTP.
+//!
+//! Nothing here reaches into the server's code: everything goes through
+//! the binary's command line, its log, and its sockets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The secret every test server uses unless a test says otherwise.
+pub const SECRET: &str = "black-box-test-secret-0123456789";
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Every package the tests load, built once per test binary.
+const PACKAGES: &[&str] = &[
+    "switchboard",
+    "echo",
+    "kv",
+    "example-hello-action",
+    "future-abi",
+    "legacy-layout",
+    "path-thief",
+    "not-a-plugin",
+];
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Runs `cargo build` for the binary and every plugin (a no-op when they
+/// are fresh) and returns the folder holding the artifacts.
+pub fn artifacts() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root()).arg("build").arg("--quiet");
+        for p in PACKAGES {
+            cmd.arg("-p").arg(p);
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "cargo build of the server and plugins failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        target.join("debug")
+    })
+}
+
+/// The `switchboard` binary.
+pub fn binary() -> PathBuf {
+    artifacts().join("switchboard")
+}
+
+/// A plugin library cargo built, by library name (e.g. `echo`, `kv`).
+pub fn plugin(lib: &str) -> PathBuf {
+    let path = artifacts().join(format!("lib{lib}.{}", std::env::consts::DLL_EXTENSION));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub plugins: Vec<String>,
+    pub files: Vec<(String, Vec<u8>)>,
+    pub args: Vec<String>,
+    pub secret: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            plugins: vec!["echo".into(), "kv".into()],
+            files: Vec::new(),
+            args: Vec::new(),
+            secret: Some(SECRET.into()),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn plugins(mut self, plugins: &[&str]) -> Self {
+        self.plugins = plugins.iter().map(|p| p.to_string()).collect();
+        self
+    }
+    pub fn file(mut self, name: &str, bytes: &[u8]) -> Self {
+        self.files.push((name.into(), bytes.to_vec()));
+        self
+    }
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+    pub fn no_secret(mut self) -> Self {
+        self.secret = None;
+        self
+    }
+    pub fn start(self) -> Server {
+        Server::start(self)
+    }
+}
+
+/// A running `switchboard serve`, killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+    pub actions_dir: tempfile::TempDir,
+    _shadow_dir: tempfile::TempDir,
+}
+
+fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>, ready: Option<mpsc::Sender<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let (Some(tx), Some(rest)) = (&ready, line.split("listening on http://").nth(1)) {
+                let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                let _ = tx.send(addr);
+            }
+            let mut log = into.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+}
+
+impl Server {
+    pub fn start(config: ServerConfig) -> Server {
+        let actions_dir = tempfile::tempdir().unwrap();
+        let shadow_dir = tempfile::tempdir().unwrap();
+        for lib in &config.plugins {
+            let source = plugin(lib);
+            std::fs::copy(&source, actions_dir.path().join(source.file_name().unwrap())).unwrap();
+        }
+        for (name, bytes) in &config.files {
+            std::fs::write(actions_dir.path().join(name), bytes).unwrap();
+        }
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--actions")
+            .arg(actions_dir.path())
+            .arg("--shadow-dir")
+            .arg(shadow_dir.path())
+            .args(&config.args)
+            .env("RUST_LOG", "info")
+            .env_remove("SWITCHBOARD_JWT_SECRET")
+            .env_remove("SWITCHBOARD_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(secret) = &config.secret {
+            cmd.arg("--jwt-secret").arg(secret);
+        }
+        let mut child = cmd.spawn().expect("switchboard starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        collect(child.stderr.take().unwrap(), Arc::clone(&stderr), Some(tx));
+        collect(child.stdout.take().unwrap(), Arc::clone(&stdout), None);
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; its log:\n{}", stderr.lock().unwrap());
+            }
+        };
+        Server {
+            child,
+            addr,
+            stderr,
+            stdout,
+            actions_dir,
+            _shadow_dir: shadow_dir,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle` (or fails after [`WAIT`]).
+    pub fn wait_for_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(start.elapsed() < WAIT, "log never contained {needle:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until stdout contains `needle` and returns it all.
+    pub fn wait_for_stdout(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.stdout();
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(start.elapsed() < WAIT, "stdout never contained {needle:?}; stdout:\n{out}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Anonymous connection.
+    pub async fn connect(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+
+    /// Connection signed in with a fresh token for `user`.
+    pub async fn connect_as(&self, user: &str) -> Client {
+        let token = token(user, 3600);
+        Client::connect(&format!("{}?token={token}", self.ws_url())).await
+    }
+
+    /// Plain HTTP GET; returns (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_request(&self.addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    }
+
+    pub fn status(&self) -> Value {
+        let (code, body) = self.http_get("/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Sends SIGTERM (and returns at once).
+    pub fn signal_term(&self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < WAIT, "server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a raw HTTP/1.1 request and returns (status, body).
+pub fn http_request(addr: &str, request: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// An HS256 token signed with [`SECRET`], valid for `ttl_secs` (negative:
+/// expired that long ago).
+pub fn token(sub: &str, ttl_secs: i64) -> String {
+    token_with(SECRET, json!({"sub": sub, "exp": now() + ttl_secs}))
+}
+
+/// A token with arbitrary claims, signed HS256 with `secret`.
+pub fn token_with(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A WebSocket client speaking JSON-RPC.
+#[derive(Debug)]
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        Self::try_connect(url.into_client_request().unwrap()).await.expect("WebSocket handshake succeeds")
+    }
+
+    pub async fn try_connect(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await.expect("handshake in time")?;
+        Ok(Client { ws })
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    pub async fn send(&mut self, value: &Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends a request with `id` and no wait.
+    pub async fn request(&mut self, id: impl Into<Value>, method: &str, params: Value) {
+        let mut req = json!({"jsonrpc": "2.0", "id": id.into(), "method": method});
+        if !params.is_null() {
+            req["params"] = params;
+        }
+        self.send(&req).await;
+    }
+
+    /// Sends a request and returns its reply (which must be the next frame).
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = json!(format!("call-{method}"));
+        self.request(id.clone(), method, params).await;
+        let reply = self.recv().await;
+        assert_eq!(reply["id"], id, "unexpected frame: {reply}");
+        reply
+    }
+
+    /// The next text frame, parsed.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_message(WAIT).await {
+            Some(Message::Text(t)) => serde_json::from_str(&t).unwrap(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next message of any kind, or `None` when the stream ends or
+    /// nothing arrives within `within`.
+    pub async fn next_message(&mut self, within: Duration) -> Option<Message> {
+        match tokio::time::timeout(within, self.ws.next()).await {
+            Ok(Some(Ok(m))) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Waits for the server's close frame and returns its code.
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.next_message(WAIT).await {
+                Some(Message::Close(Some(frame))) => return frame.code.into(),
+                Some(Message::Close(None)) => return 1005,
+                Some(_) => continue,
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::binary(bytes)).await.unwrap();
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// The error code of a reply, if it is an error.
+pub fn error_code(reply: &Value) -> Option<i64> {
+    reply["error"]["code"].as_i64()
+}
