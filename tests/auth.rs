@@ -19,11 +19,20 @@ async fn anonymous_callers_reach_only_public_actions() {
     assert!(who["result"]["conn"].as_u64().unwrap() > 0);
     let reply = c.call("kv/get", json!({"key": "k"})).await;
     assert_eq!(error_code(&reply), Some(-32001), "{reply}");
-    assert!(reply["error"]["message"].as_str().unwrap().contains("rpc.auth"));
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rpc.auth")
+    );
     // Even a notification to a guarded action does nothing.
-    c.send(&json!({"jsonrpc": "2.0", "method": "kv/set", "params": {"key": "anon", "value": 1}})).await;
+    c.send(&json!({"jsonrpc": "2.0", "method": "kv/set", "params": {"key": "anon", "value": 1}}))
+        .await;
     let mut alice = server.connect_as("alice").await;
-    assert_eq!(alice.call("kv/get", json!({"key": "anon"})).await["result"], Value::Null);
+    assert_eq!(
+        alice.call("kv/get", json!({"key": "anon"})).await["result"],
+        Value::Null
+    );
 }
 
 #[tokio::test]
@@ -35,35 +44,54 @@ async fn a_bearer_header_signs_in() {
     let mut c = Client::try_connect(request).await.unwrap();
     let who = c.call("echo/whoami", Value::Null).await;
     assert_eq!(who["result"]["user"], "carol");
-    assert_eq!(c.call("kv/incr", json!({"key": "c"})).await["result"], json!({"value": 1}));
+    assert_eq!(
+        c.call("kv/incr", json!({"key": "c"})).await["result"],
+        json!({"value": 1})
+    );
 }
 
 #[tokio::test]
 async fn a_query_token_signs_in() {
     let server = ServerConfig::default().start();
     let mut c = server.connect_as("dave").await;
-    assert_eq!(c.call("echo/whoami", Value::Null).await["result"]["user"], "dave");
+    assert_eq!(
+        c.call("echo/whoami", Value::Null).await["result"]["user"],
+        "dave"
+    );
 }
 
 #[tokio::test]
 async fn rpc_auth_signs_in_and_refreshes() {
     let server = ServerConfig::default().start();
     let mut c = server.connect().await;
-    assert_eq!(error_code(&c.call("kv/keys", Value::Null).await), Some(-32001));
+    assert_eq!(
+        error_code(&c.call("kv/keys", Value::Null).await),
+        Some(-32001)
+    );
     let t = token("erin", 120);
     let reply = c.call("rpc.auth", json!({"token": t})).await;
     assert_eq!(reply["result"]["user"], "erin");
     let expires_at = reply["result"]["expires_at"].as_i64().unwrap();
     assert!((expires_at - now() - 120).abs() <= 2);
-    assert_eq!(c.call("echo/whoami", Value::Null).await["result"]["user"], "erin");
+    assert_eq!(
+        c.call("echo/whoami", Value::Null).await["result"]["user"],
+        "erin"
+    );
     assert!(c.call("kv/keys", Value::Null).await["result"].is_array());
     // Refresh with a later expiry for the same user.
-    let reply = c.call("rpc.auth", json!({"token": token("erin", 600)})).await;
+    let reply = c
+        .call("rpc.auth", json!({"token": token("erin", 600)}))
+        .await;
     assert!(reply["result"]["expires_at"].as_i64().unwrap() > expires_at);
     // A token for someone else cannot take over the connection.
-    let reply = c.call("rpc.auth", json!({"token": token("mallory", 600)})).await;
+    let reply = c
+        .call("rpc.auth", json!({"token": token("mallory", 600)}))
+        .await;
     assert_eq!(error_code(&reply), Some(-32002), "{reply}");
-    assert_eq!(c.call("echo/whoami", Value::Null).await["result"]["user"], "erin");
+    assert_eq!(
+        c.call("echo/whoami", Value::Null).await["result"]["user"],
+        "erin"
+    );
 }
 
 #[tokio::test]
@@ -72,21 +100,39 @@ async fn rpc_auth_refuses_bad_tokens_with_reasons() {
     let mut c = server.connect().await;
     let cases = [
         (token("x", -60), "expired"),
-        (token_with("a-different-secret-0123456789", json!({"sub": "x", "exp": now() + 60})), "signature"),
+        (
+            token_with(
+                "a-different-secret-0123456789",
+                json!({"sub": "x", "exp": now() + 60}),
+            ),
+            "signature",
+        ),
         ("not-a-token".to_owned(), "malformed"),
         (token_with(SECRET, json!({"sub": "x"})), "'exp'"),
         (token_with(SECRET, json!({"exp": now() + 60})), "'sub'"),
-        (token_with(SECRET, json!({"sub": "x", "exp": now() + 60, "nbf": now() + 600})), "not valid yet"),
+        (
+            token_with(
+                SECRET,
+                json!({"sub": "x", "exp": now() + 60, "nbf": now() + 600}),
+            ),
+            "not valid yet",
+        ),
     ];
     for (bad, reason) in cases {
         let reply = c.call("rpc.auth", json!({"token": bad})).await;
         assert_eq!(error_code(&reply), Some(-32001), "{reply}");
         let message = reply["error"]["message"].as_str().unwrap();
-        assert!(message.contains(reason), "expected {reason:?} in {message:?}");
+        assert!(
+            message.contains(reason),
+            "expected {reason:?} in {message:?}"
+        );
     }
     let reply = c.call("rpc.auth", json!({})).await;
     assert_eq!(error_code(&reply), Some(-32602));
-    assert_eq!(c.call("echo/whoami", Value::Null).await["result"]["user"], Value::Null);
+    assert_eq!(
+        c.call("echo/whoami", Value::Null).await["result"]["user"],
+        Value::Null
+    );
 }
 
 #[tokio::test]
@@ -94,7 +140,13 @@ async fn bad_handshake_tokens_are_refused_with_401() {
     let server = ServerConfig::default().start();
     for (bad, reason) in [
         (token("x", -60), "expired"),
-        (token_with("a-different-secret-0123456789", json!({"sub": "x", "exp": now() + 60})), "signature"),
+        (
+            token_with(
+                "a-different-secret-0123456789",
+                json!({"sub": "x", "exp": now() + 60}),
+            ),
+            "signature",
+        ),
         ("garbage".to_owned(), "malformed"),
     ] {
         let request = format!(
@@ -109,19 +161,33 @@ async fn bad_handshake_tokens_are_refused_with_401() {
     }
     // Through a real client too: the handshake fails.
     let url = format!("{}?token={}", server.ws_url(), token("x", -60));
-    assert!(Client::try_connect(url.into_client_request().unwrap()).await.is_err());
+    assert!(
+        Client::try_connect(url.into_client_request().unwrap())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
 async fn a_token_that_expires_on_a_live_connection_stops_guarded_calls() {
     let server = ServerConfig::default().start();
     // Expires in 1 s; the server allows 5 s of clock skew.
-    let mut c = switchboard_tests::Client::connect(&format!("{}?token={}", server.ws_url(), token("fay", 1))).await;
+    let mut c = switchboard_tests::Client::connect(&format!(
+        "{}?token={}",
+        server.ws_url(),
+        token("fay", 1)
+    ))
+    .await;
     assert!(c.call("kv/keys", Value::Null).await["result"].is_array());
     tokio::time::sleep(std::time::Duration::from_millis(7_000)).await;
     let reply = c.call("kv/keys", Value::Null).await;
     assert_eq!(error_code(&reply), Some(-32001), "{reply}");
-    assert!(reply["error"]["message"].as_str().unwrap().contains("expired"));
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
     // Public actions still work; a fresh token restores access.
     assert_eq!(c.call("echo", json!([1])).await["result"], json!([1]));
     c.call("rpc.auth", json!({"token": token("fay", 60)})).await;
@@ -140,10 +206,15 @@ async fn without_a_secret_serve_prints_a_working_dev_token() {
         .to_owned();
     assert!(url.starts_with(&server.ws_url()), "{url}");
     let mut c = Client::connect(&url).await;
-    assert_eq!(c.call("echo/whoami", Value::Null).await["result"]["user"], "dev");
+    assert_eq!(
+        c.call("echo/whoami", Value::Null).await["result"]["user"],
+        "dev"
+    );
     assert!(c.call("kv/keys", Value::Null).await["result"].is_array());
     // A token signed with any other secret is refused.
     let mut anon = server.connect().await;
-    let reply = anon.call("rpc.auth", json!({"token": token("x", 60)})).await;
+    let reply = anon
+        .call("rpc.auth", json!({"token": token("x", 60)}))
+        .await;
     assert_eq!(error_code(&reply), Some(-32001));
 }

@@ -8,7 +8,11 @@ use std::process::Command;
 use switchboard_tests::{Client, SECRET, ServerConfig, binary, plugin};
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(binary()).args(args).env_remove("SWITCHBOARD_JWT_SECRET").output().unwrap();
+    let out = Command::new(binary())
+        .args(args)
+        .env_remove("SWITCHBOARD_JWT_SECRET")
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -22,7 +26,10 @@ fn check_describes_a_plugin() {
     assert!(ok);
     assert!(stdout.contains("abi:     1"), "{stdout}");
     assert!(stdout.contains("plugin:  echo 0.1.0"), "{stdout}");
-    assert!(stdout.contains("echo/sleep (signed-in, timeout 2000 ms)"), "{stdout}");
+    assert!(
+        stdout.contains("echo/sleep (signed-in, timeout 2000 ms)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("echo/whoami (public)"), "{stdout}");
 
     let (ok, stdout, _) = run(&["check", "--json", plugin("kv").to_str().unwrap()]);
@@ -37,7 +44,10 @@ fn check_describes_a_plugin() {
 fn check_says_why_a_file_cannot_load() {
     let (ok, _, stderr) = run(&["check", plugin("future_abi").to_str().unwrap()]);
     assert!(!ok);
-    assert!(stderr.contains("built for plugin ABI version 2"), "{stderr}");
+    assert!(
+        stderr.contains("built for plugin ABI version 2"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = run(&["check", plugin("not_a_plugin").to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("not a Switchboard plugin"), "{stderr}");
@@ -48,17 +58,33 @@ fn check_says_why_a_file_cannot_load() {
     assert!(!ok);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["ok"], false);
-    assert!(report["error"].as_str().unwrap().contains("not a loadable library"));
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a loadable library")
+    );
 }
 
 #[tokio::test]
 async fn token_mints_what_the_server_accepts() {
-    let (ok, stdout, stderr) = run(&["token", "--sub", "alice", "--ttl", "10m", "--jwt-secret", SECRET]);
+    let (ok, stdout, stderr) = run(&[
+        "token",
+        "--sub",
+        "alice",
+        "--ttl",
+        "10m",
+        "--jwt-secret",
+        SECRET,
+    ]);
     assert!(ok, "{stderr}");
     let token = stdout.trim();
     let server = ServerConfig::default().start();
     let mut c = Client::connect(&format!("{}?token={token}", server.ws_url())).await;
-    assert_eq!(c.call("echo/whoami", Value::Null).await["result"]["user"], "alice");
+    assert_eq!(
+        c.call("echo/whoami", Value::Null).await["result"]["user"],
+        "alice"
+    );
     let reply = c.call("rpc.auth", json!({"token": token})).await;
     let expires_in = reply["result"]["expires_at"].as_i64().unwrap() - switchboard_tests::now();
     assert!((595..=601).contains(&expires_in), "{reply}");
@@ -78,7 +104,13 @@ fn token_needs_a_secret_and_reads_the_environment_and_config() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("switchboard.toml");
     std::fs::write(&config, format!("jwt_secret = \"{SECRET}\"\n")).unwrap();
-    let (ok, stdout, stderr) = run(&["token", "--sub", "carol", "--config", config.to_str().unwrap()]);
+    let (ok, stdout, stderr) = run(&[
+        "token",
+        "--sub",
+        "carol",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim().split('.').count(), 3);
 }
@@ -88,13 +120,31 @@ async fn serve_reads_a_config_file_and_flags_override_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("switchboard.toml");
     std::fs::write(&config, "max_batch = 1\ncall_timeout_ms = 1234\n").unwrap();
-    let server = ServerConfig::default().arg("--config").arg(config.to_str().unwrap()).arg("--max-batch").arg("2").start();
+    let server = ServerConfig::default()
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .arg("--max-batch")
+        .arg("2")
+        .start();
     let mut c = server.connect().await;
     c.send_text(r#"[{"jsonrpc":"2.0","id":1,"method":"rpc.ping"},{"jsonrpc":"2.0","id":2,"method":"rpc.ping"}]"#).await;
-    assert_eq!(c.recv().await.as_array().map(Vec::len), Some(2), "the flag's limit of 2 applies");
+    assert_eq!(
+        c.recv().await.as_array().map(Vec::len),
+        Some(2),
+        "the flag's limit of 2 applies"
+    );
     let status = server.status();
-    let kv = status["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "kv").unwrap().clone();
-    assert_eq!(kv["actions"][0]["timeout_ms"], 1234, "the file's timeout applies");
+    let kv = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "kv")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        kv["actions"][0]["timeout_ms"], 1234,
+        "the file's timeout applies"
+    );
 }
 
 #[test]
@@ -108,7 +158,13 @@ fn bad_configuration_is_refused_with_a_reason() {
     let (ok, _, stderr) = run(&["serve", "--actions", "/definitely/not/here"]);
     assert!(!ok);
     assert!(stderr.contains("does not exist"), "{stderr}");
-    let (ok, _, stderr) = run(&["serve", "--actions", dir.path().to_str().unwrap(), "--jwt-secret", "short"]);
+    let (ok, _, stderr) = run(&[
+        "serve",
+        "--actions",
+        dir.path().to_str().unwrap(),
+        "--jwt-secret",
+        "short",
+    ]);
     assert!(!ok);
     assert!(stderr.contains("at least 16 bytes"), "{stderr}");
 }
@@ -122,5 +178,8 @@ fn help_reads_well() {
     }
     let (ok, stdout, _) = run(&["serve", "--help"]);
     assert!(ok);
-    assert!(stdout.contains("--actions <DIR>") && stdout.contains("SWITCHBOARD_LISTEN"), "{stdout}");
+    assert!(
+        stdout.contains("--actions <DIR>") && stdout.contains("SWITCHBOARD_LISTEN"),
+        "{stdout}"
+    );
 }

@@ -30,31 +30,61 @@ async fn non_plugins_are_skipped_or_refused_and_the_rest_loads() {
         .file("libnot_a_plugin.so", &not_a_plugin)
         .start();
     let log = server.log();
-    let skipped = log.lines().find(|l| l.contains("README.txt")).expect("README.txt is mentioned");
-    assert!(skipped.contains("WARN") && skipped.contains("skipped: not a .so file"), "{skipped}");
+    let skipped = log
+        .lines()
+        .find(|l| l.contains("README.txt"))
+        .expect("README.txt is mentioned");
+    assert!(
+        skipped.contains("WARN") && skipped.contains("skipped: not a .so file"),
+        "{skipped}"
+    );
 
     let status = server.status();
     assert!(refused_reason(&status, "garbage.so").contains("not a loadable library"));
     assert!(refused_reason(&status, "truncated.so").contains("not a loadable library"));
-    assert!(refused_reason(&status, "libnot_a_plugin.so").contains("exports no `switchboard_plugin_v1` symbol"));
+    assert!(
+        refused_reason(&status, "libnot_a_plugin.so")
+            .contains("exports no `switchboard_plugin_v1` symbol")
+    );
     for name in ["garbage.so", "truncated.so", "libnot_a_plugin.so"] {
-        let line = log.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} not in log:\n{log}"));
+        let line = log
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name} not in log:\n{log}"));
         assert!(line.contains("plugin refused"), "{line}");
     }
-    let names: Vec<&str> = status["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["echo", "kv"]);
     let mut c = server.connect_as("alice").await;
     assert_eq!(c.call("echo", json!(["ok"])).await["result"], json!(["ok"]));
-    assert_eq!(c.call("kv/incr", json!({"key": "k"})).await["result"], json!({"value": 1}));
+    assert_eq!(
+        c.call("kv/incr", json!({"key": "k"})).await["result"],
+        json!({"value": 1})
+    );
 }
 
 #[tokio::test]
 async fn an_abi_mismatch_is_refused_naming_both_versions() {
-    let server = ServerConfig::default().plugins(&["echo", "future_abi"]).start();
+    let server = ServerConfig::default()
+        .plugins(&["echo", "future_abi"])
+        .start();
     let status = server.status();
     let reason = refused_reason(&status, "libfuture_abi.so");
-    assert!(reason.contains("ABI version 2") && reason.contains("speaks version 1"), "{reason}");
-    let line = server.log().lines().find(|l| l.contains("libfuture_abi.so")).unwrap().to_owned();
+    assert!(
+        reason.contains("ABI version 2") && reason.contains("speaks version 1"),
+        "{reason}"
+    );
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("libfuture_abi.so"))
+        .unwrap()
+        .to_owned();
     assert!(line.contains("ABI version 2"), "{line}");
     let mut c = server.connect().await;
     assert_eq!(c.call("echo", json!([1])).await["result"], json!([1]));
@@ -62,7 +92,9 @@ async fn an_abi_mismatch_is_refused_naming_both_versions() {
 
 #[tokio::test]
 async fn two_plugins_claiming_one_path_refuse_the_second_whole() {
-    let server = ServerConfig::default().plugins(&["echo", "path_thief", "kv"]).start();
+    let server = ServerConfig::default()
+        .plugins(&["echo", "path_thief", "kv"])
+        .start();
     let status = server.status();
     let reason = refused_reason(&status, "libpath_thief.so");
     for part in ["path-thief 0.9.0", "'echo'", "echo 0.1.0", "libecho.so"] {
@@ -70,20 +102,36 @@ async fn two_plugins_claiming_one_path_refuse_the_second_whole() {
     }
     let mut c = server.connect().await;
     // The first plugin keeps its path; none of the refused plugin's actions exist.
-    assert_eq!(c.call("echo", json!(["mine"])).await["result"], json!(["mine"]));
-    assert_eq!(error_code(&c.call("thief/steal", Value::Null).await), Some(-32601));
+    assert_eq!(
+        c.call("echo", json!(["mine"])).await["result"],
+        json!(["mine"])
+    );
+    assert_eq!(
+        error_code(&c.call("thief/steal", Value::Null).await),
+        Some(-32601)
+    );
     // Plugins after the refused one still load.
-    let names: Vec<&str> = status["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["echo", "kv"]);
 }
 
 #[tokio::test]
 async fn a_plugin_built_for_the_first_abi_revision_still_loads() {
-    let server = ServerConfig::default().plugins(&["legacy_layout", "echo"]).start();
+    let server = ServerConfig::default()
+        .plugins(&["legacy_layout", "echo"])
+        .start();
     let status = server.status();
     assert_eq!(status["refused"], json!([]), "{status}");
     let mut c = server.connect().await;
-    assert_eq!(c.call("legacy/hello", Value::Null).await["result"], "hello from a first-revision plugin");
+    assert_eq!(
+        c.call("legacy/hello", Value::Null).await["result"],
+        "hello from a first-revision plugin"
+    );
     // Shutdown must not call the hook the old layout does not have.
     drop(c);
     let mut server = server;
@@ -102,11 +150,26 @@ async fn status_and_healthz_describe_the_server() {
     assert_eq!(status["server"], "switchboard");
     assert_eq!(status["connections"], 2);
     assert!(status["uptime_secs"].is_u64());
-    let echo = status["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "echo").unwrap().clone();
+    let echo = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "echo")
+        .unwrap()
+        .clone();
     assert_eq!(echo["version"], "0.1.0");
     assert!(echo["file"].as_str().unwrap().ends_with("libecho.so"));
-    let sleep = echo["actions"].as_array().unwrap().iter().find(|a| a["path"] == "echo/sleep").unwrap().clone();
-    assert_eq!(sleep, json!({"path": "echo/sleep", "public": false, "timeout_ms": 2000}));
+    let sleep = echo["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["path"] == "echo/sleep")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        sleep,
+        json!({"path": "echo/sleep", "public": false, "timeout_ms": 2000})
+    );
     let (code, _) = server.http_get("/nope");
     assert_eq!(code, 404);
     let (code, body) = server.http_get("/ws");
@@ -117,10 +180,21 @@ async fn status_and_healthz_describe_the_server() {
 async fn plugin_logs_reach_the_server_log_with_the_plugin_name() {
     let server = ServerConfig::default().plugins(&["hello_action"]).start();
     let mut c = server.connect().await;
-    assert_eq!(c.call("hello/greet", json!({"name": "Ada"})).await["result"], "Hello, Ada!");
+    assert_eq!(
+        c.call("hello/greet", json!({"name": "Ada"})).await["result"],
+        "Hello, Ada!"
+    );
     server.wait_for_log("greeting Ada");
-    let line = server.log().lines().find(|l| l.contains("greeting Ada")).unwrap().to_owned();
-    assert!(line.contains("plugin=\"hello\"") || line.contains("plugin=hello"), "{line}");
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("greeting Ada"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("plugin=\"hello\"") || line.contains("plugin=hello"),
+        "{line}"
+    );
     assert!(line.contains("conn="), "{line}");
 }
 
@@ -134,7 +208,10 @@ async fn plugin_copies_are_private_and_removed_at_exit() {
     // the mapped copy: the server keeps serving.
     std::fs::write(&file, b"overwritten").unwrap();
     let mut c = server.connect().await;
-    assert_eq!(c.call("echo", json!(["alive"])).await["result"], json!(["alive"]));
+    assert_eq!(
+        c.call("echo", json!(["alive"])).await["result"],
+        json!(["alive"])
+    );
     drop(c);
     server.signal_term();
     assert!(server.wait_exit().success());

@@ -16,9 +16,18 @@ async fn echo_returns_params_untouched() {
     assert_eq!(reply["jsonrpc"], "2.0");
     assert_eq!(reply["result"], params);
     // The exact bytes are spliced through: formatting survives.
-    c.send_text(r#"{"jsonrpc":"2.0","id":1,"method":"echo","params":{"a":  1.50}}"#).await;
-    let raw = c.next_message(switchboard_tests::WAIT).await.unwrap().into_text().unwrap();
-    assert_eq!(raw.as_str(), r#"{"jsonrpc":"2.0","id":1,"result":{"a":  1.50}}"#);
+    c.send_text(r#"{"jsonrpc":"2.0","id":1,"method":"echo","params":{"a":  1.50}}"#)
+        .await;
+    let raw = c
+        .next_message(switchboard_tests::WAIT)
+        .await
+        .unwrap()
+        .into_text()
+        .unwrap();
+    assert_eq!(
+        raw.as_str(),
+        r#"{"jsonrpc":"2.0","id":1,"result":{"a":  1.50}}"#
+    );
 }
 
 #[tokio::test]
@@ -37,9 +46,12 @@ async fn ids_of_every_kind_come_back() {
 async fn notifications_run_but_get_no_reply() {
     let server = ServerConfig::default().start();
     let mut c = server.connect_as("alice").await;
-    c.send(&json!({"jsonrpc": "2.0", "method": "kv/set", "params": {"key": "n1", "value": 42}})).await;
-    c.send(&json!({"jsonrpc": "2.0", "method": "echo/error", "params": {}})).await;
-    c.send(&json!({"jsonrpc": "2.0", "method": "no/such"})).await;
+    c.send(&json!({"jsonrpc": "2.0", "method": "kv/set", "params": {"key": "n1", "value": 42}}))
+        .await;
+    c.send(&json!({"jsonrpc": "2.0", "method": "echo/error", "params": {}}))
+        .await;
+    c.send(&json!({"jsonrpc": "2.0", "method": "no/such"}))
+        .await;
     // The next frame is the reply to this call: the notifications sent none,
     // even the failing ones. The value proves the first one ran.
     let reply = c.call("kv/get", json!({"key": "n1"})).await;
@@ -62,7 +74,13 @@ async fn batch_answers_every_call_in_one_array() {
     let reply = c.recv().await;
     let items = reply.as_array().expect("a batch reply is an array");
     assert_eq!(items.len(), 5, "{reply}");
-    let by_id = |id: Value| items.iter().find(|r| r["id"] == id).cloned().unwrap_or(Value::Null);
+    let by_id = |id: Value| {
+        items
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
     assert_eq!(by_id(json!(1))["result"], json!({"x": 1}));
     assert_eq!(by_id(json!(2))["result"], "pong");
     assert_eq!(error_code(&by_id(json!(3))), Some(-32601));
@@ -81,14 +99,27 @@ async fn batch_edge_cases() {
     c.send_text("[1, 2]").await;
     let reply = c.recv().await;
     assert_eq!(reply.as_array().map(Vec::len), Some(2), "{reply}");
-    assert!(reply.as_array().unwrap().iter().all(|r| error_code(r) == Some(-32600)));
-    c.send_text(r#"[{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","method":"rpc.ping"}]"#).await;
+    assert!(
+        reply
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| error_code(r) == Some(-32600))
+    );
+    c.send_text(r#"[{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","method":"rpc.ping"}]"#)
+        .await;
     c.send_text(r#"[{"jsonrpc":"2.0","id":1,"method":"rpc.ping"},{"jsonrpc":"2.0","id":2,"method":"rpc.ping"},{"jsonrpc":"2.0","id":3,"method":"rpc.ping"},{"jsonrpc":"2.0","id":4,"method":"rpc.ping"}]"#).await;
     // The all-notification batch got nothing back: the next frame answers the oversized batch.
     let reply = c.recv().await;
     assert_eq!(error_code(&reply), Some(-32600), "{reply}");
-    assert!(reply["error"]["message"].as_str().unwrap().contains("at most 3"));
-    c.send_text(r#"[{"jsonrpc":"2.0","id":1,"method":"rpc.ping"}"#).await;
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3")
+    );
+    c.send_text(r#"[{"jsonrpc":"2.0","id":1,"method":"rpc.ping"}"#)
+        .await;
     assert_eq!(error_code(&c.recv().await), Some(-32700));
 }
 
@@ -102,24 +133,54 @@ async fn malformed_frames_get_the_right_codes() {
         ("42", -32600, Value::Null),
         (r#""text""#, -32600, Value::Null),
         (r#"{"id":1,"method":"echo"}"#, -32600, json!(1)),
-        (r#"{"jsonrpc":"1.0","id":2,"method":"echo"}"#, -32600, json!(2)),
+        (
+            r#"{"jsonrpc":"1.0","id":2,"method":"echo"}"#,
+            -32600,
+            json!(2),
+        ),
         (r#"{"jsonrpc":"2.0","id":3}"#, -32600, json!(3)),
         (r#"{"jsonrpc":"2.0","id":4,"method":7}"#, -32600, json!(4)),
-        (r#"{"jsonrpc":"2.0","id":5,"method":"echo","params":"scalar"}"#, -32600, json!(5)),
-        (r#"{"jsonrpc":"2.0","id":{"an":"object"},"method":"echo"}"#, -32600, Value::Null),
-        (r#"{"jsonrpc":"2.0","id":6,"result":true}"#, -32600, json!(6)),
+        (
+            r#"{"jsonrpc":"2.0","id":5,"method":"echo","params":"scalar"}"#,
+            -32600,
+            json!(5),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":{"an":"object"},"method":"echo"}"#,
+            -32600,
+            Value::Null,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":6,"result":true}"#,
+            -32600,
+            json!(6),
+        ),
     ];
     for (frame, code, id) in cases {
         c.send_text(frame).await;
         let reply = c.recv().await;
-        assert_eq!(error_code(&reply), Some(*code), "frame {frame:?} got {reply}");
+        assert_eq!(
+            error_code(&reply),
+            Some(*code),
+            "frame {frame:?} got {reply}"
+        );
         assert_eq!(&reply["id"], id, "frame {frame:?} got {reply}");
-        assert!(!reply["error"]["message"].as_str().unwrap_or_default().is_empty());
+        assert!(
+            !reply["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        );
     }
     c.send_binary(b"{}".to_vec()).await;
     let reply = c.recv().await;
     assert_eq!(error_code(&reply), Some(-32600));
-    assert!(reply["error"]["message"].as_str().unwrap().contains("text frames"));
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("text frames")
+    );
 }
 
 #[tokio::test]
@@ -129,7 +190,10 @@ async fn unknown_methods_and_action_errors() {
     let reply = c.call("echo/nope", json!({})).await;
     assert_eq!(error_code(&reply), Some(-32601));
     assert_eq!(reply["error"]["message"], "no action 'echo/nope'");
-    assert_eq!(error_code(&c.call("rpc.nope", Value::Null).await), Some(-32601));
+    assert_eq!(
+        error_code(&c.call("rpc.nope", Value::Null).await),
+        Some(-32601)
+    );
 
     let reply = c.call("echo/error", json!({"why": "testing"})).await;
     assert_eq!(reply["error"]["code"], 1000);
@@ -137,8 +201,17 @@ async fn unknown_methods_and_action_errors() {
 
     let reply = c.call("echo/sleep", json!({"ms": "soon"})).await;
     assert_eq!(error_code(&reply), Some(-32602));
-    assert!(reply["error"]["message"].as_str().unwrap().contains("invalid params"), "{reply}");
-    assert_eq!(error_code(&c.call("echo/sleep", Value::Null).await), Some(-32602));
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid params"),
+        "{reply}"
+    );
+    assert_eq!(
+        error_code(&c.call("echo/sleep", Value::Null).await),
+        Some(-32602)
+    );
 
     let reply = c.call("kv/incr", json!({"key": "n", "by": 2})).await;
     assert_eq!(reply["result"], json!({"value": 2}));
@@ -156,7 +229,13 @@ async fn a_panicking_action_fails_alone_and_the_server_carries_on() {
     for _ in 0..3 {
         let reply = c.call("echo/panic", json!({})).await;
         assert_eq!(error_code(&reply), Some(-32005), "{reply}");
-        assert!(reply["error"]["message"].as_str().unwrap().contains("echo/panic was called"), "{reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("echo/panic was called"),
+            "{reply}"
+        );
         assert_eq!(c.call("echo", json!([1])).await["result"], json!([1]));
         assert_eq!(other.call("echo", json!([2])).await["result"], json!([2]));
     }
@@ -174,7 +253,10 @@ async fn a_slow_call_does_not_delay_a_later_ping() {
     let second = c.recv().await;
     let third = c.recv().await;
     assert_eq!(first["id"], 2, "the ping was answered first");
-    assert_eq!(second["id"], 3, "the fast echo was answered before the sleep");
+    assert_eq!(
+        second["id"], 3,
+        "the fast echo was answered before the sleep"
+    );
     assert_eq!(third["id"], 1);
     assert_eq!(third["result"], json!({"slept": 500}));
 }
@@ -188,7 +270,11 @@ async fn blocking_actions_never_starve_other_connections() {
     let mut busy = Vec::new();
     for i in 0..6 {
         let mut c = server.connect_as("alice").await;
-        let method = if i % 2 == 0 { "echo/sleep" } else { "echo/spin" };
+        let method = if i % 2 == 0 {
+            "echo/sleep"
+        } else {
+            "echo/spin"
+        };
         c.request(i, method, json!({"ms": 1500})).await;
         busy.push(c);
     }
@@ -196,7 +282,10 @@ async fn blocking_actions_never_starve_other_connections() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(server.status()["inflight_calls"].as_u64().unwrap() >= 1);
     let mut probe = server.connect().await;
-    assert_eq!(probe.call("echo", json!(["still here"])).await["result"], json!(["still here"]));
+    assert_eq!(
+        probe.call("echo", json!(["still here"])).await["result"],
+        json!(["still here"])
+    );
     // Now every busy connection answers, and only after the probe did.
     for c in &mut busy {
         let reply = c.recv().await;
@@ -221,7 +310,12 @@ async fn an_action_past_its_deadline_gets_a_timeout() {
     // echo/sleep declares a 2 s deadline.
     let reply = c.call("echo/sleep", json!({"ms": 3000})).await;
     assert_eq!(error_code(&reply), Some(-32003), "{reply}");
-    assert!(reply["error"]["message"].as_str().unwrap().contains("2000 ms"));
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2000 ms")
+    );
     // The deferred kind too, and the connection keeps working.
     let reply = c.call("echo/later", json!({"ms": 2600})).await;
     assert_eq!(error_code(&reply), Some(-32003), "{reply}");
@@ -230,18 +324,40 @@ async fn an_action_past_its_deadline_gets_a_timeout() {
 
 #[tokio::test]
 async fn the_server_default_deadline_applies_to_actions_without_one() {
-    let server = ServerConfig::default().arg("--call-timeout-ms").arg("300").start();
+    let server = ServerConfig::default()
+        .arg("--call-timeout-ms")
+        .arg("300")
+        .start();
     let mut c = server.connect_as("alice").await;
     // kv/* set no deadline of their own; a quick call still succeeds.
-    assert_eq!(c.call("kv/incr", json!({"key": "k"})).await["result"], json!({"value": 1}));
+    assert_eq!(
+        c.call("kv/incr", json!({"key": "k"})).await["result"],
+        json!({"value": 1})
+    );
     let status = server.status();
-    let kv = status["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "kv").unwrap().clone();
-    assert!(kv["actions"].as_array().unwrap().iter().all(|a| a["timeout_ms"] == 300), "{kv}");
+    let kv = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "kv")
+        .unwrap()
+        .clone();
+    assert!(
+        kv["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["timeout_ms"] == 300),
+        "{kv}"
+    );
 }
 
 #[tokio::test]
 async fn calls_past_the_connection_limit_are_shed() {
-    let server = ServerConfig::default().arg("--max-inflight-per-connection").arg("2").start();
+    let server = ServerConfig::default()
+        .arg("--max-inflight-per-connection")
+        .arg("2")
+        .start();
     let mut c = server.connect_as("alice").await;
     c.request(1, "echo/sleep", json!({"ms": 400})).await;
     c.request(2, "echo/sleep", json!({"ms": 400})).await;
@@ -258,7 +374,10 @@ async fn calls_past_the_connection_limit_are_shed() {
 
 #[tokio::test]
 async fn calls_past_the_server_limit_are_shed() {
-    let server = ServerConfig::default().arg("--max-inflight-calls").arg("2").start();
+    let server = ServerConfig::default()
+        .arg("--max-inflight-calls")
+        .arg("2")
+        .start();
     let mut a = server.connect_as("alice").await;
     let mut b = server.connect_as("bob").await;
     a.request(1, "echo/sleep", json!({"ms": 400})).await;
@@ -266,19 +385,30 @@ async fn calls_past_the_server_limit_are_shed() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let reply = b.call("echo", json!([1])).await;
     assert_eq!(error_code(&reply), Some(-32006), "{reply}");
-    assert!(reply["error"]["message"].as_str().unwrap().contains("limit of 2"));
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 2")
+    );
 }
 
 #[tokio::test]
 async fn a_message_over_the_limit_closes_with_1009() {
-    let server = ServerConfig::default().arg("--max-message-bytes").arg("1024").start();
+    let server = ServerConfig::default()
+        .arg("--max-message-bytes")
+        .arg("1024")
+        .start();
     let mut c = server.connect().await;
     let big = "x".repeat(2000);
     c.request(1, "echo", json!([big])).await;
     assert_eq!(c.expect_close().await, 1009);
     // Others are unaffected.
     let mut d = server.connect().await;
-    assert_eq!(d.call("echo", json!(["small"])).await["result"], json!(["small"]));
+    assert_eq!(
+        d.call("echo", json!(["small"])).await["result"],
+        json!(["small"])
+    );
 }
 
 #[tokio::test]
@@ -311,15 +441,28 @@ async fn rpc_actions_lists_what_the_caller_may_call() {
     let server = ServerConfig::default().start();
     let mut anon = server.connect().await;
     let listed = anon.call("rpc.actions", Value::Null).await["result"].clone();
-    let paths: Vec<&str> = listed.as_array().unwrap().iter().map(|a| a["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
     assert_eq!(paths, vec!["echo", "echo/whoami"]);
     assert_eq!(listed[0]["version"], "0.1.0");
     assert_eq!(listed[0]["plugin"], "echo");
 
     let mut alice = server.connect_as("alice").await;
     let listed = alice.call("rpc.actions", Value::Null).await["result"].clone();
-    let paths: Vec<&str> = listed.as_array().unwrap().iter().map(|a| a["path"].as_str().unwrap()).collect();
-    assert!(paths.contains(&"kv/set") && paths.contains(&"echo/sleep"), "{paths:?}");
+    let paths: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"kv/set") && paths.contains(&"echo/sleep"),
+        "{paths:?}"
+    );
     assert_eq!(paths.len(), 12);
 }
 

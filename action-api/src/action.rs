@@ -32,7 +32,8 @@ impl std::fmt::Debug for Action {
 }
 
 fn parse_params<P: DeserializeOwned>(raw: &[u8]) -> Result<P, ActionError> {
-    serde_json::from_slice(raw).map_err(|e| ActionError::invalid_params(format!("invalid params: {e}")))
+    serde_json::from_slice(raw)
+        .map_err(|e| ActionError::invalid_params(format!("invalid params: {e}")))
 }
 
 impl Action {
@@ -128,8 +129,9 @@ impl Reply {
     pub fn send<R: Serialize>(mut self, result: Result<R, ActionError>) {
         let Some(raw) = self.raw.take() else { return };
         match result.and_then(|value| {
-            serde_json::to_vec(&value)
-                .map_err(|e| ActionError::internal(format!("the action's result could not be serialized: {e}")))
+            serde_json::to_vec(&value).map_err(|e| {
+                ActionError::internal(format!("the action's result could not be serialized: {e}"))
+            })
         }) {
             Ok(json) => raw.ok(&json),
             Err(err) => raw.error(&err),
@@ -143,7 +145,9 @@ impl Drop for Reply {
             if std::thread::panicking() {
                 raw.panicked("the action panicked after taking its reply");
             } else {
-                raw.error(&ActionError::internal("the action dropped its reply without answering"));
+                raw.error(&ActionError::internal(
+                    "the action dropped its reply without answering",
+                ));
             }
         }
     }

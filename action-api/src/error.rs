@@ -50,7 +50,8 @@ impl ActionError {
     /// Attaches structured `data`, serialized with serde. A value that
     /// cannot be serialized is replaced by its error text.
     pub fn with_data(mut self, data: impl Serialize) -> ActionError {
-        self.data = Some(serde_json::to_value(data).unwrap_or_else(|e| Value::String(e.to_string())));
+        self.data =
+            Some(serde_json::to_value(data).unwrap_or_else(|e| Value::String(e.to_string())));
         self
     }
 

@@ -5,7 +5,8 @@
 //! that unwinds out of an `extern "C"` function aborts the whole server.
 
 use crate::abi::{
-    ActionDescriptor, ByteView, CallInfo, HostTable, PluginDescriptor, action_flags, log_level, status, ABI_VERSION,
+    ABI_VERSION, ActionDescriptor, ByteView, CallInfo, HostTable, PluginDescriptor, action_flags,
+    log_level, status,
 };
 use crate::action::{Plugin, Reply};
 use crate::context::{Context, Logger};
@@ -67,7 +68,8 @@ pub unsafe fn entry(host: *const HostTable, build: fn() -> Plugin) -> *const Plu
     }
     // SAFETY: non-null, and valid per this function's contract.
     let table = unsafe { &*host };
-    if table.abi_version != ABI_VERSION || (table.size as usize) < std::mem::size_of::<HostTable>() {
+    if table.abi_version != ABI_VERSION || (table.size as usize) < std::mem::size_of::<HostTable>()
+    {
         return std::ptr::null();
     }
     let host = HOST.get_or_init(|| HostTable { ..*table });
@@ -80,7 +82,15 @@ pub unsafe fn entry(host: *const HostTable, build: fn() -> Plugin) -> *const Plu
     match (outcome, REGISTERED.get()) {
         (Ok(()), Some(registered)) => &registered.descriptor,
         (Err(payload), _) => {
-            host_log(host, log_level::ERROR, 0, &format!("plugin initialisation panicked: {}", panic_message(&*payload)));
+            host_log(
+                host,
+                log_level::ERROR,
+                0,
+                &format!(
+                    "plugin initialisation panicked: {}",
+                    panic_message(&*payload)
+                ),
+            );
             std::ptr::null()
         }
         (Ok(()), None) => std::ptr::null(),
@@ -93,8 +103,16 @@ pub unsafe fn entry(host: *const HostTable, build: fn() -> Plugin) -> *const Plu
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         if let Some(host) = HOST.get() {
-            let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-            host_log(host, log_level::ERROR, 0, &format!("panic{location}: {}", panic_message(info.payload())));
+            let location = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            host_log(
+                host,
+                log_level::ERROR,
+                0,
+                &format!("panic{location}: {}", panic_message(info.payload())),
+            );
         }
     }));
 }
@@ -105,8 +123,14 @@ fn register(plugin: Plugin) -> Registered {
         .iter()
         .map(|action| ActionDescriptor {
             path: ByteView::of(action.path.as_bytes()),
-            flags: if action.public { action_flags::PUBLIC } else { 0 },
-            timeout_ms: action.timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
+            flags: if action.public {
+                action_flags::PUBLIC
+            } else {
+                0
+            },
+            timeout_ms: action.timeout.map_or(0, |t| {
+                u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+            }),
         })
         .collect();
     let descriptor = PluginDescriptor {
@@ -137,10 +161,15 @@ unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
     }
     // SAFETY: the host passes a valid `CallInfo` that lives until we return.
     let call = unsafe { &*call };
-    let mut slot = Some(Reply::new(RawReply { host, handle: call.reply }));
+    let mut slot = Some(Reply::new(RawReply {
+        host,
+        handle: call.reply,
+    }));
     let Some(action) = registered.plugin.actions.get(action) else {
         if let Some(reply) = slot.take() {
-            reply.send::<()>(Err(ActionError::internal(format!("the plugin has no action number {action}"))));
+            reply.send::<()>(Err(ActionError::internal(format!(
+                "the plugin has no action number {action}"
+            ))));
         }
         return;
     };
@@ -148,13 +177,19 @@ unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
     // use them only inside this call.
     let (params, user) = unsafe { (call.params.as_slice(), call.user.as_slice()) };
     let params: &[u8] = if params.is_empty() { b"null" } else { params };
-    let user = if call.user.is_absent() { None } else { std::str::from_utf8(user).ok() };
+    let user = if call.user.is_absent() {
+        None
+    } else {
+        std::str::from_utf8(user).ok()
+    };
     let ctx = Context {
         conn_id: call.conn_id,
         user,
         logger: Logger::new(host, call.conn_id),
     };
-    let outcome = catch_unwind(AssertUnwindSafe(|| (action.handler)(&ctx, params, &mut slot)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        (action.handler)(&ctx, params, &mut slot)
+    }));
     if let Err(payload) = outcome {
         let message = panic_message(&*payload);
         match slot.take() {
@@ -163,7 +198,15 @@ unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
                     raw.panicked(&message);
                 }
             }
-            None => host_log(host, log_level::ERROR, call.conn_id, &format!("action '{}' panicked after answering: {message}", action.path)),
+            None => host_log(
+                host,
+                log_level::ERROR,
+                call.conn_id,
+                &format!(
+                    "action '{}' panicked after answering: {message}",
+                    action.path
+                ),
+            ),
         }
     }
 }
@@ -173,10 +216,16 @@ unsafe extern "C" fn shutdown_plugin() {
     let (Some(host), Some(registered)) = (HOST.get(), REGISTERED.get()) else {
         return;
     };
-    if let Some(hook) = &registered.plugin.on_shutdown {
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(hook)) {
-            host_log(host, log_level::ERROR, 0, &format!("shutdown hook panicked: {}", panic_message(&*payload)));
-        }
+    let Some(hook) = &registered.plugin.on_shutdown else {
+        return;
+    };
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(hook)) {
+        host_log(
+            host,
+            log_level::ERROR,
+            0,
+            &format!("shutdown hook panicked: {}", panic_message(&*payload)),
+        );
     }
 }
 

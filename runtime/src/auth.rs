@@ -86,13 +86,17 @@ pub struct TokenKeys {
 impl std::fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("TokenKeys").field("algorithm", &"HS256").finish_non_exhaustive()
+        f.debug_struct("TokenKeys")
+            .field("algorithm", &"HS256")
+            .finish_non_exhaustive()
     }
 }
 
 /// Seconds since the Unix epoch, now.
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl TokenKeys {
@@ -111,18 +115,29 @@ impl TokenKeys {
 
     /// Checks a token's signature, algorithm and time claims.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
-        let data = jsonwebtoken::decode::<IncomingClaims>(token.trim(), &self.decoding, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
-                TokenError::WrongAlgorithm
-            }
-            ErrorKind::MissingRequiredClaim(claim) => TokenError::MissingClaim(claim.clone()),
-            _ => TokenError::Malformed(e.to_string()),
-        })?;
-        let sub = data.claims.sub.filter(|s| !s.is_empty()).ok_or_else(|| TokenError::MissingClaim("sub".into()))?;
-        let exp = data.claims.exp.ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
+        let data =
+            jsonwebtoken::decode::<IncomingClaims>(token.trim(), &self.decoding, &self.validation)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => TokenError::Expired,
+                    ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                    ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    ErrorKind::InvalidAlgorithm
+                    | ErrorKind::InvalidAlgorithmName
+                    | ErrorKind::MissingAlgorithm => TokenError::WrongAlgorithm,
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        TokenError::MissingClaim(claim.clone())
+                    }
+                    _ => TokenError::Malformed(e.to_string()),
+                })?;
+        let sub = data
+            .claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| TokenError::MissingClaim("sub".into()))?;
+        let exp = data
+            .claims
+            .exp
+            .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
         Ok(Identity {
             user: sub.into(),
             expires_at: exp,
@@ -156,9 +171,20 @@ mod tests {
     #[test]
     fn minted_tokens_verify_and_others_do_not() {
         let keys = TokenKeys::hs256(b"secret");
-        let token = keys.mint("alice", Duration::from_secs(60)).unwrap_or_default();
-        assert_eq!(keys.verify(&token).map(|i| i.user.to_string()), Ok("alice".to_owned()));
-        assert_eq!(TokenKeys::hs256(b"other").verify(&token).err(), Some(TokenError::BadSignature));
-        assert!(matches!(keys.verify("not.a.token"), Err(TokenError::Malformed(_))));
+        let token = keys
+            .mint("alice", Duration::from_secs(60))
+            .unwrap_or_default();
+        assert_eq!(
+            keys.verify(&token).map(|i| i.user.to_string()),
+            Ok("alice".to_owned())
+        );
+        assert_eq!(
+            TokenKeys::hs256(b"other").verify(&token).err(),
+            Some(TokenError::BadSignature)
+        );
+        assert!(matches!(
+            keys.verify("not.a.token"),
+            Err(TokenError::Malformed(_))
+        ));
     }
 }

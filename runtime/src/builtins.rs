@@ -34,10 +34,19 @@ impl Builtin {
     }
 
     /// Runs the built-in and returns its result as JSON text.
-    pub fn run(self, state: &ServerState, session: &mut Session, params: Option<&RawValue>) -> Result<String, RpcError> {
+    pub fn run(
+        self,
+        state: &ServerState,
+        session: &mut Session,
+        params: Option<&RawValue>,
+    ) -> Result<String, RpcError> {
         match self {
             Builtin::Ping => Ok("\"pong\"".to_owned()),
-            Builtin::Actions => Ok(state.registry.snapshot().actions_json(session.is_signed_in()).to_owned()),
+            Builtin::Actions => Ok(state
+                .registry
+                .snapshot()
+                .actions_json(session.is_signed_in())
+                .to_owned()),
             Builtin::Auth => auth(state, session, params),
         }
     }
@@ -49,29 +58,40 @@ struct AuthParams {
     token: String,
 }
 
-fn auth(state: &ServerState, session: &mut Session, params: Option<&RawValue>) -> Result<String, RpcError> {
+fn auth(
+    state: &ServerState,
+    session: &mut Session,
+    params: Option<&RawValue>,
+) -> Result<String, RpcError> {
     let params: AuthParams = params
-        .ok_or_else(|| RpcError::new(ErrorCode::InvalidParams, "rpc.auth needs params {\"token\": \"...\"}"))
+        .ok_or_else(|| {
+            RpcError::new(
+                ErrorCode::InvalidParams,
+                "rpc.auth needs params {\"token\": \"...\"}",
+            )
+        })
         .and_then(|raw| {
-            serde_json::from_str(raw.get())
-                .map_err(|e| RpcError::new(ErrorCode::InvalidParams, format!("rpc.auth params: {e}")))
+            serde_json::from_str(raw.get()).map_err(|e| {
+                RpcError::new(ErrorCode::InvalidParams, format!("rpc.auth params: {e}"))
+            })
         })?;
     let identity = state.keys.verify(&params.token).map_err(|e: TokenError| {
         tracing::info!(conn = session.conn_id, "rpc.auth refused: {e}");
         RpcError::new(ErrorCode::Unauthenticated, format!("token refused: {e}"))
     })?;
-    if let Some(current) = session.identity() {
-        if current.user != identity.user {
-            return Err(RpcError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "this connection is signed in as '{}'; a token for '{}' cannot replace it (open a new connection)",
-                    current.user, identity.user
-                ),
-            ));
-        }
+    if let Some(current) = session.identity()
+        && current.user != identity.user
+    {
+        return Err(RpcError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this connection is signed in as '{}'; a token for '{}' cannot replace it (open a new connection)",
+                current.user, identity.user
+            ),
+        ));
     }
-    let result = serde_json::json!({"user": &*identity.user, "expires_at": identity.expires_at}).to_string();
+    let result =
+        serde_json::json!({"user": &*identity.user, "expires_at": identity.expires_at}).to_string();
     tracing::debug!(conn = session.conn_id, user = %identity.user, "signed in");
     session.sign_in(identity);
     Ok(result)

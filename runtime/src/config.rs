@@ -112,7 +112,10 @@ impl Config {
             ("max_message_bytes", self.max_message_bytes),
             ("max_batch", self.max_batch),
             ("max_inflight_calls", self.max_inflight_calls),
-            ("max_inflight_per_connection", self.max_inflight_per_connection),
+            (
+                "max_inflight_per_connection",
+                self.max_inflight_per_connection,
+            ),
             ("outbound_queue", self.outbound_queue),
         ];
         for (field, value) in positive {

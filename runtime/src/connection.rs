@@ -27,12 +27,23 @@ use tracing::Instrument;
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 
 /// Serves one upgraded connection until it closes or the server stops.
-pub async fn serve<S>(ws: WebSocketStream<S>, state: Arc<ServerState>, session: Session, shutdown: CancellationToken)
-where
+pub async fn serve<S>(
+    ws: WebSocketStream<S>,
+    state: Arc<ServerState>,
+    session: Session,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let span = tracing::info_span!("conn", id = session.conn_id, user = session.identity().map(|i| &*i.user));
-    Connection::new(ws, state, session).run(shutdown).instrument(span).await
+    let span = tracing::info_span!(
+        "conn",
+        id = session.conn_id,
+        user = session.identity().map(|i| &*i.user)
+    );
+    Connection::new(ws, state, session)
+        .run(shutdown)
+        .instrument(span)
+        .await
 }
 
 struct Connection<S> {
@@ -145,7 +156,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.on_text(frame).await
             }
             Some(Ok(Message::Binary(_))) => {
-                let error = RpcError::new(ErrorCode::InvalidRequest, "invalid request: send JSON-RPC as text frames, not binary");
+                let error = RpcError::new(
+                    ErrorCode::InvalidRequest,
+                    "invalid request: send JSON-RPC as text frames, not binary",
+                );
                 self.write(protocol::reply_error(None, &error)).await
             }
             Some(Ok(Message::Close(_))) => self.drain_after_close().await,
@@ -176,43 +190,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         match protocol::parse_frame(text, self.state.config.max_batch) {
             Frame::Refused(error) => self.write(protocol::reply_error(None, &error)).await,
-            Frame::Single(Err(refusal)) => self.write(protocol::reply_error(refusal.id.as_deref(), &refusal.error)).await,
-            Frame::Single(Ok(envelope)) => match dispatch(&self.state, &mut self.session, &envelope, &frame, text) {
-                Dispatched::Ready(Some(reply)) => self.write(reply).await,
-                Dispatched::Ready(None) => Next::Continue,
-                Dispatched::Running(call) => {
-                    let replies = self.replies_tx.clone();
-                    tokio::spawn(
-                        async move {
-                            if let Some(reply) = call.await {
-                                // The receiver is gone only when the connection has ended.
-                                let _ = replies.send(reply).await;
+            Frame::Single(Err(refusal)) => {
+                self.write(protocol::reply_error(refusal.id.as_deref(), &refusal.error))
+                    .await
+            }
+            Frame::Single(Ok(envelope)) => {
+                match dispatch(&self.state, &mut self.session, &envelope, &frame, text) {
+                    Dispatched::Ready(Some(reply)) => self.write(reply).await,
+                    Dispatched::Ready(None) => Next::Continue,
+                    Dispatched::Running(call) => {
+                        let replies = self.replies_tx.clone();
+                        tokio::spawn(
+                            async move {
+                                if let Some(reply) = call.await {
+                                    // The receiver is gone only when the connection has ended.
+                                    let _ = replies.send(reply).await;
+                                }
                             }
-                        }
-                        .in_current_span(),
-                    );
-                    Next::Continue
+                            .in_current_span(),
+                        );
+                        Next::Continue
+                    }
                 }
-            },
+            }
             Frame::Batch(items) => {
                 let mut ready = Vec::new();
                 let mut running = Vec::new();
                 for item in items {
                     match item {
-                        Err(refusal) => ready.push(protocol::reply_error(refusal.id.as_deref(), &refusal.error)),
-                        Ok(envelope) => match dispatch(&self.state, &mut self.session, &envelope, &frame, text) {
-                            Dispatched::Ready(reply) => ready.extend(reply),
-                            Dispatched::Running(call) => running.push(call),
-                        },
+                        Err(refusal) => {
+                            ready.push(protocol::reply_error(refusal.id.as_deref(), &refusal.error))
+                        }
+                        Ok(envelope) => {
+                            match dispatch(&self.state, &mut self.session, &envelope, &frame, text)
+                            {
+                                Dispatched::Ready(reply) => ready.extend(reply),
+                                Dispatched::Running(call) => running.push(call),
+                            }
+                        }
                     }
                 }
                 if running.is_empty() {
-                    return if ready.is_empty() { Next::Continue } else { self.write(protocol::join_batch(&ready)).await };
+                    return if ready.is_empty() {
+                        Next::Continue
+                    } else {
+                        self.write(protocol::join_batch(&ready)).await
+                    };
                 }
                 let replies = self.replies_tx.clone();
                 tokio::spawn(
                     async move {
-                        ready.extend(futures_util::future::join_all(running).await.into_iter().flatten());
+                        ready.extend(
+                            futures_util::future::join_all(running)
+                                .await
+                                .into_iter()
+                                .flatten(),
+                        );
                         if !ready.is_empty() {
                             let _ = replies.send(protocol::join_batch(&ready)).await;
                         }
@@ -233,6 +266,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return;
         }
         let grace = self.state.config.shutdown_grace();
-        let _ = tokio::time::timeout(grace, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+        let _ = tokio::time::timeout(grace, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
     }
 }

@@ -51,7 +51,12 @@ pub fn check(file: &Path, shadow_base: &Path) -> PluginReport {
         error: None,
     };
     let loaded = ShadowDir::create(shadow_base)
-        .map_err(|e| format!("could not create the shadow folder {}: {e}", shadow_base.display()))
+        .map_err(|e| {
+            format!(
+                "could not create the shadow folder {}: {e}",
+                shadow_base.display()
+            )
+        })
         .and_then(|shadow| {
             let result = LoadedPlugin::load(file, &shadow).map_err(|e| e.to_string());
             shadow.remove();
@@ -85,11 +90,19 @@ impl std::fmt::Display for PluginReport {
         }
         writeln!(f, "file:    {}", self.file)?;
         writeln!(f, "abi:     {}", self.abi_version.unwrap_or_default())?;
-        writeln!(f, "plugin:  {} {}", self.name.as_deref().unwrap_or("?"), self.version.as_deref().unwrap_or("?"))?;
+        writeln!(
+            f,
+            "plugin:  {} {}",
+            self.name.as_deref().unwrap_or("?"),
+            self.version.as_deref().unwrap_or("?")
+        )?;
         writeln!(f, "actions:")?;
         for action in &self.actions {
             let access = if action.public { "public" } else { "signed-in" };
-            let timeout = action.timeout_ms.map(|t| format!(", timeout {t} ms")).unwrap_or_default();
+            let timeout = action
+                .timeout_ms
+                .map(|t| format!(", timeout {t} ms"))
+                .unwrap_or_default();
             writeln!(f, "  {} ({access}{timeout})", action.path)?;
         }
         Ok(())

@@ -64,13 +64,25 @@ fn reply(id: Option<&Bytes>, outcome: Result<String, CallError>) -> Option<Strin
 
 /// Dispatches one request. `frame` is the buffer `text` lives in, so the
 /// id and params can be shared instead of copied.
-pub fn dispatch(state: &ServerState, session: &mut Session, envelope: &Envelope<'_>, frame: &Bytes, text: &str) -> Dispatched {
+pub fn dispatch(
+    state: &ServerState,
+    session: &mut Session,
+    envelope: &Envelope<'_>,
+    frame: &Bytes,
+    text: &str,
+) -> Dispatched {
     let id = envelope.id.map(|id| share(frame, text, id.get()));
     let method: &str = &envelope.method;
     if method.starts_with("rpc.") {
         let outcome = match Builtin::from_method(method) {
-            Some(builtin) => builtin.run(state, session, envelope.params).map_err(CallError::from),
-            None => Err(RpcError::new(ErrorCode::MethodNotFound, format!("no built-in method '{method}'")).into()),
+            Some(builtin) => builtin
+                .run(state, session, envelope.params)
+                .map_err(CallError::from),
+            None => Err(RpcError::new(
+                ErrorCode::MethodNotFound,
+                format!("no built-in method '{method}'"),
+            )
+            .into()),
         };
         return Dispatched::Ready(reply(id.as_ref(), outcome));
     }
@@ -107,21 +119,28 @@ fn prepare(state: &ServerState, session: &Session, method: &str) -> Result<Prepa
     } else {
         Some(Arc::clone(session.require_user(method)?))
     };
-    let connection_permit = Arc::clone(&session.inflight).try_acquire_owned().map_err(|_| {
-        RpcError::new(
-            ErrorCode::Overloaded,
-            format!(
-                "this connection already has {} calls running; wait for some replies",
-                state.config.max_inflight_per_connection
-            ),
-        )
-    })?;
-    let server_permit = Arc::clone(&state.inflight).try_acquire_owned().map_err(|_| {
-        RpcError::new(
-            ErrorCode::Overloaded,
-            format!("the server is running its limit of {} calls; retry shortly", state.config.max_inflight_calls),
-        )
-    })?;
+    let connection_permit = Arc::clone(&session.inflight)
+        .try_acquire_owned()
+        .map_err(|_| {
+            RpcError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "this connection already has {} calls running; wait for some replies",
+                    state.config.max_inflight_per_connection
+                ),
+            )
+        })?;
+    let server_permit = Arc::clone(&state.inflight)
+        .try_acquire_owned()
+        .map_err(|_| {
+            RpcError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "the server is running its limit of {} calls; retry shortly",
+                    state.config.max_inflight_calls
+                ),
+            )
+        })?;
     Ok(PreparedCall {
         entry,
         conn_id: session.conn_id,
@@ -147,16 +166,31 @@ impl PreparedCall {
         tokio::task::spawn_blocking(move || {
             let _permit = server_permit;
             let params: &[u8] = params.as_deref().unwrap_or(b"null");
-            plugin_entry
-                .plugin
-                .call(plugin_entry.index, params, conn_id, user.as_deref(), pending);
+            plugin_entry.plugin.call(
+                plugin_entry.index,
+                params,
+                conn_id,
+                user.as_deref(),
+                pending,
+            );
         });
         let outcome = match tokio::time::timeout(entry.timeout, completion).await {
             Ok(Ok(done)) => interpret(&entry.path, done),
-            Ok(Err(_)) => Err(RpcError::new(ErrorCode::Internal, format!("action '{}' could not be started: the server is stopping", entry.path)).into()),
+            Ok(Err(_)) => Err(RpcError::new(
+                ErrorCode::Internal,
+                format!(
+                    "action '{}' could not be started: the server is stopping",
+                    entry.path
+                ),
+            )
+            .into()),
             Err(_) => Err(RpcError::new(
                 ErrorCode::Timeout,
-                format!("action '{}' did not answer within {} ms", entry.path, entry.timeout.as_millis()),
+                format!(
+                    "action '{}' did not answer within {} ms",
+                    entry.path,
+                    entry.timeout.as_millis()
+                ),
             )
             .into()),
         };
@@ -176,15 +210,26 @@ struct ActionErrorObject<'a> {
 fn interpret(path: &str, done: Completion) -> Result<String, CallError> {
     match done.status {
         status::OK => String::from_utf8(done.body).map_err(|_| {
-            RpcError::new(ErrorCode::Internal, format!("action '{path}' returned a result that is not UTF-8")).into()
+            RpcError::new(
+                ErrorCode::Internal,
+                format!("action '{path}' returned a result that is not UTF-8"),
+            )
+            .into()
         }),
         status::ACTION_ERROR => Err(action_error(path, &done.body)),
         status::PANICKED => Err(RpcError::new(
             ErrorCode::ActionFailed,
-            format!("action '{path}' failed: it panicked: {}", String::from_utf8_lossy(&done.body)),
+            format!(
+                "action '{path}' failed: it panicked: {}",
+                String::from_utf8_lossy(&done.body)
+            ),
         )
         .into()),
-        other => Err(RpcError::new(ErrorCode::Internal, format!("action '{path}' ended with unknown status {other}")).into()),
+        other => Err(RpcError::new(
+            ErrorCode::Internal,
+            format!("action '{path}' ended with unknown status {other}"),
+        )
+        .into()),
     }
 }
 
@@ -193,18 +238,32 @@ fn interpret(path: &str, done: Completion) -> Result<String, CallError> {
 /// trust the protocol's table).
 fn action_error(path: &str, body: &[u8]) -> CallError {
     let Ok(object) = serde_json::from_slice::<ActionErrorObject<'_>>(body) else {
-        return RpcError::new(ErrorCode::Internal, format!("action '{path}' returned a malformed error")).into();
-    };
-    let reserved = (-32768..=-32000).contains(&object.code);
-    if reserved && object.code != ErrorCode::InvalidParams.code() && object.code != ErrorCode::Internal.code() {
         return RpcError::new(
             ErrorCode::Internal,
-            format!("action '{path}' used the reserved error code {}: {}", object.code, object.message),
+            format!("action '{path}' returned a malformed error"),
+        )
+        .into();
+    };
+    let reserved = (-32768..=-32000).contains(&object.code);
+    if reserved
+        && object.code != ErrorCode::InvalidParams.code()
+        && object.code != ErrorCode::Internal.code()
+    {
+        return RpcError::new(
+            ErrorCode::Internal,
+            format!(
+                "action '{path}' used the reserved error code {}: {}",
+                object.code, object.message
+            ),
         )
         .into();
     }
     match std::str::from_utf8(body) {
         Ok(text) => CallError::Action(text.to_owned()),
-        Err(_) => RpcError::new(ErrorCode::Internal, format!("action '{path}' returned an error that is not UTF-8")).into(),
+        Err(_) => RpcError::new(
+            ErrorCode::Internal,
+            format!("action '{path}' returned an error that is not UTF-8"),
+        )
+        .into(),
     }
 }

@@ -32,10 +32,16 @@ pub struct Routes {
     pub tracker: TaskTracker,
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -45,13 +51,25 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 
 impl Routes {
     /// Answers one HTTP request.
-    pub async fn handle(self, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+    pub async fn handle(
+        self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, std::convert::Infallible> {
         let response = match (req.method(), req.uri().path()) {
             (&Method::GET, "/ws") => self.upgrade(req),
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, "/status") => respond(StatusCode::OK, "application/json", crate::status::render(&self.state)),
-            (_, "/ws" | "/healthz" | "/status") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
-            _ => text(StatusCode::NOT_FOUND, "not found: this server offers GET /ws, /healthz and /status\n"),
+            (&Method::GET, "/status") => respond(
+                StatusCode::OK,
+                "application/json",
+                crate::status::render(&self.state),
+            ),
+            (_, "/ws" | "/healthz" | "/status") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: this server offers GET /ws, /healthz and /status\n",
+            ),
         };
         Ok(response)
     }
@@ -60,11 +78,11 @@ impl Routes {
         let headers = req.headers();
         let key = match check_upgrade(headers) {
             Ok(key) => key,
-            Err(response) => return refused_handshake(response),
+            Err(response) => return refused_handshake(*response),
         };
         let identity = match self.handshake_identity(&req) {
             Ok(identity) => identity,
-            Err(response) => return response,
+            Err(response) => return refused_handshake(*response),
         };
         let accept = derive_accept_key(key.as_bytes());
         let state = Arc::clone(&self.state);
@@ -80,7 +98,12 @@ impl Routes {
             };
             let _counted = state.count_connection();
             let config = ws_config(state.config.max_message_bytes);
-            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
             let session = Session::new(identity, state.config.max_inflight_per_connection);
             connection::serve(ws, state, session, shutdown).await;
         });
@@ -98,14 +121,20 @@ impl Routes {
     /// The user signed in by the handshake's token, if it carries one. A
     /// token that does not verify refuses the handshake with 401, so the
     /// client learns at once instead of on its first call.
-    fn handshake_identity(&self, req: &Request<Incoming>) -> Result<Option<Identity>, Response<Body>> {
-        let Some(token) = bearer_token(req.headers()).or_else(|| query_token(req.uri().query())) else {
+    fn handshake_identity(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<Option<Identity>, Box<Response<Body>>> {
+        let Some(token) = bearer_token(req.headers()).or_else(|| query_token(req.uri().query()))
+        else {
             return Ok(None);
         };
         self.state.keys.verify(token).map(Some).map_err(|e| {
             tracing::info!("handshake refused: {e}");
-            let body = serde_json::json!({"code": -32001, "message": format!("token refused: {e}")}).to_string();
-            refused_handshake(respond(StatusCode::UNAUTHORIZED, "application/json", body))
+            let body =
+                serde_json::json!({"code": -32001, "message": format!("token refused: {e}")})
+                    .to_string();
+            Box::new(respond(StatusCode::UNAUTHORIZED, "application/json", body))
         })
     }
 }
@@ -113,7 +142,9 @@ impl Routes {
 /// Marks a refused handshake's response to close the connection: the
 /// client asked to switch protocols, so nothing else will follow on it.
 fn refused_handshake(mut response: Response<Body>) -> Response<Body> {
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
@@ -129,7 +160,7 @@ pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
 }
 
 /// Checks the upgrade headers (RFC 6455 section 4.2.1) and returns the key.
-fn check_upgrade(headers: &HeaderMap) -> Result<String, Response<Body>> {
+fn check_upgrade(headers: &HeaderMap) -> Result<String, Box<Response<Body>>> {
     let has = |name: header::HeaderName, token: &str| {
         headers
             .get_all(name)
@@ -139,28 +170,47 @@ fn check_upgrade(headers: &HeaderMap) -> Result<String, Response<Body>> {
             .any(|v| v.trim().eq_ignore_ascii_case(token))
     };
     if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
-        return Err(text(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket: send an Upgrade: websocket request\n"));
+        return Err(Box::new(text(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: send an Upgrade: websocket request\n",
+        )));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-        let mut response = text(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version: use 13\n");
-        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return Err(response);
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        let mut response = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported WebSocket version: use 13\n",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Err(Box::new(response));
     }
     headers
         .get(header::SEC_WEBSOCKET_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .ok_or_else(|| text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n"))
+        .ok_or_else(|| Box::new(text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n")))
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The `token` query parameter. JWTs use only URL-safe characters, so no
 /// percent-decoding is needed for a well-formed one.
 fn query_token(query: Option<&str>) -> Option<&str> {
-    query?.split('&').find_map(|pair| pair.strip_prefix("token=")).filter(|t| !t.is_empty())
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+        .filter(|t| !t.is_empty())
 }

@@ -43,7 +43,12 @@ struct ConfigArgs {
     #[arg(long, short = 'c', env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// HS256 secret for client tokens (at least 16 bytes).
-    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true, value_name = "SECRET")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
     jwt_secret: Option<String>,
 }
 
@@ -70,7 +75,11 @@ struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_MAX_INFLIGHT_CALLS", value_name = "N")]
     max_inflight_calls: Option<usize>,
     /// Most action calls running for one connection at once [default: 128].
-    #[arg(long, env = "SWITCHBOARD_MAX_INFLIGHT_PER_CONNECTION", value_name = "N")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_INFLIGHT_PER_CONNECTION",
+        value_name = "N"
+    )]
     max_inflight_per_connection: Option<usize>,
     /// How long shutdown waits for connections, in milliseconds [default: 5000].
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_MS", value_name = "MS")]
@@ -104,7 +113,9 @@ struct CheckArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
@@ -131,7 +142,16 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
     macro_rules! set {
         ($($field:ident),*) => { $(if let Some(v) = args.$field { config.$field = v; })* };
     }
-    set!(listen, actions, call_timeout_ms, max_message_bytes, max_batch, max_inflight_calls, max_inflight_per_connection, shutdown_grace_ms);
+    set!(
+        listen,
+        actions,
+        call_timeout_ms,
+        max_message_bytes,
+        max_batch,
+        max_inflight_calls,
+        max_inflight_per_connection,
+        shutdown_grace_ms
+    );
     if args.shadow_dir.is_some() {
         config.shadow_dir = args.shadow_dir;
     }
@@ -142,7 +162,10 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = serve_config(args)?;
     if !config.actions.is_dir() {
-        bail!("the actions folder {} does not exist (set it with --actions DIR)", config.actions.display());
+        bail!(
+            "the actions folder {} does not exist (set it with --actions DIR)",
+            config.actions.display()
+        );
     }
     let dev_secret = config.jwt_secret.is_none();
     let secret = match config.jwt_secret.clone() {
@@ -151,11 +174,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.jwt_secret = Some(secret.clone());
     let keys = TokenKeys::hs256(secret.as_bytes());
-    let shadow_base = config.shadow_dir.clone().unwrap_or_else(ShadowDir::default_base);
-    let shadow = ShadowDir::create(&shadow_base)
-        .with_context(|| format!("could not create the plugin shadow folder under {}", shadow_base.display()))?;
-    let snapshot = load_dir(&config.actions, &shadow, config.call_timeout())
-        .with_context(|| format!("could not read the actions folder {}", config.actions.display()))?;
+    let shadow_base = config
+        .shadow_dir
+        .clone()
+        .unwrap_or_else(ShadowDir::default_base);
+    let shadow = ShadowDir::create(&shadow_base).with_context(|| {
+        format!(
+            "could not create the plugin shadow folder under {}",
+            shadow_base.display()
+        )
+    })?;
+    let snapshot =
+        load_dir(&config.actions, &shadow, config.call_timeout()).with_context(|| {
+            format!(
+                "could not read the actions folder {}",
+                config.actions.display()
+            )
+        })?;
     tracing::info!(
         plugins = snapshot.plugins.len(),
         refused = snapshot.refused.len(),
@@ -228,12 +263,17 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let config = base_config(&args.common)?;
     config.validate()?;
     let Some(secret) = config.jwt_secret else {
-        bail!("no secret: pass --jwt-secret, set SWITCHBOARD_JWT_SECRET, or set jwt_secret in the config file");
+        bail!(
+            "no secret: pass --jwt-secret, set SWITCHBOARD_JWT_SECRET, or set jwt_secret in the config file"
+        );
     };
     if args.sub.is_empty() {
         bail!("--sub must not be empty");
     }
-    println!("{}", TokenKeys::hs256(secret.as_bytes()).mint(&args.sub, args.ttl)?);
+    println!(
+        "{}",
+        TokenKeys::hs256(secret.as_bytes()).mint(&args.sub, args.ttl)?
+    );
     Ok(())
 }
 

@@ -82,21 +82,39 @@ pub fn parse_frame(text: &str, max_batch: usize) -> Frame<'_> {
     if trimmed.starts_with('[') {
         let items: Vec<&RawValue> = match serde_json::from_str(trimmed) {
             Ok(items) => items,
-            Err(e) => return Frame::Refused(RpcError::new(ErrorCode::ParseError, format!("parse error: {e}"))),
+            Err(e) => {
+                return Frame::Refused(RpcError::new(
+                    ErrorCode::ParseError,
+                    format!("parse error: {e}"),
+                ));
+            }
         };
         if items.is_empty() {
-            return Frame::Refused(RpcError::new(ErrorCode::InvalidRequest, "invalid request: empty batch"));
+            return Frame::Refused(RpcError::new(
+                ErrorCode::InvalidRequest,
+                "invalid request: empty batch",
+            ));
         }
         if items.len() > max_batch {
             return Frame::Refused(RpcError::new(
                 ErrorCode::InvalidRequest,
-                format!("invalid request: a batch holds at most {max_batch} calls, this one has {}", items.len()),
+                format!(
+                    "invalid request: a batch holds at most {max_batch} calls, this one has {}",
+                    items.len()
+                ),
             ));
         }
-        return Frame::Batch(items.into_iter().map(|item| parse_envelope(item.get())).collect());
+        return Frame::Batch(
+            items
+                .into_iter()
+                .map(|item| parse_envelope(item.get()))
+                .collect(),
+        );
     }
     match parse_envelope(trimmed) {
-        Err(refusal) if refusal.error.code == ErrorCode::ParseError => Frame::Refused(refusal.error),
+        Err(refusal) if refusal.error.code == ErrorCode::ParseError => {
+            Frame::Refused(refusal.error)
+        }
         single => Frame::Single(single),
     }
 }
@@ -110,21 +128,29 @@ fn parse_envelope(json: &str) -> Result<Envelope<'_>, Refusal> {
         Some(id) if !is_valid_id(id) => {
             return Err(Refusal {
                 id: None,
-                error: RpcError::new(ErrorCode::InvalidRequest, "invalid request: id must be a string, a number or null"),
+                error: RpcError::new(
+                    ErrorCode::InvalidRequest,
+                    "invalid request: id must be a string, a number or null",
+                ),
             });
         }
         id => id,
     };
     let refuse = |message: &str| Refusal {
         id: id.map(owned_id),
-        error: RpcError::new(ErrorCode::InvalidRequest, format!("invalid request: {message}")),
+        error: RpcError::new(
+            ErrorCode::InvalidRequest,
+            format!("invalid request: {message}"),
+        ),
     };
     if raw.jsonrpc.as_deref() != Some("2.0") {
         return Err(refuse("\"jsonrpc\" must be \"2.0\""));
     }
     let Some(method) = raw.method else {
         if raw.result.is_some() || raw.error.is_some() {
-            return Err(refuse("this server has made no call for a response to answer"));
+            return Err(refuse(
+                "this server has made no call for a response to answer",
+            ));
         }
         return Err(refuse("\"method\" is missing"));
     };
@@ -251,7 +277,8 @@ mod tests {
 
     #[test]
     fn null_id_is_kept_apart_from_no_id() {
-        let with_null = single(r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#).map(|e| e.id.map(|i| i.get().to_owned()));
+        let with_null = single(r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#)
+            .map(|e| e.id.map(|i| i.get().to_owned()));
         assert_eq!(with_null.ok(), Some(Some("null".to_owned())));
         let without = single(r#"{"jsonrpc":"2.0","method":"m"}"#).map(|e| e.id.is_none());
         assert_eq!(without.ok(), Some(true));
@@ -260,27 +287,45 @@ mod tests {
     #[test]
     fn params_stay_raw() {
         let env = single(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a": [1, 2.50]}}"#);
-        assert_eq!(env.ok().and_then(|e| e.params.map(|p| p.get().to_owned())).as_deref(), Some(r#"{"a": [1, 2.50]}"#));
+        assert_eq!(
+            env.ok()
+                .and_then(|e| e.params.map(|p| p.get().to_owned()))
+                .as_deref(),
+            Some(r#"{"a": [1, 2.50]}"#)
+        );
     }
 
     #[test]
     fn escaped_method_names_are_decoded() {
         let env = single(r#"{"jsonrpc":"2.0","id":1,"method":"echo\/sleep"}"#);
-        assert_eq!(env.ok().map(|e| e.method.into_owned()).as_deref(), Some("echo/sleep"));
+        assert_eq!(
+            env.ok().map(|e| e.method.into_owned()).as_deref(),
+            Some("echo/sleep")
+        );
     }
 
     #[test]
     fn refusals_keep_the_id_when_they_can() {
         let refusal = single(r#"{"jsonrpc":"2.0","id":"x","method":5}"#).err();
         let refusal = refusal.map(|r| (r.id, r.error.code));
-        assert_eq!(refusal, Some((Some(Bytes::from_static(b"\"x\"")), ErrorCode::InvalidRequest)));
+        assert_eq!(
+            refusal,
+            Some((
+                Some(Bytes::from_static(b"\"x\"")),
+                ErrorCode::InvalidRequest
+            ))
+        );
     }
 
     #[test]
     fn not_json_is_a_parse_error_and_oversized_batches_are_refused() {
-        assert!(matches!(parse_frame("{nope", 10), Frame::Refused(e) if e.code == ErrorCode::ParseError));
-        let batch = format!("[{}]", vec!["1"; 11].join(","));
-        assert!(matches!(parse_frame(&batch, 10), Frame::Refused(e) if e.code == ErrorCode::InvalidRequest));
+        assert!(
+            matches!(parse_frame("{nope", 10), Frame::Refused(e) if e.code == ErrorCode::ParseError)
+        );
+        let batch = format!("[{}]", ["1"; 11].join(","));
+        assert!(
+            matches!(parse_frame(&batch, 10), Frame::Refused(e) if e.code == ErrorCode::InvalidRequest)
+        );
     }
 
     #[test]
@@ -295,8 +340,14 @@ mod tests {
 
     #[test]
     fn replies_splice_raw_json() {
-        assert_eq!(reply_ok(b"7", r#"{"a":1}"#), r#"{"jsonrpc":"2.0","id":7,"result":{"a":1}}"#);
+        assert_eq!(
+            reply_ok(b"7", r#"{"a":1}"#),
+            r#"{"jsonrpc":"2.0","id":7,"result":{"a":1}}"#
+        );
         let err = reply_error(None, &RpcError::new(ErrorCode::MethodNotFound, "no \"x\""));
-        assert_eq!(err, r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32601,"message":"no \"x\""}}"#);
+        assert_eq!(
+            err,
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32601,"message":"no \"x\""}}"#
+        );
     }
 }

@@ -18,7 +18,11 @@ use tokio_util::task::TaskTracker;
 /// Serves `listener` until `shutdown` resolves, then stops: no new
 /// connections, Close 1001 to open ones, and up to the configured grace
 /// period for them to finish.
-pub async fn run(listener: TcpListener, state: Arc<ServerState>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    shutdown: impl Future<Output = ()>,
+) {
     let routes = Routes {
         state: Arc::clone(&state),
         shutdown: CancellationToken::new(),
@@ -50,8 +54,14 @@ pub async fn run(listener: TcpListener, state: Arc<ServerState>, shutdown: impl 
     routes.shutdown.cancel();
     routes.tracker.close();
     let grace = state.config.shutdown_grace() + Duration::from_millis(500);
-    if tokio::time::timeout(grace, routes.tracker.wait()).await.is_err() {
-        tracing::warn!(connections = state.connections(), "connections still open after the grace period; stopping anyway");
+    if tokio::time::timeout(grace, routes.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = state.connections(),
+            "connections still open after the grace period; stopping anyway"
+        );
     }
     for plugin in &state.registry.snapshot().plugins {
         plugin.shutdown();

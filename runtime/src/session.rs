@@ -55,7 +55,10 @@ impl Session {
             )),
             Some(identity) if identity.expired_at(now_secs()) => Err(RpcError::new(
                 ErrorCode::Unauthenticated,
-                format!("your token expired at {} (Unix time); call rpc.auth with a fresh one", identity.expires_at),
+                format!(
+                    "your token expired at {} (Unix time); call rpc.auth with a fresh one",
+                    identity.expires_at
+                ),
             )),
             Some(identity) => Ok(&identity.user),
         }

@@ -49,14 +49,20 @@ pub fn render(state: &ServerState) -> String {
             name: &plugin.name,
             version: &plugin.version,
             file: &plugin.file,
-            loaded_at: plugin.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            loaded_at: plugin
+                .loaded_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             actions: plugin
                 .actions
                 .iter()
                 .map(|a| ActionStatus {
                     path: &a.path,
                     public: a.public,
-                    timeout_ms: a.timeout.unwrap_or_else(|| state.config.call_timeout()).as_millis(),
+                    timeout_ms: a
+                        .timeout
+                        .unwrap_or_else(|| state.config.call_timeout())
+                        .as_millis(),
                 })
                 .collect(),
         })
@@ -74,7 +80,10 @@ pub fn render(state: &ServerState) -> String {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: state.started.elapsed().as_secs(),
         connections: state.connections(),
-        inflight_calls: state.config.max_inflight_calls.saturating_sub(state.inflight.available_permits()),
+        inflight_calls: state
+            .config
+            .max_inflight_calls
+            .saturating_sub(state.inflight.available_permits()),
         plugins,
         refused,
     };

@@ -38,7 +38,10 @@ const PACKAGES: &[&str] = &[
 ];
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Runs `cargo build` for the binary and every plugin (a no-op when they
@@ -48,12 +51,17 @@ pub fn artifacts() -> &'static Path {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root()).arg("build").arg("--quiet");
+        cmd.current_dir(workspace_root())
+            .arg("build")
+            .arg("--quiet");
         for p in PACKAGES {
             cmd.arg("-p").arg(p);
         }
         let status = cmd.status().expect("cargo runs");
-        assert!(status.success(), "cargo build of the server and plugins failed");
+        assert!(
+            status.success(),
+            "cargo build of the server and plugins failed"
+        );
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace_root().join("target"));
@@ -126,12 +134,20 @@ pub struct Server {
     _shadow_dir: tempfile::TempDir,
 }
 
-fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>, ready: Option<mpsc::Sender<String>>) {
+fn collect(
+    stream: impl Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+    ready: Option<mpsc::Sender<String>>,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             if let (Some(tx), Some(rest)) = (&ready, line.split("listening on http://").nth(1)) {
-                let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 let _ = tx.send(addr);
             }
             let mut log = into.lock().unwrap();
@@ -147,7 +163,11 @@ impl Server {
         let shadow_dir = tempfile::tempdir().unwrap();
         for lib in &config.plugins {
             let source = plugin(lib);
-            std::fs::copy(&source, actions_dir.path().join(source.file_name().unwrap())).unwrap();
+            std::fs::copy(
+                &source,
+                actions_dir.path().join(source.file_name().unwrap()),
+            )
+            .unwrap();
         }
         for (name, bytes) in &config.files {
             std::fs::write(actions_dir.path().join(name), bytes).unwrap();
@@ -176,12 +196,9 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         collect(child.stderr.take().unwrap(), Arc::clone(&stderr), Some(tx));
         collect(child.stdout.take().unwrap(), Arc::clone(&stdout), None);
-        let addr = match rx.recv_timeout(WAIT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start; its log:\n{}", stderr.lock().unwrap());
-            }
+        let Ok(addr) = rx.recv_timeout(WAIT) else {
+            let _ = child.kill();
+            panic!("server did not start; its log:\n{}", stderr.lock().unwrap());
         };
         Server {
             child,
@@ -209,7 +226,11 @@ impl Server {
     pub fn wait_for_log(&self, needle: &str) {
         let start = Instant::now();
         while !self.log().contains(needle) {
-            assert!(start.elapsed() < WAIT, "log never contained {needle:?}; log:\n{}", self.log());
+            assert!(
+                start.elapsed() < WAIT,
+                "log never contained {needle:?}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -222,7 +243,10 @@ impl Server {
             if out.contains(needle) {
                 return out;
             }
-            assert!(start.elapsed() < WAIT, "stdout never contained {needle:?}; stdout:\n{out}");
+            assert!(
+                start.elapsed() < WAIT,
+                "stdout never contained {needle:?}; stdout:\n{out}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -240,7 +264,10 @@ impl Server {
 
     /// Plain HTTP GET; returns (status, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        http_request(&self.addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        http_request(
+            &self.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
     }
 
     pub fn status(&self) -> Value {
@@ -251,7 +278,10 @@ impl Server {
 
     /// Sends SIGTERM (and returns at once).
     pub fn signal_term(&self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     /// Waits for the process to exit.
@@ -286,8 +316,15 @@ pub fn http_request(addr: &str, request: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -308,7 +345,10 @@ pub fn token_with(secret: &str, claims: Value) -> String {
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// A WebSocket client speaking JSON-RPC.
@@ -319,13 +359,17 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        Self::try_connect(url.into_client_request().unwrap()).await.expect("WebSocket handshake succeeds")
+        Self::try_connect(url.into_client_request().unwrap())
+            .await
+            .expect("WebSocket handshake succeeds")
     }
 
     pub async fn try_connect(
         request: tokio_tungstenite::tungstenite::handshake::client::Request,
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await.expect("handshake in time")?;
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("handshake in time")?;
         Ok(Client { ws })
     }
 

@@ -25,7 +25,10 @@ const MAX_MS: u64 = 60_000;
 
 fn checked(p: Millis) -> Result<Duration, ActionError> {
     if p.ms > MAX_MS {
-        return Err(ActionError::invalid_params(format!("ms must be at most {MAX_MS}, got {}", p.ms)));
+        return Err(ActionError::invalid_params(format!(
+            "ms must be at most {MAX_MS}, got {}",
+            p.ms
+        )));
     }
     Ok(Duration::from_millis(p.ms))
 }

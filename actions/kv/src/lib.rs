@@ -91,7 +91,10 @@ fn check_key(key: &str) -> Result<(), ActionError> {
 
 fn room_for(map: &BTreeMap<String, Value>, key: &str) -> Result<(), ActionError> {
     if map.len() >= MAX_KEYS && !map.contains_key(key) {
-        return Err(ActionError::new(STORE_FULL, format!("the store is full ({MAX_KEYS} keys); delete some first")));
+        return Err(ActionError::new(
+            STORE_FULL,
+            format!("the store is full ({MAX_KEYS} keys); delete some first"),
+        ));
     }
     Ok(())
 }
@@ -124,12 +127,19 @@ fn incr(_ctx: &Context<'_>, p: IncrParams) -> Result<Counter, ActionError> {
     let current = match map.get(&p.key) {
         None => 0,
         Some(value) => value.as_i64().ok_or_else(|| {
-            ActionError::new(NOT_AN_INTEGER, format!("key '{}' holds a non-integer value", p.key)).with_data(value)
+            ActionError::new(
+                NOT_AN_INTEGER,
+                format!("key '{}' holds a non-integer value", p.key),
+            )
+            .with_data(value)
         })?,
     };
-    let value = current
-        .checked_add(p.by)
-        .ok_or_else(|| ActionError::new(NOT_AN_INTEGER, format!("key '{}' would overflow an i64", p.key)))?;
+    let value = current.checked_add(p.by).ok_or_else(|| {
+        ActionError::new(
+            NOT_AN_INTEGER,
+            format!("key '{}' would overflow an i64", p.key),
+        )
+    })?;
     room_for(&map, &p.key)?;
     map.insert(p.key, Value::from(value));
     Ok(Counter { value })
@@ -137,7 +147,12 @@ fn incr(_ctx: &Context<'_>, p: IncrParams) -> Result<Counter, ActionError> {
 
 fn keys(_ctx: &Context<'_>, p: Option<KeysParams>) -> Result<Vec<String>, ActionError> {
     let prefix = p.unwrap_or_default().prefix;
-    Ok(store().range(prefix.clone()..).map(|(k, _)| k).take_while(|k| k.starts_with(&prefix)).cloned().collect())
+    Ok(store()
+        .range(prefix.clone()..)
+        .map(|(k, _)| k)
+        .take_while(|k| k.starts_with(&prefix))
+        .cloned()
+        .collect())
 }
 
 fn plugin() -> Plugin {

@@ -45,11 +45,17 @@ const HOST_MACHINE: Option<u16> = Some(183);
 const HOST_MACHINE: Option<u16> = None;
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-    bytes.get(at..at + 2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes)
+    bytes
+        .get(at..at + 2)
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_le_bytes)
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
-    bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
 }
 
 /// Checks that `bytes` hold a complete ELF64 object for this machine.
@@ -65,22 +71,38 @@ pub fn check_complete(bytes: &[u8]) -> Result<(), ElfError> {
     let header = |at| u64_at(bytes, at).ok_or_else(|| truncated("the ELF header", 64));
     let header16 = |at| u16_at(bytes, at).ok_or_else(|| truncated("the ELF header", 64));
     let machine = header16(0x12)?;
-    if let Some(expected) = HOST_MACHINE {
-        if machine != expected {
-            return Err(ElfError::WrongArchitecture { found: machine, expected });
-        }
+    if let Some(expected) = HOST_MACHINE
+        && machine != expected
+    {
+        return Err(ElfError::WrongArchitecture {
+            found: machine,
+            expected,
+        });
     }
     let (phoff, shoff) = (header(0x20)?, header(0x28)?);
     let (phentsize, phnum) = (u64::from(header16(0x36)?), u64::from(header16(0x38)?));
     let (shentsize, shnum) = (u64::from(header16(0x3A)?), u64::from(header16(0x3C)?));
     let within = |what, start: u64, size: u64| {
         let end = start.saturating_add(size);
-        if end > len { Err(truncated(what, end)) } else { Ok(()) }
+        if end > len {
+            Err(truncated(what, end))
+        } else {
+            Ok(())
+        }
     };
-    within("the program-header table", phoff, phentsize.saturating_mul(phnum))?;
-    within("the section-header table", shoff, shentsize.saturating_mul(shnum))?;
+    within(
+        "the program-header table",
+        phoff,
+        phentsize.saturating_mul(phnum),
+    )?;
+    within(
+        "the section-header table",
+        shoff,
+        shentsize.saturating_mul(shnum),
+    )?;
     for i in 0..phnum {
-        let at = usize::try_from(phoff + i * phentsize).map_err(|_| truncated("a program header", u64::MAX))?;
+        let at = usize::try_from(phoff + i * phentsize)
+            .map_err(|_| truncated("a program header", u64::MAX))?;
         let (offset, filesz) = (u64_at(bytes, at + 0x08), u64_at(bytes, at + 0x20));
         let (Some(offset), Some(filesz)) = (offset, filesz) else {
             return Err(truncated("a program header", phoff + (i + 1) * phentsize));
@@ -100,7 +122,10 @@ mod tests {
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert_eq!(check_complete(&me), Ok(()));
         for cut in [me.len() / 2, me.len() - 1, 100, 10] {
-            assert!(check_complete(&me[..cut]).is_err(), "a {cut}-byte prefix passed");
+            assert!(
+                check_complete(&me[..cut]).is_err(),
+                "a {cut}-byte prefix passed"
+            );
         }
         assert_eq!(check_complete(b"#!/bin/sh\n"), Err(ElfError::NotElf));
     }

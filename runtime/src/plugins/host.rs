@@ -41,7 +41,8 @@ unsafe extern "C" fn log_line(host_ctx: *const c_void, level: u32, conn_id: u64,
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `host_ctx` is the `PluginLogContext` this table was built
         // with, which lives as long as the plugin's library.
-        let plugin = unsafe { host_ctx.cast::<PluginLogContext>().as_ref() }.map_or("?", PluginLogContext::label);
+        let plugin = unsafe { host_ctx.cast::<PluginLogContext>().as_ref() }
+            .map_or("?", PluginLogContext::label);
         // SAFETY: the plugin passes bytes that live for this call.
         let text = String::from_utf8_lossy(unsafe { msg.as_slice() });
         let conn = (conn_id != 0).then_some(conn_id);

@@ -7,8 +7,9 @@
 use super::host::{PendingReply, PluginLogContext, host_table};
 use super::shadow::ShadowDir;
 use action_api::abi::{
-    ABI_VERSION, ACTION_DESCRIPTOR_MIN_SIZE, ActionDescriptor, ByteView, CallInfo, ENTRY_SYMBOL, ENTRY_SYMBOL_PREFIX,
-    EntryFn, HostTable, PLUGIN_DESCRIPTOR_MIN_SIZE, PluginDescriptor, action_flags,
+    ABI_VERSION, ACTION_DESCRIPTOR_MIN_SIZE, ActionDescriptor, ByteView, CallInfo, ENTRY_SYMBOL,
+    ENTRY_SYMBOL_PREFIX, EntryFn, HostTable, PLUGIN_DESCRIPTOR_MIN_SIZE, PluginDescriptor,
+    action_flags,
 };
 use libloading::Library;
 use std::mem::ManuallyDrop;
@@ -34,7 +35,9 @@ pub enum LoadError {
     #[error("not a Switchboard plugin: it exports no `switchboard_plugin_v1` symbol")]
     NotAPlugin,
     /// Built for another ABI version.
-    #[error("built for plugin ABI version {found}, but this server speaks version {expected}; rebuild it against action-api {expected}")]
+    #[error(
+        "built for plugin ABI version {found}, but this server speaks version {expected}; rebuild it against action-api {expected}"
+    )]
     AbiMismatch {
         /// The plugin's version.
         found: u32,
@@ -121,11 +124,16 @@ impl LoadedPlugin {
         // SAFETY: opening a library runs its constructors. The file is a
         // private copy nobody else writes; plugins are code the operator
         // chose to run. (An out-of-process preflight is tracked in #8.)
-        let library = unsafe { Library::new(copy) }.map_err(|e| LoadError::NotALibrary(describe_dlerror(&e)))?;
+        let library = unsafe { Library::new(copy) }
+            .map_err(|e| LoadError::NotALibrary(describe_dlerror(&e)))?;
         let library = ManuallyDrop::new(library);
         let entry = find_entry(&library)?;
         let log_ctx = Box::new(PluginLogContext {
-            file_stem: file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned(),
+            file_stem: file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("plugin")
+                .to_owned(),
             name: std::sync::OnceLock::new(),
         });
         let host_table = Box::new(host_table(&log_ctx));
@@ -162,7 +170,14 @@ impl LoadedPlugin {
     /// Starts action number `index` with `params` (raw JSON) for a caller;
     /// the completion arrives through `reply`. Blocks for as long as the
     /// plugin's `call` runs: call it from a thread that may block.
-    pub(crate) fn call(&self, index: usize, params: &[u8], conn_id: u64, user: Option<&str>, reply: PendingReply) {
+    pub(crate) fn call(
+        &self,
+        index: usize,
+        params: &[u8],
+        conn_id: u64,
+        user: Option<&str>,
+        reply: PendingReply,
+    ) {
         let info = CallInfo {
             size: std::mem::size_of::<CallInfo>() as u32,
             params: ByteView::of(params),
@@ -193,7 +208,8 @@ fn describe_dlerror(error: &libloading::Error) -> String {
         Some(source) => {
             let text = source.to_string();
             // "…/libx.123.4.so: invalid ELF header" -> "invalid ELF header"
-            text.rsplit_once(": ").map_or(text.clone(), |(_, reason)| reason.to_owned())
+            text.rsplit_once(": ")
+                .map_or(text.clone(), |(_, reason)| reason.to_owned())
         }
         None => error.to_string(),
     }
@@ -268,7 +284,10 @@ unsafe fn read_actions(descriptor: &PluginDescriptor) -> Result<Vec<ActionMeta>,
         return Err(LoadError::BadDescriptor("its action list is null".into()));
     }
     if descriptor.action_count > 10_000 {
-        return Err(LoadError::BadDescriptor(format!("it claims {} actions", descriptor.action_count)));
+        return Err(LoadError::BadDescriptor(format!(
+            "it claims {} actions",
+            descriptor.action_count
+        )));
     }
     if descriptor.action_size < ACTION_DESCRIPTOR_MIN_SIZE {
         return Err(LoadError::BadDescriptor(format!(
@@ -280,12 +299,20 @@ unsafe fn read_actions(descriptor: &PluginDescriptor) -> Result<Vec<ActionMeta>,
     for i in 0..descriptor.action_count {
         // SAFETY: within the array per this function's contract; entries
         // at least as large as the first revision's layout.
-        let raw = unsafe { &*descriptor.actions.cast::<u8>().add(i * descriptor.action_size).cast::<ActionDescriptor>() };
+        let raw = unsafe {
+            &*descriptor
+                .actions
+                .cast::<u8>()
+                .add(i * descriptor.action_size)
+                .cast::<ActionDescriptor>()
+        };
         // SAFETY: the path view lives as long as the library.
         let path = unsafe { utf8(raw.path, "action path") }?;
         check_path(&path)?;
         if actions.iter().any(|a| a.path == path) {
-            return Err(LoadError::BadDescriptor(format!("it lists action '{path}' twice")));
+            return Err(LoadError::BadDescriptor(format!(
+                "it lists action '{path}' twice"
+            )));
         }
         actions.push(ActionMeta {
             path,
@@ -297,7 +324,11 @@ unsafe fn read_actions(descriptor: &PluginDescriptor) -> Result<Vec<ActionMeta>,
 }
 
 fn check_path(path: &str) -> Result<(), LoadError> {
-    let refuse = |why: &str| Err(LoadError::BadDescriptor(format!("action path '{path}' {why}")));
+    let refuse = |why: &str| {
+        Err(LoadError::BadDescriptor(format!(
+            "action path '{path}' {why}"
+        )))
+    };
     if path.is_empty() || path.len() > MAX_PATH_BYTES {
         return refuse(&format!("must be 1 to {MAX_PATH_BYTES} bytes"));
     }

@@ -65,7 +65,11 @@ impl RegistrySnapshot {
     /// Builds a snapshot from loaded plugins, refusing any plugin that
     /// claims a path an earlier one already has (it keeps none of its
     /// actions, so a plugin is never half-loaded).
-    pub fn build(loaded: Vec<LoadedPlugin>, mut refused: Vec<RefusedFile>, default_timeout: Duration) -> RegistrySnapshot {
+    pub fn build(
+        loaded: Vec<LoadedPlugin>,
+        mut refused: Vec<RefusedFile>,
+        default_timeout: Duration,
+    ) -> RegistrySnapshot {
         let mut actions: HashMap<String, Arc<ActionEntry>> = HashMap::new();
         let mut plugins = Vec::new();
         for plugin in loaded {
@@ -140,8 +144,14 @@ fn listing(actions: &HashMap<String, Arc<ActionEntry>>, signed_in: bool) -> Stri
 /// the same way every time). Files without the platform's library
 /// extension are skipped with a warning; files that fail to load are
 /// refused with the reason; neither stops the others.
-pub fn load_dir(dir: &Path, shadow: &ShadowDir, default_timeout: Duration) -> std::io::Result<RegistrySnapshot> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+pub fn load_dir(
+    dir: &Path,
+    shadow: &ShadowDir,
+    default_timeout: Duration,
+) -> std::io::Result<RegistrySnapshot> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     files.sort();
     let mut loaded = Vec::new();
     let mut refused = Vec::new();

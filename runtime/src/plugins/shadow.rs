@@ -43,9 +43,17 @@ impl ShadowDir {
     /// Copies `source` to a fresh, never-reused name and returns its path.
     pub fn copy_in(&self, source: &Path) -> io::Result<PathBuf> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
-        let ext = source.extension().and_then(|s| s.to_str()).unwrap_or(std::env::consts::DLL_EXTENSION);
-        let target = self.dir.join(format!("{stem}.{}.{n}.{ext}", std::process::id()));
+        let stem = source
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin");
+        let ext = source
+            .extension()
+            .and_then(|s| s.to_str())
+            .unwrap_or(std::env::consts::DLL_EXTENSION);
+        let target = self
+            .dir
+            .join(format!("{stem}.{}.{n}.{ext}", std::process::id()));
         fs::copy(source, &target)?;
         Ok(target)
     }
@@ -60,15 +68,25 @@ impl ShadowDir {
 }
 
 fn remove_stale(base: &Path) {
-    let Ok(entries) = fs::read_dir(base) else { return };
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
             match fs::remove_dir_all(entry.path()) {
-                Ok(()) => tracing::info!(dir = %entry.path().display(), "removed plugin copies left by a process that is gone"),
-                Err(e) => tracing::warn!(dir = %entry.path().display(), "could not remove stale plugin copies: {e}"),
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), "removed plugin copies left by a process that is gone")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %entry.path().display(), "could not remove stale plugin copies: {e}")
+                }
             }
         }
     }

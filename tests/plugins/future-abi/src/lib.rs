@@ -7,6 +7,8 @@
 /// # Safety
 /// Not meant to be called.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn switchboard_plugin_v2(_host: *const std::ffi::c_void) -> *const std::ffi::c_void {
+pub unsafe extern "C" fn switchboard_plugin_v2(
+    _host: *const std::ffi::c_void,
+) -> *const std::ffi::c_void {
     std::ptr::null()
 }

@@ -4,7 +4,9 @@
 //! treat the missing fields as absent. It is written against the raw ABI
 //! (no authoring API), as a plugin from an older `action-api` would be.
 
-use action_api::abi::{ABI_VERSION, ActionDescriptor, ByteView, CallInfo, HostTable, action_flags, status};
+use action_api::abi::{
+    ABI_VERSION, ActionDescriptor, ByteView, CallInfo, HostTable, action_flags, status,
+};
 use std::sync::OnceLock;
 
 /// The first-revision descriptor layout.
@@ -37,7 +39,9 @@ static EXPORTED: OnceLock<Exported> = OnceLock::new();
 const REPLY: &[u8] = b"\"hello from a first-revision plugin\"";
 
 unsafe extern "C" fn call(_action: usize, call: *const CallInfo) {
-    let Some(exported) = EXPORTED.get() else { return };
+    let Some(exported) = EXPORTED.get() else {
+        return;
+    };
     // SAFETY: the host passes a valid CallInfo for the duration of the call
     // and its `complete` accepts the reply handle once.
     unsafe { (exported.host.complete)((*call).reply, status::OK, ByteView::of(REPLY)) }
