@@ -199,6 +199,30 @@ async fn unknown_methods_and_action_errors() {
     assert_eq!(reply["error"]["code"], 1000);
     assert_eq!(reply["error"]["data"], json!({"why": "testing"}));
 
+    // An action may use -32602 and -32603 itself; any other reserved code
+    // becomes -32603, so clients can trust the protocol's table.
+    let reply = c
+        .call("echo/fail", json!({"code": -32602, "message": "bad key"}))
+        .await;
+    assert_eq!(
+        reply["error"],
+        json!({"code": -32602, "message": "bad key"})
+    );
+    let reply = c
+        .call("echo/fail", json!({"code": -32001, "message": "spoofed"}))
+        .await;
+    assert_eq!(error_code(&reply), Some(-32603), "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reserved error code -32001")
+    );
+    let reply = c
+        .call("echo/fail", json!({"code": 7, "message": "app error"}))
+        .await;
+    assert_eq!(reply["error"], json!({"code": 7, "message": "app error"}));
+
     let reply = c.call("echo/sleep", json!({"ms": "soon"})).await;
     assert_eq!(error_code(&reply), Some(-32602));
     assert!(
@@ -278,15 +302,24 @@ async fn blocking_actions_never_starve_other_connections() {
         c.request(i, method, json!({"ms": 1500})).await;
         busy.push(c);
     }
-    // Give the calls time to reach the server before the probe.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(server.status()["inflight_calls"].as_u64().unwrap() >= 1);
+    // Wait until all six are running in the server.
+    let started = std::time::Instant::now();
+    while server.status()["inflight_calls"] != 6 {
+        assert!(
+            started.elapsed() < switchboard_tests::WAIT,
+            "{}",
+            server.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut probe = server.connect().await;
     assert_eq!(
         probe.call("echo", json!(["still here"])).await["result"],
         json!(["still here"])
     );
-    // Now every busy connection answers, and only after the probe did.
+    // All six were still running when the probe was answered.
+    assert!(server.status()["inflight_calls"].as_u64().unwrap() >= 6);
+    // Then every busy connection gets its answer.
     for c in &mut busy {
         let reply = c.recv().await;
         assert!(reply["result"].is_object(), "{reply}");
@@ -463,7 +496,7 @@ async fn rpc_actions_lists_what_the_caller_may_call() {
         paths.contains(&"kv/set") && paths.contains(&"echo/sleep"),
         "{paths:?}"
     );
-    assert_eq!(paths.len(), 12);
+    assert_eq!(paths.len(), 13);
 }
 
 #[tokio::test]

@@ -263,10 +263,15 @@ impl RawReply {
 /// Exports a plugin: the argument is a function `fn() -> Plugin` that
 /// builds it. Write this once, at the root of a `cdylib` crate.
 ///
-/// ```ignore
+/// ```
+/// use action_api::{Action, ActionError, Context, Plugin};
+///
+/// fn hello(_ctx: &Context<'_>, name: String) -> Result<String, ActionError> {
+///     Ok(format!("hello, {name}"))
+/// }
+///
 /// fn plugin() -> Plugin {
-///     Plugin::new("hello", env!("CARGO_PKG_VERSION"))
-///         .action(Action::new("hello", |_ctx, name: String| Ok(format!("hello, {name}"))).public())
+///     Plugin::new("hello", env!("CARGO_PKG_VERSION")).action(Action::new("hello", hello).public())
 /// }
 /// action_api::export_plugin!(plugin);
 /// ```

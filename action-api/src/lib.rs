@@ -4,7 +4,7 @@
 //! crate that builds a [`Plugin`] (a name, a version and [`Action`]s, each a
 //! typed Rust function) and exports it with [`export_plugin!`]:
 //!
-//! ```ignore
+//! ```
 //! use action_api::{Action, ActionError, Context, Plugin, export_plugin};
 //! use serde::Deserialize;
 //!

@@ -5,6 +5,7 @@
 //! - `echo/sleep` `{ms}`: waits, then returns `{"slept": ms}`.
 //! - `echo/spin` `{ms}`: keeps a CPU busy for `ms`, then returns `{"spun": ms}`.
 //! - `echo/error`: refuses with code 1000 and the params as `data`.
+//! - `echo/fail` `{code, message}`: refuses with exactly that code and message.
 //! - `echo/panic`: panics (the caller gets -32005; the server carries on).
 //! - `echo/whoami` (public): the caller's user and connection id.
 //! - `echo/later` `{ms}`: a deferred reply, sent from another thread.
@@ -69,6 +70,17 @@ fn error(_ctx: &Context<'_>, params: Value) -> Result<Value, ActionError> {
     Err(ActionError::new(1000, "echo/error always refuses").with_data(params))
 }
 
+/// Params of `echo/fail`.
+#[derive(Deserialize)]
+struct Fail {
+    code: i64,
+    message: String,
+}
+
+fn fail(_ctx: &Context<'_>, p: Fail) -> Result<Value, ActionError> {
+    Err(ActionError::new(p.code, p.message))
+}
+
 fn panic(_ctx: &Context<'_>, _params: Value) -> Result<Value, ActionError> {
     panic!("echo/panic was called")
 }
@@ -106,6 +118,7 @@ fn plugin() -> Plugin {
         .action(Action::new("echo/sleep", sleep).timeout(Duration::from_secs(2)))
         .action(Action::new("echo/spin", spin).timeout(Duration::from_secs(2)))
         .action(Action::new("echo/error", error))
+        .action(Action::new("echo/fail", fail))
         .action(Action::new("echo/panic", panic))
         .action(Action::new("echo/whoami", whoami).public())
         .action(Action::deferred("echo/later", later).timeout(Duration::from_secs(2)))
