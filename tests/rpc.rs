@@ -74,6 +74,12 @@ async fn batch_answers_every_call_in_one_array() {
     let reply = c.recv().await;
     let items = reply.as_array().expect("a batch reply is an array");
     assert_eq!(items.len(), 5, "{reply}");
+    // Listed in request order, even though the sleep finished last.
+    let ids: Vec<&Value> = items.iter().map(|r| &r["id"]).collect();
+    assert_eq!(
+        ids,
+        [&json!(1), &json!(2), &json!(3), &Value::Null, &json!(4)]
+    );
     let by_id = |id: Value| {
         items
             .iter()
@@ -502,12 +508,53 @@ async fn rpc_actions_lists_what_the_caller_may_call() {
 #[tokio::test]
 async fn shutdown_closes_connections_with_1001() {
     let mut server = ServerConfig::default().start();
-    let mut c = server.connect().await;
+    let mut c = server.connect_as("alice").await;
     assert_eq!(c.call("rpc.ping", Value::Null).await["result"], "pong");
+    c.request(1, "echo/sleep", json!({"ms": 700})).await;
+    let started = std::time::Instant::now();
+    while server.status()["inflight_calls"] != 1 {
+        assert!(started.elapsed() < switchboard_tests::WAIT);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.signal_term();
+    // The call that was running is answered before the close.
+    let reply = c.recv().await;
+    assert_eq!(reply["result"], json!({"slept": 700}), "{reply}");
     assert_eq!(c.expect_close().await, 1001);
     drop(c);
     let status = server.wait_exit();
     assert!(status.success(), "exit status {status}");
     assert!(server.log().contains("stopped"), "{}", server.log());
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped() {
+    let server = ServerConfig::default()
+        .arg("--write-timeout-ms")
+        .arg("500")
+        .start();
+    let url = server.ws_url();
+    // Pipeline large calls and never read a reply: the server's writes stall.
+    let writer = tokio::spawn(async move {
+        let mut c = switchboard_tests::Client::connect(&url).await;
+        let big = "x".repeat(60_000);
+        for i in 0..2_000 {
+            if !c.try_request(i, "echo", json!([big])).await {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    while !server.log().contains("the client stopped reading") {
+        assert!(
+            started.elapsed() < switchboard_tests::WAIT,
+            "{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.abort();
+    // Everyone else is served throughout.
+    let mut other = server.connect().await;
+    assert_eq!(other.call("rpc.ping", Value::Null).await["result"], "pong");
 }

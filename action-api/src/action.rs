@@ -127,12 +127,15 @@ impl Reply {
 
     /// Answers the call with a result or an error.
     pub fn send<R: Serialize>(mut self, result: Result<R, ActionError>) {
-        let Some(raw) = self.raw.take() else { return };
-        match result.and_then(|value| {
+        // Serialize before taking the handle: if `Serialize` panics, the
+        // handle is still here and `Drop` answers the caller.
+        let encoded = result.and_then(|value| {
             serde_json::to_vec(&value).map_err(|e| {
                 ActionError::internal(format!("the action's result could not be serialized: {e}"))
             })
-        }) {
+        });
+        let Some(raw) = self.raw.take() else { return };
+        match encoded {
             Ok(json) => raw.ok(&json),
             Err(err) => raw.error(&err),
         }

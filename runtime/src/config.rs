@@ -66,6 +66,10 @@ pub struct Config {
     pub max_inflight_per_connection: usize,
     /// Frames queued for one connection's writer. Default 1024.
     pub outbound_queue: usize,
+    /// How long writing to a client may stall before the connection is
+    /// dropped (a client that stopped reading), in milliseconds. Default
+    /// 10000.
+    pub write_timeout_ms: u64,
     /// How long shutdown waits for connections to close, in milliseconds.
     /// Default 5000.
     pub shutdown_grace_ms: u64,
@@ -86,6 +90,7 @@ impl Default for Config {
             max_inflight_calls: 1024,
             max_inflight_per_connection: 128,
             outbound_queue: 1024,
+            write_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
             shadow_dir: None,
         }
@@ -117,6 +122,7 @@ impl Config {
                 self.max_inflight_per_connection,
             ),
             ("outbound_queue", self.outbound_queue),
+            ("write_timeout_ms", self.write_timeout_ms as usize),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -138,6 +144,11 @@ impl Config {
     /// [`Config::call_timeout_ms`] as a duration.
     pub fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.call_timeout_ms)
+    }
+
+    /// [`Config::write_timeout_ms`] as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 
     /// [`Config::shutdown_grace_ms`] as a duration.

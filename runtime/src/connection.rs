@@ -1,10 +1,13 @@
 //! One WebSocket connection: a single task that reads frames, dispatches
-//! the calls in them, and writes replies in bursts (feed every queued
-//! frame, then flush once).
+//! the calls in them, and writes replies in bursts (feed every frame that
+//! is ready, then flush once).
 //!
 //! Replies of running actions come back through a bounded queue, in
-//! whatever order the actions finish. On shutdown the connection is sent a
-//! Close 1001 and given the grace period to answer it.
+//! whatever order the actions finish. Every write has a deadline
+//! (`write_timeout_ms`): a client that stops reading is disconnected
+//! instead of holding its task for ever. On shutdown the connection stops
+//! reading, lets its running calls finish and answers them (within the
+//! grace period), then sends Close 1001.
 
 use crate::dispatch::{Dispatched, dispatch};
 use crate::protocol::{self, Frame};
@@ -12,14 +15,17 @@ use crate::rpc_error::{ErrorCode, RpcError};
 use crate::session::Session;
 use crate::state::ServerState;
 use bytes::Bytes;
+use futures_util::future::{self, Either};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -50,43 +56,51 @@ struct Connection<S> {
     ws: WebSocketStream<S>,
     state: Arc<ServerState>,
     session: Session,
-    replies_tx: mpsc::Sender<String>,
+    /// Handed to running calls; dropped at shutdown so the queue ends when
+    /// the last running call has answered.
+    replies_tx: Option<mpsc::Sender<String>>,
     replies_rx: mpsc::Receiver<String>,
     /// Frames written since the last flush.
     unflushed: usize,
+    write_timeout: Duration,
 }
 
-/// What the read side asks the loop to do next.
+/// What one step of the loop decided.
 enum Next {
     Continue,
     Close(CloseCode, &'static str),
-    Stop,
+    Shutdown,
+    Stop(&'static str),
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn new(ws: WebSocketStream<S>, state: Arc<ServerState>, session: Session) -> Self {
         let (replies_tx, replies_rx) = mpsc::channel(state.config.outbound_queue);
+        let write_timeout = state.config.write_timeout();
         Connection {
             ws,
             state,
             session,
-            replies_tx,
+            replies_tx: Some(replies_tx),
             replies_rx,
             unflushed: 0,
+            write_timeout,
         }
     }
 
     async fn run(mut self, shutdown: CancellationToken) {
         tracing::debug!("connected");
         let why = loop {
-            let next = if self.unflushed > 0 {
+            let next = if shutdown.is_cancelled() {
+                Next::Shutdown
+            } else if self.unflushed > 0 {
                 self.step_before_flush().await
             } else {
                 tokio::select! {
                     biased;
+                    () = shutdown.cancelled() => Next::Shutdown,
                     Some(first) = self.replies_rx.recv() => self.write_burst(first).await,
                     incoming = self.ws.next() => self.on_incoming(incoming).await,
-                    () = shutdown.cancelled() => Next::Close(CloseCode::Away, "the server is shutting down"),
                 }
             };
             match next {
@@ -95,7 +109,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.close(code, reason).await;
                     break reason;
                 }
-                Next::Stop => break "closed",
+                Next::Shutdown => {
+                    self.finish_running_calls().await;
+                    self.close(CloseCode::Away, "the server is shutting down")
+                        .await;
+                    break "server shutdown";
+                }
+                Next::Stop(why) => break why,
             }
         };
         tracing::debug!(why, "disconnected");
@@ -114,14 +134,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return self.on_incoming(incoming).await;
             }
         }
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> Next {
         self.unflushed = 0;
-        match self.ws.flush().await {
-            Ok(()) => Next::Continue,
-            Err(e) => {
+        match timeout(self.write_timeout, self.ws.flush()).await {
+            Ok(Ok(())) => Next::Continue,
+            Ok(Err(e)) => {
                 tracing::debug!("write failed: {e}");
-                Next::Stop
+                Next::Stop("write failed")
             }
+            Err(_) => self.stalled(),
         }
+    }
+
+    fn stalled(&self) -> Next {
+        tracing::info!(
+            "dropping the connection: the client stopped reading (a write stalled for {} ms)",
+            self.write_timeout.as_millis()
+        );
+        Next::Stop("write timed out")
     }
 
     /// Buffers `first` and whatever else is queued; the flush comes later.
@@ -136,25 +169,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         next
     }
 
-    /// Buffers one reply for the next flush (tungstenite writes through
-    /// when its buffer fills).
+    /// Buffers one frame for the next flush (tungstenite writes through
+    /// when its buffer fills, which is where a stalled client shows).
     async fn write(&mut self, reply: String) -> Next {
         self.unflushed += 1;
-        match self.ws.feed(Message::text(reply)).await {
-            Ok(()) => Next::Continue,
-            Err(e) => {
+        match timeout(self.write_timeout, self.ws.feed(Message::text(reply))).await {
+            Ok(Ok(())) => Next::Continue,
+            Ok(Err(e)) => {
                 tracing::debug!("write failed: {e}");
-                Next::Stop
+                Next::Stop("write failed")
             }
+            Err(_) => self.stalled(),
         }
     }
 
     async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Next {
         match incoming {
-            Some(Ok(Message::Text(text))) => {
-                let frame: Bytes = text.into();
-                self.on_text(frame).await
-            }
+            Some(Ok(Message::Text(text))) => self.on_text(text).await,
             Some(Ok(Message::Binary(_))) => {
                 let error = RpcError::new(
                     ErrorCode::InvalidRequest,
@@ -162,7 +193,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 );
                 self.write(protocol::reply_error(None, &error)).await
             }
-            Some(Ok(Message::Close(_))) => self.drain_after_close().await,
+            Some(Ok(Message::Close(_))) => {
+                // Keep polling so tungstenite can send the close reply.
+                let grace = self.state.config.shutdown_grace();
+                let _ = timeout(grace, async {
+                    while let Some(Ok(_)) = self.ws.next().await {}
+                })
+                .await;
+                Next::Stop("closed by the client")
+            }
             Some(Ok(_)) => Next::Continue, // ping/pong: tungstenite answers pings itself
             Some(Err(WsError::Capacity(e))) => {
                 tracing::info!("closing: {e}");
@@ -170,24 +209,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Some(Err(e)) => {
                 tracing::debug!("read failed: {e}");
-                Next::Stop
+                Next::Stop("read failed")
             }
-            None => Next::Stop,
+            None => Next::Stop("connection ended"),
         }
     }
 
-    /// After the client's Close, keep polling so tungstenite can send the
-    /// close reply, until the stream ends.
-    async fn drain_after_close(&mut self) -> Next {
-        while let Some(Ok(_)) = self.ws.next().await {}
-        Next::Stop
-    }
-
-    async fn on_text(&mut self, frame: Bytes) -> Next {
-        let Ok(text) = std::str::from_utf8(&frame) else {
-            // tungstenite validates text frames; kept total for safety.
-            return Next::Close(CloseCode::Invalid, "text frame is not UTF-8");
-        };
+    async fn on_text(&mut self, text: Utf8Bytes) -> Next {
+        // Both views share one buffer, so ids and params are sliced from it.
+        let frame: Bytes = text.clone().into();
+        let text = text.as_str();
         match protocol::parse_frame(text, self.state.config.max_batch) {
             Frame::Refused(error) => self.write(protocol::reply_error(None, &error)).await,
             Frame::Single(Err(refusal)) => {
@@ -199,62 +230,93 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Dispatched::Ready(Some(reply)) => self.write(reply).await,
                     Dispatched::Ready(None) => Next::Continue,
                     Dispatched::Running(call) => {
-                        let replies = self.replies_tx.clone();
-                        tokio::spawn(
-                            async move {
-                                if let Some(reply) = call.await {
-                                    // The receiver is gone only when the connection has ended.
-                                    let _ = replies.send(reply).await;
-                                }
-                            }
-                            .in_current_span(),
-                        );
-                        Next::Continue
+                        self.spawn_reply(call.map(|reply| reply.into_iter().collect()))
                     }
                 }
             }
             Frame::Batch(items) => {
-                let mut ready = Vec::new();
-                let mut running = Vec::new();
+                let mut answers = Vec::with_capacity(items.len());
+                let mut all_ready = true;
                 for item in items {
-                    match item {
-                        Err(refusal) => {
-                            ready.push(protocol::reply_error(refusal.id.as_deref(), &refusal.error))
-                        }
+                    let answer = match item {
+                        Err(refusal) => Dispatched::Ready(Some(protocol::reply_error(
+                            refusal.id.as_deref(),
+                            &refusal.error,
+                        ))),
                         Ok(envelope) => {
-                            match dispatch(&self.state, &mut self.session, &envelope, &frame, text)
-                            {
-                                Dispatched::Ready(reply) => ready.extend(reply),
-                                Dispatched::Running(call) => running.push(call),
-                            }
+                            dispatch(&self.state, &mut self.session, &envelope, &frame, text)
                         }
-                    }
+                    };
+                    all_ready &= matches!(answer, Dispatched::Ready(_));
+                    answers.push(answer);
                 }
-                if running.is_empty() {
-                    return if ready.is_empty() {
+                if all_ready {
+                    let replies: Vec<String> = answers
+                        .into_iter()
+                        .filter_map(|a| match a {
+                            Dispatched::Ready(reply) => reply,
+                            Dispatched::Running(_) => None,
+                        })
+                        .collect();
+                    return if replies.is_empty() {
                         Next::Continue
                     } else {
-                        self.write(protocol::join_batch(&ready)).await
+                        self.write(protocol::join_batch(&replies)).await
                     };
                 }
-                let replies = self.replies_tx.clone();
-                tokio::spawn(
-                    async move {
-                        ready.extend(
-                            futures_util::future::join_all(running)
-                                .await
-                                .into_iter()
-                                .flatten(),
-                        );
-                        if !ready.is_empty() {
-                            let _ = replies.send(protocol::join_batch(&ready)).await;
-                        }
-                    }
-                    .in_current_span(),
-                );
-                Next::Continue
+                // Resolve in request order, so the array lists replies as the calls came.
+                let pending = answers.into_iter().map(|a| match a {
+                    Dispatched::Ready(reply) => Either::Left(future::ready(reply)),
+                    Dispatched::Running(call) => Either::Right(call),
+                });
+                let batch = future::join_all(pending).map(|replies| {
+                    let replies: Vec<String> = replies.into_iter().flatten().collect();
+                    (!replies.is_empty())
+                        .then(|| protocol::join_batch(&replies))
+                        .into_iter()
+                        .collect()
+                });
+                self.spawn_reply(batch)
             }
         }
+    }
+
+    /// Runs a call (or batch) in its own task; its reply, if any, goes
+    /// through the queue.
+    fn spawn_reply(&mut self, call: impl Future<Output = Vec<String>> + Send + 'static) -> Next {
+        let Some(replies) = self.replies_tx.clone() else {
+            return Next::Continue;
+        };
+        tokio::spawn(
+            async move {
+                for reply in call.await {
+                    // The receiver is gone only when the connection has ended.
+                    let _ = replies.send(reply).await;
+                }
+            }
+            .in_current_span(),
+        );
+        Next::Continue
+    }
+
+    /// At shutdown: read nothing more, but answer the calls still running,
+    /// until the last one has answered or the grace period ends.
+    async fn finish_running_calls(&mut self) {
+        self.replies_tx = None;
+        let deadline = Instant::now() + self.state.config.shutdown_grace();
+        loop {
+            let next = tokio::select! {
+                reply = self.replies_rx.recv() => match reply {
+                    Some(reply) => self.write_burst(reply).await,
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            };
+            if !matches!(next, Next::Continue) || !matches!(self.flush().await, Next::Continue) {
+                return;
+            }
+        }
+        let _ = self.flush().await;
     }
 
     async fn close(&mut self, code: CloseCode, reason: &'static str) {
@@ -262,12 +324,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             code,
             reason: reason.into(),
         };
-        if self.ws.send(Message::Close(Some(frame))).await.is_err() {
-            return;
-        }
         let grace = self.state.config.shutdown_grace();
-        let _ = tokio::time::timeout(grace, async {
-            while let Some(Ok(_)) = self.ws.next().await {}
+        let _ = timeout(grace, async {
+            if self.ws.send(Message::Close(Some(frame))).await.is_ok() {
+                // Wait for the client's close reply (or the end of the stream).
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
         })
         .await;
     }

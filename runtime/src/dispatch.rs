@@ -161,10 +161,12 @@ impl PreparedCall {
         } = self;
         let (pending, completion) = PendingReply::new();
         let plugin_entry = Arc::clone(&entry);
-        // The server-wide permit stays with the thread: a call past its
-        // deadline still occupies one until the plugin returns.
+        // Both permits stay with the thread: a call past its deadline still
+        // occupies its slots until the plugin returns, so a client calling
+        // an action that hangs uses up its own connection's slots, not the
+        // whole server's.
         tokio::task::spawn_blocking(move || {
-            let _permit = server_permit;
+            let _permits = (server_permit, connection_permit);
             let params: &[u8] = params.as_deref().unwrap_or(b"null");
             plugin_entry.plugin.call(
                 plugin_entry.index,
@@ -174,7 +176,7 @@ impl PreparedCall {
                 pending,
             );
         });
-        let outcome = match tokio::time::timeout(entry.timeout, completion).await {
+        match tokio::time::timeout(entry.timeout, completion).await {
             Ok(Ok(done)) => interpret(&entry.path, done),
             Ok(Err(_)) => Err(RpcError::new(
                 ErrorCode::Internal,
@@ -193,9 +195,7 @@ impl PreparedCall {
                 ),
             )
             .into()),
-        };
-        drop(connection_permit);
-        outcome
+        }
     }
 }
 
@@ -216,7 +216,7 @@ fn interpret(path: &str, done: Completion) -> Result<String, CallError> {
             )
             .into()
         }),
-        status::ACTION_ERROR => Err(action_error(path, &done.body)),
+        status::ACTION_ERROR => Err(action_error(path, done.body)),
         status::PANICKED => Err(RpcError::new(
             ErrorCode::ActionFailed,
             format!(
@@ -236,8 +236,8 @@ fn interpret(path: &str, done: Completion) -> Result<String, CallError> {
 /// Passes an action's error object through, unless it is malformed or uses
 /// a code reserved for the runtime (then it becomes -32603, so clients can
 /// trust the protocol's table).
-fn action_error(path: &str, body: &[u8]) -> CallError {
-    let Ok(object) = serde_json::from_slice::<ActionErrorObject<'_>>(body) else {
+fn action_error(path: &str, body: Vec<u8>) -> CallError {
+    let Ok(object) = serde_json::from_slice::<ActionErrorObject<'_>>(&body) else {
         return RpcError::new(
             ErrorCode::Internal,
             format!("action '{path}' returned a malformed error"),
@@ -258,12 +258,9 @@ fn action_error(path: &str, body: &[u8]) -> CallError {
         )
         .into();
     }
-    match std::str::from_utf8(body) {
-        Ok(text) => CallError::Action(text.to_owned()),
-        Err(_) => RpcError::new(
-            ErrorCode::Internal,
-            format!("action '{path}' returned an error that is not UTF-8"),
-        )
-        .into(),
-    }
+    // `from_slice` above only succeeds on valid UTF-8, so this never copies.
+    CallError::Action(
+        String::from_utf8(body)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    )
 }

@@ -81,6 +81,10 @@ struct ServeArgs {
         value_name = "N"
     )]
     max_inflight_per_connection: Option<usize>,
+    /// How long a write to a client may stall before it is dropped, in
+    /// milliseconds [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT_MS", value_name = "MS")]
+    write_timeout_ms: Option<u64>,
     /// How long shutdown waits for connections, in milliseconds [default: 5000].
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_MS", value_name = "MS")]
     shutdown_grace_ms: Option<u64>,
@@ -150,6 +154,7 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
         max_batch,
         max_inflight_calls,
         max_inflight_per_connection,
+        write_timeout_ms,
         shutdown_grace_ms
     );
     if args.shadow_dir.is_some() {

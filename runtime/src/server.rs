@@ -7,7 +7,7 @@ use crate::http::Routes;
 use crate::state::ServerState;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,20 @@ pub async fn run(
             "connections still open after the grace period; stopping anyway"
         );
     }
+    // Let calls still running on plugin threads finish before the plugins
+    // are told to shut down (bounded: a hung call cannot hold the exit).
+    let all = u32::try_from(state.config.max_inflight_calls).unwrap_or(u32::MAX);
+    if tokio::time::timeout(
+        state.config.shutdown_grace(),
+        state.inflight.acquire_many(all),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            "action calls still running after the grace period; shutting plugins down anyway"
+        );
+    }
     for plugin in &state.registry.snapshot().plugins {
         plugin.shutdown();
     }
@@ -76,6 +90,8 @@ async fn serve_http(stream: TcpStream, routes: Routes) {
     let shutdown = routes.shutdown.clone();
     let service = service_fn(move |req| routes.clone().handle(req));
     let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();

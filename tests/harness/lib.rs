@@ -390,6 +390,12 @@ impl Client {
         self.send(&req).await;
     }
 
+    /// Sends a request; `false` when the connection is gone.
+    pub async fn try_request(&mut self, id: impl Into<Value>, method: &str, params: Value) -> bool {
+        let req = json!({"jsonrpc": "2.0", "id": id.into(), "method": method, "params": params});
+        self.ws.send(Message::text(req.to_string())).await.is_ok()
+    }
+
     /// Sends a request and returns its reply (which must be the next frame).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
         let id = json!(format!("call-{method}"));

@@ -84,10 +84,7 @@ pub struct LoadedPlugin {
     pub loaded_at: SystemTime,
     call: unsafe extern "C" fn(usize, *const CallInfo),
     shutdown: Option<unsafe extern "C" fn()>,
-    /// The table handed to the plugin; must outlive the library.
-    _host_table: Box<HostTable>,
-    /// Read by the log callback; must outlive the library.
-    _log_ctx: Box<PluginLogContext>,
+    /// The library, never closed (see above).
     _library: ManuallyDrop<Library>,
 }
 
@@ -128,18 +125,21 @@ impl LoadedPlugin {
             .map_err(|e| LoadError::NotALibrary(describe_dlerror(&e)))?;
         let library = ManuallyDrop::new(library);
         let entry = find_entry(&library)?;
-        let log_ctx = Box::new(PluginLogContext {
+        // The log context and the host table are leaked on purpose: the
+        // plugin may keep using them (a thread it started, its panic hook)
+        // for as long as its code is mapped, which is for ever.
+        let log_ctx: &'static PluginLogContext = Box::leak(Box::new(PluginLogContext {
             file_stem: file
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .unwrap_or("plugin")
                 .to_owned(),
             name: std::sync::OnceLock::new(),
-        });
-        let host_table = Box::new(host_table(&log_ctx));
+        }));
+        let host_table: &'static HostTable = Box::leak(Box::new(host_table(log_ctx)));
         // SAFETY: `entry` has the ABI 1 entry signature (it was found under
         // the ABI 1 name); the host table lives as long as the library.
-        let descriptor = unsafe { entry(&*host_table) };
+        let descriptor = unsafe { entry(host_table) };
         if descriptor.is_null() {
             return Err(LoadError::InitFailed);
         }
@@ -161,8 +161,6 @@ impl LoadedPlugin {
             loaded_at: SystemTime::now(),
             call: descriptor.call,
             shutdown: descriptor.shutdown,
-            _host_table: host_table,
-            _log_ctx: log_ctx,
             _library: library,
         })
     }
@@ -234,36 +232,97 @@ fn find_entry(library: &Library) -> Result<EntryFn, LoadError> {
     Err(LoadError::NotAPlugin)
 }
 
-/// Copies the descriptor's prefix that the plugin provided; fields it does
-/// not have (an older plugin) read as absent.
+/// The descriptor as the host reads it: [`PluginDescriptor`]'s layout,
+/// with every function pointer optional so that a null one is a value we
+/// can check rather than undefined behaviour.
+#[repr(C)]
+struct RawDescriptor {
+    abi_version: u32,
+    size: u32,
+    name: ByteView,
+    version: ByteView,
+    actions: *const ActionDescriptor,
+    action_count: usize,
+    action_size: usize,
+    call: Option<unsafe extern "C" fn(usize, *const CallInfo)>,
+    shutdown: Option<unsafe extern "C" fn()>,
+}
+
+// The mirror must keep the real layout.
+const _: () =
+    assert!(std::mem::size_of::<RawDescriptor>() == std::mem::size_of::<PluginDescriptor>());
+
+/// The sizes of the descriptor's revisions, oldest first: a plugin's
+/// `size` is rounded down to one of these, so a field is read only whole.
+const DESCRIPTOR_REVISIONS: [usize; 2] = [
+    PLUGIN_DESCRIPTOR_MIN_SIZE,
+    std::mem::size_of::<PluginDescriptor>(),
+];
+
+/// What the host keeps from a descriptor.
+struct Descriptor {
+    name: ByteView,
+    version: ByteView,
+    actions: *const ActionDescriptor,
+    action_count: usize,
+    action_size: usize,
+    call: unsafe extern "C" fn(usize, *const CallInfo),
+    shutdown: Option<unsafe extern "C" fn()>,
+}
+
+/// Copies the revisions of the descriptor that the plugin provided; fields
+/// it does not have (an older plugin) read as absent.
 ///
 /// # Safety
 /// `ptr` points to a descriptor that starts with `abi_version` and `size`
 /// and is at least `size` bytes long.
-unsafe fn read_descriptor(ptr: *const PluginDescriptor) -> Result<PluginDescriptor, LoadError> {
-    // SAFETY: the two leading u32 fields exist in every revision.
-    let (abi_version, size) = unsafe { ((*ptr).abi_version, (*ptr).size as usize) };
+unsafe fn read_descriptor(ptr: *const PluginDescriptor) -> Result<Descriptor, LoadError> {
+    let bytes = ptr.cast::<u8>();
+    // SAFETY: the two leading u32 fields exist in every revision; read
+    // unaligned in case the plugin's pointer is not aligned.
+    let (abi_version, size) = unsafe {
+        (
+            std::ptr::read_unaligned(bytes.cast::<u32>()),
+            std::ptr::read_unaligned(bytes.add(4).cast::<u32>()) as usize,
+        )
+    };
     if abi_version != ABI_VERSION {
         return Err(LoadError::AbiMismatch {
             found: abi_version,
             expected: ABI_VERSION,
         });
     }
-    if size < PLUGIN_DESCRIPTOR_MIN_SIZE {
+    let Some(known) = DESCRIPTOR_REVISIONS
+        .iter()
+        .rev()
+        .copied()
+        .find(|r| *r <= size)
+    else {
         return Err(LoadError::BadDescriptor(format!(
             "it is {size} bytes, smaller than the {PLUGIN_DESCRIPTOR_MIN_SIZE} of ABI {ABI_VERSION}'s first revision"
         )));
-    }
-    let mut copy = std::mem::MaybeUninit::<PluginDescriptor>::zeroed();
-    let known = size.min(std::mem::size_of::<PluginDescriptor>());
-    // SAFETY: the plugin guarantees `size` readable bytes; we copy at most
-    // the fields we know. Every field past the first revision is an
-    // `Option` of a function pointer, for which all-zero bytes are `None`,
-    // so the zero-filled tail is a valid value.
-    unsafe {
-        std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), copy.as_mut_ptr().cast::<u8>(), known);
-        Ok(copy.assume_init())
-    }
+    };
+    let mut raw = std::mem::MaybeUninit::<RawDescriptor>::zeroed();
+    // SAFETY: the plugin guarantees `size` >= `known` readable bytes. Every
+    // field of `RawDescriptor` is an integer, a raw pointer or an optional
+    // function pointer, for which any bytes read from a valid descriptor,
+    // and all-zero bytes for the fields past `known`, are valid values.
+    let raw = unsafe {
+        std::ptr::copy_nonoverlapping(bytes, raw.as_mut_ptr().cast::<u8>(), known);
+        raw.assume_init()
+    };
+    let Some(call) = raw.call else {
+        return Err(LoadError::BadDescriptor("its call function is null".into()));
+    };
+    Ok(Descriptor {
+        name: raw.name,
+        version: raw.version,
+        actions: raw.actions,
+        action_count: raw.action_count,
+        action_size: raw.action_size,
+        call,
+        shutdown: raw.shutdown,
+    })
 }
 
 /// # Safety
@@ -279,9 +338,15 @@ unsafe fn utf8(view: ByteView, what: &str) -> Result<String, LoadError> {
 /// # Safety
 /// `descriptor.actions` points to `action_count` elements of
 /// `action_size` bytes each, living as long as the library.
-unsafe fn read_actions(descriptor: &PluginDescriptor) -> Result<Vec<ActionMeta>, LoadError> {
+unsafe fn read_actions(descriptor: &Descriptor) -> Result<Vec<ActionMeta>, LoadError> {
     if descriptor.action_count > 0 && descriptor.actions.is_null() {
         return Err(LoadError::BadDescriptor("its action list is null".into()));
+    }
+    if descriptor.action_size > 4096 {
+        return Err(LoadError::BadDescriptor(format!(
+            "its action entries claim {} bytes each",
+            descriptor.action_size
+        )));
     }
     if descriptor.action_count > 10_000 {
         return Err(LoadError::BadDescriptor(format!(
@@ -289,11 +354,25 @@ unsafe fn read_actions(descriptor: &PluginDescriptor) -> Result<Vec<ActionMeta>,
             descriptor.action_count
         )));
     }
-    if descriptor.action_size < ACTION_DESCRIPTOR_MIN_SIZE {
+    if descriptor.action_size < ACTION_DESCRIPTOR_MIN_SIZE
+        || !descriptor
+            .action_size
+            .is_multiple_of(std::mem::align_of::<ActionDescriptor>())
+    {
         return Err(LoadError::BadDescriptor(format!(
-            "its action entries are {} bytes, smaller than the {ACTION_DESCRIPTOR_MIN_SIZE} of ABI {ABI_VERSION}",
-            descriptor.action_size
+            "its action entries are {} bytes: not a multiple of {} of at least the {ACTION_DESCRIPTOR_MIN_SIZE} of ABI {ABI_VERSION}",
+            descriptor.action_size,
+            std::mem::align_of::<ActionDescriptor>()
         )));
+    }
+    if descriptor
+        .actions
+        .align_offset(std::mem::align_of::<ActionDescriptor>())
+        != 0
+    {
+        return Err(LoadError::BadDescriptor(
+            "its action list is not aligned".into(),
+        ));
     }
     let mut actions: Vec<ActionMeta> = Vec::with_capacity(descriptor.action_count);
     for i in 0..descriptor.action_count {
