@@ -38,6 +38,27 @@ pub enum ConfigError {
     },
 }
 
+/// One step of the authentication chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthStep {
+    /// Verify the token as a JWT with the configured keys.
+    Jwt,
+    /// Ask the auth plugin's `authenticate` hook.
+    Plugin,
+}
+
+impl std::str::FromStr for AuthStep {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AuthStep, String> {
+        match s {
+            "jwt" => Ok(AuthStep::Jwt),
+            "plugin" => Ok(AuthStep::Plugin),
+            other => Err(format!("unknown auth step '{other}' (use jwt or plugin)")),
+        }
+    }
+}
+
 /// The server's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -47,9 +68,46 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Folder of plugin libraries to load. Default `actions`.
     pub actions: PathBuf,
-    /// HS256 secret for client tokens. When absent, `serve` makes one up
-    /// for the run and prints a development token.
+    /// HS256 secret for client tokens. When no key at all is configured
+    /// (no secret, public key or JWKS), `serve` makes a secret up for the
+    /// run and prints a development token.
     pub jwt_secret: Option<String>,
+    /// PEM file with an RSA or EC (P-256) public key: accepts RS256 or
+    /// ES256 tokens signed with the matching private key.
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file (`{"keys": [...]}`) of RS256/ES256 public keys, chosen by
+    /// the token's `kid`; re-read when the file changes.
+    pub jwks_file: Option<PathBuf>,
+    /// When set, tokens must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// When set, tokens must carry this `aud` (or include it in a list).
+    pub jwt_audience: Option<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`. Default 5.
+    pub jwt_leeway_secs: u64,
+    /// The authenticators tried in order: `"jwt"`, `"plugin"`, or both.
+    /// The first that accepts signs the connection in. Default `["jwt"]`.
+    pub auth_chain: Vec<AuthStep>,
+    /// The plugin whose `authenticate` hook the `"plugin"` step calls;
+    /// may be left out when exactly one loaded plugin has the hook.
+    pub auth_plugin: Option<String>,
+    /// A connection that has not signed in after this long is closed with
+    /// 4001, in milliseconds; 0 lets anonymous connections stay. Default
+    /// 10000.
+    pub auth_timeout_ms: u64,
+    /// Most one-time (`jti`) tokens remembered at once; past it, new
+    /// one-time tokens are refused until old ones expire. Default 1000000.
+    pub jti_cache_max: usize,
+    /// Browser origins allowed to open a WebSocket (e.g.
+    /// `https://app.example.com`); empty allows any. Requests without an
+    /// `Origin` header (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Most open WebSocket connections; past it upgrades get HTTP 503.
+    /// Default 50000.
+    pub max_connections: usize,
+    /// PEM certificate chain for TLS (wss://); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS; needs `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Deadline for an action that sets none itself, in milliseconds.
     /// Default 30000.
     pub call_timeout_ms: u64,
@@ -84,6 +142,19 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
             actions: PathBuf::from("actions"),
             jwt_secret: None,
+            jwt_public_key: None,
+            jwks_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_secs: 5,
+            auth_chain: vec![AuthStep::Jwt],
+            auth_plugin: None,
+            auth_timeout_ms: 10_000,
+            jti_cache_max: 1_000_000,
+            allowed_origins: Vec::new(),
+            max_connections: 50_000,
+            tls_cert: None,
+            tls_key: None,
             call_timeout_ms: 30_000,
             max_message_bytes: 1 << 20,
             max_batch: 100,
@@ -138,7 +209,29 @@ impl Config {
                 reason: "must be at least 16 bytes long".into(),
             });
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "tls_cert",
+                reason: "tls_cert and tls_key must be set together".into(),
+            });
+        }
+        if self.auth_chain.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "auth_chain",
+                reason: "must name at least one step (jwt, plugin)".into(),
+            });
+        }
         Ok(())
+    }
+
+    /// Whether any JWT verification key is configured.
+    pub fn has_jwt_keys(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some() || self.jwks_file.is_some()
+    }
+
+    /// [`Config::auth_timeout_ms`] as a duration; `None` when disabled.
+    pub fn auth_timeout(&self) -> Option<Duration> {
+        (self.auth_timeout_ms > 0).then(|| Duration::from_millis(self.auth_timeout_ms))
     }
 
     /// [`Config::call_timeout_ms`] as a duration.

@@ -45,7 +45,7 @@ fn respond(
     response
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     respond(status, "text/plain; charset=utf-8", body)
 }
 
@@ -80,6 +80,9 @@ impl Routes {
             Ok(key) => key,
             Err(response) => return refused_handshake(*response),
         };
+        if let Err(response) = crate::handshake::admit(headers, &self.state) {
+            return refused_handshake(*response);
+        }
         let identity = match self.handshake_identity(&req) {
             Ok(identity) => identity,
             Err(response) => return refused_handshake(*response),

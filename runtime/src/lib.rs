@@ -7,7 +7,7 @@
 //! The components, in the order a call meets them:
 //! - [`server`]: the TCP listener and shutdown; [`http`]: the routes
 //!   (`/ws`, `/healthz`, `/status`) and the WebSocket upgrade with its
-//!   token check ([`auth`]).
+//!   admission checks ([`handshake`]) and token check ([`auth`]).
 //! - [`connection`]: one task per connection: reads frames, writes
 //!   replies in bursts.
 //! - [`protocol`]: JSON-RPC envelopes, parsed lazily, replies spliced.
@@ -27,6 +27,7 @@ pub mod config;
 pub mod connection;
 pub mod describe;
 pub mod dispatch;
+pub mod handshake;
 pub mod http;
 pub mod plugins;
 pub mod protocol;

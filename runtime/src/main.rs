@@ -56,6 +56,43 @@ struct ConfigArgs {
 struct ServeArgs {
     #[command(flatten)]
     common: ConfigArgs,
+    /// PEM file with an RSA or EC public key for RS256/ES256 tokens.
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY", value_name = "FILE")]
+    jwt_public_key: Option<PathBuf>,
+    /// JWKS file of public keys (chosen by `kid`), re-read when it changes.
+    #[arg(long, env = "SWITCHBOARD_JWKS_FILE", value_name = "FILE")]
+    jwks_file: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER", value_name = "ISS")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE", value_name = "AUD")]
+    jwt_audience: Option<String>,
+    /// Seconds of clock skew tolerated on exp/nbf [default: 5].
+    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY_SECS", value_name = "SECS")]
+    jwt_leeway_secs: Option<u64>,
+    /// Authenticators tried in order, comma-separated: jwt, plugin [default: jwt].
+    #[arg(long, env = "SWITCHBOARD_AUTH_CHAIN", value_name = "STEPS", value_delimiter = ',')]
+    auth_chain: Option<Vec<switchboard::config::AuthStep>>,
+    /// The plugin whose authenticate hook the chain's plugin step calls.
+    #[arg(long, env = "SWITCHBOARD_AUTH_PLUGIN", value_name = "NAME")]
+    auth_plugin: Option<String>,
+    /// Close connections that have not signed in after this long (4001), in
+    /// milliseconds; 0 lets anonymous connections stay [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_AUTH_TIMEOUT_MS", value_name = "MS")]
+    auth_timeout_ms: Option<u64>,
+    /// Browser origins allowed to connect, comma-separated [default: any].
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
+    /// Most open WebSocket connections; more get HTTP 503 [default: 50000].
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:7800; port 0 picks one].
     #[arg(long, short = 'l', env = "SWITCHBOARD_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -157,9 +194,26 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
         write_timeout_ms,
         shutdown_grace_ms
     );
-    if args.shadow_dir.is_some() {
-        config.shadow_dir = args.shadow_dir;
+    set!(
+        jwt_leeway_secs,
+        auth_chain,
+        auth_timeout_ms,
+        allowed_origins,
+        max_connections
+    );
+    macro_rules! set_optional {
+        ($($field:ident),*) => { $(if args.$field.is_some() { config.$field = args.$field; })* };
     }
+    set_optional!(
+        shadow_dir,
+        jwt_public_key,
+        jwks_file,
+        jwt_issuer,
+        jwt_audience,
+        auth_plugin,
+        tls_cert,
+        tls_key
+    );
     config.validate()?;
     Ok(config)
 }
