@@ -169,29 +169,64 @@ async fn bad_handshake_tokens_are_refused_with_401() {
 }
 
 #[tokio::test]
-async fn a_token_that_expires_on_a_live_connection_stops_guarded_calls() {
-    let server = ServerConfig::default().start();
-    // Expires in 1 s; the server allows 5 s of clock skew.
-    let mut c = switchboard_tests::Client::connect(&format!(
-        "{}?token={}",
-        server.ws_url(),
-        token("fay", 1)
-    ))
-    .await;
+async fn an_expiring_token_is_warned_then_closed_with_4002() {
+    let server = ServerConfig::default()
+        .arg("--jwt-leeway-secs")
+        .arg("1")
+        .start();
+    let mut c = Client::connect(&format!("{}?token={}", server.ws_url(), token("fay", 2))).await;
+    // Under 30 s left: the warning comes at once.
+    let warning = c.recv().await;
+    assert_eq!(warning["method"], "rpc.event", "{warning}");
+    assert_eq!(warning["params"]["event"], "token.expiring");
+    assert!(warning["params"]["data"]["in_secs"].as_u64().unwrap() <= 2);
     assert!(c.call("kv/keys", Value::Null).await["result"].is_array());
-    tokio::time::sleep(std::time::Duration::from_millis(7_000)).await;
-    let reply = c.call("kv/keys", Value::Null).await;
-    assert_eq!(error_code(&reply), Some(-32001), "{reply}");
-    assert!(
-        reply["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("expired")
-    );
-    // Public actions still work; a fresh token restores access.
-    assert_eq!(c.call("echo", json!([1])).await["result"], json!([1]));
-    c.call("rpc.auth", json!({"token": token("fay", 60)})).await;
+    // Then, at expiry plus leeway, the close.
+    assert_eq!(c.expect_close().await, 4002);
+}
+
+#[tokio::test]
+async fn refreshing_before_expiry_keeps_the_connection() {
+    let server = ServerConfig::default()
+        .arg("--jwt-leeway-secs")
+        .arg("1")
+        .start();
+    let mut c = Client::connect(&format!("{}?token={}", server.ws_url(), token("gil", 2))).await;
+    assert_eq!(c.recv().await["params"]["event"], "token.expiring");
+    let reply = c
+        .call("rpc.auth", json!({"token": token("gil", 600)}))
+        .await;
+    assert_eq!(reply["result"]["user"], "gil");
+    // Wait past the first token's expiry plus leeway: still open.
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
     assert!(c.call("kv/keys", Value::Null).await["result"].is_array());
+}
+
+#[tokio::test]
+async fn a_connection_that_never_signs_in_is_closed_with_4001() {
+    let server = ServerConfig::default()
+        .arg("--auth-timeout-ms")
+        .arg("300")
+        .start();
+    let mut anon = server.connect().await;
+    assert_eq!(anon.call("echo", json!([1])).await["result"], json!([1]));
+    assert_eq!(anon.expect_close().await, 4001);
+    // Signed in on the handshake, or by rpc.auth in time: not closed.
+    let mut signed = server.connect_as("hal").await;
+    let mut late = server.connect().await;
+    late.call("rpc.auth", json!({"token": token("ida", 60)}))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(signed.call("rpc.ping", Value::Null).await["result"], "pong");
+    assert_eq!(late.call("rpc.ping", Value::Null).await["result"], "pong");
+    // 0 lets anonymous connections stay.
+    let server = ServerConfig::default()
+        .arg("--auth-timeout-ms")
+        .arg("0")
+        .start();
+    let mut anon = server.connect().await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(anon.call("rpc.ping", Value::Null).await["result"], "pong");
 }
 
 #[tokio::test]

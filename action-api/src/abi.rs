@@ -110,6 +110,22 @@ pub mod status {
     pub const PANICKED: u32 = 2;
 }
 
+/// Kinds of [`ConnectionEvent`], and the bits of
+/// [`PluginDescriptor::event_mask`] that ask for them (`1 << kind`).
+pub mod event_kind {
+    /// A WebSocket connection opened (after the handshake was admitted).
+    pub const CONNECT: u32 = 1;
+    /// A connection signed in (on the handshake or by `rpc.auth`).
+    pub const AUTH_SUCCESS: u32 = 2;
+    /// A token or credential was refused.
+    pub const AUTH_FAILURE: u32 = 3;
+    /// A connection closed; `detail` says why.
+    pub const DISCONNECT: u32 = 4;
+    /// Something failed on a connection (an action panicked or timed out,
+    /// a write stalled); `detail` says what.
+    pub const ERROR: u32 = 5;
+}
+
 /// Bits of [`ActionDescriptor::flags`].
 pub mod action_flags {
     /// The action may be called by connections that have not signed in.
@@ -157,6 +173,9 @@ pub struct ActionDescriptor {
     pub flags: u32,
     /// Deadline for one call in milliseconds; 0 means the host's default.
     pub timeout_ms: u64,
+    /// Appended in revision 2: scopes the caller's token must all carry,
+    /// space-separated (absent or empty: none).
+    pub scopes: ByteView,
 }
 
 /// What a plugin tells the host about itself.
@@ -190,6 +209,20 @@ pub struct PluginDescriptor {
     /// the plugin (server shutdown, or the plugin's retirement), so it can
     /// stop threads and free resources. May be absent. Never panics.
     pub shutdown: Option<unsafe extern "C" fn()>,
+    /// Appended in revision 2: the authentication hook, or absent. The
+    /// host calls it from a thread that may block; the plugin answers
+    /// through [`HostTable::complete`] with `request.reply`: `OK` with a
+    /// JSON body `{"user": "...", "scopes": [..]?, "rooms": [..]?,
+    /// "data": any?, "expires_at": secs?}`, or `ACTION_ERROR` with a
+    /// JSON-RPC error object whose message is the refusal's reason.
+    /// Never panics.
+    pub authenticate: Option<unsafe extern "C" fn(request: *const AuthRequest)>,
+    /// Appended in revision 2: receives the lifecycle events selected by
+    /// `event_mask`, on a host thread dedicated to the plugin, in order.
+    /// Never panics.
+    pub on_event: Option<unsafe extern "C" fn(event: *const ConnectionEvent)>,
+    /// Appended in revision 2: `1 << kind` for each [`event_kind`] wanted.
+    pub event_mask: u32,
 }
 
 // SAFETY: the descriptor is immutable once returned; its pointers refer to
@@ -202,8 +235,18 @@ unsafe impl Sync for PluginDescriptor {}
 /// to and including `call`). A host accepts any `size` from this up.
 pub const PLUGIN_DESCRIPTOR_MIN_SIZE: usize = std::mem::offset_of!(PluginDescriptor, shutdown);
 
-/// The size of the first revision of [`ActionDescriptor`].
-pub const ACTION_DESCRIPTOR_MIN_SIZE: usize = std::mem::size_of::<ActionDescriptor>();
+/// The sizes of [`PluginDescriptor`]'s revisions, oldest first: 1 ends at
+/// `call`, 1.1 adds `shutdown`, 2 adds the authentication and lifecycle
+/// hooks.
+pub const PLUGIN_DESCRIPTOR_REVISIONS: [usize; 3] = [
+    PLUGIN_DESCRIPTOR_MIN_SIZE,
+    std::mem::offset_of!(PluginDescriptor, authenticate),
+    std::mem::size_of::<PluginDescriptor>(),
+];
+
+/// The size of the first revision of [`ActionDescriptor`] (up to
+/// `timeout_ms`).
+pub const ACTION_DESCRIPTOR_MIN_SIZE: usize = std::mem::offset_of!(ActionDescriptor, scopes);
 
 /// One call, as the host hands it to [`PluginDescriptor::call`].
 ///
@@ -224,4 +267,51 @@ pub struct CallInfo {
     pub user: ByteView,
     /// The handle to pass to [`HostTable::complete`].
     pub reply: *mut c_void,
+    /// Appended in revision 2: the scopes of the caller's token,
+    /// space-separated (absent when anonymous).
+    pub scopes: ByteView,
+    /// Appended in revision 2: the connection data an auth plugin attached
+    /// when the connection signed in, as JSON (absent when none).
+    pub conn_data: ByteView,
+}
+
+/// What an `authenticate` hook is asked to judge. Valid only until the
+/// hook returns. Fields are only ever appended.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AuthRequest {
+    /// `size_of::<AuthRequest>()` in the host.
+    pub size: u32,
+    /// The token presented (header, query or `rpc.auth`), or absent.
+    pub token: ByteView,
+    /// The upgrade request's headers as a JSON object of lower-case name
+    /// to value (repeated headers joined with ", "); `Authorization` and
+    /// `Cookie` included.
+    pub headers: ByteView,
+    /// The upgrade request's raw query string, or absent.
+    pub query: ByteView,
+    /// The peer's address, e.g. `127.0.0.1:50412`.
+    pub remote_addr: ByteView,
+    /// The connection being authenticated.
+    pub conn_id: u64,
+    /// The handle to pass to [`HostTable::complete`].
+    pub reply: *mut c_void,
+}
+
+/// One lifecycle event. Valid only until `on_event` returns. Fields are
+/// only ever appended.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ConnectionEvent {
+    /// `size_of::<ConnectionEvent>()` in the host.
+    pub size: u32,
+    /// An [`event_kind`].
+    pub kind: u32,
+    /// The connection.
+    pub conn_id: u64,
+    /// The signed-in user, or absent.
+    pub user: ByteView,
+    /// A JSON object with the event's details (e.g. `{"reason": ...}`,
+    /// `{"remote_addr": ...}`, `{"error": ...}`).
+    pub detail: ByteView,
 }

@@ -4,6 +4,7 @@
 use crate::context::Context;
 use crate::error::ActionError;
 use crate::export::RawReply;
+use crate::hooks::{AuthRequest, Authenticated, Event, EventKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -17,6 +18,8 @@ pub(crate) type ErasedHandler = Box<dyn Fn(&Context<'_>, &[u8], &mut Option<Repl
 pub struct Action {
     pub(crate) path: String,
     pub(crate) public: bool,
+    /// Required scopes, space-separated (as the descriptor carries them).
+    pub(crate) scopes: String,
     pub(crate) timeout: Option<Duration>,
     pub(crate) handler: ErasedHandler,
 }
@@ -26,6 +29,7 @@ impl std::fmt::Debug for Action {
         f.debug_struct("Action")
             .field("path", &self.path)
             .field("public", &self.public)
+            .field("scopes", &self.scopes)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -88,6 +92,7 @@ impl Action {
         Action {
             path,
             public: false,
+            scopes: String::new(),
             timeout: None,
             handler,
         }
@@ -97,6 +102,22 @@ impl Action {
     /// By default an action needs a signed-in caller.
     pub fn public(mut self) -> Action {
         self.public = true;
+        self
+    }
+
+    /// Requires the caller's token to carry every one of `scopes` (its
+    /// `scopes` claim); a signed-in caller without them gets -32002, and
+    /// `rpc.actions` does not list the action for it.
+    pub fn require_scopes<S: AsRef<str>>(mut self, scopes: impl IntoIterator<Item = S>) -> Action {
+        for scope in scopes {
+            let scope = scope.as_ref().trim();
+            if !scope.is_empty() {
+                if !self.scopes.is_empty() {
+                    self.scopes.push(' ');
+                }
+                self.scopes.push_str(scope);
+            }
+        }
         self
     }
 
@@ -163,7 +184,15 @@ pub struct Plugin {
     pub(crate) version: String,
     pub(crate) actions: Vec<Action>,
     pub(crate) on_shutdown: Option<Box<dyn Fn() + Send + Sync>>,
+    pub(crate) authenticate: Option<AuthHook>,
+    pub(crate) event_hooks: Vec<(EventKind, EventHook)>,
 }
+
+/// An authentication hook.
+pub(crate) type AuthHook =
+    Box<dyn Fn(&AuthRequest<'_>) -> Result<Authenticated, String> + Send + Sync>;
+/// A lifecycle hook.
+pub(crate) type EventHook = Box<dyn Fn(&Event<'_>) + Send + Sync>;
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -184,6 +213,8 @@ impl Plugin {
             version: version.into(),
             actions: Vec::new(),
             on_shutdown: None,
+            authenticate: None,
+            event_hooks: Vec::new(),
         }
     }
 
@@ -191,6 +222,54 @@ impl Plugin {
     pub fn action(mut self, action: Action) -> Plugin {
         self.actions.push(action);
         self
+    }
+
+    /// Makes this plugin an authenticator: the server's `auth_chain` step
+    /// `plugin` calls `hook` with the token (if any) and the handshake;
+    /// `Ok` signs the connection in, `Err(reason)` refuses it (the reason
+    /// reaches the client). Runs on a thread that may block.
+    pub fn authenticate(
+        mut self,
+        hook: impl Fn(&AuthRequest<'_>) -> Result<Authenticated, String> + Send + Sync + 'static,
+    ) -> Plugin {
+        self.authenticate = Some(Box::new(hook));
+        self
+    }
+
+    /// Calls `hook` for every lifecycle event of `kind`, on a thread of
+    /// the plugin's own, in the order events happen.
+    pub fn on_event(
+        mut self,
+        kind: EventKind,
+        hook: impl Fn(&Event<'_>) + Send + Sync + 'static,
+    ) -> Plugin {
+        self.event_hooks.push((kind, Box::new(hook)));
+        self
+    }
+
+    /// Calls `hook` when a connection opens.
+    pub fn on_connect(self, hook: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Plugin {
+        self.on_event(EventKind::Connect, hook)
+    }
+
+    /// Calls `hook` when a connection signs in.
+    pub fn on_auth_success(self, hook: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Plugin {
+        self.on_event(EventKind::AuthSuccess, hook)
+    }
+
+    /// Calls `hook` when a token or credential is refused.
+    pub fn on_auth_failure(self, hook: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Plugin {
+        self.on_event(EventKind::AuthFailure, hook)
+    }
+
+    /// Calls `hook` when a connection closes (`detail.reason` says why).
+    pub fn on_disconnect(self, hook: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Plugin {
+        self.on_event(EventKind::Disconnect, hook)
+    }
+
+    /// Calls `hook` when something fails on a connection.
+    pub fn on_error(self, hook: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Plugin {
+        self.on_event(EventKind::Error, hook)
     }
 
     /// Registers a function the host calls once when it stops using the

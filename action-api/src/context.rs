@@ -12,6 +12,8 @@ use std::fmt::Display;
 pub struct Context<'a> {
     pub(crate) conn_id: u64,
     pub(crate) user: Option<&'a str>,
+    pub(crate) scopes: &'a str,
+    pub(crate) conn_data: Option<&'a str>,
     pub(crate) logger: Logger,
 }
 
@@ -25,6 +27,22 @@ impl<'a> Context<'a> {
     /// anonymous connection calling a public action.
     pub fn user(&self) -> Option<&'a str> {
         self.user
+    }
+
+    /// The scopes of the caller's token (empty when anonymous).
+    pub fn scopes(&self) -> impl Iterator<Item = &'a str> {
+        self.scopes.split_whitespace()
+    }
+
+    /// Whether the caller's token carries `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes().any(|s| s == scope)
+    }
+
+    /// The connection data an auth plugin attached at sign-in, as JSON
+    /// text, if any. Parse it with serde_json into your own type.
+    pub fn connection_data(&self) -> Option<&'a str> {
+        self.conn_data
     }
 
     /// A logger whose lines carry this call's connection id.

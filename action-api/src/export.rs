@@ -5,12 +5,13 @@
 //! that unwinds out of an `extern "C"` function aborts the whole server.
 
 use crate::abi::{
-    ABI_VERSION, ActionDescriptor, ByteView, CallInfo, HostTable, PluginDescriptor, action_flags,
-    log_level, status,
+    ABI_VERSION, ActionDescriptor, AuthRequest as RawAuthRequest, ByteView, CallInfo,
+    ConnectionEvent, HostTable, PluginDescriptor, action_flags, log_level, status,
 };
 use crate::action::{Plugin, Reply};
 use crate::context::{Context, Logger};
 use crate::error::ActionError;
+use crate::hooks::{AuthRequest, Event, EventKind};
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
@@ -131,6 +132,11 @@ fn register(plugin: Plugin) -> Registered {
             timeout_ms: action.timeout.map_or(0, |t| {
                 u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
             }),
+            scopes: if action.scopes.is_empty() {
+                ByteView::ABSENT
+            } else {
+                ByteView::of(action.scopes.as_bytes())
+            },
         })
         .collect();
     let descriptor = PluginDescriptor {
@@ -143,6 +149,12 @@ fn register(plugin: Plugin) -> Registered {
         action_size: std::mem::size_of::<ActionDescriptor>(),
         call: call_action,
         shutdown: Some(shutdown_plugin),
+        authenticate: plugin.authenticate.is_some().then_some(authenticate as _),
+        on_event: (!plugin.event_hooks.is_empty()).then_some(on_event as _),
+        event_mask: plugin
+            .event_hooks
+            .iter()
+            .fold(0, |mask, (kind, _)| mask | (1 << kind.code())),
     };
     Registered {
         plugin,
@@ -182,9 +194,24 @@ unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
     } else {
         std::str::from_utf8(user).ok()
     };
+    // Fields appended in revision 2 are read only if the host sent them.
+    let has_rev2 = call.size as usize >= std::mem::size_of::<CallInfo>();
+    // SAFETY: present per `size`, and alive until we return.
+    let (scopes, conn_data) = if has_rev2 {
+        unsafe {
+            (
+                call.scopes.as_slice(),
+                (!call.conn_data.is_absent()).then(|| call.conn_data.as_slice()),
+            )
+        }
+    } else {
+        (&[][..], None)
+    };
     let ctx = Context {
         conn_id: call.conn_id,
         user,
+        scopes: std::str::from_utf8(scopes).unwrap_or(""),
+        conn_data: conn_data.and_then(|d| std::str::from_utf8(d).ok()),
         logger: Logger::new(host, call.conn_id),
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -226,6 +253,101 @@ unsafe extern "C" fn shutdown_plugin() {
             0,
             &format!("shutdown hook panicked: {}", panic_message(&*payload)),
         );
+    }
+}
+
+/// [`PluginDescriptor::authenticate`] for plugins built with this crate.
+unsafe extern "C" fn authenticate(request: *const RawAuthRequest) {
+    let (Some(host), Some(registered)) = (HOST.get(), REGISTERED.get()) else {
+        return;
+    };
+    // SAFETY: the host passes a valid request that lives until we return.
+    let Some(request) = (unsafe { request.as_ref() }) else {
+        return;
+    };
+    let reply = RawReply {
+        host,
+        handle: request.reply,
+    };
+    let Some(hook) = &registered.plugin.authenticate else {
+        reply.error(&ActionError::internal(
+            "this plugin has no authenticate hook",
+        ));
+        return;
+    };
+    // SAFETY: the host keeps these views alive until we return.
+    let text = |view: ByteView| unsafe { std::str::from_utf8(view.as_slice()).ok() };
+    let ask = AuthRequest {
+        token: if request.token.is_absent() {
+            None
+        } else {
+            text(request.token)
+        },
+        headers: text(request.headers)
+            .and_then(|h| serde_json::from_str(h).ok())
+            .unwrap_or_default(),
+        query: if request.query.is_absent() {
+            None
+        } else {
+            text(request.query)
+        },
+        remote_addr: text(request.remote_addr).unwrap_or(""),
+        conn_id: request.conn_id,
+    };
+    match catch_unwind(AssertUnwindSafe(|| hook(&ask))) {
+        Ok(Ok(user)) => match serde_json::to_vec(&user) {
+            Ok(json) => reply.ok(&json),
+            Err(e) => reply.error(&ActionError::internal(format!(
+                "could not encode the sign-in: {e}"
+            ))),
+        },
+        Ok(Err(reason)) => reply.error(&ActionError::new(-32001, reason)),
+        Err(payload) => reply.panicked(&panic_message(&*payload)),
+    }
+}
+
+/// [`PluginDescriptor::on_event`] for plugins built with this crate.
+unsafe extern "C" fn on_event(event: *const ConnectionEvent) {
+    let Some(registered) = REGISTERED.get() else {
+        return;
+    };
+    // SAFETY: the host passes a valid event that lives until we return.
+    let Some(event) = (unsafe { event.as_ref() }) else {
+        return;
+    };
+    let Some(kind) = EventKind::from_code(event.kind) else {
+        return;
+    };
+    // SAFETY: as above.
+    let text = |view: ByteView| unsafe { std::str::from_utf8(view.as_slice()).ok() };
+    let seen = Event {
+        kind,
+        conn_id: event.conn_id,
+        user: if event.user.is_absent() {
+            None
+        } else {
+            text(event.user)
+        },
+        detail: text(event.detail)
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default(),
+    };
+    for (_, hook) in registered
+        .plugin
+        .event_hooks
+        .iter()
+        .filter(|(k, _)| *k == kind)
+    {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| hook(&seen))) {
+            if let Some(host) = HOST.get() {
+                host_log(
+                    host,
+                    log_level::ERROR,
+                    event.conn_id,
+                    &format!("event hook panicked: {}", panic_message(&*payload)),
+                );
+            }
+        }
     }
 }
 

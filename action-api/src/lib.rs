@@ -31,6 +31,9 @@
 //! - [`Reply`]: the handle a deferred action answers through, from any
 //!   thread.
 //! - [`ActionError`]: a typed refusal with code, message and data.
+//! - Connection hooks: [`Plugin::authenticate`] (judge a token or the
+//!   handshake's cookies and headers: [`AuthRequest`], [`Authenticated`])
+//!   and lifecycle hooks such as [`Plugin::on_connect`] ([`Event`]).
 //!
 //! ## What a plugin must know
 //! A plugin links its own copy of every crate it uses, so the host's
@@ -46,10 +49,12 @@ mod action;
 mod context;
 mod error;
 mod export;
+mod hooks;
 
 pub use action::{Action, Plugin, Reply};
 pub use context::{Context, Logger};
 pub use error::ActionError;
+pub use hooks::{AuthRequest, Authenticated, Event, EventKind};
 
 /// Re-exported so plugins need no direct serde_json dependency for
 /// free-form params and results.

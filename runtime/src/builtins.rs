@@ -4,11 +4,12 @@
 //! `rpc.presence`) arrive with the rooms feature; until then they answer
 //! -32601 like any unknown method.
 
-use crate::auth::TokenError;
+use crate::auth::Identity;
+use crate::lifecycle;
 use crate::rpc_error::{ErrorCode, RpcError};
 use crate::session::Session;
 use crate::state::ServerState;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// A built-in method.
@@ -34,7 +35,7 @@ impl Builtin {
     }
 
     /// Runs the built-in and returns its result as JSON text.
-    pub fn run(
+    pub async fn run(
         self,
         state: &ServerState,
         session: &mut Session,
@@ -42,14 +43,35 @@ impl Builtin {
     ) -> Result<String, RpcError> {
         match self {
             Builtin::Ping => Ok("\"pong\"".to_owned()),
-            Builtin::Actions => Ok(state
-                .registry
-                .snapshot()
-                .actions_json(session.is_signed_in())
-                .to_owned()),
-            Builtin::Auth => auth(state, session, params),
+            Builtin::Actions => Ok(actions(state, session.live_identity())),
+            Builtin::Auth => auth(state, session, params).await,
         }
     }
+}
+
+#[derive(Serialize)]
+struct Listed<'a> {
+    path: &'a str,
+    plugin: &'a str,
+    version: &'a str,
+    public: bool,
+}
+
+/// The actions `identity` may call, sorted by path.
+fn actions(state: &ServerState, identity: Option<&Identity>) -> String {
+    let snapshot = state.registry.snapshot();
+    let mut listed: Vec<Listed<'_>> = snapshot
+        .actions()
+        .filter(|a| a.public || identity.is_some_and(|i| i.has_scopes(&a.scopes)))
+        .map(|a| Listed {
+            path: &a.path,
+            plugin: &a.plugin.name,
+            version: &a.plugin.version,
+            public: a.public,
+        })
+        .collect();
+    listed.sort_by_key(|a| a.path);
+    serde_json::to_string(&listed).unwrap_or_else(|_| "[]".to_owned())
 }
 
 #[derive(Deserialize)]
@@ -58,7 +80,7 @@ struct AuthParams {
     token: String,
 }
 
-fn auth(
+async fn auth(
     state: &ServerState,
     session: &mut Session,
     params: Option<&RawValue>,
@@ -75,10 +97,35 @@ fn auth(
                 RpcError::new(ErrorCode::InvalidParams, format!("rpc.auth params: {e}"))
             })
         })?;
-    let identity = state.keys.verify(&params.token).map_err(|e: TokenError| {
-        tracing::info!(conn = session.conn_id, "rpc.auth refused: {e}");
-        RpcError::new(ErrorCode::Unauthenticated, format!("token refused: {e}"))
-    })?;
+    let conn_id = session.conn_id;
+    let verdict = state
+        .auth
+        .authenticate(
+            Some(&params.token),
+            &session.handshake,
+            conn_id,
+            &state.registry,
+        )
+        .await;
+    let identity = match verdict {
+        Ok(Some(identity)) => identity,
+        Ok(None) => return Err(RpcError::new(ErrorCode::Unauthenticated, "token refused")),
+        Err(e) => {
+            tracing::info!(conn = conn_id, "rpc.auth refused: {e}");
+            let user = session.identity().map(|i| i.user.clone());
+            lifecycle::emit(
+                &state.registry,
+                lifecycle::AUTH_FAILURE,
+                conn_id,
+                user.as_ref(),
+                || serde_json::json!({"reason": e.to_string(), "via": "rpc.auth"}),
+            );
+            return Err(RpcError::new(
+                ErrorCode::Unauthenticated,
+                format!("token refused: {e}"),
+            ));
+        }
+    };
     if let Some(current) = session.identity()
         && current.user != identity.user
     {
@@ -92,7 +139,14 @@ fn auth(
     }
     let result =
         serde_json::json!({"user": &*identity.user, "expires_at": identity.expires_at}).to_string();
-    tracing::debug!(conn = session.conn_id, user = %identity.user, "signed in");
+    tracing::debug!(conn = conn_id, user = %identity.user, "signed in");
+    lifecycle::emit(
+        &state.registry,
+        lifecycle::AUTH_SUCCESS,
+        conn_id,
+        Some(&identity.user),
+        || serde_json::json!({"via": "rpc.auth"}),
+    );
     session.sign_in(identity);
     Ok(result)
 }

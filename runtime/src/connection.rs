@@ -9,7 +9,9 @@
 //! reading, lets its running calls finish and answers them (within the
 //! grace period), then sends Close 1001.
 
+use crate::auth::now_secs;
 use crate::dispatch::{Dispatched, dispatch};
+use crate::lifecycle;
 use crate::protocol::{self, Frame};
 use crate::rpc_error::{ErrorCode, RpcError};
 use crate::session::Session;
@@ -17,11 +19,12 @@ use crate::state::ServerState;
 use bytes::Bytes;
 use futures_util::future::{self, Either};
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -32,13 +35,37 @@ use tracing::Instrument;
 /// Most frames written before a flush is forced.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 
+/// How long before a sign-in ends the client is warned (`token.expiring`).
+const EXPIRY_WARNING: Duration = Duration::from_secs(30);
+
+/// How a connection ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// Why, in a few words.
+    pub reason: &'static str,
+    /// Who was signed in at the end, if anyone.
+    pub user: Option<Arc<str>>,
+}
+
+/// What the connection's one timer is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Not signed in yet: close with 4001 when it fires.
+    AuthTimeout,
+    /// The sign-in ends soon: warn the client.
+    ExpiryWarning,
+    /// The sign-in has ended: close with 4002.
+    Expiry,
+}
+
 /// Serves one upgraded connection until it closes or the server stops.
 pub async fn serve<S>(
     ws: WebSocketStream<S>,
     state: Arc<ServerState>,
     session: Session,
     shutdown: CancellationToken,
-) where
+) -> Ended
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let span = tracing::info_span!(
@@ -63,6 +90,15 @@ struct Connection<S> {
     /// Frames written since the last flush.
     unflushed: usize,
     write_timeout: Duration,
+    /// The one timer (auth timeout or token expiry), reset rather than
+    /// recreated so the read loop registers no timer per frame.
+    timer: Pin<Box<Sleep>>,
+    timer_for: Option<Timer>,
+    /// `session.sign_ins` when the timer was last armed.
+    armed_at_sign_in: u64,
+    /// The sign-in (by count) whose expiry warning was already sent.
+    warned_sign_in: u64,
+    connected_at: Instant,
 }
 
 /// What one step of the loop decided.
@@ -77,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn new(ws: WebSocketStream<S>, state: Arc<ServerState>, session: Session) -> Self {
         let (replies_tx, replies_rx) = mpsc::channel(state.config.outbound_queue);
         let write_timeout = state.config.write_timeout();
-        Connection {
+        let mut connection = Connection {
             ws,
             state,
             session,
@@ -85,10 +121,92 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             replies_rx,
             unflushed: 0,
             write_timeout,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_for: None,
+            armed_at_sign_in: 0,
+            warned_sign_in: 0,
+            connected_at: Instant::now(),
+        };
+        connection.arm_timer();
+        connection
+    }
+
+    /// Points the timer at the next thing due: the auth timeout while not
+    /// signed in, else the expiry warning, else the expiry itself.
+    fn arm_timer(&mut self) {
+        self.armed_at_sign_in = self.session.sign_ins;
+        let next = match self.session.identity() {
+            None => self
+                .state
+                .config
+                .auth_timeout()
+                .map(|limit| (self.connected_at + limit, Timer::AuthTimeout)),
+            Some(identity) => identity.expires_at.map(|exp| {
+                let now = now_secs();
+                let until =
+                    |secs: u64| Instant::now() + Duration::from_secs(secs.saturating_sub(now));
+                let close_at = until(exp.saturating_add(self.state.auth.leeway()));
+                let warn_at = until(exp)
+                    .checked_sub(EXPIRY_WARNING)
+                    .unwrap_or_else(Instant::now);
+                if self.warned_sign_in != self.session.sign_ins && warn_at < close_at {
+                    (warn_at, Timer::ExpiryWarning)
+                } else {
+                    (close_at, Timer::Expiry)
+                }
+            }),
+        };
+        self.timer_for = next.map(|(_, kind)| kind);
+        if let Some((at, _)) = next {
+            self.timer.as_mut().reset(at);
         }
     }
 
-    async fn run(mut self, shutdown: CancellationToken) {
+    async fn on_timer(&mut self) -> Next {
+        let fired = self.timer_for.take();
+        match fired {
+            Some(Timer::AuthTimeout) if self.session.identity().is_none() => {
+                tracing::info!("closing: no valid token within auth_timeout");
+                Next::Close(CloseCode::from(4001), "no valid token before auth_timeout")
+            }
+            Some(Timer::ExpiryWarning) => {
+                self.warned_sign_in = self.session.sign_ins;
+                let expires_at = self
+                    .session
+                    .identity()
+                    .and_then(|i| i.expires_at)
+                    .unwrap_or_default();
+                let push = serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "method": "rpc.event",
+                    "params": {"event": "token.expiring", "data": {
+                        "expires_at": expires_at,
+                        "in_secs": expires_at.saturating_sub(now_secs()),
+                    }},
+                });
+                self.arm_timer();
+                self.write(push.to_string()).await
+            }
+            Some(Timer::Expiry)
+                if self
+                    .session
+                    .identity()
+                    .is_some_and(|i| i.expired_at(now_secs(), self.state.auth.leeway())) =>
+            {
+                tracing::info!("closing: the token expired and was not refreshed");
+                Next::Close(
+                    CloseCode::from(4002),
+                    "the token expired and was not refreshed",
+                )
+            }
+            _ => {
+                self.arm_timer();
+                Next::Continue
+            }
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) -> Ended {
         tracing::debug!("connected");
         let why = loop {
             let next = if shutdown.is_cancelled() {
@@ -101,8 +219,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     () = shutdown.cancelled() => Next::Shutdown,
                     Some(first) = self.replies_rx.recv() => self.write_burst(first).await,
                     incoming = self.ws.next() => self.on_incoming(incoming).await,
+                    () = &mut self.timer, if self.timer_for.is_some() => self.on_timer().await,
                 }
             };
+            if self.session.sign_ins != self.armed_at_sign_in {
+                self.arm_timer();
+            }
             match next {
                 Next::Continue => {}
                 Next::Close(code, reason) => {
@@ -119,6 +241,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         };
         tracing::debug!(why, "disconnected");
+        Ended {
+            reason: why,
+            user: self.session.identity().map(|i| Arc::clone(&i.user)),
+        }
     }
 
     /// With writes buffered: handle whatever is ready at once (queued
@@ -153,6 +279,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         tracing::info!(
             "dropping the connection: the client stopped reading (a write stalled for {} ms)",
             self.write_timeout.as_millis()
+        );
+        let user = self.session.identity().map(|i| Arc::clone(&i.user));
+        lifecycle::emit(
+            &self.state.registry,
+            lifecycle::ERROR,
+            self.session.conn_id,
+            user.as_ref(),
+            || serde_json::json!({"error": "the client stopped reading; a write stalled", "code": null}),
         );
         Next::Stop("write timed out")
     }
@@ -226,7 +360,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .await
             }
             Frame::Single(Ok(envelope)) => {
-                match dispatch(&self.state, &mut self.session, &envelope, &frame, text) {
+                match dispatch(&self.state, &mut self.session, &envelope, &frame, text).await {
                     Dispatched::Ready(Some(reply)) => self.write(reply).await,
                     Dispatched::Ready(None) => Next::Continue,
                     Dispatched::Running(call) => {
@@ -244,7 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                             &refusal.error,
                         ))),
                         Ok(envelope) => {
-                            dispatch(&self.state, &mut self.session, &envelope, &frame, text)
+                            dispatch(&self.state, &mut self.session, &envelope, &frame, text).await
                         }
                     };
                     all_ready &= matches!(answer, Dispatched::Ready(_));

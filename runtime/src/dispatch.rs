@@ -7,9 +7,12 @@
 //! awaits its completion (with a timeout). A slow call therefore never
 //! delays other calls, on its connection or any other.
 
+use crate::auth::Identity;
 use crate::builtins::Builtin;
+use crate::lifecycle;
 use crate::plugins::ActionEntry;
 use crate::plugins::host::{Completion, PendingReply};
+use crate::plugins::loader::CallArgs;
 use crate::protocol::{self, Envelope, share};
 use crate::rpc_error::{ErrorCode, RpcError};
 use crate::session::Session;
@@ -63,9 +66,11 @@ fn reply(id: Option<&Bytes>, outcome: Result<String, CallError>) -> Option<Strin
 }
 
 /// Dispatches one request. `frame` is the buffer `text` lives in, so the
-/// id and params can be shared instead of copied.
-pub fn dispatch(
-    state: &ServerState,
+/// id and params can be shared instead of copied. Only `rpc.auth` awaits
+/// (a sign-in must take effect before the next frame is read); everything
+/// else returns at once.
+pub async fn dispatch(
+    state: &Arc<ServerState>,
     session: &mut Session,
     envelope: &Envelope<'_>,
     frame: &Bytes,
@@ -77,6 +82,7 @@ pub fn dispatch(
         let outcome = match Builtin::from_method(method) {
             Some(builtin) => builtin
                 .run(state, session, envelope.params)
+                .await
                 .map_err(CallError::from),
             None => Err(RpcError::new(
                 ErrorCode::MethodNotFound,
@@ -87,7 +93,10 @@ pub fn dispatch(
         return Dispatched::Ready(reply(id.as_ref(), outcome));
     }
     match prepare(state, session, method) {
-        Ok(call) => {
+        Ok(mut call) => {
+            if call.report_errors {
+                call.registry_events = Some(Arc::clone(state));
+            }
             let params = envelope.params.map(|p| share(frame, text, p.get()));
             Dispatched::Running(Box::pin(async move {
                 let outcome = call.run(params).await;
@@ -102,22 +111,41 @@ pub fn dispatch(
 struct PreparedCall {
     entry: Arc<ActionEntry>,
     conn_id: u64,
-    user: Option<Arc<str>>,
+    identity: Option<Identity>,
     connection_permit: OwnedSemaphorePermit,
     server_permit: OwnedSemaphorePermit,
+    /// Whether any plugin listens for lifecycle `error` events.
+    report_errors: bool,
+    /// Where to report failures as lifecycle `error` events.
+    registry_events: Option<Arc<ServerState>>,
 }
 
 fn prepare(state: &ServerState, session: &Session, method: &str) -> Result<PreparedCall, RpcError> {
-    let entry = state
-        .registry
-        .snapshot()
+    let snapshot = state.registry.snapshot();
+    let entry = snapshot
         .get(method)
         .cloned()
         .ok_or_else(|| RpcError::new(ErrorCode::MethodNotFound, format!("no action '{method}'")))?;
-    let user = if entry.public {
-        session.identity().map(|i| Arc::clone(&i.user))
+    let report_errors = snapshot.wants_event(lifecycle::ERROR);
+    let identity = if entry.public {
+        session.live_identity().cloned()
     } else {
-        Some(Arc::clone(session.require_user(method)?))
+        let identity = session.require_identity(method)?;
+        if !identity.has_scopes(&entry.scopes) {
+            return Err(RpcError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "action '{method}' needs scope(s) {}; this connection's token has {}",
+                    entry.scopes.join(", "),
+                    if identity.scopes.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        identity.scopes.replace(' ', ", ")
+                    }
+                ),
+            ));
+        }
+        Some(identity.clone())
     };
     let connection_permit = Arc::clone(&session.inflight)
         .try_acquire_owned()
@@ -144,9 +172,11 @@ fn prepare(state: &ServerState, session: &Session, method: &str) -> Result<Prepa
     Ok(PreparedCall {
         entry,
         conn_id: session.conn_id,
-        user,
+        identity,
         connection_permit,
         server_permit,
+        report_errors,
+        registry_events: None,
     })
 }
 
@@ -155,28 +185,34 @@ impl PreparedCall {
         let PreparedCall {
             entry,
             conn_id,
-            user,
+            identity,
             connection_permit,
             server_permit,
+            report_errors: _,
+            registry_events,
         } = self;
         let (pending, completion) = PendingReply::new();
         let plugin_entry = Arc::clone(&entry);
+        let user = identity.as_ref().map(|i| Arc::clone(&i.user));
         // Both permits stay with the thread: a call past its deadline still
         // occupies its slots until the plugin returns, so a client calling
         // an action that hangs uses up its own connection's slots, not the
         // whole server's.
         tokio::task::spawn_blocking(move || {
             let _permits = (server_permit, connection_permit);
-            let params: &[u8] = params.as_deref().unwrap_or(b"null");
-            plugin_entry.plugin.call(
-                plugin_entry.index,
-                params,
+            let args = CallArgs {
+                params: params.as_deref().unwrap_or(b"null"),
                 conn_id,
-                user.as_deref(),
-                pending,
-            );
+                user: identity.as_ref().map(|i| &*i.user),
+                scopes: identity
+                    .as_ref()
+                    .map(|i| &*i.scopes)
+                    .filter(|s| !s.is_empty()),
+                conn_data: identity.as_ref().and_then(|i| i.data.as_deref()),
+            };
+            plugin_entry.plugin.call(plugin_entry.index, &args, pending);
         });
-        match tokio::time::timeout(entry.timeout, completion).await {
+        let outcome = match tokio::time::timeout(entry.timeout, completion).await {
             Ok(Ok(done)) => interpret(&entry.path, done),
             Ok(Err(_)) => Err(RpcError::new(
                 ErrorCode::Internal,
@@ -195,7 +231,19 @@ impl PreparedCall {
                 ),
             )
             .into()),
+        };
+        if let (Some(state), Err(CallError::Rpc(error))) = (&registry_events, &outcome)
+            && matches!(error.code, ErrorCode::Timeout | ErrorCode::ActionFailed)
+        {
+            lifecycle::emit(
+                &state.registry,
+                lifecycle::ERROR,
+                conn_id,
+                user.as_ref(),
+                || serde_json::json!({"error": error.message, "code": error.code.code(), "action": entry.path}),
+            );
         }
+        outcome
     }
 }
 

@@ -1,9 +1,11 @@
 //! The HTTP side of the one port: routes (`/ws`, `/healthz`, `/status`)
 //! and the WebSocket upgrade, including the token check on the handshake.
 
-use crate::auth::Identity;
+use crate::auth::Handshake;
 use crate::connection;
+use crate::lifecycle;
 use crate::session::Session;
+use crate::session::next_conn_id;
 use crate::state::ServerState;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -11,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -30,6 +33,8 @@ pub struct Routes {
     pub shutdown: CancellationToken,
     /// Tracks upgraded connections so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The peer of the TCP connection these routes serve, once known.
+    pub remote: Option<SocketAddr>,
 }
 
 fn respond(
@@ -56,7 +61,7 @@ impl Routes {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, std::convert::Infallible> {
         let response = match (req.method(), req.uri().path()) {
-            (&Method::GET, "/ws") => self.upgrade(req),
+            (&Method::GET, "/ws") => self.upgrade(req).await,
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/status") => respond(
                 StatusCode::OK,
@@ -74,7 +79,7 @@ impl Routes {
         Ok(response)
     }
 
-    fn upgrade(self, mut req: Request<Incoming>) -> Response<Body> {
+    async fn upgrade(self, mut req: Request<Incoming>) -> Response<Body> {
         let headers = req.headers();
         let key = match check_upgrade(headers) {
             Ok(key) => key,
@@ -83,15 +88,60 @@ impl Routes {
         if let Err(response) = crate::handshake::admit(headers, &self.state) {
             return refused_handshake(*response);
         }
-        let identity = match self.handshake_identity(&req) {
+        // Hold a connection slot from here on, so concurrent upgrades
+        // cannot pass `max_connections` between the check and the upgrade.
+        let Some(counted) = self.state.reserve_connection() else {
+            let mut response = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the server is at its limit of {} connections; retry shortly\n",
+                    self.state.config.max_connections
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return refused_handshake(response);
+        };
+        let conn_id = next_conn_id();
+        let handshake = Arc::new(Handshake {
+            headers_json: headers_json(headers),
+            query: req.uri().query().map(str::to_owned),
+            remote_addr: self.remote.map(|a| a.to_string()).unwrap_or_default(),
+        });
+        let token = bearer_token(headers).or_else(|| query_token(req.uri().query()));
+        let verdict = self
+            .state
+            .auth
+            .authenticate(token, &handshake, conn_id, &self.state.registry)
+            .await;
+        let identity = match verdict {
             Ok(identity) => identity,
-            Err(response) => return refused_handshake(*response),
+            Err(e) => {
+                tracing::info!(conn = conn_id, "handshake refused: {e}");
+                lifecycle::emit(
+                    &self.state.registry,
+                    lifecycle::AUTH_FAILURE,
+                    conn_id,
+                    None,
+                    || serde_json::json!({"reason": e.to_string(), "via": "handshake"}),
+                );
+                let body =
+                    serde_json::json!({"code": -32001, "message": format!("token refused: {e}")})
+                        .to_string();
+                return refused_handshake(respond(
+                    StatusCode::UNAUTHORIZED,
+                    "application/json",
+                    body,
+                ));
+            }
         };
         let accept = derive_accept_key(key.as_bytes());
         let state = Arc::clone(&self.state);
         let shutdown = self.shutdown.clone();
         let upgrade = hyper::upgrade::on(&mut req);
         self.tracker.spawn(async move {
+            let _counted = counted;
             let upgraded = match upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(e) => {
@@ -99,7 +149,6 @@ impl Routes {
                     return;
                 }
             };
-            let _counted = state.count_connection();
             let config = ws_config(state.config.max_message_bytes);
             let ws = WebSocketStream::from_raw_socket(
                 TokioIo::new(upgraded),
@@ -107,8 +156,38 @@ impl Routes {
                 Some(config),
             )
             .await;
-            let session = Session::new(identity, state.config.max_inflight_per_connection);
-            connection::serve(ws, state, session, shutdown).await;
+            let user = identity.as_ref().map(|i| Arc::clone(&i.user));
+            lifecycle::emit(
+                &state.registry,
+                lifecycle::CONNECT,
+                conn_id,
+                user.as_ref(),
+                || serde_json::json!({"remote_addr": handshake.remote_addr}),
+            );
+            if user.is_some() {
+                lifecycle::emit(
+                    &state.registry,
+                    lifecycle::AUTH_SUCCESS,
+                    conn_id,
+                    user.as_ref(),
+                    || serde_json::json!({"via": "handshake"}),
+                );
+            }
+            let session = Session::new(
+                conn_id,
+                identity,
+                handshake,
+                state.config.max_inflight_per_connection,
+                state.auth.leeway(),
+            );
+            let ended = connection::serve(ws, Arc::clone(&state), session, shutdown).await;
+            lifecycle::emit(
+                &state.registry,
+                lifecycle::DISCONNECT,
+                conn_id,
+                ended.user.as_ref(),
+                || serde_json::json!({"reason": ended.reason}),
+            );
         });
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -120,26 +199,22 @@ impl Routes {
         }
         response
     }
+}
 
-    /// The user signed in by the handshake's token, if it carries one. A
-    /// token that does not verify refuses the handshake with 401, so the
-    /// client learns at once instead of on its first call.
-    fn handshake_identity(
-        &self,
-        req: &Request<Incoming>,
-    ) -> Result<Option<Identity>, Box<Response<Body>>> {
-        let Some(token) = bearer_token(req.headers()).or_else(|| query_token(req.uri().query()))
-        else {
-            return Ok(None);
-        };
-        self.state.keys.verify(token).map(Some).map_err(|e| {
-            tracing::info!("handshake refused: {e}");
-            let body =
-                serde_json::json!({"code": -32001, "message": format!("token refused: {e}")})
-                    .to_string();
-            Box::new(respond(StatusCode::UNAUTHORIZED, "application/json", body))
-        })
+/// The request's headers as a JSON object of lower-case name to value,
+/// repeated headers joined with ", " (what an auth plugin sees).
+fn headers_json(headers: &HeaderMap) -> String {
+    let mut map = serde_json::Map::new();
+    for name in headers.keys() {
+        let joined = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        map.insert(name.as_str().to_owned(), serde_json::Value::String(joined));
     }
+    serde_json::Value::Object(map).to_string()
 }
 
 /// Marks a refused handshake's response to close the connection: the

@@ -5,7 +5,8 @@
 //! that the server loads from a folder.
 //!
 //! The components, in the order a call meets them:
-//! - [`server`]: the TCP listener and shutdown; [`http`]: the routes
+//! - [`server`]: the TCP listener and shutdown; [`tls`]: optional TLS
+//!   (`https://`, `wss://`) from PEM files; [`http`]: the routes
 //!   (`/ws`, `/healthz`, `/status`) and the WebSocket upgrade with its
 //!   admission checks ([`handshake`]) and token check ([`auth`]).
 //! - [`connection`]: one task per connection: reads frames, writes
@@ -15,6 +16,7 @@
 //!   threads under deadlines, errors mapped to codes ([`rpc_error`]).
 //! - [`plugins`]: loading plugin files, the ABI's host side, and the
 //!   registry snapshot the call path reads without a lock.
+//! - [`lifecycle`]: connection events for plugins that listen.
 //! - [`config`]: settings from file, environment and flags; [`state`]: what
 //!   connections share; [`session`]: what one connection knows;
 //!   [`status`]: the `/status` document; [`describe`]: `switchboard check`.
@@ -29,6 +31,7 @@ pub mod describe;
 pub mod dispatch;
 pub mod handshake;
 pub mod http;
+pub mod lifecycle;
 pub mod plugins;
 pub mod protocol;
 pub mod rpc_error;
@@ -36,3 +39,4 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod status;
+pub mod tls;

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use switchboard::auth::{TokenKeys, random_secret};
+use switchboard::auth::mint::NewToken;
+use switchboard::auth::{Authenticator, JwtVerifier, TokenMinter, random_secret};
+use switchboard::config::AuthStep;
 use switchboard::config::Config;
 use switchboard::plugins::{Registry, ShadowDir, load_dir};
 use switchboard::state::ServerState;
@@ -72,7 +74,12 @@ struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY_SECS", value_name = "SECS")]
     jwt_leeway_secs: Option<u64>,
     /// Authenticators tried in order, comma-separated: jwt, plugin [default: jwt].
-    #[arg(long, env = "SWITCHBOARD_AUTH_CHAIN", value_name = "STEPS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_AUTH_CHAIN",
+        value_name = "STEPS",
+        value_delimiter = ','
+    )]
     auth_chain: Option<Vec<switchboard::config::AuthStep>>,
     /// The plugin whose authenticate hook the chain's plugin step calls.
     #[arg(long, env = "SWITCHBOARD_AUTH_PLUGIN", value_name = "NAME")]
@@ -82,7 +89,12 @@ struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_AUTH_TIMEOUT_MS", value_name = "MS")]
     auth_timeout_ms: Option<u64>,
     /// Browser origins allowed to connect, comma-separated [default: any].
-    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
     allowed_origins: Option<Vec<String>>,
     /// Most open WebSocket connections; more get HTTP 503 [default: 50000].
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", value_name = "N")]
@@ -140,6 +152,29 @@ struct TokenArgs {
     /// How long the token is valid, e.g. 30m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
+    /// A scope to grant (the `scopes` claim); repeat for several.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
+    /// A room the token may join (the `rooms` claim); repeat for several.
+    #[arg(long = "room", value_name = "ROOM")]
+    rooms: Vec<String>,
+    /// Make a one-time token: it opens at most one connection. Give an id,
+    /// or `auto` for a random one.
+    #[arg(long, value_name = "ID")]
+    jti: Option<String>,
+    /// The `iss` claim.
+    #[arg(long, value_name = "ISS")]
+    iss: Option<String>,
+    /// The `aud` claim.
+    #[arg(long, value_name = "AUD")]
+    aud: Option<String>,
+    /// Sign with this PEM private key instead of the secret: an RSA key
+    /// signs RS256, an EC P-256 key ES256.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Key id for the header (to pick the key from a JWKS).
+    #[arg(long, value_name = "KID", requires = "key")]
+    kid: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -226,13 +261,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.actions.display()
         );
     }
-    let dev_secret = config.jwt_secret.is_none();
-    let secret = match config.jwt_secret.clone() {
-        Some(secret) => secret,
-        None => random_secret().context("could not make a random development secret")?,
+    // With no key at all for a chain that verifies JWTs, make a secret up
+    // for this run so the quickstart works with no setup.
+    let dev_minter = if !config.has_jwt_keys() && config.auth_chain.contains(&AuthStep::Jwt) {
+        let secret = random_secret().context("could not make a random development secret")?;
+        config.jwt_secret = Some(secret.clone());
+        Some(TokenMinter::hs256(secret.as_bytes()))
+    } else {
+        None
     };
-    config.jwt_secret = Some(secret.clone());
-    let keys = TokenKeys::hs256(secret.as_bytes());
+    let verifier = JwtVerifier::from_config(&config)?;
+    let auth = Authenticator::new(&config, Some(verifier));
     let shadow_base = config
         .shadow_dir
         .clone()
@@ -263,16 +302,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("could not start the async runtime")?;
     let result = runtime.block_on(async {
+        let tls = switchboard::tls::from_config(&config)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("could not listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!("listening on http://{addr} (WebSocket: ws://{addr}/ws)");
-        if dev_secret {
-            print_dev_banner(&keys, addr)?;
+        let (http, ws) = if tls.is_some() {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        };
+        tracing::info!("listening on {http}://{addr} (WebSocket: {ws}://{addr}/ws)");
+        if let Some(minter) = &dev_minter {
+            print_dev_banner(minter, ws, addr)?;
         }
-        let state = Arc::new(ServerState::new(config, Registry::new(snapshot), keys));
-        switchboard::server::run(listener, state, shutdown_signal()).await;
+        let state = Arc::new(ServerState::new(config, Registry::new(snapshot), auth));
+        switchboard::server::run(listener, state, tls, shutdown_signal()).await;
         anyhow::Ok(())
     });
     shadow.remove();
@@ -282,11 +327,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     result
 }
 
-fn print_dev_banner(keys: &TokenKeys, addr: SocketAddr) -> anyhow::Result<()> {
-    let token = keys.mint("dev", Duration::from_secs(24 * 3600))?;
+fn print_dev_banner(minter: &TokenMinter, ws: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    let token = minter.mint_for("dev", Duration::from_secs(24 * 3600))?;
     tracing::warn!("no jwt_secret configured: using a random secret for this run only");
     println!("Development token (user \"dev\", valid 24 h):\n  {token}");
-    println!("Connect:  ws://{addr}/ws?token={token}");
+    println!("Connect:  {ws}://{addr}/ws?token={token}");
     Ok(())
 }
 
@@ -319,20 +364,40 @@ async fn shutdown_signal() {
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let config = base_config(&args.common)?;
-    config.validate()?;
-    let Some(secret) = config.jwt_secret else {
-        bail!(
-            "no secret: pass --jwt-secret, set SWITCHBOARD_JWT_SECRET, or set jwt_secret in the config file"
-        );
-    };
     if args.sub.is_empty() {
         bail!("--sub must not be empty");
     }
-    println!(
-        "{}",
-        TokenKeys::hs256(secret.as_bytes()).mint(&args.sub, args.ttl)?
-    );
+    let minter = match &args.key {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("could not read the key {}", path.display()))?;
+            TokenMinter::from_private_pem(&pem, args.kid.clone())
+                .with_context(|| format!("{}", path.display()))?
+        }
+        None => {
+            let config = base_config(&args.common)?;
+            config.validate()?;
+            let Some(secret) = config.jwt_secret else {
+                bail!(
+                    "no secret: pass --jwt-secret, set SWITCHBOARD_JWT_SECRET, set jwt_secret in the config file, or sign with --key"
+                );
+            };
+            TokenMinter::hs256(secret.as_bytes())
+        }
+    };
+    let jti = match args.jti.as_deref() {
+        Some("auto") => Some(random_secret().context("could not make a random jti")?),
+        other => other.map(str::to_owned),
+    };
+    let claims = NewToken {
+        sub: args.sub,
+        scopes: args.scopes,
+        rooms: args.rooms,
+        jti,
+        iss: args.iss,
+        aud: args.aud,
+    };
+    println!("{}", minter.mint(&claims, args.ttl)?);
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! The listener: accepts TCP connections, serves HTTP/1.1 with upgrades on
-//! each, and shuts down cleanly when the injected shutdown future resolves
-//! (Close 1001 to every connection, a grace period, then plugin shutdown
-//! hooks).
+//! each (over TLS when an acceptor is given), and shuts down cleanly when
+//! the injected shutdown future resolves (Close 1001 to every connection, a
+//! grace period, then plugin shutdown hooks).
 
 use crate::http::Routes;
 use crate::state::ServerState;
@@ -11,32 +11,40 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `listener` until `shutdown` resolves, then stops: no new
 /// connections, Close 1001 to open ones, and up to the configured grace
-/// period for them to finish.
+/// period for them to finish. With `tls` (see [`crate::tls`]), every
+/// connection is TLS (`https://`, `wss://`); without it, plain text.
 pub async fn run(
     listener: TcpListener,
     state: Arc<ServerState>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let routes = Routes {
         state: Arc::clone(&state),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        remote: None,
     };
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _remote)) => {
+                Ok((stream, remote)) => {
                     backoff = Duration::from_millis(10);
-                    let routes = routes.clone();
-                    routes.tracker.clone().spawn(serve_http(stream, routes));
+                    let routes = Routes { remote: Some(remote), ..routes.clone() };
+                    routes.tracker.clone().spawn(serve_tcp(stream, tls.clone(), routes));
                 }
                 Err(e) => {
                     // Usually out of file descriptors: wait for some to free.
@@ -83,10 +91,36 @@ pub async fn run(
     tracing::info!("stopped");
 }
 
-async fn serve_http(stream: TcpStream, routes: Routes) {
+/// One accepted connection, in its own task: the TLS handshake (if any,
+/// bounded by [`TLS_HANDSHAKE_TIMEOUT`] and by shutdown), then HTTP. A
+/// failed handshake only ends this connection.
+async fn serve_tcp(stream: TcpStream, tls: Option<TlsAcceptor>, routes: Routes) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("could not set TCP_NODELAY: {e}");
     }
+    let Some(acceptor) = tls else {
+        return serve_http(stream, routes).await;
+    };
+    let peer = stream.peer_addr().ok();
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let shutdown = routes.shutdown.clone();
+    tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(stream)) => serve_http(stream, routes).await,
+            Ok(Err(e)) => tracing::debug!(?peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(
+                ?peer,
+                "TLS handshake not finished after {TLS_HANDSHAKE_TIMEOUT:?}; dropped"
+            ),
+        },
+        () = shutdown.cancelled() => {}
+    }
+}
+
+async fn serve_http<S>(stream: S, routes: Routes)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let shutdown = routes.shutdown.clone();
     let service = service_fn(move |req| routes.clone().handle(req));
     let conn = http1::Builder::new()

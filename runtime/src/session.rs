@@ -1,7 +1,8 @@
 //! [`Session`]: the state of one connection that calls read: its id, who
-//! signed in, and its share of the call limits.
+//! signed in and until when, the handshake it came with, and its share of
+//! the call limits.
 
-use crate::auth::{Identity, now_secs};
+use crate::auth::{Handshake, Identity, now_secs};
 use crate::rpc_error::{ErrorCode, RpcError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,23 +10,43 @@ use tokio::sync::Semaphore;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Takes a fresh connection id (unique in this run, never 0).
+pub fn next_conn_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// One connection's state, owned by its task.
 #[derive(Debug)]
 pub struct Session {
-    /// The connection id (unique in this run, never 0).
+    /// The connection id.
     pub conn_id: u64,
     identity: Option<Identity>,
+    /// The upgrade request, for the auth plugin and events.
+    pub handshake: Arc<Handshake>,
     /// Permits for this connection's running calls.
     pub inflight: Arc<Semaphore>,
+    /// Seconds of leeway on token expiry.
+    leeway: u64,
+    /// Bumped at every sign-in, so timers know when to re-arm.
+    pub sign_ins: u64,
 }
 
 impl Session {
     /// A new session, signed in if the handshake carried a valid token.
-    pub fn new(identity: Option<Identity>, max_inflight: usize) -> Session {
+    pub fn new(
+        conn_id: u64,
+        identity: Option<Identity>,
+        handshake: Arc<Handshake>,
+        max_inflight: usize,
+        leeway: u64,
+    ) -> Session {
         Session {
-            conn_id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            conn_id,
+            sign_ins: u64::from(identity.is_some()),
             identity,
+            handshake,
             inflight: Arc::new(Semaphore::new(max_inflight)),
+            leeway,
         }
     }
 
@@ -34,18 +55,21 @@ impl Session {
         self.identity.as_ref()
     }
 
-    /// Whether a (possibly expired) token was presented.
-    pub fn is_signed_in(&self) -> bool {
-        self.identity.is_some()
+    /// The signed-in identity, if its sign-in has not ended.
+    pub fn live_identity(&self) -> Option<&Identity> {
+        self.identity
+            .as_ref()
+            .filter(|i| !i.expired_at(now_secs(), self.leeway))
     }
 
-    /// Signs the connection in, or refreshes its token.
+    /// Signs the connection in, or refreshes its sign-in.
     pub fn sign_in(&mut self, identity: Identity) {
         self.identity = Some(identity);
+        self.sign_ins += 1;
     }
 
-    /// The user a non-public action runs for, or why there is none.
-    pub fn require_user(&self, action: &str) -> Result<&Arc<str>, RpcError> {
+    /// The identity a non-public action runs for, or why there is none.
+    pub fn require_identity(&self, action: &str) -> Result<&Identity, RpcError> {
         match &self.identity {
             None => Err(RpcError::new(
                 ErrorCode::Unauthenticated,
@@ -53,14 +77,14 @@ impl Session {
                     "action '{action}' needs a signed-in connection: send a token (Authorization: Bearer, ?token=, or rpc.auth)"
                 ),
             )),
-            Some(identity) if identity.expired_at(now_secs()) => Err(RpcError::new(
+            Some(identity) if identity.expired_at(now_secs(), self.leeway) => Err(RpcError::new(
                 ErrorCode::Unauthenticated,
                 format!(
-                    "your token expired at {} (Unix time); call rpc.auth with a fresh one",
-                    identity.expires_at
+                    "your sign-in expired at {} (Unix time); call rpc.auth with a fresh token",
+                    identity.expires_at.unwrap_or_default()
                 ),
             )),
-            Some(identity) => Ok(&identity.user),
+            Some(identity) => Ok(identity),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! [`ServerState`]: what every connection shares: settings, the plugin
 //! registry, token keys, limits and counters.
 
-use crate::auth::TokenKeys;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::plugins::Registry;
 use std::sync::Arc;
@@ -17,8 +17,8 @@ pub struct ServerState {
     pub config: Config,
     /// What can be called.
     pub registry: Registry,
-    /// Keys for client tokens.
-    pub keys: TokenKeys,
+    /// The chain of authenticators (JWT keys, auth plugin, replay cache).
+    pub auth: Authenticator,
     /// Permits for action calls running in the whole server.
     pub inflight: Arc<Semaphore>,
     /// When the server started.
@@ -27,13 +27,13 @@ pub struct ServerState {
 }
 
 impl ServerState {
-    /// State for a server with these settings, plugins and keys.
-    pub fn new(config: Config, registry: Registry, keys: TokenKeys) -> ServerState {
+    /// State for a server with these settings, plugins and authenticators.
+    pub fn new(config: Config, registry: Registry, auth: Authenticator) -> ServerState {
         ServerState {
             inflight: Arc::new(Semaphore::new(config.max_inflight_calls)),
             config,
             registry,
-            keys,
+            auth,
             started: Instant::now(),
             connections: AtomicUsize::new(0),
         }
@@ -49,14 +49,51 @@ impl ServerState {
         self.connections.fetch_add(1, Ordering::Relaxed);
         ConnectionCount(Arc::clone(self))
     }
+
+    /// Counts a connection until the returned guard drops, but only if
+    /// fewer than `max_connections` are counted; `None` when full. The check
+    /// and the count are one atomic step, so a burst of upgrades cannot
+    /// pass the limit: take this guard before answering an upgrade and hold
+    /// it in the connection's task (dropping it, if the upgrade fails,
+    /// frees the slot).
+    pub fn reserve_connection(self: &Arc<Self>) -> Option<ConnectionCount> {
+        increment_below(&self.connections, self.config.max_connections)
+            .then(|| ConnectionCount(Arc::clone(self)))
+    }
 }
 
-/// Holds one connection in [`ServerState`]'s count.
+/// Holds one connection in [`ServerState`]'s count until dropped.
 #[derive(Debug)]
 pub struct ConnectionCount(Arc<ServerState>);
 
 impl Drop for ConnectionCount {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Adds one to `counter` if it is below `max`, in one atomic step.
+fn increment_below(counter: &AtomicUsize, max: usize) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn increments_stop_at_the_limit() {
+        let counter = AtomicUsize::new(0);
+        assert!(increment_below(&counter, 2));
+        assert!(increment_below(&counter, 2));
+        assert!(!increment_below(&counter, 2));
+        assert_eq!(counter.load(Ordering::Relaxed), 2);
+        counter.fetch_sub(1, Ordering::Relaxed);
+        assert!(increment_below(&counter, 2));
+        assert!(!increment_below(&AtomicUsize::new(0), 0));
     }
 }

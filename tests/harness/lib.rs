@@ -35,6 +35,7 @@ const PACKAGES: &[&str] = &[
     "legacy-layout",
     "path-thief",
     "not-a-plugin",
+    "auth-probe",
 ];
 
 pub fn workspace_root() -> PathBuf {

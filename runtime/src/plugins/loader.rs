@@ -4,20 +4,17 @@
 //! Nothing the host keeps points into the plugin's memory except the two
 //! function pointers it must call; names, paths and metadata are copied.
 
+use super::descriptor::{read_actions, read_descriptor, utf8};
 use super::host::{PendingReply, PluginLogContext, host_table};
 use super::shadow::ShadowDir;
 use action_api::abi::{
-    ABI_VERSION, ACTION_DESCRIPTOR_MIN_SIZE, ActionDescriptor, ByteView, CallInfo, ENTRY_SYMBOL,
-    ENTRY_SYMBOL_PREFIX, EntryFn, HostTable, PLUGIN_DESCRIPTOR_MIN_SIZE, PluginDescriptor,
-    action_flags,
+    ABI_VERSION, AuthRequest, ByteView, CallInfo, ENTRY_SYMBOL, ENTRY_SYMBOL_PREFIX, EntryFn,
+    HostTable,
 };
 use libloading::Library;
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-
-/// The longest action path accepted.
-const MAX_PATH_BYTES: usize = 200;
 
 /// Why a file could not be loaded as a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +58,8 @@ pub struct ActionMeta {
     pub public: bool,
     /// The plugin's own deadline, if it set one.
     pub timeout: Option<Duration>,
+    /// Scopes the caller's token must all carry.
+    pub scopes: Vec<String>,
 }
 
 /// A plugin library loaded into the server, with everything the host needs
@@ -84,6 +83,10 @@ pub struct LoadedPlugin {
     pub loaded_at: SystemTime,
     call: unsafe extern "C" fn(usize, *const CallInfo),
     shutdown: Option<unsafe extern "C" fn()>,
+    /// The authentication hook, if the plugin has one.
+    pub(crate) authenticate: Option<unsafe extern "C" fn(*const AuthRequest)>,
+    /// Where lifecycle events for this plugin go, if it wants any.
+    pub(crate) events: Option<super::events::EventSender>,
     /// The library, never closed (see above).
     _library: ManuallyDrop<Library>,
 }
@@ -152,6 +155,10 @@ impl LoadedPlugin {
         // SAFETY: as above; `read_actions` checks the stride.
         let actions = unsafe { read_actions(&descriptor) }?;
         let _ = log_ctx.name.set(name.clone());
+        let events = descriptor
+            .on_event
+            .filter(|_| descriptor.event_mask != 0)
+            .map(|hook| super::events::EventSender::start(&name, hook, descriptor.event_mask));
         Ok(LoadedPlugin {
             file: file.to_path_buf(),
             shadow: copy.to_path_buf(),
@@ -161,32 +168,58 @@ impl LoadedPlugin {
             loaded_at: SystemTime::now(),
             call: descriptor.call,
             shutdown: descriptor.shutdown,
+            authenticate: descriptor.authenticate,
+            events,
             _library: library,
         })
     }
 
-    /// Starts action number `index` with `params` (raw JSON) for a caller;
-    /// the completion arrives through `reply`. Blocks for as long as the
-    /// plugin's `call` runs: call it from a thread that may block.
-    pub(crate) fn call(
-        &self,
-        index: usize,
-        params: &[u8],
-        conn_id: u64,
-        user: Option<&str>,
-        reply: PendingReply,
-    ) {
+    /// Starts action number `index` for a caller; the completion arrives
+    /// through `reply`. Blocks for as long as the plugin's `call` runs:
+    /// call it from a thread that may block.
+    pub(crate) fn call(&self, index: usize, call: &CallArgs<'_>, reply: PendingReply) {
+        let view = |s: Option<&str>| s.map_or(ByteView::ABSENT, |s| ByteView::of(s.as_bytes()));
         let info = CallInfo {
             size: std::mem::size_of::<CallInfo>() as u32,
-            params: ByteView::of(params),
-            conn_id,
-            user: user.map_or(ByteView::ABSENT, |u| ByteView::of(u.as_bytes())),
+            params: ByteView::of(call.params),
+            conn_id: call.conn_id,
+            user: view(call.user),
             reply: reply.into_handle(),
+            scopes: view(call.scopes),
+            conn_data: view(call.conn_data),
         };
         // SAFETY: `call` is the plugin's own, `index` is within its action
         // list (the registry only holds indices it read from it), and
         // `info` with everything it points to outlives the call.
         unsafe { (self.call)(index, &info) }
+    }
+
+    /// Asks the plugin's authentication hook about a connection; the
+    /// verdict arrives through `reply`. Returns `false` (and drops `reply`)
+    /// when the plugin has no hook. Blocks: call it from a thread that may.
+    pub(crate) fn authenticate(&self, request: &AuthArgs<'_>, reply: PendingReply) -> bool {
+        let Some(hook) = self.authenticate else {
+            return false;
+        };
+        let view = |s: Option<&str>| s.map_or(ByteView::ABSENT, |s| ByteView::of(s.as_bytes()));
+        let raw = AuthRequest {
+            size: std::mem::size_of::<AuthRequest>() as u32,
+            token: view(request.token),
+            headers: ByteView::of(request.headers_json.as_bytes()),
+            query: view(request.query),
+            remote_addr: ByteView::of(request.remote_addr.as_bytes()),
+            conn_id: request.conn_id,
+            reply: reply.into_handle(),
+        };
+        // SAFETY: the plugin's own hook; `raw` and what it points to
+        // outlive the call; the plugin completes `reply` once.
+        unsafe { hook(&raw) };
+        true
+    }
+
+    /// Whether the plugin has an authentication hook.
+    pub fn has_authenticate(&self) -> bool {
+        self.authenticate.is_some()
     }
 
     /// Runs the plugin's shutdown hook, if it has one.
@@ -196,6 +229,26 @@ impl LoadedPlugin {
             unsafe { hook() }
         }
     }
+}
+
+/// One call's inputs, borrowed for the duration of the plugin's `call`.
+#[derive(Debug)]
+pub(crate) struct CallArgs<'a> {
+    pub(crate) params: &'a [u8],
+    pub(crate) conn_id: u64,
+    pub(crate) user: Option<&'a str>,
+    pub(crate) scopes: Option<&'a str>,
+    pub(crate) conn_data: Option<&'a str>,
+}
+
+/// What an authentication hook is asked about.
+#[derive(Debug)]
+pub(crate) struct AuthArgs<'a> {
+    pub(crate) token: Option<&'a str>,
+    pub(crate) headers_json: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) remote_addr: &'a str,
+    pub(crate) conn_id: u64,
 }
 
 /// libloading's own text is just "dlopen failed"; the loader's reason is
@@ -230,192 +283,4 @@ fn find_entry(library: &Library) -> Result<EntryFn, LoadError> {
         }
     }
     Err(LoadError::NotAPlugin)
-}
-
-/// The descriptor as the host reads it: [`PluginDescriptor`]'s layout,
-/// with every function pointer optional so that a null one is a value we
-/// can check rather than undefined behaviour.
-#[repr(C)]
-struct RawDescriptor {
-    abi_version: u32,
-    size: u32,
-    name: ByteView,
-    version: ByteView,
-    actions: *const ActionDescriptor,
-    action_count: usize,
-    action_size: usize,
-    call: Option<unsafe extern "C" fn(usize, *const CallInfo)>,
-    shutdown: Option<unsafe extern "C" fn()>,
-}
-
-// The mirror must keep the real layout.
-const _: () =
-    assert!(std::mem::size_of::<RawDescriptor>() == std::mem::size_of::<PluginDescriptor>());
-
-/// The sizes of the descriptor's revisions, oldest first: a plugin's
-/// `size` is rounded down to one of these, so a field is read only whole.
-const DESCRIPTOR_REVISIONS: [usize; 2] = [
-    PLUGIN_DESCRIPTOR_MIN_SIZE,
-    std::mem::size_of::<PluginDescriptor>(),
-];
-
-/// What the host keeps from a descriptor.
-struct Descriptor {
-    name: ByteView,
-    version: ByteView,
-    actions: *const ActionDescriptor,
-    action_count: usize,
-    action_size: usize,
-    call: unsafe extern "C" fn(usize, *const CallInfo),
-    shutdown: Option<unsafe extern "C" fn()>,
-}
-
-/// Copies the revisions of the descriptor that the plugin provided; fields
-/// it does not have (an older plugin) read as absent.
-///
-/// # Safety
-/// `ptr` points to a descriptor that starts with `abi_version` and `size`
-/// and is at least `size` bytes long.
-unsafe fn read_descriptor(ptr: *const PluginDescriptor) -> Result<Descriptor, LoadError> {
-    let bytes = ptr.cast::<u8>();
-    // SAFETY: the two leading u32 fields exist in every revision; read
-    // unaligned in case the plugin's pointer is not aligned.
-    let (abi_version, size) = unsafe {
-        (
-            std::ptr::read_unaligned(bytes.cast::<u32>()),
-            std::ptr::read_unaligned(bytes.add(4).cast::<u32>()) as usize,
-        )
-    };
-    if abi_version != ABI_VERSION {
-        return Err(LoadError::AbiMismatch {
-            found: abi_version,
-            expected: ABI_VERSION,
-        });
-    }
-    let Some(known) = DESCRIPTOR_REVISIONS
-        .iter()
-        .rev()
-        .copied()
-        .find(|r| *r <= size)
-    else {
-        return Err(LoadError::BadDescriptor(format!(
-            "it is {size} bytes, smaller than the {PLUGIN_DESCRIPTOR_MIN_SIZE} of ABI {ABI_VERSION}'s first revision"
-        )));
-    };
-    let mut raw = std::mem::MaybeUninit::<RawDescriptor>::zeroed();
-    // SAFETY: the plugin guarantees `size` >= `known` readable bytes. Every
-    // field of `RawDescriptor` is an integer, a raw pointer or an optional
-    // function pointer, for which any bytes read from a valid descriptor,
-    // and all-zero bytes for the fields past `known`, are valid values.
-    let raw = unsafe {
-        std::ptr::copy_nonoverlapping(bytes, raw.as_mut_ptr().cast::<u8>(), known);
-        raw.assume_init()
-    };
-    let Some(call) = raw.call else {
-        return Err(LoadError::BadDescriptor("its call function is null".into()));
-    };
-    Ok(Descriptor {
-        name: raw.name,
-        version: raw.version,
-        actions: raw.actions,
-        action_count: raw.action_count,
-        action_size: raw.action_size,
-        call,
-        shutdown: raw.shutdown,
-    })
-}
-
-/// # Safety
-/// `view` is absent or points to `len` bytes that live as long as the library.
-unsafe fn utf8(view: ByteView, what: &str) -> Result<String, LoadError> {
-    // SAFETY: per this function's contract.
-    let bytes = unsafe { view.as_slice() };
-    std::str::from_utf8(bytes)
-        .map(str::to_owned)
-        .map_err(|_| LoadError::BadDescriptor(format!("its {what} is not UTF-8")))
-}
-
-/// # Safety
-/// `descriptor.actions` points to `action_count` elements of
-/// `action_size` bytes each, living as long as the library.
-unsafe fn read_actions(descriptor: &Descriptor) -> Result<Vec<ActionMeta>, LoadError> {
-    if descriptor.action_count > 0 && descriptor.actions.is_null() {
-        return Err(LoadError::BadDescriptor("its action list is null".into()));
-    }
-    if descriptor.action_size > 4096 {
-        return Err(LoadError::BadDescriptor(format!(
-            "its action entries claim {} bytes each",
-            descriptor.action_size
-        )));
-    }
-    if descriptor.action_count > 10_000 {
-        return Err(LoadError::BadDescriptor(format!(
-            "it claims {} actions",
-            descriptor.action_count
-        )));
-    }
-    if descriptor.action_size < ACTION_DESCRIPTOR_MIN_SIZE
-        || !descriptor
-            .action_size
-            .is_multiple_of(std::mem::align_of::<ActionDescriptor>())
-    {
-        return Err(LoadError::BadDescriptor(format!(
-            "its action entries are {} bytes: not a multiple of {} of at least the {ACTION_DESCRIPTOR_MIN_SIZE} of ABI {ABI_VERSION}",
-            descriptor.action_size,
-            std::mem::align_of::<ActionDescriptor>()
-        )));
-    }
-    if descriptor
-        .actions
-        .align_offset(std::mem::align_of::<ActionDescriptor>())
-        != 0
-    {
-        return Err(LoadError::BadDescriptor(
-            "its action list is not aligned".into(),
-        ));
-    }
-    let mut actions: Vec<ActionMeta> = Vec::with_capacity(descriptor.action_count);
-    for i in 0..descriptor.action_count {
-        // SAFETY: within the array per this function's contract; entries
-        // at least as large as the first revision's layout.
-        let raw = unsafe {
-            &*descriptor
-                .actions
-                .cast::<u8>()
-                .add(i * descriptor.action_size)
-                .cast::<ActionDescriptor>()
-        };
-        // SAFETY: the path view lives as long as the library.
-        let path = unsafe { utf8(raw.path, "action path") }?;
-        check_path(&path)?;
-        if actions.iter().any(|a| a.path == path) {
-            return Err(LoadError::BadDescriptor(format!(
-                "it lists action '{path}' twice"
-            )));
-        }
-        actions.push(ActionMeta {
-            path,
-            public: raw.flags & action_flags::PUBLIC != 0,
-            timeout: (raw.timeout_ms > 0).then(|| Duration::from_millis(raw.timeout_ms)),
-        });
-    }
-    Ok(actions)
-}
-
-fn check_path(path: &str) -> Result<(), LoadError> {
-    let refuse = |why: &str| {
-        Err(LoadError::BadDescriptor(format!(
-            "action path '{path}' {why}"
-        )))
-    };
-    if path.is_empty() || path.len() > MAX_PATH_BYTES {
-        return refuse(&format!("must be 1 to {MAX_PATH_BYTES} bytes"));
-    }
-    if path.starts_with("rpc.") {
-        return refuse("uses the reserved 'rpc.' prefix");
-    }
-    if path.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return refuse("contains whitespace or control characters");
-    }
-    Ok(())
 }

@@ -3,7 +3,9 @@
 //! copies they are loaded from ([`shadow`]), the callback table
 //! ([`host`]), and the snapshot of callable actions ([`registry`]).
 
+pub(crate) mod descriptor;
 pub mod elf;
+pub mod events;
 pub(crate) mod host;
 pub mod loader;
 pub mod registry;

@@ -27,6 +27,8 @@ pub struct ActionEntry {
     pub public: bool,
     /// Its deadline (the plugin's own, or the server's default).
     pub timeout: Duration,
+    /// Scopes the caller's token must all carry.
+    pub scopes: Vec<String>,
 }
 
 /// A file in the actions folder that was not loaded, and why.
@@ -46,9 +48,8 @@ pub struct RegistrySnapshot {
     pub plugins: Vec<Arc<LoadedPlugin>>,
     /// Files refused when this snapshot was built.
     pub refused: Vec<RefusedFile>,
-    /// Precomputed `rpc.actions` results: for anonymous callers (public
-    /// actions only) and for signed-in ones (all).
-    actions_json: [String; 2],
+    /// The union of the plugins' lifecycle-event masks.
+    event_mask: u32,
 }
 
 impl RegistrySnapshot {
@@ -57,9 +58,14 @@ impl RegistrySnapshot {
         self.actions.get(path)
     }
 
-    /// The `rpc.actions` result for a caller (JSON text).
-    pub fn actions_json(&self, signed_in: bool) -> &str {
-        &self.actions_json[usize::from(signed_in)]
+    /// Whether any plugin listens for lifecycle events of `kind`.
+    pub fn wants_event(&self, kind: u32) -> bool {
+        kind < 32 && self.event_mask & (1 << kind) != 0
+    }
+
+    /// Every callable action, in no particular order.
+    pub fn actions(&self) -> impl Iterator<Item = &Arc<ActionEntry>> {
+        self.actions.values()
     }
 
     /// Builds a snapshot from loaded plugins, refusing any plugin that
@@ -102,42 +108,23 @@ impl RegistrySnapshot {
                     index,
                     public: meta.public,
                     timeout: meta.timeout.unwrap_or(default_timeout),
+                    scopes: meta.scopes.clone(),
                 };
                 actions.insert(meta.path.clone(), Arc::new(entry));
             }
             plugins.push(plugin);
         }
-        let actions_json = [listing(&actions, false), listing(&actions, true)];
+        let event_mask = plugins
+            .iter()
+            .filter_map(|p: &Arc<LoadedPlugin>| p.events.as_ref())
+            .fold(0, |mask, e| mask | e.mask());
         RegistrySnapshot {
             actions,
             plugins,
             refused,
-            actions_json,
+            event_mask,
         }
     }
-}
-
-#[derive(Serialize)]
-struct Listed<'a> {
-    path: &'a str,
-    plugin: &'a str,
-    version: &'a str,
-    public: bool,
-}
-
-fn listing(actions: &HashMap<String, Arc<ActionEntry>>, signed_in: bool) -> String {
-    let mut listed: Vec<Listed<'_>> = actions
-        .values()
-        .filter(|a| signed_in || a.public)
-        .map(|a| Listed {
-            path: &a.path,
-            plugin: &a.plugin.name,
-            version: &a.plugin.version,
-            public: a.public,
-        })
-        .collect();
-    listed.sort_by_key(|a| a.path);
-    serde_json::to_string(&listed).unwrap_or_else(|_| "[]".to_owned())
 }
 
 /// Loads every plugin in `dir` (sorted by file name, so conflicts resolve

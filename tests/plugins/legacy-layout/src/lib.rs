@@ -4,10 +4,16 @@
 //! treat the missing fields as absent. It is written against the raw ABI
 //! (no authoring API), as a plugin from an older `action-api` would be.
 
-use action_api::abi::{
-    ABI_VERSION, ActionDescriptor, ByteView, CallInfo, HostTable, action_flags, status,
-};
+use action_api::abi::{ABI_VERSION, ByteView, CallInfo, HostTable, action_flags, status};
 use std::sync::OnceLock;
+
+/// The first-revision action entry: no `scopes` yet.
+#[repr(C)]
+struct FirstRevisionAction {
+    path: ByteView,
+    flags: u32,
+    timeout_ms: u64,
+}
 
 /// The first-revision descriptor layout.
 #[repr(C)]
@@ -16,7 +22,7 @@ struct FirstRevisionDescriptor {
     size: u32,
     name: ByteView,
     version: ByteView,
-    actions: *const ActionDescriptor,
+    actions: *const FirstRevisionAction,
     action_count: usize,
     action_size: usize,
     call: unsafe extern "C" fn(action: usize, call: *const CallInfo),
@@ -25,7 +31,7 @@ struct FirstRevisionDescriptor {
 struct Exported {
     host: &'static HostTable,
     descriptor: FirstRevisionDescriptor,
-    _actions: Box<[ActionDescriptor; 1]>,
+    _actions: Box<[FirstRevisionAction; 1]>,
 }
 
 // SAFETY: immutable after construction; pointers refer to statics and to
@@ -58,7 +64,7 @@ pub unsafe extern "C" fn switchboard_plugin_v1(host: *const HostTable) -> *const
         return std::ptr::null();
     };
     let exported = EXPORTED.get_or_init(|| {
-        let actions = Box::new([ActionDescriptor {
+        let actions = Box::new([FirstRevisionAction {
             path: ByteView::of(b"legacy/hello"),
             flags: action_flags::PUBLIC,
             timeout_ms: 0,
@@ -72,7 +78,7 @@ pub unsafe extern "C" fn switchboard_plugin_v1(host: *const HostTable) -> *const
                 version: ByteView::of(b"0.0.1"),
                 actions: actions.as_ptr(),
                 action_count: 1,
-                action_size: std::mem::size_of::<ActionDescriptor>(),
+                action_size: std::mem::size_of::<FirstRevisionAction>(),
                 call,
             },
             _actions: actions,

@@ -1,0 +1,222 @@
+//! [`Authenticator`]: the configured chain of authenticators that turns a
+//! token and a handshake into an [`Identity`].
+//!
+//! Steps run in the configured order (`jwt`, `plugin`, or both); the first
+//! that accepts signs the connection in. With a token presented and every
+//! step refusing, the sign-in is refused with the last step's reason. With
+//! no token, a refusal leaves the connection anonymous (it may still call
+//! public actions, and `auth_timeout` applies).
+
+use super::jwt::JwtVerifier;
+use super::replay::ReplayCache;
+use super::{Identity, TokenError, now_secs};
+use crate::config::{AuthStep, Config};
+use crate::plugins::host::PendingReply;
+use crate::plugins::loader::AuthArgs;
+use crate::plugins::{LoadedPlugin, Registry};
+use action_api::abi::status;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an auth plugin may take to judge.
+const PLUGIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the handshake told us about a connection, kept for the auth
+/// plugin (on `rpc.auth` too) and lifecycle events.
+#[derive(Debug, Clone, Default)]
+pub struct Handshake {
+    /// Request headers as a JSON object (lower-case names).
+    pub headers_json: String,
+    /// The raw query string.
+    pub query: Option<String>,
+    /// The peer's address.
+    pub remote_addr: String,
+}
+
+/// The verdict of a plugin's `authenticate` hook.
+#[derive(Debug, Deserialize)]
+struct PluginVerdict {
+    user: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    data: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    expires_at: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Refusal {
+    message: String,
+}
+
+/// The chain of authenticators.
+#[derive(Debug)]
+pub struct Authenticator {
+    jwt: Option<JwtVerifier>,
+    chain: Vec<AuthStep>,
+    auth_plugin: Option<String>,
+    replay: ReplayCache,
+    leeway: u64,
+}
+
+impl Authenticator {
+    /// Builds the chain from the configuration.
+    pub fn new(config: &Config, jwt: Option<JwtVerifier>) -> Authenticator {
+        Authenticator {
+            jwt,
+            chain: config.auth_chain.clone(),
+            auth_plugin: config.auth_plugin.clone(),
+            replay: ReplayCache::new(config.jti_cache_max),
+            leeway: config.jwt_leeway_secs,
+        }
+    }
+
+    /// Seconds of clock skew tolerated on expiry.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
+    }
+
+    /// Judges a token (or its absence) with the handshake it came with.
+    /// `Ok(None)` means anonymous.
+    pub async fn authenticate(
+        &self,
+        token: Option<&str>,
+        handshake: &Handshake,
+        conn_id: u64,
+        registry: &Registry,
+    ) -> Result<Option<Identity>, TokenError> {
+        let mut refusal = None;
+        for step in &self.chain {
+            let verdict = match step {
+                AuthStep::Jwt => match (token, &self.jwt) {
+                    (Some(token), Some(jwt)) => Some(self.verify_jwt(jwt, token)),
+                    _ => None,
+                },
+                AuthStep::Plugin => {
+                    Some(self.ask_plugin(token, handshake, conn_id, registry).await)
+                }
+            };
+            match verdict {
+                Some(Ok(identity)) => return Ok(Some(identity)),
+                Some(Err(e)) => refusal = Some(e),
+                None => {}
+            }
+        }
+        match (token, refusal) {
+            (Some(_), Some(e)) => Err(e),
+            (Some(_), None) => Err(TokenError::Unavailable(
+                "this server has no authenticator for tokens (configure a JWT key or an auth plugin)".into(),
+            )),
+            (None, _) => Ok(None),
+        }
+    }
+
+    fn verify_jwt(&self, jwt: &JwtVerifier, token: &str) -> Result<Identity, TokenError> {
+        let verified = jwt.verify(token)?;
+        if let Some(jti) = &verified.jti {
+            let until = verified
+                .identity
+                .expires_at
+                .unwrap_or(u64::MAX)
+                .saturating_add(self.leeway);
+            self.replay.use_once(jti, until, now_secs())?;
+        }
+        Ok(verified.identity)
+    }
+
+    fn auth_plugin(&self, registry: &Registry) -> Result<Arc<LoadedPlugin>, TokenError> {
+        let snapshot = registry.snapshot();
+        let mut candidates = snapshot.plugins.iter().filter(|p| p.has_authenticate());
+        let found = match &self.auth_plugin {
+            Some(name) => candidates.find(|p| &p.name == name),
+            None => {
+                let first = candidates.next();
+                if candidates.next().is_some() {
+                    return Err(TokenError::Unavailable(
+                        "several plugins can authenticate; set auth_plugin to choose one".into(),
+                    ));
+                }
+                first
+            }
+        };
+        found
+            .cloned()
+            .ok_or_else(|| TokenError::Unavailable("no auth plugin is loaded".into()))
+    }
+
+    async fn ask_plugin(
+        &self,
+        token: Option<&str>,
+        handshake: &Handshake,
+        conn_id: u64,
+        registry: &Registry,
+    ) -> Result<Identity, TokenError> {
+        let plugin = self.auth_plugin(registry)?;
+        let (pending, verdict) = PendingReply::new();
+        let token = token.map(str::to_owned);
+        let handshake = handshake.clone();
+        let asked = Arc::clone(&plugin);
+        tokio::task::spawn_blocking(move || {
+            let args = AuthArgs {
+                token: token.as_deref(),
+                headers_json: &handshake.headers_json,
+                query: handshake.query.as_deref(),
+                remote_addr: &handshake.remote_addr,
+                conn_id,
+            };
+            asked.authenticate(&args, pending);
+        });
+        let done = match tokio::time::timeout(PLUGIN_TIMEOUT, verdict).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(_)) => {
+                return Err(TokenError::Unavailable(
+                    "the auth plugin could not be asked".into(),
+                ));
+            }
+            Err(_) => {
+                return Err(TokenError::Unavailable(format!(
+                    "the auth plugin did not answer within {} s",
+                    PLUGIN_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        match done.status {
+            status::OK => {
+                let verdict: PluginVerdict = serde_json::from_slice(&done.body).map_err(|e| {
+                    TokenError::Unavailable(format!(
+                        "the auth plugin {} gave an unreadable answer: {e}",
+                        plugin.name
+                    ))
+                })?;
+                if verdict.user.is_empty() {
+                    return Err(TokenError::Unavailable(format!(
+                        "the auth plugin {} named no user",
+                        plugin.name
+                    )));
+                }
+                Ok(Identity {
+                    user: verdict.user.into(),
+                    expires_at: verdict.expires_at,
+                    scopes: verdict.scopes.join(" ").into(),
+                    rooms: verdict.rooms.into(),
+                    data: verdict.data.map(|d| Arc::from(d.get())),
+                    source: AuthStep::Plugin,
+                })
+            }
+            status::ACTION_ERROR => {
+                let reason = serde_json::from_slice::<Refusal>(&done.body)
+                    .map_or_else(|_| "refused by the auth plugin".to_owned(), |r| r.message);
+                Err(TokenError::Refused(reason))
+            }
+            _ => Err(TokenError::Unavailable(format!(
+                "the auth plugin {} failed: {}",
+                plugin.name,
+                String::from_utf8_lossy(&done.body)
+            ))),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Authentication: who a connection is, and how we know.
+//!
+//! - [`jwt`]: JWT verification (HS256 secret, RS256/ES256 public keys from
+//!   a PEM file or a JWKS file), with `exp`, `nbf`, `iss`, `aud` checks.
+//! - [`jwks`]: a JWKS file, re-read when it changes.
+//! - [`replay`]: the one-time-token (`jti`) cache.
+//! - [`chain`]: the configured chain of authenticators (JWT, then an auth
+//!   plugin, or either alone) that turns a handshake into an [`Identity`].
+//! - [`mint`]: signing tokens, for `switchboard token` and dev tokens.
+
+pub mod chain;
+pub mod jwks;
+pub mod jwt;
+pub mod mint;
+pub mod replay;
+
+pub use chain::{Authenticator, Handshake};
+pub use jwt::JwtVerifier;
+pub use mint::TokenMinter;
+
+use crate::config::AuthStep;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why a token or credential was not accepted, in words a client can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// `exp` has passed.
+    #[error("the token has expired; get a fresh one")]
+    Expired,
+    /// `nbf` is still in the future.
+    #[error("the token is not valid yet (its nbf claim is in the future)")]
+    NotYetValid,
+    /// The signature does not match.
+    #[error("the token's signature does not match this server's key")]
+    BadSignature,
+    /// Signed with an algorithm this server does not accept.
+    #[error("the token is signed with algorithm {0}, which this server does not accept ({1})")]
+    WrongAlgorithm(String, String),
+    /// No configured key matches the token's `kid`.
+    #[error("no key with id '{0}' is configured")]
+    UnknownKey(String),
+    /// `iss` is not the configured issuer.
+    #[error("the token's issuer (iss) is not the one this server trusts")]
+    WrongIssuer,
+    /// `aud` does not include the configured audience.
+    #[error("the token's audience (aud) does not include this server")]
+    WrongAudience,
+    /// A claim this server needs is missing.
+    #[error("the token has no '{0}' claim")]
+    MissingClaim(String),
+    /// A one-time token was used before.
+    #[error("this one-time token (jti) has already been used")]
+    Replayed,
+    /// The one-time-token cache is full.
+    #[error("too many one-time tokens are live; retry when some expire")]
+    ReplayCacheFull,
+    /// Not a JWT at all.
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+    /// The auth plugin refused.
+    #[error("{0}")]
+    Refused(String),
+    /// No authenticator could judge the request (e.g. no token and no
+    /// plugin), or one failed internally.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The token could not be signed (minting only).
+    #[error("could not sign the token: {0}")]
+    Signing(String),
+}
+
+/// A signed-in connection's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user (a token's `sub`).
+    pub user: Arc<str>,
+    /// When the sign-in ends (seconds since the Unix epoch), if it does.
+    pub expires_at: Option<u64>,
+    /// Scopes, space-separated (a token's `scopes`/`scope` claim).
+    pub scopes: Arc<str>,
+    /// Rooms the connection may join (a token's `rooms` claim).
+    pub rooms: Arc<[String]>,
+    /// Connection data from an auth plugin, as JSON.
+    pub data: Option<Arc<str>>,
+    /// Which authenticator accepted it.
+    pub source: AuthStep,
+}
+
+impl Identity {
+    /// Whether the sign-in has ended at `now_secs`, allowing `leeway` seconds.
+    pub fn expired_at(&self, now_secs: u64, leeway: u64) -> bool {
+        self.expires_at
+            .is_some_and(|exp| now_secs > exp.saturating_add(leeway))
+    }
+
+    /// Whether the identity carries every scope in `required`.
+    pub fn has_scopes(&self, required: &[String]) -> bool {
+        required
+            .iter()
+            .all(|r| self.scopes.split_whitespace().any(|s| s == r))
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A fresh random secret for a development run (64 hex characters).
+pub fn random_secret() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
