@@ -43,7 +43,7 @@ impl Builtin {
     ) -> Result<String, RpcError> {
         match self {
             Builtin::Ping => Ok("\"pong\"".to_owned()),
-            Builtin::Actions => Ok(actions(state, session.live_identity())),
+            Builtin::Actions => Ok(actions(state, session.live_identity().map(|i| &**i))),
             Builtin::Auth => auth(state, session, params).await,
         }
     }

@@ -38,6 +38,30 @@ pub enum ConfigError {
     },
 }
 
+/// A secret setting: usable, but never printed (its `Debug` is redacted),
+/// so it cannot reach a log through a struct that contains it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// One step of the authentication chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,7 +95,7 @@ pub struct Config {
     /// HS256 secret for client tokens. When no key at all is configured
     /// (no secret, public key or JWKS), `serve` makes a secret up for the
     /// run and prints a development token.
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// PEM file with an RSA or EC (P-256) public key: accepts RS256 or
     /// ES256 tokens signed with the matching private key.
     pub jwt_public_key: Option<PathBuf>,
@@ -203,7 +227,7 @@ impl Config {
                 });
             }
         }
-        if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
+        if self.jwt_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
             return Err(ConfigError::Invalid {
                 field: "jwt_secret",
                 reason: "must be at least 16 bytes long".into(),

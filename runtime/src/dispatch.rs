@@ -111,7 +111,7 @@ pub async fn dispatch(
 struct PreparedCall {
     entry: Arc<ActionEntry>,
     conn_id: u64,
-    identity: Option<Identity>,
+    identity: Option<Arc<Identity>>,
     connection_permit: OwnedSemaphorePermit,
     server_permit: OwnedSemaphorePermit,
     /// Whether any plugin listens for lifecycle `error` events.
@@ -145,7 +145,7 @@ fn prepare(state: &ServerState, session: &Session, method: &str) -> Result<Prepa
                 ),
             ));
         }
-        Some(identity.clone())
+        Some(Arc::clone(identity))
     };
     let connection_permit = Arc::clone(&session.inflight)
         .try_acquire_owned()

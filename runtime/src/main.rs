@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard::auth::mint::NewToken;
 use switchboard::auth::{Authenticator, JwtVerifier, TokenMinter, random_secret};
-use switchboard::config::AuthStep;
+use switchboard::config::{AuthStep, Secret};
 use switchboard::config::Config;
 use switchboard::plugins::{Registry, ShadowDir, load_dir};
 use switchboard::state::ServerState;
@@ -208,7 +208,7 @@ fn base_config(common: &ConfigArgs) -> anyhow::Result<Config> {
         None => Config::default(),
     };
     if let Some(secret) = &common.jwt_secret {
-        config.jwt_secret = Some(secret.clone());
+        config.jwt_secret = Some(Secret::new(secret.clone()));
     }
     Ok(config)
 }
@@ -265,8 +265,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // for this run so the quickstart works with no setup.
     let dev_minter = if !config.has_jwt_keys() && config.auth_chain.contains(&AuthStep::Jwt) {
         let secret = random_secret().context("could not make a random development secret")?;
-        config.jwt_secret = Some(secret.clone());
-        Some(TokenMinter::hs256(secret.as_bytes()))
+        let minter = TokenMinter::hs256(secret.as_bytes());
+        config.jwt_secret = Some(Secret::new(secret));
+        Some(minter)
     } else {
         None
     };
@@ -382,7 +383,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
                     "no secret: pass --jwt-secret, set SWITCHBOARD_JWT_SECRET, set jwt_secret in the config file, or sign with --key"
                 );
             };
-            TokenMinter::hs256(secret.as_bytes())
+            TokenMinter::hs256(secret.expose().as_bytes())
         }
     };
     let jti = match args.jti.as_deref() {

@@ -20,7 +20,7 @@ pub fn next_conn_id() -> u64 {
 pub struct Session {
     /// The connection id.
     pub conn_id: u64,
-    identity: Option<Identity>,
+    identity: Option<Arc<Identity>>,
     /// The upgrade request, for the auth plugin and events.
     pub handshake: Arc<Handshake>,
     /// Permits for this connection's running calls.
@@ -43,7 +43,7 @@ impl Session {
         Session {
             conn_id,
             sign_ins: u64::from(identity.is_some()),
-            identity,
+            identity: identity.map(Arc::new),
             handshake,
             inflight: Arc::new(Semaphore::new(max_inflight)),
             leeway,
@@ -51,12 +51,12 @@ impl Session {
     }
 
     /// Who signed in, if anyone.
-    pub fn identity(&self) -> Option<&Identity> {
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
         self.identity.as_ref()
     }
 
     /// The signed-in identity, if its sign-in has not ended.
-    pub fn live_identity(&self) -> Option<&Identity> {
+    pub fn live_identity(&self) -> Option<&Arc<Identity>> {
         self.identity
             .as_ref()
             .filter(|i| !i.expired_at(now_secs(), self.leeway))
@@ -64,12 +64,12 @@ impl Session {
 
     /// Signs the connection in, or refreshes its sign-in.
     pub fn sign_in(&mut self, identity: Identity) {
-        self.identity = Some(identity);
+        self.identity = Some(Arc::new(identity));
         self.sign_ins += 1;
     }
 
     /// The identity a non-public action runs for, or why there is none.
-    pub fn require_identity(&self, action: &str) -> Result<&Identity, RpcError> {
+    pub fn require_identity(&self, action: &str) -> Result<&Arc<Identity>, RpcError> {
         match &self.identity {
             None => Err(RpcError::new(
                 ErrorCode::Unauthenticated,

@@ -94,10 +94,7 @@ impl JwtVerifier {
             .map(JwksFile::open)
             .transpose()?;
         Ok(JwtVerifier {
-            secret: config
-                .jwt_secret
-                .as_deref()
-                .map(|s| DecodingKey::from_secret(s.as_bytes())),
+            secret: config.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
             public,
             jwks,
             issuer: config.jwt_issuer.clone(),
