@@ -32,6 +32,12 @@ fn check_describes_a_plugin() {
     );
     assert!(stdout.contains("echo/whoami (public)"), "{stdout}");
 
+    let (ok, stdout, _) = run(&["check", plugin("auth_probe").to_str().unwrap()]);
+    assert!(ok);
+    assert!(stdout.contains("hooks:   authenticate"), "{stdout}");
+    assert!(stdout.contains("events:  connect, auth_success, auth_failure, disconnect, error"), "{stdout}");
+    assert!(stdout.contains("probe/scoped (scopes: probe:read)"), "{stdout}");
+
     let (ok, stdout, _) = run(&["check", "--json", plugin("kv").to_str().unwrap()]);
     assert!(ok);
     let report: Value = serde_json::from_str(&stdout).unwrap();

@@ -23,6 +23,10 @@ pub struct PluginReport {
     pub version: Option<String>,
     /// Its actions.
     pub actions: Vec<ActionReport>,
+    /// Whether it can authenticate connections (an `authenticate` hook).
+    pub authenticates: bool,
+    /// The lifecycle events it listens to.
+    pub events: Vec<&'static str>,
     /// Why it cannot be loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -37,6 +41,8 @@ pub struct ActionReport {
     pub public: bool,
     /// The plugin's own deadline in milliseconds, if set.
     pub timeout_ms: Option<u128>,
+    /// Scopes a caller's token must carry.
+    pub scopes: Vec<String>,
 }
 
 /// Loads `file` (through a shadow copy under `shadow_base`) and reports.
@@ -48,6 +54,8 @@ pub fn check(file: &Path, shadow_base: &Path) -> PluginReport {
         name: None,
         version: None,
         actions: Vec::new(),
+        authenticates: false,
+        events: Vec::new(),
         error: None,
     };
     let loaded = ShadowDir::create(shadow_base)
@@ -73,8 +81,21 @@ pub fn check(file: &Path, shadow_base: &Path) -> PluginReport {
                     path: a.path.clone(),
                     public: a.public,
                     timeout_ms: a.timeout.map(|t| t.as_millis()),
+                    scopes: a.scopes.clone(),
                 })
                 .collect();
+            report.authenticates = plugin.has_authenticate();
+            if let Some(events) = &plugin.events {
+                use crate::lifecycle::{AUTH_FAILURE, AUTH_SUCCESS, CONNECT, DISCONNECT, ERROR};
+                let names = [
+                    (CONNECT, "connect"),
+                    (AUTH_SUCCESS, "auth_success"),
+                    (AUTH_FAILURE, "auth_failure"),
+                    (DISCONNECT, "disconnect"),
+                    (ERROR, "error"),
+                ];
+                report.events = names.iter().filter(|(k, _)| events.wants(*k)).map(|(_, n)| *n).collect();
+            }
             report.name = Some(plugin.name);
             report.version = Some(plugin.version);
         }
@@ -96,9 +117,21 @@ impl std::fmt::Display for PluginReport {
             self.name.as_deref().unwrap_or("?"),
             self.version.as_deref().unwrap_or("?")
         )?;
+        if self.authenticates {
+            writeln!(f, "hooks:   authenticate")?;
+        }
+        if !self.events.is_empty() {
+            writeln!(f, "events:  {}", self.events.join(", "))?;
+        }
         writeln!(f, "actions:")?;
         for action in &self.actions {
-            let access = if action.public { "public" } else { "signed-in" };
+            let access = if action.public {
+                "public".to_owned()
+            } else if action.scopes.is_empty() {
+                "signed-in".to_owned()
+            } else {
+                format!("scopes: {}", action.scopes.join(" "))
+            };
             let timeout = action
                 .timeout_ms
                 .map(|t| format!(", timeout {t} ms"))
