@@ -35,8 +35,14 @@ fn check_describes_a_plugin() {
     let (ok, stdout, _) = run(&["check", plugin("auth_probe").to_str().unwrap()]);
     assert!(ok);
     assert!(stdout.contains("hooks:   authenticate"), "{stdout}");
-    assert!(stdout.contains("events:  connect, auth_success, auth_failure, disconnect, error"), "{stdout}");
-    assert!(stdout.contains("probe/scoped (scopes: probe:read)"), "{stdout}");
+    assert!(
+        stdout.contains("events:  connect, auth_success, auth_failure, disconnect, error"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("probe/scoped (scopes: probe:read)"),
+        "{stdout}"
+    );
 
     let (ok, stdout, _) = run(&["check", "--json", plugin("kv").to_str().unwrap()]);
     assert!(ok);

@@ -338,15 +338,15 @@ unsafe extern "C" fn on_event(event: *const ConnectionEvent) {
         .iter()
         .filter(|(k, _)| *k == kind)
     {
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| hook(&seen))) {
-            if let Some(host) = HOST.get() {
-                host_log(
-                    host,
-                    log_level::ERROR,
-                    event.conn_id,
-                    &format!("event hook panicked: {}", panic_message(&*payload)),
-                );
-            }
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| hook(&seen)))
+            && let Some(host) = HOST.get()
+        {
+            host_log(
+                host,
+                log_level::ERROR,
+                event.conn_id,
+                &format!("event hook panicked: {}", panic_message(&*payload)),
+            );
         }
     }
 }

@@ -227,7 +227,11 @@ impl Config {
                 });
             }
         }
-        if self.jwt_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+        if self
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 16)
+        {
             return Err(ConfigError::Invalid {
                 field: "jwt_secret",
                 reason: "must be at least 16 bytes long".into(),

@@ -94,7 +94,11 @@ pub fn check(file: &Path, shadow_base: &Path) -> PluginReport {
                     (DISCONNECT, "disconnect"),
                     (ERROR, "error"),
                 ];
-                report.events = names.iter().filter(|(k, _)| events.wants(*k)).map(|(_, n)| *n).collect();
+                report.events = names
+                    .iter()
+                    .filter(|(k, _)| events.wants(*k))
+                    .map(|(_, n)| *n)
+                    .collect();
             }
             report.name = Some(plugin.name);
             report.version = Some(plugin.version);

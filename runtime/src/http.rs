@@ -91,17 +91,7 @@ impl Routes {
         // Hold a connection slot from here on, so concurrent upgrades
         // cannot pass `max_connections` between the check and the upgrade.
         let Some(counted) = self.state.reserve_connection() else {
-            let mut response = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the server is at its limit of {} connections; retry shortly\n",
-                    self.state.config.max_connections
-                ),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return refused_handshake(response);
+            return refused_handshake(crate::handshake::at_capacity());
         };
         let conn_id = next_conn_id();
         let handshake = Arc::new(Handshake {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard::auth::mint::NewToken;
 use switchboard::auth::{Authenticator, JwtVerifier, TokenMinter, random_secret};
-use switchboard::config::{AuthStep, Secret};
 use switchboard::config::Config;
+use switchboard::config::{AuthStep, Secret};
 use switchboard::plugins::{Registry, ShadowDir, load_dir};
 use switchboard::state::ServerState;
 use tracing_subscriber::EnvFilter;
@@ -29,9 +29,9 @@ struct Cli {
 enum Command {
     /// Load the plugins in a folder and serve them on one port
     /// (GET /ws for the WebSocket, /healthz, /status).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a client token signed with the server's secret.
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
     /// Load one plugin file and print its ABI version, name, version and
     /// actions, or why it cannot be loaded.
     Check(CheckArgs),
@@ -196,8 +196,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Token(args) => token(args),
+        Command::Serve(args) => serve(*args),
+        Command::Token(args) => token(*args),
         Command::Check(args) => check(args),
     }
 }

@@ -172,10 +172,10 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// prints the offending lines as byte arrays).
 fn pem_error(what: &'static str, path: &Path, error: &pem::Error) -> TlsError {
     let reason = match error {
-        pem::Error::MissingSectionEnd { end_marker } => format!(
-            "a block is not closed (missing \"{}\")",
-            String::from_utf8_lossy(end_marker)
-        ),
+        pem::Error::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            format!("a {label} block has no \"-----END {label}-----\" line")
+        }
         pem::Error::IllegalSectionStart { line } => format!(
             "malformed BEGIN line \"{}\"",
             String::from_utf8_lossy(line).trim()

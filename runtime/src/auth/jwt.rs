@@ -94,7 +94,10 @@ impl JwtVerifier {
             .map(JwksFile::open)
             .transpose()?;
         Ok(JwtVerifier {
-            secret: config.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+            secret: config
+                .jwt_secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
             public,
             jwks,
             issuer: config.jwt_issuer.clone(),

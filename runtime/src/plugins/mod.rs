@@ -6,7 +6,7 @@
 pub(crate) mod descriptor;
 pub mod elf;
 pub mod events;
-pub(crate) mod host;
+pub mod host;
 pub mod loader;
 pub mod registry;
 pub mod shadow;
