@@ -133,6 +133,23 @@ async fn every_kind_of_bad_token_is_refused_with_its_reason() {
             Some("RS256"),
         ),
         ("a.b.c".to_owned(), Some("malformed")),
+        // A configured issuer and audience must be present, and strings.
+        (
+            token_with(
+                SECRET,
+                json!({"sub": "x", "exp": now() + 60, "aud": "switchboard"}),
+            ),
+            Some("'iss'"),
+        ),
+        (
+            token_with(
+                SECRET,
+                json!({"sub": "x", "exp": now() + 60, "iss": "https://issuer.example"}),
+            ),
+            Some("'aud'"),
+        ),
+        (token_with(SECRET, good(json!({"iss": 5}))), Some("401")),
+        (token_with(SECRET, good(json!({"aud": 7}))), Some("401")),
     ];
     for (token, refusal) in cases {
         let (status, text) = handshake_status(&server, &token);
@@ -571,4 +588,27 @@ fn the_token_command_mints_scopes_rooms_one_time_and_asymmetric_tokens() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no RSA or EC"));
+}
+
+#[tokio::test]
+async fn a_far_future_expiry_and_repeated_sign_ins_in_a_batch_are_handled() {
+    let server = ServerConfig::default().start();
+    // An expiry far past what a clock can hold does not break the connection.
+    let forever = token_with(SECRET, json!({"sub": "old", "exp": u64::MAX / 2}));
+    let mut c = Client::connect(&format!("{}?token={forever}", server.ws_url())).await;
+    assert_eq!(
+        c.call("echo/whoami", Value::Null).await["result"]["user"],
+        "old"
+    );
+    assert_eq!(c.call("rpc.ping", Value::Null).await["result"], "pong");
+    // One rpc.auth per batch; the rest are refused.
+    let mut anon = server.connect().await;
+    anon.send(&json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "rpc.auth", "params": {"token": token("b1", 60)}},
+        {"jsonrpc": "2.0", "id": 2, "method": "rpc.auth", "params": {"token": token("b1", 60)}}
+    ]))
+    .await;
+    let replies = anon.recv().await;
+    assert_eq!(replies[0]["result"]["user"], "b1", "{replies}");
+    assert_eq!(error_code(&replies[1]), Some(-32600), "{replies}");
 }

@@ -171,8 +171,19 @@ unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
     if call.is_null() {
         return;
     }
-    // SAFETY: the host passes a valid `CallInfo` that lives until we return.
-    let call = unsafe { &*call };
+    // An older host passes a shorter `CallInfo`: copy only the revision it
+    // sent (its leading `size` says how long), the rest reads as absent.
+    // SAFETY: the host passes a valid `CallInfo` of at least `size` bytes
+    // that lives until we return; every field is an integer or a (null-
+    // able) pointer, so the zero-filled tail is a valid value.
+    let call: CallInfo = unsafe {
+        let size = (std::ptr::read_unaligned(call.cast::<u32>()) as usize)
+            .min(std::mem::size_of::<CallInfo>());
+        let mut copy = std::mem::MaybeUninit::<CallInfo>::zeroed();
+        std::ptr::copy_nonoverlapping(call.cast::<u8>(), copy.as_mut_ptr().cast::<u8>(), size);
+        copy.assume_init()
+    };
+    let call = &call;
     let mut slot = Some(Reply::new(RawReply {
         host,
         handle: call.reply,
@@ -207,6 +218,17 @@ unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
     } else {
         (&[][..], None)
     };
+    // A host too old to pass scopes cannot have checked them either: refuse
+    // rather than run an action that needs scopes for any signed-in caller.
+    if !has_rev2 && !action.scopes.is_empty() {
+        if let Some(reply) = slot.take() {
+            reply.send::<()>(Err(ActionError::new(
+                -32002,
+                "this action needs scopes, which this server is too old to check; upgrade the server",
+            )));
+        }
+        return;
+    }
     let ctx = Context {
         conn_id: call.conn_id,
         user,

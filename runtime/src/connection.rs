@@ -38,6 +38,9 @@ const MAX_FRAMES_PER_FLUSH: usize = 256;
 /// How long before a sign-in ends the client is warned (`token.expiring`).
 const EXPIRY_WARNING: Duration = Duration::from_secs(30);
 
+/// The longest the timer is set for (a year); a later expiry re-arms then.
+const MAX_TIMER_SECS: u64 = 365 * 24 * 3600;
+
 /// How a connection ended.
 #[derive(Debug)]
 pub struct Ended {
@@ -143,9 +146,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .map(|limit| (self.connected_at + limit, Timer::AuthTimeout)),
             Some(identity) => identity.expires_at.map(|exp| {
                 let now = now_secs();
-                let until =
-                    |secs: u64| Instant::now() + Duration::from_secs(secs.saturating_sub(now));
-                let close_at = until(exp.saturating_add(self.state.auth.leeway()));
+                // Capped, so an absurd expiry cannot overflow the clock; the
+                // close is armed a second past `exp + leeway`, when the
+                // whole-second expiry check is sure to agree.
+                let until = |secs: u64| {
+                    let wait = Duration::from_secs(secs.saturating_sub(now).min(MAX_TIMER_SECS));
+                    Instant::now()
+                        .checked_add(wait)
+                        .unwrap_or_else(Instant::now)
+                };
+                let close_at = until(
+                    exp.saturating_add(self.state.auth.leeway())
+                        .saturating_add(1),
+                );
                 let warn_at = until(exp)
                     .checked_sub(EXPIRY_WARNING)
                     .unwrap_or_else(Instant::now);
@@ -211,6 +224,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let why = loop {
             let next = if shutdown.is_cancelled() {
                 Next::Shutdown
+            } else if self.timer_for.is_some() && self.timer.deadline() <= Instant::now() {
+                // Checked here too: a client that keeps frames queued must
+                // not starve its own auth timeout or expiry.
+                self.on_timer().await
             } else if self.unflushed > 0 {
                 self.step_before_flush().await
             } else {
@@ -371,13 +388,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Frame::Batch(items) => {
                 let mut answers = Vec::with_capacity(items.len());
                 let mut all_ready = true;
+                let mut signed_in_here = false;
                 for item in items {
                     let answer = match item {
                         Err(refusal) => Dispatched::Ready(Some(protocol::reply_error(
                             refusal.id.as_deref(),
                             &refusal.error,
                         ))),
+                        // One sign-in per batch: each may wait on an auth
+                        // plugin, and the connection reads nothing meanwhile.
+                        Ok(envelope) if envelope.method == "rpc.auth" && signed_in_here => {
+                            let error = RpcError::new(
+                                ErrorCode::InvalidRequest,
+                                "invalid request: at most one rpc.auth per batch",
+                            );
+                            let id = envelope.id.map(|id| id.get().as_bytes());
+                            Dispatched::Ready(
+                                envelope
+                                    .id
+                                    .is_some()
+                                    .then(|| protocol::reply_error(id, &error)),
+                            )
+                        }
                         Ok(envelope) => {
+                            signed_in_here |= envelope.method == "rpc.auth";
                             dispatch(&self.state, &mut self.session, &envelope, &frame, text).await
                         }
                     };

@@ -271,6 +271,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    if config.auth_chain.contains(&AuthStep::Plugin) && config.allowed_origins.is_empty() {
+        tracing::warn!(
+            "auth_chain includes the plugin step but allowed_origins is empty: if the plugin trusts cookies, \
+             any web page can open a signed-in WebSocket for its visitors; list your sites in allowed_origins"
+        );
+    }
     let verifier = JwtVerifier::from_config(&config)?;
     let auth = Authenticator::new(&config, Some(verifier));
     let shadow_base = config
@@ -298,7 +304,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(config.max_inflight_calls + 16)
+        .max_blocking_threads(
+            config.max_inflight_calls + switchboard::auth::chain::MAX_PLUGIN_CALLS + 16,
+        )
         .thread_name("switchboard")
         .build()
         .context("could not start the async runtime")?;

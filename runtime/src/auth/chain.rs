@@ -22,6 +22,10 @@ use std::time::Duration;
 /// How long an auth plugin may take to judge.
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Auth-plugin calls running at once at most; past it sign-ins that need
+/// the plugin are refused as busy rather than queued without bound.
+pub const MAX_PLUGIN_CALLS: usize = 64;
+
 /// What the handshake told us about a connection, kept for the auth
 /// plugin (on `rpc.auth` too) and lifecycle events.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +65,7 @@ pub struct Authenticator {
     auth_plugin: Option<String>,
     replay: ReplayCache,
     leeway: u64,
+    plugin_calls: Arc<tokio::sync::Semaphore>,
 }
 
 impl Authenticator {
@@ -72,6 +77,7 @@ impl Authenticator {
             auth_plugin: config.auth_plugin.clone(),
             replay: ReplayCache::new(config.jti_cache_max),
             leeway: config.jwt_leeway_secs,
+            plugin_calls: Arc::new(tokio::sync::Semaphore::new(MAX_PLUGIN_CALLS)),
         }
     }
 
@@ -156,11 +162,20 @@ impl Authenticator {
         registry: &Registry,
     ) -> Result<Identity, TokenError> {
         let plugin = self.auth_plugin(registry)?;
+        // The permit stays with the thread: a hung hook keeps its slot.
+        let permit = Arc::clone(&self.plugin_calls)
+            .try_acquire_owned()
+            .map_err(|_| {
+                TokenError::Unavailable(
+                    "the auth plugin is busy with other sign-ins; retry shortly".into(),
+                )
+            })?;
         let (pending, verdict) = PendingReply::new();
         let token = token.map(str::to_owned);
         let handshake = handshake.clone();
         let asked = Arc::clone(&plugin);
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let args = AuthArgs {
                 token: token.as_deref(),
                 headers_json: &handshake.headers_json,
@@ -210,13 +225,21 @@ impl Authenticator {
             status::ACTION_ERROR => {
                 let reason = serde_json::from_slice::<Refusal>(&done.body)
                     .map_or_else(|_| "refused by the auth plugin".to_owned(), |r| r.message);
+                let reason: String = reason.chars().take(200).collect();
                 Err(TokenError::Refused(reason))
             }
-            _ => Err(TokenError::Unavailable(format!(
-                "the auth plugin {} failed: {}",
-                plugin.name,
-                String::from_utf8_lossy(&done.body)
-            ))),
+            _ => {
+                // The detail (a panic message) is for the operator, not the
+                // unauthenticated client.
+                tracing::error!(
+                    plugin = %plugin.name,
+                    "the auth plugin failed: {}",
+                    String::from_utf8_lossy(&done.body)
+                );
+                Err(TokenError::Unavailable(
+                    "the auth plugin failed; see the server log".into(),
+                ))
+            }
         }
     }
 }

@@ -134,9 +134,9 @@ impl JwtVerifier {
         let token = token.trim();
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::Json(_) => {
-                TokenError::WrongAlgorithm(algorithm_name(token), self.accepted())
+                TokenError::WrongAlgorithm(clip(&algorithm_name(token)), self.accepted())
             }
-            _ => TokenError::Malformed(e.to_string()),
+            _ => TokenError::Malformed(clip(&e.to_string())),
         })?;
         let wrong = || TokenError::WrongAlgorithm(format!("{:?}", header.alg), self.accepted());
         let key: Arc<DecodingKey>;
@@ -147,7 +147,7 @@ impl JwtVerifier {
                     let keys = jwks.keys();
                     let (alg, found) = keys
                         .get(kid)
-                        .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+                        .ok_or_else(|| TokenError::UnknownKey(clip(kid)))?;
                     if *alg != header.alg {
                         return Err(wrong());
                     }
@@ -163,7 +163,12 @@ impl JwtVerifier {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present, not merely
+        // correct when present.
+        let mut required = vec!["exp", "sub"];
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match &self.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -186,7 +191,7 @@ impl JwtVerifier {
                     ErrorKind::MissingRequiredClaim(claim) => {
                         TokenError::MissingClaim(claim.clone())
                     }
-                    _ => TokenError::Malformed(e.to_string()),
+                    _ => TokenError::Malformed(clip(&e.to_string())),
                 }
             })?;
         let claims = data.claims;
@@ -225,6 +230,21 @@ impl JwtVerifier {
     pub fn leeway(&self) -> u64 {
         self.leeway
     }
+}
+
+/// Text from a token (a `kid`, an `alg`, a parser's complaint) made safe to
+/// log and echo: at most 64 characters, control characters escaped.
+pub(crate) fn clip(text: &str) -> String {
+    text.chars()
+        .take(64)
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Best-effort name of the `alg` a token's header claims, for messages
