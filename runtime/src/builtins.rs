@@ -1,16 +1,16 @@
 //! The runtime's built-in methods (`rpc.*`), one variant each.
 //!
-//! Rooms (`rpc.join`, `rpc.leave`, `rpc.leave_all`, `rpc.publish`,
-//! `rpc.presence`) arrive with the rooms feature; until then they answer
-//! -32601 like any unknown method.
+//! The room built-ins live in [`crate::room_calls`].
 
 use crate::auth::Identity;
 use crate::lifecycle;
+use crate::room_calls;
 use crate::rpc_error::{ErrorCode, RpcError};
 use crate::session::Session;
 use crate::state::ServerState;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::sync::Arc;
 
 /// A built-in method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,16 @@ pub enum Builtin {
     Auth,
     /// `rpc.actions`: the actions this connection may call.
     Actions,
+    /// `rpc.join {room, since?, epoch?}`: joins a room, replaying missed messages.
+    Join,
+    /// `rpc.leave {room}`: leaves a room.
+    Leave,
+    /// `rpc.leave_all`: leaves every room.
+    LeaveAll,
+    /// `rpc.publish {room, data}`: publishes to a room.
+    Publish,
+    /// `rpc.presence {room}`: lists a room's members.
+    Presence,
 }
 
 impl Builtin {
@@ -30,6 +40,11 @@ impl Builtin {
             "rpc.ping" => Some(Builtin::Ping),
             "rpc.auth" => Some(Builtin::Auth),
             "rpc.actions" => Some(Builtin::Actions),
+            "rpc.join" => Some(Builtin::Join),
+            "rpc.leave" => Some(Builtin::Leave),
+            "rpc.leave_all" => Some(Builtin::LeaveAll),
+            "rpc.publish" => Some(Builtin::Publish),
+            "rpc.presence" => Some(Builtin::Presence),
             _ => None,
         }
     }
@@ -45,6 +60,11 @@ impl Builtin {
             Builtin::Ping => Ok("\"pong\"".to_owned()),
             Builtin::Actions => Ok(actions(state, session.live_identity().map(|i| &**i))),
             Builtin::Auth => auth(state, session, params).await,
+            Builtin::Join => room_calls::join(state, session, params),
+            Builtin::Leave => room_calls::leave(state, session, params),
+            Builtin::LeaveAll => Ok(room_calls::leave_all(state, session)),
+            Builtin::Publish => room_calls::publish(state, session, params),
+            Builtin::Presence => room_calls::presence(state, session, params),
         }
     }
 }
@@ -147,6 +167,7 @@ async fn auth(
         Some(&identity.user),
         || serde_json::json!({"via": "rpc.auth"}),
     );
+    state.hub.set_user(conn_id, Arc::clone(&identity.user));
     session.sign_in(identity);
     Ok(result)
 }

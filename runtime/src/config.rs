@@ -4,6 +4,7 @@
 //! Each field is documented here and in the README's configuration
 //! reference; the defaults make the quickstart work with no file at all.
 
+use crate::rooms::policy::RoomRule;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -132,6 +133,9 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS; needs `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Room rules, by name pattern, first match wins (`[[rooms]]` tables);
+    /// rooms no rule matches get the defaults of [`RoomRule`].
+    pub rooms: Vec<RoomRule>,
     /// Deadline for an action that sets none itself, in milliseconds.
     /// Default 30000.
     pub call_timeout_ms: u64,
@@ -179,6 +183,7 @@ impl Default for Config {
             max_connections: 50_000,
             tls_cert: None,
             tls_key: None,
+            rooms: Vec::new(),
             call_timeout_ms: 30_000,
             max_message_bytes: 1 << 20,
             max_batch: 100,

@@ -11,6 +11,7 @@
 
 use crate::auth::now_secs;
 use crate::dispatch::{Dispatched, dispatch};
+use crate::hub::ConnHandle;
 use crate::lifecycle;
 use crate::protocol::{self, Frame};
 use crate::rpc_error::{ErrorCode, RpcError};
@@ -88,8 +89,10 @@ struct Connection<S> {
     session: Session,
     /// Handed to running calls; dropped at shutdown so the queue ends when
     /// the last running call has answered.
-    replies_tx: Option<mpsc::Sender<String>>,
-    replies_rx: mpsc::Receiver<String>,
+    replies_tx: Option<mpsc::Sender<Utf8Bytes>>,
+    replies_rx: mpsc::Receiver<Utf8Bytes>,
+    /// Cancelled by a push that found the queue full: close with 4008.
+    kick: CancellationToken,
     /// Frames written since the last flush.
     unflushed: usize,
     write_timeout: Duration,
@@ -113,15 +116,25 @@ enum Next {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    fn new(ws: WebSocketStream<S>, state: Arc<ServerState>, session: Session) -> Self {
+    fn new(ws: WebSocketStream<S>, state: Arc<ServerState>, mut session: Session) -> Self {
         let (replies_tx, replies_rx) = mpsc::channel(state.config.outbound_queue);
         let write_timeout = state.config.write_timeout();
+        let kick = CancellationToken::new();
+        let handle = ConnHandle {
+            conn_id: session.conn_id,
+            user: session.identity().map(|i| Arc::clone(&i.user)),
+            tx: replies_tx.clone(),
+            kick: kick.clone(),
+        };
+        state.hub.register(handle.clone());
+        session.handle = Some(handle);
         let mut connection = Connection {
             ws,
             state,
             session,
             replies_tx: Some(replies_tx),
             replies_rx,
+            kick,
             unflushed: 0,
             write_timeout,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
@@ -234,6 +247,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => Next::Shutdown,
+                    () = self.kick.cancelled() => Next::Close(CloseCode::from(4008), "slow consumer: outbound queue overflowed"),
                     Some(first) = self.replies_rx.recv() => self.write_burst(first).await,
                     incoming = self.ws.next() => self.on_incoming(incoming).await,
                     () = &mut self.timer, if self.timer_for.is_some() => self.on_timer().await,
@@ -258,6 +272,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         };
         tracing::debug!(why, "disconnected");
+        self.state
+            .rooms
+            .leave_all(&self.state.hub, self.session.conn_id);
+        self.state.hub.unregister(self.session.conn_id);
         Ended {
             reason: why,
             user: self.session.identity().map(|i| Arc::clone(&i.user)),
@@ -309,7 +327,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Buffers `first` and whatever else is queued; the flush comes later.
-    async fn write_burst(&mut self, first: String) -> Next {
+    async fn write_burst(&mut self, first: Utf8Bytes) -> Next {
         let mut next = self.write(first).await;
         while matches!(next, Next::Continue) && self.unflushed < MAX_FRAMES_PER_FLUSH {
             match self.replies_rx.try_recv() {
@@ -322,9 +340,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Buffers one frame for the next flush (tungstenite writes through
     /// when its buffer fills, which is where a stalled client shows).
-    async fn write(&mut self, reply: String) -> Next {
+    async fn write(&mut self, reply: impl Into<Utf8Bytes>) -> Next {
         self.unflushed += 1;
-        match timeout(self.write_timeout, self.ws.feed(Message::text(reply))).await {
+        match timeout(
+            self.write_timeout,
+            self.ws.feed(Message::Text(reply.into())),
+        )
+        .await
+        {
             Ok(Ok(())) => Next::Continue,
             Ok(Err(e)) => {
                 tracing::debug!("write failed: {e}");
@@ -459,7 +482,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             async move {
                 for reply in call.await {
                     // The receiver is gone only when the connection has ended.
-                    let _ = replies.send(reply).await;
+                    let _ = replies.send(Utf8Bytes::from(reply)).await;
                 }
             }
             .in_current_span(),
@@ -470,6 +493,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// At shutdown: read nothing more, but answer the calls still running,
     /// until the last one has answered or the grace period ends.
     async fn finish_running_calls(&mut self) {
+        // Stop pushes first: rooms and the hub hold senders to the queue,
+        // which must end when the last running call has answered.
+        self.state
+            .rooms
+            .leave_all(&self.state.hub, self.session.conn_id);
+        self.state.hub.unregister(self.session.conn_id);
+        self.session.handle = None;
         self.replies_tx = None;
         let deadline = Instant::now() + self.state.config.shutdown_grace();
         loop {

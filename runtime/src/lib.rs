@@ -17,6 +17,8 @@
 //! - [`plugins`]: loading plugin files, the ABI's host side, and the
 //!   registry snapshot the call path reads without a lock.
 //! - [`lifecycle`]: connection events for plugins that listen.
+//! - [`hub`]: every connection's outbound queue, for pushes; [`rooms`]:
+//!   membership, fan-out, history and recovery, presence.
 //! - [`config`]: settings from file, environment and flags; [`state`]: what
 //!   connections share; [`session`]: what one connection knows;
 //!   [`status`]: the `/status` document; [`describe`]: `switchboard check`.
@@ -31,9 +33,12 @@ pub mod describe;
 pub mod dispatch;
 pub mod handshake;
 pub mod http;
+pub mod hub;
 pub mod lifecycle;
 pub mod plugins;
 pub mod protocol;
+pub mod room_calls;
+pub mod rooms;
 pub mod rpc_error;
 pub mod server;
 pub mod session;

@@ -37,6 +37,7 @@ pub async fn run(
         remote: None,
     };
     tokio::pin!(shutdown);
+    let sweeper = tokio::spawn(sweep_rooms(Arc::clone(&state), routes.shutdown.clone()));
     let mut backoff = Duration::from_millis(10);
     loop {
         tokio::select! {
@@ -61,6 +62,7 @@ pub async fn run(
     tracing::info!(connections = open, "shutting down: closing connections");
     routes.shutdown.cancel();
     routes.tracker.close();
+    sweeper.abort();
     let grace = state.config.shutdown_grace() + Duration::from_millis(500);
     if tokio::time::timeout(grace, routes.tracker.wait())
         .await
@@ -139,6 +141,17 @@ where
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
+        }
+    }
+}
+
+/// Every 30 s, forgets rooms with no members whose history has expired.
+async fn sweep_rooms(state: Arc<ServerState>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = every.tick() => state.rooms.sweep(),
+            () = shutdown.cancelled() => return,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! the call limits.
 
 use crate::auth::{Handshake, Identity, now_secs};
+use crate::hub::ConnHandle;
 use crate::rpc_error::{ErrorCode, RpcError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,8 @@ pub struct Session {
     leeway: u64,
     /// Bumped at every sign-in, so timers know when to re-arm.
     pub sign_ins: u64,
+    /// How pushes reach this connection (set when its task starts).
+    pub handle: Option<ConnHandle>,
 }
 
 impl Session {
@@ -47,6 +50,7 @@ impl Session {
             handshake,
             inflight: Arc::new(Semaphore::new(max_inflight)),
             leeway,
+            handle: None,
         }
     }
 

@@ -3,7 +3,9 @@
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::hub::Hub;
 use crate::plugins::Registry;
+use crate::rooms::Rooms;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -19,6 +21,10 @@ pub struct ServerState {
     pub registry: Registry,
     /// The chain of authenticators (JWT keys, auth plugin, replay cache).
     pub auth: Authenticator,
+    /// Every open connection's outbound queue.
+    pub hub: Hub,
+    /// Every room.
+    pub rooms: Rooms,
     /// Permits for action calls running in the whole server.
     pub inflight: Arc<Semaphore>,
     /// When the server started.
@@ -31,9 +37,11 @@ impl ServerState {
     pub fn new(config: Config, registry: Registry, auth: Authenticator) -> ServerState {
         ServerState {
             inflight: Arc::new(Semaphore::new(config.max_inflight_calls)),
+            rooms: Rooms::new(&config.rooms),
             config,
             registry,
             auth,
+            hub: Hub::default(),
             started: Instant::now(),
             connections: AtomicUsize::new(0),
         }

@@ -13,6 +13,8 @@ struct Status<'a> {
     uptime_secs: u64,
     connections: usize,
     inflight_calls: usize,
+    rooms: usize,
+    slow_consumers_closed: u64,
     plugins: Vec<PluginStatus<'a>>,
     refused: Vec<Refused<'a>>,
 }
@@ -80,6 +82,8 @@ pub fn render(state: &ServerState) -> String {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: state.started.elapsed().as_secs(),
         connections: state.connections(),
+        rooms: state.rooms.count(),
+        slow_consumers_closed: state.hub.slow_consumers(),
         inflight_calls: state
             .config
             .max_inflight_calls

@@ -1,0 +1,165 @@
+//! [`Hub`]: every open connection's outbound queue, by connection id and
+//! by user, so that pushes (room messages, sends from actions) reach them.
+//!
+//! A push never waits: it is a `try_send` into the connection's bounded
+//! queue, and a connection whose queue is full is a slow consumer: it is
+//! told to close with 4008 and counted, so one client that does not read
+//! never grows the server's memory. Frames are `Utf8Bytes`, reference-
+//! counted: a message for a thousand connections is serialized once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+/// Shards of the connection map; a power of two.
+const SHARDS: usize = 32;
+
+/// How to reach one connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    /// The connection id.
+    pub conn_id: u64,
+    /// Who is signed in on it, if anyone.
+    pub user: Option<Arc<str>>,
+    /// Its outbound queue.
+    pub tx: mpsc::Sender<Utf8Bytes>,
+    /// Cancelled to make the connection close with 4008.
+    pub kick: CancellationToken,
+}
+
+/// All open connections.
+#[derive(Debug)]
+pub struct Hub {
+    shards: Vec<Mutex<HashMap<u64, ConnHandle>>>,
+    users: Mutex<HashMap<Arc<str>, HashSet<u64>>>,
+    slow_consumers: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            users: Mutex::new(HashMap::new()),
+            slow_consumers: AtomicU64::new(0),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a single map operation: a panic
+    // cannot leave a map half-changed, so poison is harmless.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Hub {
+    fn shard(&self, conn_id: u64) -> &Mutex<HashMap<u64, ConnHandle>> {
+        &self.shards[(conn_id as usize) & (SHARDS - 1)]
+    }
+
+    /// Adds a connection.
+    pub fn register(&self, handle: ConnHandle) {
+        if let Some(user) = &handle.user {
+            lock(&self.users)
+                .entry(Arc::clone(user))
+                .or_default()
+                .insert(handle.conn_id);
+        }
+        lock(self.shard(handle.conn_id)).insert(handle.conn_id, handle);
+    }
+
+    /// Removes a connection.
+    pub fn unregister(&self, conn_id: u64) {
+        let Some(handle) = lock(self.shard(conn_id)).remove(&conn_id) else {
+            return;
+        };
+        if let Some(user) = handle.user {
+            let mut users = lock(&self.users);
+            if let Some(conns) = users.get_mut(&user) {
+                conns.remove(&conn_id);
+                if conns.is_empty() {
+                    users.remove(&user);
+                }
+            }
+        }
+    }
+
+    /// Records who is signed in on a connection (after `rpc.auth`).
+    pub fn set_user(&self, conn_id: u64, user: Arc<str>) {
+        let Some(handle) = lock(self.shard(conn_id)).get(&conn_id).cloned() else {
+            return;
+        };
+        self.unregister(conn_id);
+        self.register(ConnHandle {
+            user: Some(user),
+            ..handle
+        });
+    }
+
+    /// A connection's handle.
+    pub fn get(&self, conn_id: u64) -> Option<ConnHandle> {
+        lock(self.shard(conn_id)).get(&conn_id).cloned()
+    }
+
+    /// Queues `frame` for one connection without waiting. A full queue
+    /// closes the connection with 4008; returns whether it was queued.
+    pub fn push(&self, handle: &ConnHandle, frame: Utf8Bytes) -> bool {
+        match handle.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                if !handle.kick.is_cancelled() {
+                    self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        conn = handle.conn_id,
+                        "slow consumer: its outbound queue is full; closing with 4008"
+                    );
+                    handle.kick.cancel();
+                }
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Sends to one connection; `false` if it is gone or too slow.
+    pub fn send_to_conn(&self, conn_id: u64, frame: Utf8Bytes) -> bool {
+        self.get(conn_id).is_some_and(|h| self.push(&h, frame))
+    }
+
+    /// Sends to every connection of `user`; returns how many got it.
+    pub fn send_to_user(&self, user: &str, frame: &Utf8Bytes) -> usize {
+        let conns: Vec<u64> = lock(&self.users)
+            .get(user)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default();
+        conns
+            .into_iter()
+            .filter(|c| self.send_to_conn(*c, frame.clone()))
+            .count()
+    }
+
+    /// Sends to every connection except those in `except`; returns how
+    /// many got it.
+    pub fn broadcast(&self, frame: &Utf8Bytes, except: &[u64]) -> usize {
+        let mut sent = 0;
+        for shard in &self.shards {
+            let handles: Vec<ConnHandle> = lock(shard)
+                .values()
+                .filter(|h| !except.contains(&h.conn_id))
+                .cloned()
+                .collect();
+            sent += handles
+                .iter()
+                .filter(|h| self.push(h, frame.clone()))
+                .count();
+        }
+        sent
+    }
+
+    /// Connections closed as slow consumers since start.
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
+    }
+}

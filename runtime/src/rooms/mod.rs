@@ -1,0 +1,427 @@
+//! Rooms: membership, fan-out, history with recovery, and presence.
+//!
+//! - [`policy`]: the `[[rooms]]` rules and their name patterns.
+//! - [`Rooms`]: every room by name (sharded), and every connection's rooms.
+//!
+//! A message is turned into its `rpc.message` frame once, under the room's
+//! lock (which also assigns its offset and stores it in the history), and
+//! the same reference-counted bytes are queued for every member without
+//! waiting ([`Hub::push`]). A join registers the member and queues any
+//! replay under the same lock, so replayed messages always come before
+//! live ones and none is lost or doubled in between.
+
+pub mod policy;
+
+use crate::auth::Identity;
+use crate::hub::{ConnHandle, Hub};
+use crate::rpc_error::{ErrorCode, RpcError};
+use policy::{JoinPolicy, RoomRule, check_name, matches};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Shards of the room map and the membership index.
+const SHARDS: usize = 32;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections update their maps in single steps, and a panic in
+    // one cannot leave a room half-changed; poison is harmless.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn shard_of(key: &str) -> usize {
+    // FNV-1a: cheap and stable; only spreads rooms over shards.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash as usize) & (SHARDS - 1)
+}
+
+/// One message kept for recovery.
+#[derive(Debug)]
+struct Stored {
+    offset: u64,
+    at: Instant,
+    frame: Utf8Bytes,
+}
+
+#[derive(Debug)]
+struct Member {
+    handle: ConnHandle,
+}
+
+#[derive(Debug)]
+struct RoomState {
+    /// Set when the room was dropped from the map: whoever still holds it
+    /// must look the room up again.
+    removed: bool,
+    epoch: String,
+    last_offset: u64,
+    history: VecDeque<Stored>,
+    members: HashMap<u64, Member>,
+}
+
+/// One room.
+#[derive(Debug)]
+struct Room {
+    name: String,
+    rule: Arc<RoomRule>,
+    state: Mutex<RoomState>,
+}
+
+impl RoomState {
+    /// Drops messages past the rule's size or age.
+    fn trim(&mut self, rule: &RoomRule) {
+        let ttl = Duration::from_secs(rule.history_ttl_secs);
+        while self.history.len() > rule.history_size
+            || self.history.front().is_some_and(|m| m.at.elapsed() > ttl)
+        {
+            self.history.pop_front();
+        }
+    }
+}
+
+/// What `rpc.join` answers.
+#[derive(Debug, Serialize)]
+pub struct Joined {
+    /// The room.
+    pub room: String,
+    /// The offset of the room's latest message (0 when none yet).
+    pub offset: u64,
+    /// The room's epoch: offsets continue only within one epoch.
+    pub epoch: String,
+    /// With `since`: whether every missed message was replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// A member as `rpc.presence` lists it.
+#[derive(Debug, Serialize)]
+pub struct Presence {
+    /// The member's user, if signed in.
+    pub user: Option<String>,
+    /// The member's connection id.
+    pub conn: u64,
+}
+
+/// Every room, and every connection's rooms.
+#[derive(Debug)]
+pub struct Rooms {
+    rules: Vec<Arc<RoomRule>>,
+    default_rule: Arc<RoomRule>,
+    rooms: Vec<Mutex<HashMap<String, Arc<Room>>>>,
+    memberships: Vec<Mutex<HashMap<u64, HashSet<String>>>>,
+}
+
+fn new_epoch() -> String {
+    let mut bytes = [0u8; 8];
+    // A clock-based fallback keeps epochs distinct if the OS RNG fails.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes =
+            (Instant::now().elapsed().as_nanos() as u64 ^ crate::auth::now_secs()).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `rpc.message` frame for one message: built once, shared by all.
+fn message_frame(room: &str, offset: u64, data: &str) -> Utf8Bytes {
+    let room = serde_json::to_string(room).unwrap_or_else(|_| "\"\"".to_owned());
+    Utf8Bytes::from(format!(
+        r#"{{"jsonrpc":"2.0","method":"rpc.message","params":{{"room":{room},"offset":{offset},"data":{data}}}}}"#
+    ))
+}
+
+/// An `rpc.event` push.
+pub fn event_frame(event: &str, data: &serde_json::Value) -> Utf8Bytes {
+    Utf8Bytes::from(
+        serde_json::json!({"jsonrpc": "2.0", "method": "rpc.event", "params": {"event": event, "data": data}})
+            .to_string(),
+    )
+}
+
+impl Rooms {
+    /// Rooms governed by `rules` (first match wins; the defaults after).
+    pub fn new(rules: &[RoomRule]) -> Rooms {
+        Rooms {
+            rules: rules.iter().cloned().map(Arc::new).collect(),
+            default_rule: Arc::new(RoomRule::default()),
+            rooms: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            memberships: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// The rule for `room` as `user` sees it.
+    pub fn rule(&self, room: &str, user: Option<&str>) -> &Arc<RoomRule> {
+        self.rules
+            .iter()
+            .find(|r| matches(&r.pattern, room, user))
+            .unwrap_or(&self.default_rule)
+    }
+
+    /// Checks that `identity` may join (or read the presence of) `room`.
+    pub fn check_access(
+        &self,
+        room: &str,
+        identity: Option<&Identity>,
+    ) -> Result<Arc<RoomRule>, RpcError> {
+        check_name(room).map_err(|e| RpcError::new(ErrorCode::InvalidParams, e))?;
+        let user = identity.map(|i| &*i.user);
+        let rule = self.rule(room, user);
+        match (rule.join, identity) {
+            (JoinPolicy::Anyone, _) => {}
+            (_, None) => {
+                return Err(RpcError::new(
+                    ErrorCode::Unauthenticated,
+                    format!("room '{room}' needs a signed-in connection"),
+                ));
+            }
+            (JoinPolicy::SignedIn, Some(_)) => {}
+            (JoinPolicy::Claim, Some(identity)) => {
+                if !identity
+                    .rooms
+                    .iter()
+                    .any(|claim| matches(claim, room, user))
+                {
+                    return Err(RpcError::new(
+                        ErrorCode::Forbidden,
+                        format!("your token's rooms claim does not include room '{room}'"),
+                    ));
+                }
+            }
+        }
+        Ok(Arc::clone(rule))
+    }
+
+    fn room(&self, name: &str, rule: &Arc<RoomRule>) -> Arc<Room> {
+        let mut shard = lock(&self.rooms[shard_of(name)]);
+        Arc::clone(shard.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(Room {
+                name: name.to_owned(),
+                rule: Arc::clone(rule),
+                state: Mutex::new(RoomState {
+                    removed: false,
+                    epoch: new_epoch(),
+                    last_offset: 0,
+                    history: VecDeque::new(),
+                    members: HashMap::new(),
+                }),
+            })
+        }))
+    }
+
+    fn existing(&self, name: &str) -> Option<Arc<Room>> {
+        lock(&self.rooms[shard_of(name)]).get(name).cloned()
+    }
+
+    /// Adds a connection to a room (access already checked). With
+    /// `since`, queues the missed messages before any live one. Returns the
+    /// `rpc.join` result, and whether the connection was already a member.
+    pub fn join(
+        &self,
+        hub: &Hub,
+        room: &str,
+        rule: &Arc<RoomRule>,
+        handle: &ConnHandle,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<Joined, RpcError> {
+        let target = self.room(room, rule);
+        let mut state = lock(&target.state);
+        if state.removed {
+            // Dropped between the check and now: start again.
+            drop(state);
+            return self.join(hub, room, rule, handle, since);
+        }
+        if !state.members.contains_key(&handle.conn_id)
+            && state.members.len() >= target.rule.max_members
+        {
+            return Err(RpcError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "room '{room}' is full ({} members)",
+                    target.rule.max_members
+                ),
+            ));
+        }
+        state.trim(&target.rule);
+        let recovered = since.map(|(since, epoch)| {
+            // Offsets mean nothing across epochs: no epoch, no recovery.
+            let same_epoch = epoch.is_some_and(|e| e == state.epoch);
+            let oldest_kept = state
+                .history
+                .front()
+                .map_or(state.last_offset + 1, |m| m.offset);
+            let gap_filled = since <= state.last_offset && since + 1 >= oldest_kept;
+            if same_epoch && gap_filled {
+                for message in state.history.iter().filter(|m| m.offset > since) {
+                    hub.push(handle, message.frame.clone());
+                }
+                true
+            } else {
+                false
+            }
+        });
+        let fresh = state
+            .members
+            .insert(
+                handle.conn_id,
+                Member {
+                    handle: handle.clone(),
+                },
+            )
+            .is_none();
+        let joined = Joined {
+            room: room.to_owned(),
+            offset: state.last_offset,
+            epoch: state.epoch.clone(),
+            recovered,
+        };
+        if fresh && target.rule.presence_events {
+            let frame = event_frame(
+                "presence.join",
+                &serde_json::json!({"room": room, "user": handle.user.as_deref(), "conn": handle.conn_id}),
+            );
+            for (conn, member) in &state.members {
+                if *conn != handle.conn_id {
+                    hub.push(&member.handle, frame.clone());
+                }
+            }
+        }
+        drop(state);
+        lock(&self.memberships[(handle.conn_id as usize) & (SHARDS - 1)])
+            .entry(handle.conn_id)
+            .or_default()
+            .insert(room.to_owned());
+        Ok(joined)
+    }
+
+    /// Removes a connection from a room; `false` if it was not a member.
+    pub fn leave(&self, hub: &Hub, room: &str, conn_id: u64) -> bool {
+        if let Some(rooms) =
+            lock(&self.memberships[(conn_id as usize) & (SHARDS - 1)]).get_mut(&conn_id)
+        {
+            rooms.remove(room);
+        }
+        let Some(target) = self.existing(room) else {
+            return false;
+        };
+        let mut state = lock(&target.state);
+        let Some(left) = state.members.remove(&conn_id) else {
+            return false;
+        };
+        if target.rule.presence_events {
+            let frame = event_frame(
+                "presence.leave",
+                &serde_json::json!({"room": room, "user": left.handle.user.as_deref(), "conn": conn_id}),
+            );
+            for member in state.members.values() {
+                hub.push(&member.handle, frame.clone());
+            }
+        }
+        let empty = state.members.is_empty() && state.history.is_empty();
+        drop(state);
+        if empty {
+            self.remove_if_idle(&target);
+        }
+        true
+    }
+
+    /// Removes a connection from all its rooms; returns their names.
+    pub fn leave_all(&self, hub: &Hub, conn_id: u64) -> Vec<String> {
+        let rooms: Vec<String> = lock(&self.memberships[(conn_id as usize) & (SHARDS - 1)])
+            .remove(&conn_id)
+            .map(|r| r.into_iter().collect())
+            .unwrap_or_default();
+        for room in &rooms {
+            self.leave(hub, room, conn_id);
+        }
+        let mut rooms = rooms;
+        rooms.sort();
+        rooms
+    }
+
+    /// Publishes raw JSON `data` to a room: assigns the next offset, keeps
+    /// it in the history, and queues it for every member. Returns the offset
+    /// and how many members it was queued for.
+    pub fn publish(&self, hub: &Hub, room: &str, rule: &Arc<RoomRule>, data: &str) -> (u64, usize) {
+        let target = self.room(room, rule);
+        let mut state = lock(&target.state);
+        if state.removed {
+            drop(state);
+            return self.publish(hub, room, rule, data);
+        }
+        state.last_offset += 1;
+        let offset = state.last_offset;
+        let frame = message_frame(room, offset, data);
+        if target.rule.history_size > 0 {
+            state.history.push_back(Stored {
+                offset,
+                at: Instant::now(),
+                frame: frame.clone(),
+            });
+            state.trim(&target.rule);
+        }
+        let mut delivered = 0;
+        for member in state.members.values() {
+            if hub.push(&member.handle, frame.clone()) {
+                delivered += 1;
+            }
+        }
+        (offset, delivered)
+    }
+
+    /// The members of a room.
+    pub fn presence(&self, room: &str) -> Vec<Presence> {
+        let Some(target) = self.existing(room) else {
+            return Vec::new();
+        };
+        let state = lock(&target.state);
+        let mut members: Vec<Presence> = state
+            .members
+            .values()
+            .map(|m| Presence {
+                user: m.handle.user.as_deref().map(str::to_owned),
+                conn: m.handle.conn_id,
+            })
+            .collect();
+        members.sort_by_key(|m| m.conn);
+        members
+    }
+
+    /// Whether a connection is in a room.
+    pub fn is_member(&self, room: &str, conn_id: u64) -> bool {
+        lock(&self.memberships[(conn_id as usize) & (SHARDS - 1)])
+            .get(&conn_id)
+            .is_some_and(|r| r.contains(room))
+    }
+
+    /// Forgets a room with no members and no history left (its epoch goes
+    /// with it: a later join starts a new one).
+    fn remove_if_idle(&self, room: &Arc<Room>) {
+        let mut shard = lock(&self.rooms[shard_of(&room.name)]);
+        let mut state = lock(&room.state);
+        state.trim(&room.rule);
+        if state.members.is_empty() && state.history.is_empty() && !state.removed {
+            state.removed = true;
+            shard.remove(&room.name);
+        }
+    }
+
+    /// Drops rooms whose members are gone and whose history has expired.
+    /// Called periodically.
+    pub fn sweep(&self) {
+        for shard in &self.rooms {
+            let rooms: Vec<Arc<Room>> = lock(shard).values().cloned().collect();
+            for room in rooms {
+                self.remove_if_idle(&room);
+            }
+        }
+    }
+
+    /// Rooms in memory now.
+    pub fn count(&self) -> usize {
+        self.rooms.iter().map(|s| lock(s).len()).sum()
+    }
+}

@@ -1,0 +1,123 @@
+//! Room policy: the rules from the config (`[[rooms]]`), matched by room
+//! name pattern, and the patterns themselves (`chat:*`, `user:{sub}`).
+//!
+//! A pattern is literal text with two wildcards: `*` matches any run of
+//! characters, `{sub}` matches exactly the caller's user. The first rule
+//! whose pattern matches a room decides; with none, the defaults apply:
+//! signed-in connections may join and publish, history keeps the last 100
+//! messages for 5 minutes, presence is on.
+
+use serde::Deserialize;
+
+/// Who may join a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinPolicy {
+    /// Any signed-in connection (the default).
+    SignedIn,
+    /// Only a connection whose token's `rooms` claim has a pattern that
+    /// matches the room.
+    Claim,
+    /// Anyone, signed in or not.
+    Anyone,
+}
+
+/// One `[[rooms]]` rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomRule {
+    /// The room names it covers (`*` and `{sub}` wildcards).
+    pub pattern: String,
+    /// Who may join. Default `signed_in`.
+    pub join: JoinPolicy,
+    /// Whether clients may `rpc.publish` (actions always may). Default true.
+    pub publish: bool,
+    /// Messages kept for recovery; 0 keeps none. Default 100.
+    pub history_size: usize,
+    /// Seconds a message is kept for recovery. Default 300.
+    pub history_ttl_secs: u64,
+    /// Whether `rpc.presence` lists members. Default true.
+    pub presence: bool,
+    /// Whether joins and leaves are pushed to the room's members as
+    /// `rpc.event` `presence.join` / `presence.leave`. Default true.
+    pub presence_events: bool,
+    /// Most members at once; past it joins get -32006. Default 100000.
+    pub max_members: usize,
+}
+
+impl Default for RoomRule {
+    fn default() -> RoomRule {
+        RoomRule {
+            pattern: "*".to_owned(),
+            join: JoinPolicy::SignedIn,
+            publish: true,
+            history_size: 100,
+            history_ttl_secs: 300,
+            presence: true,
+            presence_events: true,
+            max_members: 100_000,
+        }
+    }
+}
+
+/// Whether `name` matches `pattern` for a caller signed in as `user`.
+/// `{sub}` never matches for an anonymous caller.
+pub fn matches(pattern: &str, name: &str, user: Option<&str>) -> bool {
+    if let Some(rest) = pattern.strip_prefix('*') {
+        // `*` takes any run of characters: try every split point.
+        return name
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([name.len()])
+            .any(|i| matches(rest, &name[i..], user));
+    }
+    if let Some(rest) = pattern.strip_prefix("{sub}") {
+        return match user {
+            Some(user) if !user.is_empty() => name
+                .strip_prefix(user)
+                .is_some_and(|tail| matches(rest, tail, Some(user))),
+            _ => false,
+        };
+    }
+    match (pattern.chars().next(), name.chars().next()) {
+        (None, None) => true,
+        (Some(p), Some(n)) if p == n => {
+            matches(&pattern[p.len_utf8()..], &name[n.len_utf8()..], user)
+        }
+        _ => false,
+    }
+}
+
+/// Checks a room name: 1 to 200 bytes, no whitespace or control characters.
+pub fn check_name(room: &str) -> Result<(), String> {
+    if room.is_empty() || room.len() > 200 {
+        return Err(format!(
+            "a room name must be 1 to 200 bytes, got {}",
+            room.len()
+        ));
+    }
+    if room.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("a room name may not contain whitespace or control characters".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_literals_stars_and_the_user() {
+        assert!(matches("*", "anything", None));
+        assert!(matches("chat:*", "chat:lobby", None));
+        assert!(!matches("chat:*", "news:lobby", None));
+        assert!(matches("a*b*c", "a123b45c", None));
+        assert!(!matches("a*b*c", "a123b45", None));
+        assert!(matches("user:{sub}", "user:alice", Some("alice")));
+        assert!(!matches("user:{sub}", "user:bob", Some("alice")));
+        assert!(!matches("user:{sub}", "user:alice", None));
+        assert!(matches("user:{sub}:*", "user:alice:inbox", Some("alice")));
+        assert!(matches("lobby", "lobby", None));
+        assert!(!matches("lobby", "lobby2", None));
+    }
+}
