@@ -297,6 +297,23 @@ impl Server {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident memory in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -404,6 +421,19 @@ impl Client {
         let reply = self.recv().await;
         assert_eq!(reply["id"], id, "unexpected frame: {reply}");
         reply
+    }
+
+    /// Reads frames until one satisfies `want`, returning it; the frames
+    /// skipped are returned too, in order.
+    pub async fn recv_until(&mut self, want: impl Fn(&Value) -> bool) -> (Value, Vec<Value>) {
+        let mut skipped = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            if want(&frame) {
+                return (frame, skipped);
+            }
+            skipped.push(frame);
+        }
     }
 
     /// The next text frame, parsed.
