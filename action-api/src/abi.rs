@@ -152,7 +152,109 @@ pub struct HostTable {
     /// call, from any thread, now or later. The host copies `body` before
     /// it returns. Never panics.
     pub complete: unsafe extern "C" fn(reply: *mut c_void, status: u32, body: ByteView),
+    /// Appended in revision 2 (all of what follows; absent in older hosts):
+    /// pushes `{"method": "rpc.event", "params": {"event", "data"}}` to one
+    /// connection. `data` is JSON. Returns 1 if queued, 0 if the connection
+    /// is gone or too slow.
+    pub send_to_conn: Option<
+        unsafe extern "C" fn(
+            host_ctx: *const c_void,
+            conn_id: u64,
+            event: ByteView,
+            data: ByteView,
+        ) -> u32,
+    >,
+    /// Pushes an event to every connection of a user; returns how many.
+    pub send_to_user: Option<
+        unsafe extern "C" fn(
+            host_ctx: *const c_void,
+            user: ByteView,
+            event: ByteView,
+            data: ByteView,
+        ) -> u64,
+    >,
+    /// Pushes an event to every connection except the `except_len` ids at
+    /// `except`; returns how many.
+    pub broadcast: Option<
+        unsafe extern "C" fn(
+            host_ctx: *const c_void,
+            event: ByteView,
+            data: ByteView,
+            except: *const u64,
+            except_len: usize,
+        ) -> u64,
+    >,
+    /// Publishes JSON `data` to a room (as `rpc.message`, kept in its
+    /// history); returns the message's offset, or 0 for a bad room name.
+    pub publish: Option<
+        unsafe extern "C" fn(host_ctx: *const c_void, room: ByteView, data: ByteView) -> u64,
+    >,
+    /// Joins (`join` = 1) or leaves (`join` = 0) a connection to or from a
+    /// room, server-side, bypassing client policy. Returns 1 on success.
+    pub set_membership: Option<
+        unsafe extern "C" fn(
+            host_ctx: *const c_void,
+            conn_id: u64,
+            room: ByteView,
+            join: u32,
+        ) -> u32,
+    >,
+    /// Reads something the host knows and hands it, as JSON, to `sink`
+    /// (called at most once, before this returns): `what` is
+    /// [`host_query::CONN_INFO`] (key ignored) or [`host_query::CONN_DATA`]
+    /// (the value stored under `key`). Returns 1 if `sink` was called.
+    pub query: Option<
+        unsafe extern "C" fn(
+            host_ctx: *const c_void,
+            what: u32,
+            conn_id: u64,
+            key: ByteView,
+            sink: unsafe extern "C" fn(sink_ctx: *mut c_void, bytes: ByteView),
+            sink_ctx: *mut c_void,
+        ) -> u32,
+    >,
+    /// Stores JSON `value` under `key` for a connection until it closes
+    /// (absent `value` deletes). Returns 1 if the connection exists.
+    pub set_conn_data: Option<
+        unsafe extern "C" fn(
+            host_ctx: *const c_void,
+            conn_id: u64,
+            key: ByteView,
+            value: ByteView,
+        ) -> u32,
+    >,
+    /// Calls `method` on a client and waits (blocking the calling thread)
+    /// up to `timeout_ms` for its answer, which goes to `sink` as the JSON
+    /// of the client's `result` (status 0) or `error` object (status 1).
+    /// Returns 0 answered, 1 the client answered with an error, 2 timed
+    /// out, 3 no such connection.
+    pub call_client: Option<
+        unsafe extern "C" fn(
+            host_ctx: *const c_void,
+            conn_id: u64,
+            method: ByteView,
+            params: ByteView,
+            timeout_ms: u64,
+            sink: unsafe extern "C" fn(sink_ctx: *mut c_void, bytes: ByteView),
+            sink_ctx: *mut c_void,
+        ) -> u32,
+    >,
 }
+
+/// What [`HostTable::query`] can read.
+pub mod host_query {
+    /// `{"conn": id, "user": ..., "connected_at": secs, "remote_addr": ...,
+    /// "rooms": [...]}`.
+    pub const CONN_INFO: u32 = 1;
+    /// The JSON value stored under a key with `set_conn_data`.
+    pub const CONN_DATA: u32 = 2;
+    /// A room's members, `[{"user", "conn"}]`; the key is the room
+    /// (`conn_id` ignored).
+    pub const ROOM_MEMBERS: u32 = 3;
+}
+
+/// The size of the first revision of [`HostTable`] (up to `complete`).
+pub const HOST_TABLE_MIN_SIZE: usize = std::mem::offset_of!(HostTable, send_to_conn);
 
 // SAFETY: the table is immutable after construction, and the host promises
 // that `host_ctx` and both callbacks may be used from any thread.

@@ -45,6 +45,11 @@ impl<'a> Context<'a> {
         self.conn_data
     }
 
+    /// The server's services (pushes, rooms, connection data, client calls).
+    pub fn host(&self) -> crate::Host {
+        self.logger.host()
+    }
+
     /// A logger whose lines carry this call's connection id.
     pub fn logger(&self) -> Logger {
         self.logger
@@ -85,6 +90,10 @@ pub struct Logger {
 impl Logger {
     pub(crate) fn new(host: &'static HostTable, conn_id: u64) -> Logger {
         Logger { host, conn_id }
+    }
+
+    pub(crate) fn host(&self) -> crate::Host {
+        crate::Host::new(self.host)
     }
 
     /// The plugin-wide logger (no connection), available once the host has

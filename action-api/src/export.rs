@@ -6,7 +6,8 @@
 
 use crate::abi::{
     ABI_VERSION, ActionDescriptor, AuthRequest as RawAuthRequest, ByteView, CallInfo,
-    ConnectionEvent, HostTable, PluginDescriptor, action_flags, log_level, status,
+    ConnectionEvent, HOST_TABLE_MIN_SIZE, HostTable, PluginDescriptor, action_flags, log_level,
+    status,
 };
 use crate::action::{Plugin, Reply};
 use crate::context::{Context, Logger};
@@ -67,13 +68,33 @@ pub unsafe fn entry(host: *const HostTable, build: fn() -> Plugin) -> *const Plu
     if host.is_null() {
         return std::ptr::null();
     }
-    // SAFETY: non-null, and valid per this function's contract.
-    let table = unsafe { &*host };
-    if table.abi_version != ABI_VERSION || (table.size as usize) < std::mem::size_of::<HostTable>()
-    {
+    // SAFETY: non-null, and valid per this function's contract; the two
+    // leading u32 fields exist in every revision.
+    let (abi_version, size) = unsafe {
+        (
+            std::ptr::read_unaligned(host.cast::<u32>()),
+            std::ptr::read_unaligned(host.cast::<u32>().add(1)) as usize,
+        )
+    };
+    if abi_version != ABI_VERSION || size < HOST_TABLE_MIN_SIZE {
         return std::ptr::null();
     }
-    let host = HOST.get_or_init(|| HostTable { ..*table });
+    // An older host's table is shorter: copy what it has, and the
+    // callbacks it lacks read as `None`.
+    let host = HOST.get_or_init(|| {
+        let mut copy = std::mem::MaybeUninit::<HostTable>::zeroed();
+        // SAFETY: the host's table has `size` readable bytes; we copy at
+        // most our own size. Fields past the first revision are optional
+        // function pointers, for which zero bytes are `None`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                host.cast::<u8>(),
+                copy.as_mut_ptr().cast::<u8>(),
+                size.min(std::mem::size_of::<HostTable>()),
+            );
+            copy.assume_init()
+        }
+    });
     let outcome = catch_unwind(|| {
         REGISTERED.get_or_init(|| {
             install_panic_hook();

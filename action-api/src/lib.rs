@@ -31,6 +31,9 @@
 //! - [`Reply`]: the handle a deferred action answers through, from any
 //!   thread.
 //! - [`ActionError`]: a typed refusal with code, message and data.
+//! - [`Host`]: push to connections and users, publish to rooms, join or
+//!   leave connections server-side, per-connection data, connection info,
+//!   and calls to client methods.
 //! - Connection hooks: [`Plugin::authenticate`] (judge a token or the
 //!   handshake's cookies and headers: [`AuthRequest`], [`Authenticated`])
 //!   and lifecycle hooks such as [`Plugin::on_connect`] ([`Event`]).
@@ -50,11 +53,13 @@ mod context;
 mod error;
 mod export;
 mod hooks;
+mod host_api;
 
 pub use action::{Action, Plugin, Reply};
 pub use context::{Context, Logger};
 pub use error::ActionError;
 pub use hooks::{AuthRequest, Authenticated, Event, EventKind};
+pub use host_api::{ClientCallError, Host, HostError};
 
 /// Re-exported so plugins need no direct serde_json dependency for
 /// free-form params and results.

@@ -125,6 +125,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             user: session.identity().map(|i| Arc::clone(&i.user)),
             tx: replies_tx.clone(),
             kick: kick.clone(),
+            connected_at: now_secs(),
+            remote_addr: Arc::from(session.handshake.remote_addr.as_str()),
+            data: Arc::default(),
         };
         state.hub.register(handle.clone());
         session.handle = Some(handle);

@@ -13,7 +13,7 @@ use crate::lifecycle;
 use crate::plugins::ActionEntry;
 use crate::plugins::host::{Completion, PendingReply};
 use crate::plugins::loader::CallArgs;
-use crate::protocol::{self, Envelope, share};
+use crate::protocol::{self, Answer, Envelope, share};
 use crate::rpc_error::{ErrorCode, RpcError};
 use crate::session::Session;
 use crate::state::ServerState;
@@ -76,6 +76,10 @@ pub async fn dispatch(
     frame: &Bytes,
     text: &str,
 ) -> Dispatched {
+    if let Some(answer) = envelope.answer {
+        deliver_answer(state, session, envelope, answer);
+        return Dispatched::Ready(None);
+    }
     let id = envelope.id.map(|id| share(frame, text, id.get()));
     let method: &str = &envelope.method;
     if method.starts_with("rpc.") {
@@ -104,6 +108,31 @@ pub async fn dispatch(
             }))
         }
         Err(error) => Dispatched::Ready(reply(id.as_ref(), Err(error.into()))),
+    }
+}
+
+/// Hands a client's answer to the server call waiting for it. An answer
+/// nobody waits for (late, or not for this connection) is dropped: JSON-RPC
+/// never replies to a response.
+fn deliver_answer(state: &ServerState, session: &Session, envelope: &Envelope<'_>, answer: Answer) {
+    let Some(id) = envelope
+        .id
+        .and_then(|id| serde_json::from_str::<String>(id.get()).ok())
+    else {
+        return;
+    };
+    tracing::debug!(conn = session.conn_id, id, "answer to a server call");
+    let body = envelope.params.map_or("null", |p| p.get()).to_owned();
+    let answer = match answer {
+        Answer::Result => Ok(body),
+        Answer::Error => Err(body),
+    };
+    if !state.hub.answer_call(session.conn_id, &id, answer) {
+        tracing::debug!(
+            conn = session.conn_id,
+            id,
+            "an answer to no waiting server call was dropped"
+        );
     }
 }
 

@@ -28,6 +28,12 @@ pub struct ConnHandle {
     pub tx: mpsc::Sender<Utf8Bytes>,
     /// Cancelled to make the connection close with 4008.
     pub kick: CancellationToken,
+    /// When it connected (seconds since the Unix epoch).
+    pub connected_at: u64,
+    /// The peer's address.
+    pub remote_addr: Arc<str>,
+    /// Per-connection data set by actions (JSON by key), gone with it.
+    pub data: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// All open connections.
@@ -36,6 +42,30 @@ pub struct Hub {
     shards: Vec<Mutex<HashMap<u64, ConnHandle>>>,
     users: Mutex<HashMap<Arc<str>, HashSet<u64>>>,
     slow_consumers: AtomicU64,
+    /// Server-to-client calls awaiting an answer, by call id.
+    pending_calls: Mutex<HashMap<String, PendingCall>>,
+    next_call: AtomicU64,
+}
+
+/// A client's answer to a server call: `Ok(result)` or `Err(error object)`,
+/// as JSON text.
+pub type ClientAnswer = Result<String, String>;
+
+#[derive(Debug)]
+struct PendingCall {
+    conn_id: u64,
+    answer: std::sync::mpsc::Sender<ClientAnswer>,
+}
+
+/// How a server-to-client call ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The client answered (result or error object).
+    Answered(ClientAnswer),
+    /// No answer in time.
+    TimedOut,
+    /// No such connection, or it could not take the call.
+    Gone,
 }
 
 impl Default for Hub {
@@ -44,6 +74,8 @@ impl Default for Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             users: Mutex::new(HashMap::new()),
             slow_consumers: AtomicU64::new(0),
+            pending_calls: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(1),
         }
     }
 }
@@ -156,6 +188,55 @@ impl Hub {
                 .count();
         }
         sent
+    }
+
+    /// Calls `method` on a client and blocks the calling thread until it
+    /// answers or `timeout` passes. Call it only from a thread that may
+    /// block (plugin threads), never from an async task.
+    pub fn call_client(
+        &self,
+        conn_id: u64,
+        method: &str,
+        params: &str,
+        timeout: std::time::Duration,
+    ) -> CallOutcome {
+        let Some(handle) = self.get(conn_id) else {
+            return CallOutcome::Gone;
+        };
+        let id = format!("s{}", self.next_call.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = std::sync::mpsc::channel();
+        lock(&self.pending_calls).insert(
+            id.clone(),
+            PendingCall {
+                conn_id,
+                answer: tx,
+            },
+        );
+        let method = serde_json::to_string(method).unwrap_or_else(|_| "\"\"".to_owned());
+        let frame =
+            format!(r#"{{"jsonrpc":"2.0","id":"{id}","method":{method},"params":{params}}}"#);
+        if !self.push(&handle, Utf8Bytes::from(frame)) {
+            lock(&self.pending_calls).remove(&id);
+            return CallOutcome::Gone;
+        }
+        let outcome = match rx.recv_timeout(timeout) {
+            Ok(answer) => CallOutcome::Answered(answer),
+            Err(_) => CallOutcome::TimedOut,
+        };
+        lock(&self.pending_calls).remove(&id);
+        outcome
+    }
+
+    /// Delivers a client's answer to the server call `id`, if that call is
+    /// waiting and was made to this connection; returns whether it was.
+    pub fn answer_call(&self, conn_id: u64, id: &str, answer: ClientAnswer) -> bool {
+        let mut pending = lock(&self.pending_calls);
+        match pending.get(id) {
+            Some(call) if call.conn_id == conn_id => pending
+                .remove(id)
+                .is_some_and(|call| call.answer.send(answer).is_ok()),
+            _ => false,
+        }
     }
 
     /// Connections closed as slow consumers since start.

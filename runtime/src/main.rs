@@ -326,6 +326,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             print_dev_banner(minter, ws, addr)?;
         }
         let state = Arc::new(ServerState::new(config, Registry::new(snapshot), auth));
+        switchboard::plugins::services::install(&state);
         switchboard::server::run(listener, state, tls, shutdown_signal()).await;
         anyhow::Ok(())
     });

@@ -20,8 +20,20 @@ pub struct Envelope<'a> {
     pub id: Option<&'a RawValue>,
     /// The method (action path or built-in).
     pub method: Cow<'a, str>,
-    /// The raw `params`, or `None` when absent or `null`.
+    /// The raw `params`, or `None` when absent or `null`; for an answer,
+    /// the raw `result` or `error`.
     pub params: Option<&'a RawValue>,
+    /// Set when this is a client's answer to a server call, not a request.
+    pub answer: Option<Answer>,
+}
+
+/// Which member a client's answer to a server call carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `result`.
+    Result,
+    /// `error`.
+    Error,
 }
 
 /// A frame, parsed as far as routing needs.
@@ -147,12 +159,27 @@ fn parse_envelope(json: &str) -> Result<Envelope<'_>, Refusal> {
         return Err(refuse("\"jsonrpc\" must be \"2.0\""));
     }
     let Some(method) = raw.method else {
-        if raw.result.is_some() || raw.error.is_some() {
-            return Err(refuse(
-                "this server has made no call for a response to answer",
-            ));
-        }
-        return Err(refuse("\"method\" is missing"));
+        // Server calls have string ids starting with "s": anything else
+        // cannot be an answer to one.
+        let server_call = id.is_some_and(|id| id.get().starts_with("\"s"));
+        return match (raw.result, raw.error) {
+            (Some(result), None) if server_call => Ok(Envelope {
+                id,
+                method: Cow::Borrowed(""),
+                params: Some(result),
+                answer: Some(Answer::Result),
+            }),
+            (None, Some(error)) if server_call => Ok(Envelope {
+                id,
+                method: Cow::Borrowed(""),
+                params: Some(error),
+                answer: Some(Answer::Error),
+            }),
+            (None, None) => Err(refuse("\"method\" is missing")),
+            _ => Err(refuse(
+                "this server has made no call with that id to answer",
+            )),
+        };
     };
     let params = match raw.params {
         Some(params) if params.get() == "null" => None,
@@ -161,7 +188,12 @@ fn parse_envelope(json: &str) -> Result<Envelope<'_>, Refusal> {
         }
         params => params,
     };
-    Ok(Envelope { id, method, params })
+    Ok(Envelope {
+        id,
+        method,
+        params,
+        answer: None,
+    })
 }
 
 /// Tells a frame that is not JSON (-32700) from JSON that is not a request
@@ -349,5 +381,21 @@ mod tests {
             err,
             r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32601,"message":"no \"x\""}}"#
         );
+    }
+}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod answer_tests {
+    use super::*;
+
+    #[test]
+    fn answers_to_server_calls_parse() {
+        let Frame::Single(Ok(env)) =
+            parse_frame(r#"{"jsonrpc":"2.0","id":"s1","result":{"yes":true}}"#, 10)
+        else {
+            panic!("not an answer")
+        };
+        assert_eq!(env.answer, Some(Answer::Result));
+        assert_eq!(env.id.unwrap().get(), "\"s1\"");
     }
 }

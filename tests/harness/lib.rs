@@ -30,6 +30,7 @@ const PACKAGES: &[&str] = &[
     "switchboard",
     "echo",
     "kv",
+    "chat",
     "example-hello-action",
     "future-abi",
     "legacy-layout",
@@ -182,7 +183,10 @@ impl Server {
             .arg("--shadow-dir")
             .arg(shadow_dir.path())
             .args(&config.args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("SWITCHBOARD_JWT_SECRET")
             .env_remove("SWITCHBOARD_CONFIG")
             .stdin(Stdio::null())
@@ -414,11 +418,12 @@ impl Client {
         self.ws.send(Message::text(req.to_string())).await.is_ok()
     }
 
-    /// Sends a request and returns its reply (which must be the next frame).
+    /// Sends a request and returns its reply, which must be the next frame
+    /// that is not a push or a server call (those are skipped).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
         let id = json!(format!("call-{method}"));
         self.request(id.clone(), method, params).await;
-        let reply = self.recv().await;
+        let (reply, _) = self.recv_until(|v| v.get("method").is_none()).await;
         assert_eq!(reply["id"], id, "unexpected frame: {reply}");
         reply
     }

@@ -34,6 +34,14 @@ pub(crate) fn host_table(ctx: &PluginLogContext) -> HostTable {
         host_ctx: (ctx as *const PluginLogContext).cast(),
         log: log_line,
         complete: complete_call,
+        send_to_conn: Some(super::services::send_to_conn),
+        send_to_user: Some(super::services::send_to_user),
+        broadcast: Some(super::services::broadcast),
+        publish: Some(super::services::publish),
+        set_membership: Some(super::services::set_membership),
+        query: Some(super::services::query),
+        set_conn_data: Some(super::services::set_conn_data),
+        call_client: Some(super::services::call_client),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The host side of the plugin ABI: loading files ([`loader`]) after a
 //! structural check ([`elf`]), the private
 //! copies they are loaded from ([`shadow`]), the callback table
-//! ([`host`]), and the snapshot of callable actions ([`registry`]).
+//! ([`host`], with the server's services in [`services`]), and the snapshot of callable actions ([`registry`]).
 
 pub(crate) mod descriptor;
 pub mod elf;
@@ -9,6 +9,7 @@ pub mod events;
 pub mod host;
 pub mod loader;
 pub mod registry;
+pub mod services;
 pub mod shadow;
 
 pub use loader::{ActionMeta, LoadError, LoadedPlugin};

@@ -390,6 +390,16 @@ impl Rooms {
         members
     }
 
+    /// The rooms a connection is in, sorted.
+    pub fn rooms_of(&self, conn_id: u64) -> Vec<String> {
+        let mut rooms: Vec<String> = lock(&self.memberships[(conn_id as usize) & (SHARDS - 1)])
+            .get(&conn_id)
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default();
+        rooms.sort();
+        rooms
+    }
+
     /// Whether a connection is in a room.
     pub fn is_member(&self, room: &str, conn_id: u64) -> bool {
         lock(&self.memberships[(conn_id as usize) & (SHARDS - 1)])

@@ -1,0 +1,196 @@
+//! `chat`: a small real chat built on the server's rooms and host API.
+//!
+//! - `chat/join {room}`: joins the caller to `chat:<room>` server-side,
+//!   sends it a `chat.welcome` event with who is there and the room's
+//!   recent offset, and announces the arrival to the room.
+//! - `chat/send {room, text}`: publishes `{from, text}` to `chat:<room>`
+//!   (kept in the room's history, so a client that reconnects with
+//!   `rpc.join {since, epoch}` gets what it missed); returns the offset.
+//! - `chat/nick {nick}`: sets the caller's display name (connection data).
+//! - `chat/dm {to, text}`: a direct message to every connection of a user.
+//! - `chat/whois {conn}`: what the server knows of a connection.
+//! - `chat/ask {conn, question, timeout_ms?}`: asks a client to confirm
+//!   (`chat/confirm` on the client) and returns its answer.
+
+use action_api::{Action, ActionError, Context, Plugin, Value, export_plugin};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The longest message accepted.
+const MAX_TEXT: usize = 4000;
+
+/// Code for "not something a chat accepts" (empty or oversized text, bad nick).
+const REJECTED: i64 = 2001;
+
+fn room_name(room: &str) -> Result<String, ActionError> {
+    if room.is_empty()
+        || room.len() > 64
+        || !room
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ActionError::invalid_params(
+            "room must be 1-64 letters, digits, '-' or '_'",
+        ));
+    }
+    Ok(format!("chat:{room}"))
+}
+
+fn display_name(ctx: &Context<'_>) -> Result<String, ActionError> {
+    let nick: Option<String> = ctx.host().data(ctx.conn_id(), "nick")?;
+    Ok(nick
+        .or_else(|| ctx.user().map(str::to_owned))
+        .unwrap_or_else(|| format!("guest-{}", ctx.conn_id())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomParams {
+    room: String,
+}
+
+#[derive(Serialize)]
+struct Welcome {
+    room: String,
+    members: Vec<Value>,
+}
+
+fn join(ctx: &Context<'_>, p: RoomParams) -> Result<Welcome, ActionError> {
+    let room = room_name(&p.room)?;
+    let host = ctx.host();
+    host.join(ctx.conn_id(), &room)?;
+    let members = host.room_members(&room)?;
+    let welcome = Welcome {
+        room: room.clone(),
+        members,
+    };
+    host.send(ctx.conn_id(), "chat.welcome", &welcome)?;
+    let name = display_name(ctx)?;
+    host.publish(
+        &room,
+        serde_json::json!({"system": format!("{name} joined")}),
+    )?;
+    ctx.info(format_args!("{name} joined {room}"));
+    Ok(welcome)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendParams {
+    room: String,
+    text: String,
+}
+
+#[derive(Serialize)]
+struct Sent {
+    offset: u64,
+}
+
+fn checked_text(text: &str) -> Result<(), ActionError> {
+    if text.trim().is_empty() || text.len() > MAX_TEXT {
+        return Err(ActionError::new(
+            REJECTED,
+            format!("text must be 1 to {MAX_TEXT} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn send(ctx: &Context<'_>, p: SendParams) -> Result<Sent, ActionError> {
+    let room = room_name(&p.room)?;
+    checked_text(&p.text)?;
+    let from = display_name(ctx)?;
+    let offset = ctx
+        .host()
+        .publish(&room, serde_json::json!({"from": from, "text": p.text}))?;
+    Ok(Sent { offset })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NickParams {
+    nick: String,
+}
+
+fn nick(ctx: &Context<'_>, p: NickParams) -> Result<Value, ActionError> {
+    if p.nick.is_empty() || p.nick.len() > 32 || p.nick.chars().any(char::is_control) {
+        return Err(ActionError::new(
+            REJECTED,
+            "a nick is 1 to 32 printable characters",
+        ));
+    }
+    ctx.host().set_data(ctx.conn_id(), "nick", &p.nick)?;
+    Ok(serde_json::json!({"nick": p.nick}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DmParams {
+    to: String,
+    text: String,
+}
+
+fn dm(ctx: &Context<'_>, p: DmParams) -> Result<Value, ActionError> {
+    checked_text(&p.text)?;
+    let from = display_name(ctx)?;
+    let delivered = ctx.host().send_to_user(
+        &p.to,
+        "chat.dm",
+        serde_json::json!({"from": from, "text": p.text}),
+    )?;
+    Ok(serde_json::json!({"delivered": delivered}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnParams {
+    conn: u64,
+}
+
+fn whois(ctx: &Context<'_>, p: ConnParams) -> Result<Value, ActionError> {
+    ctx.host()
+        .connection_info(p.conn)?
+        .ok_or_else(|| ActionError::new(2002, format!("no connection {}", p.conn)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AskParams {
+    conn: u64,
+    question: String,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+fn ask(ctx: &Context<'_>, p: AskParams) -> Result<Value, ActionError> {
+    let timeout = Duration::from_millis(p.timeout_ms.unwrap_or(2_000).min(10_000));
+    let asker = display_name(ctx)?;
+    let answer = ctx.host().call_client(
+        p.conn,
+        "chat/confirm",
+        serde_json::json!({"from": asker, "question": p.question}),
+        timeout,
+    );
+    match answer {
+        Ok(answer) => Ok(serde_json::json!({"answer": answer})),
+        Err(action_api::ClientCallError::Timeout) => {
+            Err(ActionError::new(2003, "the client did not answer in time"))
+        }
+        Err(action_api::ClientCallError::Error(e)) => {
+            Err(ActionError::new(2004, "the client refused").with_data(e))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn plugin() -> Plugin {
+    Plugin::new("chat", env!("CARGO_PKG_VERSION"))
+        .action(Action::new("chat/join", join))
+        .action(Action::new("chat/send", send))
+        .action(Action::new("chat/nick", nick))
+        .action(Action::new("chat/dm", dm))
+        .action(Action::new("chat/whois", whois))
+        .action(Action::new("chat/ask", ask).timeout(Duration::from_secs(12)))
+}
+
+export_plugin!(plugin);

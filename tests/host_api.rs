@@ -1,0 +1,199 @@
+//! The host API for actions, through the `chat` plugin: server-side joins
+//! with a push on join, publishing into a room's history, sends to every
+//! connection of a user, per-connection data, connection info, and calls
+//! from the server to a client, answered and timed out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{Value, json};
+use switchboard_tests::{ServerConfig, error_code};
+
+fn chat_server() -> switchboard_tests::Server {
+    ServerConfig::default().plugins(&["chat", "echo"]).start()
+}
+
+#[tokio::test]
+async fn joining_through_an_action_pushes_a_welcome_and_announces_the_arrival() {
+    let server = chat_server();
+    let mut ann = server.connect_as("ann").await;
+    ann.request("j", "chat/join", json!({"room": "lounge"}))
+        .await;
+    // The reply, the welcome push and the arrival message, in any order.
+    let mut frames = Vec::new();
+    while frames.len() < 3 {
+        frames.push(ann.recv().await);
+    }
+    let find = |want: &dyn Fn(&Value) -> bool| {
+        frames
+            .iter()
+            .find(|f| want(f))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let joined = find(&|f| f["id"] == "j");
+    assert_eq!(joined["result"]["room"], "chat:lounge", "{frames:?}");
+    let welcome = find(&|f| f["method"] == "rpc.event");
+    assert_eq!(welcome["params"]["event"], "chat.welcome");
+    assert_eq!(welcome["params"]["data"]["members"][0]["user"], "ann");
+    let arrival = find(&|f| f["method"] == "rpc.message");
+    assert_eq!(arrival["params"]["data"]["system"], "ann joined");
+    // The server-side join is a real membership: presence and publishes see it.
+    let members = ann
+        .call("rpc.presence", json!({"room": "chat:lounge"}))
+        .await["result"]["members"]
+        .clone();
+    assert_eq!(members.as_array().unwrap().len(), 1);
+    let mut ben = server.connect_as("ben").await;
+    ben.call("chat/nick", json!({"nick": "Benny"})).await;
+    let sent = ben
+        .call("chat/send", json!({"room": "lounge", "text": "hello"}))
+        .await;
+    let offset = sent["result"]["offset"].as_u64().unwrap();
+    let (message, _) = ann.recv_until(|v| v["method"] == "rpc.message").await;
+    assert_eq!(
+        message["params"]["data"],
+        json!({"from": "Benny", "text": "hello"})
+    );
+    assert_eq!(message["params"]["offset"], offset);
+    // Refusals with the plugin's own codes.
+    assert_eq!(
+        error_code(
+            &ben.call("chat/send", json!({"room": "lounge", "text": " "}))
+                .await
+        ),
+        Some(2001)
+    );
+    assert_eq!(
+        error_code(&ben.call("chat/join", json!({"room": "no spaces"})).await),
+        Some(-32602)
+    );
+}
+
+#[tokio::test]
+async fn a_send_to_a_user_reaches_all_of_their_connections() {
+    let server = chat_server();
+    let mut phone = server.connect_as("dee").await;
+    let mut laptop = server.connect_as("dee").await;
+    let mut other = server.connect_as("eve").await;
+    let reply = other
+        .call("chat/dm", json!({"to": "dee", "text": "psst"}))
+        .await;
+    assert_eq!(reply["result"]["delivered"], 2, "{reply}");
+    for c in [&mut phone, &mut laptop] {
+        let (dm, _) = c.recv_until(|v| v["method"] == "rpc.event").await;
+        assert_eq!(dm["params"]["event"], "chat.dm");
+        assert_eq!(dm["params"]["data"], json!({"from": "eve", "text": "psst"}));
+    }
+    assert_eq!(
+        other
+            .call("chat/dm", json!({"to": "nobody", "text": "hi"}))
+            .await["result"]["delivered"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn connection_info_and_data() {
+    let server = chat_server();
+    let mut fay = server.connect_as("fay").await;
+    let conn = fay.call("echo/whoami", Value::Null).await["result"]["conn"]
+        .as_u64()
+        .unwrap();
+    fay.call("chat/join", json!({"room": "a"})).await;
+    let mut gus = server.connect_as("gus").await;
+    let info = gus.call("chat/whois", json!({"conn": conn})).await["result"].clone();
+    assert_eq!(info["user"], "fay");
+    assert_eq!(info["rooms"], json!(["chat:a"]));
+    assert!(
+        info["remote_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{info}"
+    );
+    assert!(info["connected_at"].as_u64().unwrap() > 0);
+    assert_eq!(
+        error_code(&gus.call("chat/whois", json!({"conn": 999_999})).await),
+        Some(2002)
+    );
+}
+
+#[tokio::test]
+async fn the_server_calls_a_client_and_gets_its_answer_or_a_timeout() {
+    let server = chat_server();
+    let mut asker = server.connect_as("hal").await;
+    let mut asked = server.connect_as("ivy").await;
+    let asked_conn = asked.call("echo/whoami", Value::Null).await["result"]["conn"]
+        .as_u64()
+        .unwrap();
+    asker
+        .request(
+            1,
+            "chat/ask",
+            json!({"conn": asked_conn, "question": "lunch?"}),
+        )
+        .await;
+    // The asked client receives a call with a server id, and answers it.
+    let (call, _) = asked.recv_until(|v| v["method"] == "chat/confirm").await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with('s'), "{call}");
+    assert_eq!(call["params"], json!({"from": "hal", "question": "lunch?"}));
+    asked
+        .send(&json!({"jsonrpc": "2.0", "id": id, "result": {"yes": true}}))
+        .await;
+    let reply = asker.recv().await;
+    assert_eq!(
+        reply["result"],
+        json!({"answer": {"yes": true}}),
+        "{reply}\n{}",
+        server.log()
+    );
+    // An error answer.
+    asker
+        .request(
+            2,
+            "chat/ask",
+            json!({"conn": asked_conn, "question": "again?"}),
+        )
+        .await;
+    let (call, _) = asked.recv_until(|v| v["method"] == "chat/confirm").await;
+    asked
+        .send(&json!({"jsonrpc": "2.0", "id": call["id"], "error": {"code": 1, "message": "no"}}))
+        .await;
+    let reply = asker.recv().await;
+    assert_eq!(reply["error"]["code"], 2004, "{reply}");
+    assert_eq!(reply["error"]["data"]["message"], "no");
+    // No answer: a timeout, and a late answer is dropped without a reply.
+    asker
+        .request(
+            3,
+            "chat/ask",
+            json!({"conn": asked_conn, "question": "still there?", "timeout_ms": 300}),
+        )
+        .await;
+    let (call, _) = asked.recv_until(|v| v["method"] == "chat/confirm").await;
+    let reply = asker.recv().await;
+    assert_eq!(reply["error"]["code"], 2003, "{reply}");
+    asked
+        .send(&json!({"jsonrpc": "2.0", "id": call["id"], "result": true}))
+        .await;
+    assert_eq!(asked.call("rpc.ping", Value::Null).await["result"], "pong");
+    // Another connection cannot answer a call made to this one.
+    let mut thief = server.connect_as("jon").await;
+    asker
+        .request(
+            4,
+            "chat/ask",
+            json!({"conn": asked_conn, "question": "mine?", "timeout_ms": 500}),
+        )
+        .await;
+    let (call, _) = asked.recv_until(|v| v["method"] == "chat/confirm").await;
+    thief
+        .send(&json!({"jsonrpc": "2.0", "id": call["id"], "result": "stolen"}))
+        .await;
+    let reply = asker.recv().await;
+    assert_eq!(
+        reply["error"]["code"], 2003,
+        "a foreign answer was accepted: {reply}"
+    );
+}
