@@ -197,3 +197,68 @@ async fn the_server_calls_a_client_and_gets_its_answer_or_a_timeout() {
         "a foreign answer was accepted: {reply}"
     );
 }
+
+#[tokio::test]
+async fn a_plugin_join_hook_approves_or_refuses_with_its_reason() {
+    let (_dir, config) = {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(
+            &path,
+            "[[rooms]]\npattern = \"vetted:*\"\njoin = \"hook\"\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        (dir, path)
+    };
+    let server = ServerConfig::default()
+        .plugins(&["chat", "echo"])
+        .arg("--config")
+        .arg(&config)
+        .start();
+    let mut guest = server.connect_as("kim").await;
+    let reply = guest
+        .call("rpc.join", json!({"room": "chat:staff-room"}))
+        .await;
+    assert_eq!(error_code(&reply), Some(-32002), "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("staff rooms are for staff")
+    );
+    assert_eq!(
+        guest
+            .call("rpc.presence", json!({"room": "chat:staff-room"}))
+            .await["result"]["members"],
+        json!([])
+    );
+    // Approved: a welcome push, then membership.
+    guest
+        .request("j", "rpc.join", json!({"room": "chat:general"}))
+        .await;
+    let (first, second) = (guest.recv().await, guest.recv().await);
+    let (reply, welcome) = if first["id"] == "j" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(reply["result"]["room"], "chat:general", "{reply}");
+    assert_eq!(welcome["params"]["event"], "chat.welcome", "{welcome}");
+    let mut staff = server.connect_as("staff-lou").await;
+    assert!(
+        staff
+            .call("rpc.join", json!({"room": "chat:staff-room"}))
+            .await["result"]
+            .is_object()
+    );
+    // A room whose rule needs a hook, with no hook for it, is refused.
+    let reply = staff.call("rpc.join", json!({"room": "vetted:1"})).await;
+    assert_eq!(error_code(&reply), Some(-32002), "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no plugin decides")
+    );
+}

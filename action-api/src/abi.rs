@@ -325,6 +325,16 @@ pub struct PluginDescriptor {
     pub on_event: Option<unsafe extern "C" fn(event: *const ConnectionEvent)>,
     /// Appended in revision 2: `1 << kind` for each [`event_kind`] wanted.
     pub event_mask: u32,
+    /// Appended in revision 2: the room-join hook, or absent. The host
+    /// calls it (from a thread that may block) when a client asks to join
+    /// a room matching one of `room_patterns`; the plugin answers through
+    /// [`HostTable::complete`] with `request.reply`: `OK` to approve, or
+    /// `ACTION_ERROR` with an error object whose message is the reason.
+    /// Never panics.
+    pub room_join: Option<unsafe extern "C" fn(request: *const JoinRequest)>,
+    /// Appended in revision 2: the room patterns `room_join` decides,
+    /// space-separated (`*` any run of characters, `{sub}` the user).
+    pub room_patterns: ByteView,
 }
 
 // SAFETY: the descriptor is immutable once returned; its pointers refer to
@@ -396,6 +406,25 @@ pub struct AuthRequest {
     pub remote_addr: ByteView,
     /// The connection being authenticated.
     pub conn_id: u64,
+    /// The handle to pass to [`HostTable::complete`].
+    pub reply: *mut c_void,
+}
+
+/// A client's request to join a room, for a plugin's `room_join` hook.
+/// Valid only until the hook returns. Fields are only ever appended.
+#[repr(C)]
+#[derive(Debug)]
+pub struct JoinRequest {
+    /// `size_of::<JoinRequest>()` in the host.
+    pub size: u32,
+    /// The room.
+    pub room: ByteView,
+    /// Which of the plugin's `room_patterns` matched.
+    pub pattern: ByteView,
+    /// The connection asking.
+    pub conn_id: u64,
+    /// Its user, or absent when anonymous.
+    pub user: ByteView,
     /// The handle to pass to [`HostTable::complete`].
     pub reply: *mut c_void,
 }

@@ -4,7 +4,7 @@
 use crate::context::Context;
 use crate::error::ActionError;
 use crate::export::RawReply;
-use crate::hooks::{AuthRequest, Authenticated, Event, EventKind};
+use crate::hooks::{AuthRequest, Authenticated, Event, EventKind, JoinRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -186,7 +186,13 @@ pub struct Plugin {
     pub(crate) on_shutdown: Option<Box<dyn Fn() + Send + Sync>>,
     pub(crate) authenticate: Option<AuthHook>,
     pub(crate) event_hooks: Vec<(EventKind, EventHook)>,
+    pub(crate) join_hooks: Vec<(String, JoinHook)>,
+    /// The join hooks' patterns, space-separated (as the descriptor has them).
+    pub(crate) join_patterns: String,
 }
+
+/// A room-join hook.
+pub(crate) type JoinHook = Box<dyn Fn(&JoinRequest<'_>) -> Result<(), String> + Send + Sync>;
 
 /// An authentication hook.
 pub(crate) type AuthHook =
@@ -215,6 +221,8 @@ impl Plugin {
             on_shutdown: None,
             authenticate: None,
             event_hooks: Vec::new(),
+            join_hooks: Vec::new(),
+            join_patterns: String::new(),
         }
     }
 
@@ -233,6 +241,24 @@ impl Plugin {
         hook: impl Fn(&AuthRequest<'_>) -> Result<Authenticated, String> + Send + Sync + 'static,
     ) -> Plugin {
         self.authenticate = Some(Box::new(hook));
+        self
+    }
+
+    /// Decides who may join the rooms matching `pattern` (`*` any run of
+    /// characters, `{sub}` the caller's user): `Err(reason)` refuses the
+    /// join with -32002 and the reason. Called on a thread that may block,
+    /// after the room's own policy allowed the join.
+    pub fn on_join(
+        mut self,
+        pattern: impl Into<String>,
+        hook: impl Fn(&JoinRequest<'_>) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Plugin {
+        let pattern: String = pattern.into().split_whitespace().collect();
+        if !self.join_patterns.is_empty() {
+            self.join_patterns.push(' ');
+        }
+        self.join_patterns.push_str(&pattern);
+        self.join_hooks.push((pattern, Box::new(hook)));
         self
     }
 

@@ -4,6 +4,7 @@
 //! Every function the host can call catches panics: since Rust 1.81 a panic
 //! that unwinds out of an `extern "C"` function aborts the whole server.
 
+use crate::abi::JoinRequest as RawJoinRequest;
 use crate::abi::{
     ABI_VERSION, ActionDescriptor, AuthRequest as RawAuthRequest, ByteView, CallInfo,
     ConnectionEvent, HOST_TABLE_MIN_SIZE, HostTable, PluginDescriptor, action_flags, log_level,
@@ -12,7 +13,7 @@ use crate::abi::{
 use crate::action::{Plugin, Reply};
 use crate::context::{Context, Logger};
 use crate::error::ActionError;
-use crate::hooks::{AuthRequest, Event, EventKind};
+use crate::hooks::{AuthRequest, Event, EventKind, JoinRequest};
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
@@ -176,6 +177,12 @@ fn register(plugin: Plugin) -> Registered {
             .event_hooks
             .iter()
             .fold(0, |mask, (kind, _)| mask | (1 << kind.code())),
+        room_join: (!plugin.join_hooks.is_empty()).then_some(room_join as _),
+        room_patterns: if plugin.join_patterns.is_empty() {
+            ByteView::ABSENT
+        } else {
+            ByteView::of(plugin.join_patterns.as_bytes())
+        },
     };
     Registered {
         plugin,
@@ -345,6 +352,55 @@ unsafe extern "C" fn authenticate(request: *const RawAuthRequest) {
             ))),
         },
         Ok(Err(reason)) => reply.error(&ActionError::new(-32001, reason)),
+        Err(payload) => reply.panicked(&panic_message(&*payload)),
+    }
+}
+
+/// [`PluginDescriptor::room_join`] for plugins built with this crate.
+unsafe extern "C" fn room_join(request: *const RawJoinRequest) {
+    let (Some(host), Some(registered)) = (HOST.get(), REGISTERED.get()) else {
+        return;
+    };
+    // SAFETY: the host passes a valid request that lives until we return.
+    let Some(request) = (unsafe { request.as_ref() }) else {
+        return;
+    };
+    let reply = RawReply {
+        host,
+        handle: request.reply,
+    };
+    // SAFETY: the host keeps these views alive until we return.
+    let text = |view: ByteView| unsafe { std::str::from_utf8(view.as_slice()).ok() };
+    let (Some(room), Some(pattern)) = (text(request.room), text(request.pattern)) else {
+        reply.error(&ActionError::internal(
+            "a join request without a room or pattern",
+        ));
+        return;
+    };
+    let Some((_, hook)) = registered
+        .plugin
+        .join_hooks
+        .iter()
+        .find(|(p, _)| p == pattern)
+    else {
+        reply.error(&ActionError::internal(format!(
+            "no join hook for pattern '{pattern}'"
+        )));
+        return;
+    };
+    let ask = JoinRequest {
+        room,
+        pattern,
+        conn_id: request.conn_id,
+        user: if request.user.is_absent() {
+            None
+        } else {
+            text(request.user)
+        },
+    };
+    match catch_unwind(AssertUnwindSafe(|| hook(&ask))) {
+        Ok(Ok(())) => reply.ok(b"true"),
+        Ok(Err(reason)) => reply.error(&ActionError::new(-32002, reason)),
         Err(payload) => reply.panicked(&panic_message(&*payload)),
     }
 }

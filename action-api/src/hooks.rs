@@ -155,3 +155,16 @@ pub struct Event<'a> {
     /// and disconnect, `{"error"}` on error.
     pub detail: Value,
 }
+
+/// A client's request to join a room, as a join hook sees it.
+#[derive(Debug)]
+pub struct JoinRequest<'a> {
+    /// The room.
+    pub room: &'a str,
+    /// The pattern (as registered) that matched it.
+    pub pattern: &'a str,
+    /// The connection asking.
+    pub conn_id: u64,
+    /// Its user, if signed in.
+    pub user: Option<&'a str>,
+}

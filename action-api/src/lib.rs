@@ -58,7 +58,7 @@ mod host_api;
 pub use action::{Action, Plugin, Reply};
 pub use context::{Context, Logger};
 pub use error::ActionError;
-pub use hooks::{AuthRequest, Authenticated, Event, EventKind};
+pub use hooks::{AuthRequest, Authenticated, Event, EventKind, JoinRequest};
 pub use host_api::{ClientCallError, Host, HostError};
 
 /// Re-exported so plugins need no direct serde_json dependency for

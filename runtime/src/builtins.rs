@@ -60,7 +60,7 @@ impl Builtin {
             Builtin::Ping => Ok("\"pong\"".to_owned()),
             Builtin::Actions => Ok(actions(state, session.live_identity().map(|i| &**i))),
             Builtin::Auth => auth(state, session, params).await,
-            Builtin::Join => room_calls::join(state, session, params),
+            Builtin::Join => room_calls::join(state, session, params).await,
             Builtin::Leave => room_calls::leave(state, session, params),
             Builtin::LeaveAll => Ok(room_calls::leave_all(state, session)),
             Builtin::Publish => room_calls::publish(state, session, params),

@@ -67,6 +67,7 @@ pub async fn serve<S>(
     ws: WebSocketStream<S>,
     state: Arc<ServerState>,
     session: Session,
+    outbound: Outbound,
     shutdown: CancellationToken,
 ) -> Ended
 where
@@ -77,10 +78,44 @@ where
         id = session.conn_id,
         user = session.identity().map(|i| &*i.user)
     );
-    Connection::new(ws, state, session)
+    Connection::new(ws, state, session, outbound)
         .run(shutdown)
         .instrument(span)
         .await
+}
+
+/// A connection's outbound queue, registered in the hub (so pushes reach
+/// it) before the upgrade is answered: a client that has its `101` can be
+/// sent to at once.
+#[derive(Debug)]
+pub struct Outbound {
+    /// How pushes reach the connection.
+    pub handle: ConnHandle,
+    /// The queue's receiving end, drained by the connection's task.
+    pub rx: mpsc::Receiver<Utf8Bytes>,
+}
+
+impl Outbound {
+    /// Creates the queue and registers it in the hub.
+    pub fn open(
+        state: &ServerState,
+        conn_id: u64,
+        user: Option<Arc<str>>,
+        remote_addr: &str,
+    ) -> Outbound {
+        let (tx, rx) = mpsc::channel(state.config.outbound_queue);
+        let handle = ConnHandle {
+            conn_id,
+            user,
+            tx,
+            kick: CancellationToken::new(),
+            connected_at: now_secs(),
+            remote_addr: Arc::from(remote_addr),
+            data: Arc::default(),
+        };
+        state.hub.register(handle.clone());
+        Outbound { handle, rx }
+    }
 }
 
 struct Connection<S> {
@@ -116,20 +151,19 @@ enum Next {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    fn new(ws: WebSocketStream<S>, state: Arc<ServerState>, mut session: Session) -> Self {
-        let (replies_tx, replies_rx) = mpsc::channel(state.config.outbound_queue);
+    fn new(
+        ws: WebSocketStream<S>,
+        state: Arc<ServerState>,
+        mut session: Session,
+        outbound: Outbound,
+    ) -> Self {
         let write_timeout = state.config.write_timeout();
-        let kick = CancellationToken::new();
-        let handle = ConnHandle {
-            conn_id: session.conn_id,
-            user: session.identity().map(|i| Arc::clone(&i.user)),
-            tx: replies_tx.clone(),
-            kick: kick.clone(),
-            connected_at: now_secs(),
-            remote_addr: Arc::from(session.handshake.remote_addr.as_str()),
-            data: Arc::default(),
-        };
-        state.hub.register(handle.clone());
+        let Outbound {
+            handle,
+            rx: replies_rx,
+        } = outbound;
+        let replies_tx = handle.tx.clone();
+        let kick = handle.kick.clone();
         session.handle = Some(handle);
         let mut connection = Connection {
             ws,

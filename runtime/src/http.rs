@@ -2,7 +2,7 @@
 //! and the WebSocket upgrade, including the token check on the handshake.
 
 use crate::auth::Handshake;
-use crate::connection;
+use crate::connection::{self, Outbound};
 use crate::lifecycle;
 use crate::session::Session;
 use crate::session::next_conn_id;
@@ -127,6 +127,12 @@ impl Routes {
             }
         };
         let accept = derive_accept_key(key.as_bytes());
+        let outbound = Outbound::open(
+            &self.state,
+            conn_id,
+            identity.as_ref().map(|i| Arc::clone(&i.user)),
+            &handshake.remote_addr,
+        );
         let state = Arc::clone(&self.state);
         let shutdown = self.shutdown.clone();
         let upgrade = hyper::upgrade::on(&mut req);
@@ -136,6 +142,7 @@ impl Routes {
                 Ok(upgraded) => upgraded,
                 Err(e) => {
                     tracing::debug!("upgrade failed: {e}");
+                    state.hub.unregister(conn_id);
                     return;
                 }
             };
@@ -170,7 +177,8 @@ impl Routes {
                 state.config.max_inflight_per_connection,
                 state.auth.leeway(),
             );
-            let ended = connection::serve(ws, Arc::clone(&state), session, shutdown).await;
+            let ended =
+                connection::serve(ws, Arc::clone(&state), session, outbound, shutdown).await;
             lifecycle::emit(
                 &state.registry,
                 lifecycle::DISCONNECT,

@@ -1,11 +1,17 @@
 //! The room built-ins (`rpc.join`, `rpc.leave`, `rpc.leave_all`,
 //! `rpc.publish`, `rpc.presence`): params, policy checks, and results.
 
+use crate::plugins::host::PendingReply;
+use crate::plugins::loader::JoinArgs;
+use crate::rooms::policy::{JoinPolicy, matches};
 use crate::rpc_error::{ErrorCode, RpcError};
 use crate::session::Session;
 use crate::state::ServerState;
+use action_api::abi::status;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Duration;
 
 fn params<'a, T: Deserialize<'a>>(
     method: &str,
@@ -50,8 +56,11 @@ struct PublishParams<'a> {
     data: &'a RawValue,
 }
 
+/// How long a plugin's join hook may take.
+const JOIN_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `rpc.join {room, since?, epoch?}`.
-pub fn join(
+pub async fn join(
     state: &ServerState,
     session: &Session,
     raw: Option<&RawValue>,
@@ -61,9 +70,9 @@ pub fn join(
         raw,
         r#"{"room": "...", "since": 41?, "epoch": "..."?}"#,
     )?;
-    let rule = state
-        .rooms
-        .check_access(&p.room, session.live_identity().map(|i| &**i))?;
+    let identity = session.live_identity().map(|i| &**i);
+    let rule = state.rooms.check_access(&p.room, identity)?;
+    ask_join_hook(state, session, &p.room, rule.join == JoinPolicy::Hook).await?;
     let handle = session
         .handle
         .as_ref()
@@ -140,4 +149,74 @@ pub fn presence(
     Ok(to_json(
         &serde_json::json!({"members": state.rooms.presence(&p.room)}),
     ))
+}
+
+/// Asks the plugin whose join hook covers `room` (the first plugin, and
+/// its first pattern, that matches). With `required`, a room no hook
+/// covers is refused.
+async fn ask_join_hook(
+    state: &ServerState,
+    session: &Session,
+    room: &str,
+    required: bool,
+) -> Result<(), RpcError> {
+    let user = session.live_identity().map(|i| Arc::clone(&i.user));
+    let found = state.registry.snapshot().plugins.iter().find_map(|plugin| {
+        plugin
+            .join_patterns
+            .iter()
+            .find(|pattern| matches(pattern, room, user.as_deref()))
+            .map(|pattern| (Arc::clone(plugin), pattern.clone()))
+    });
+    let Some((plugin, pattern)) = found else {
+        if required {
+            return Err(RpcError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "joins to room '{room}' need a plugin's approval, and no plugin decides them"
+                ),
+            ));
+        }
+        return Ok(());
+    };
+    let (pending, verdict) = PendingReply::new();
+    let (asked, room_name, conn_id) = (Arc::clone(&plugin), room.to_owned(), session.conn_id);
+    tokio::task::spawn_blocking(move || {
+        let args = JoinArgs {
+            room: &room_name,
+            pattern: &pattern,
+            conn_id,
+            user: user.as_deref(),
+        };
+        asked.ask_join(&args, pending);
+    });
+    let refused = |reason: String| {
+        RpcError::new(
+            ErrorCode::Forbidden,
+            format!("joining '{room}' refused: {reason}"),
+        )
+    };
+    match tokio::time::timeout(JOIN_HOOK_TIMEOUT, verdict).await {
+        Ok(Ok(done)) if done.status == status::OK => Ok(()),
+        Ok(Ok(done)) if done.status == status::ACTION_ERROR => {
+            #[derive(Deserialize)]
+            struct Reason {
+                message: String,
+            }
+            let reason = serde_json::from_slice::<Reason>(&done.body)
+                .map_or_else(|_| "no reason given".to_owned(), |r| r.message);
+            Err(refused(reason.chars().take(200).collect()))
+        }
+        Ok(Ok(done)) => {
+            tracing::error!(plugin = %plugin.name, "a join hook failed: {}", String::from_utf8_lossy(&done.body));
+            Err(refused("the plugin deciding it failed".to_owned()))
+        }
+        Ok(Err(_)) => Err(refused(
+            "the plugin deciding it could not be asked".to_owned(),
+        )),
+        Err(_) => Err(refused(format!(
+            "the plugin did not decide within {} s",
+            JOIN_HOOK_TIMEOUT.as_secs()
+        ))),
+    }
 }

@@ -11,8 +11,11 @@
 //! - `chat/whois {conn}`: what the server knows of a connection.
 //! - `chat/ask {conn, question, timeout_ms?}`: asks a client to confirm
 //!   (`chat/confirm` on the client) and returns its answer.
+//! - A join hook for `chat:*` rooms joined with `rpc.join`: `chat:staff-*`
+//!   rooms admit only users named `staff-*`; everyone admitted gets a
+//!   `chat.welcome` push.
 
-use action_api::{Action, ActionError, Context, Plugin, Value, export_plugin};
+use action_api::{Action, ActionError, Context, JoinRequest, Plugin, Value, export_plugin};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -183,8 +186,27 @@ fn ask(ctx: &Context<'_>, p: AskParams) -> Result<Value, ActionError> {
     }
 }
 
+/// The join hook for every `chat:*` room: staff rooms (`chat:staff-*`)
+/// only for users named `staff-*`; everyone else is welcomed with a push.
+fn approve_join(req: &JoinRequest<'_>) -> Result<(), String> {
+    let user = req.user.unwrap_or("");
+    if req.room.starts_with("chat:staff-") && !user.starts_with("staff-") {
+        return Err("staff rooms are for staff".to_owned());
+    }
+    if let Some(host) = action_api::Host::get() {
+        // A push on join; a failed push must not refuse the join.
+        let _ = host.send(
+            req.conn_id,
+            "chat.welcome",
+            serde_json::json!({"room": req.room}),
+        );
+    }
+    Ok(())
+}
+
 fn plugin() -> Plugin {
     Plugin::new("chat", env!("CARGO_PKG_VERSION"))
+        .on_join("chat:*", approve_join)
         .action(Action::new("chat/join", join))
         .action(Action::new("chat/send", send))
         .action(Action::new("chat/nick", nick))

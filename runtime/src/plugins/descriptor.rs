@@ -9,8 +9,8 @@
 use super::loader::{ActionMeta, LoadError};
 use action_api::abi::{
     ABI_VERSION, ACTION_DESCRIPTOR_MIN_SIZE, ActionDescriptor, AuthRequest, ByteView, CallInfo,
-    ConnectionEvent, PLUGIN_DESCRIPTOR_MIN_SIZE, PLUGIN_DESCRIPTOR_REVISIONS, PluginDescriptor,
-    action_flags,
+    ConnectionEvent, JoinRequest, PLUGIN_DESCRIPTOR_MIN_SIZE, PLUGIN_DESCRIPTOR_REVISIONS,
+    PluginDescriptor, action_flags,
 };
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ struct RawDescriptor {
     authenticate: Option<unsafe extern "C" fn(*const AuthRequest)>,
     on_event: Option<unsafe extern "C" fn(*const ConnectionEvent)>,
     event_mask: u32,
+    room_join: Option<unsafe extern "C" fn(*const JoinRequest)>,
+    room_patterns: ByteView,
 }
 
 // The mirror must keep the real layout.
@@ -56,6 +58,8 @@ pub(crate) struct Descriptor {
     pub(crate) authenticate: Option<unsafe extern "C" fn(*const AuthRequest)>,
     pub(crate) on_event: Option<unsafe extern "C" fn(*const ConnectionEvent)>,
     pub(crate) event_mask: u32,
+    pub(crate) room_join: Option<unsafe extern "C" fn(*const JoinRequest)>,
+    pub(crate) room_patterns: ByteView,
 }
 
 /// Copies the revisions of the descriptor that the plugin provided; fields
@@ -119,6 +123,8 @@ pub(crate) unsafe fn read_descriptor(
         } else {
             0
         },
+        room_join: raw.room_join,
+        room_patterns: raw.room_patterns,
     })
 }
 

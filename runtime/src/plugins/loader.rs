@@ -9,7 +9,7 @@ use super::host::{PendingReply, PluginLogContext, host_table};
 use super::shadow::ShadowDir;
 use action_api::abi::{
     ABI_VERSION, AuthRequest, ByteView, CallInfo, ENTRY_SYMBOL, ENTRY_SYMBOL_PREFIX, EntryFn,
-    HostTable,
+    HostTable, JoinRequest,
 };
 use libloading::Library;
 use std::mem::ManuallyDrop;
@@ -87,6 +87,10 @@ pub struct LoadedPlugin {
     pub(crate) authenticate: Option<unsafe extern "C" fn(*const AuthRequest)>,
     /// Where lifecycle events for this plugin go, if it wants any.
     pub(crate) events: Option<super::events::EventSender>,
+    /// The room-join hook, if the plugin has one.
+    room_join: Option<unsafe extern "C" fn(*const JoinRequest)>,
+    /// The room patterns its join hook decides.
+    pub join_patterns: Vec<String>,
     /// The library, never closed (see above).
     _library: ManuallyDrop<Library>,
 }
@@ -155,6 +159,13 @@ impl LoadedPlugin {
         // SAFETY: as above; `read_actions` checks the stride.
         let actions = unsafe { read_actions(&descriptor) }?;
         let _ = log_ctx.name.set(name.clone());
+        // SAFETY: as above.
+        let join_patterns: Vec<String> =
+            unsafe { utf8(descriptor.room_patterns, "room patterns") }?
+                .split_whitespace()
+                .map(str::to_owned)
+                .filter(|_| descriptor.room_join.is_some())
+                .collect();
         let events = descriptor
             .on_event
             .filter(|_| descriptor.event_mask != 0)
@@ -170,6 +181,8 @@ impl LoadedPlugin {
             shutdown: descriptor.shutdown,
             authenticate: descriptor.authenticate,
             events,
+            room_join: descriptor.room_join,
+            join_patterns,
             _library: library,
         })
     }
@@ -217,6 +230,29 @@ impl LoadedPlugin {
         true
     }
 
+    /// Asks the plugin's join hook about a room; the verdict arrives
+    /// through `reply`. Returns `false` (dropping `reply`) without a hook.
+    /// Blocks: call it from a thread that may.
+    pub(crate) fn ask_join(&self, request: &JoinArgs<'_>, reply: PendingReply) -> bool {
+        let Some(hook) = self.room_join else {
+            return false;
+        };
+        let raw = JoinRequest {
+            size: std::mem::size_of::<JoinRequest>() as u32,
+            room: ByteView::of(request.room.as_bytes()),
+            pattern: ByteView::of(request.pattern.as_bytes()),
+            conn_id: request.conn_id,
+            user: request
+                .user
+                .map_or(ByteView::ABSENT, |u| ByteView::of(u.as_bytes())),
+            reply: reply.into_handle(),
+        };
+        // SAFETY: the plugin's own hook; `raw` and what it points to
+        // outlive the call; the plugin completes `reply` once.
+        unsafe { hook(&raw) };
+        true
+    }
+
     /// Whether the plugin has an authentication hook.
     pub fn has_authenticate(&self) -> bool {
         self.authenticate.is_some()
@@ -249,6 +285,15 @@ pub(crate) struct AuthArgs<'a> {
     pub(crate) query: Option<&'a str>,
     pub(crate) remote_addr: &'a str,
     pub(crate) conn_id: u64,
+}
+
+/// A join request for a plugin's hook.
+#[derive(Debug)]
+pub(crate) struct JoinArgs<'a> {
+    pub(crate) room: &'a str,
+    pub(crate) pattern: &'a str,
+    pub(crate) conn_id: u64,
+    pub(crate) user: Option<&'a str>,
 }
 
 /// libloading's own text is just "dlopen failed"; the loader's reason is

@@ -178,7 +178,7 @@ impl Rooms {
                     format!("room '{room}' needs a signed-in connection"),
                 ));
             }
-            (JoinPolicy::SignedIn, Some(_)) => {}
+            (JoinPolicy::SignedIn | JoinPolicy::Hook, Some(_)) => {}
             (JoinPolicy::Claim, Some(identity)) => {
                 if !identity
                     .rooms

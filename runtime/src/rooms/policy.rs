@@ -20,6 +20,9 @@ pub enum JoinPolicy {
     Claim,
     /// Anyone, signed in or not.
     Anyone,
+    /// A signed-in connection that a plugin's join hook approves (a hook
+    /// whose pattern matches the room must exist).
+    Hook,
 }
 
 /// One `[[rooms]]` rule.
