@@ -31,6 +31,7 @@ async fn every_member_gets_every_message_once_and_in_order() {
         members.push(c);
     }
     let mut publisher = server.connect_as("pub").await;
+    publisher.call("rpc.join", json!({"room": "lobby"})).await;
     for i in 1..=50 {
         let reply = publisher
             .call("rpc.publish", json!({"room": "lobby", "data": {"n": i}}))
@@ -68,6 +69,7 @@ async fn leave_and_leave_all_stop_delivery() {
     let mut p = server.connect_as("pub").await;
     for room in ["a", "b", "c"] {
         c.call("rpc.join", json!({"room": room})).await;
+        p.call("rpc.join", json!({"room": room})).await;
     }
     assert_eq!(
         c.call("rpc.leave", json!({"room": "a"})).await["result"]["room"],
@@ -177,6 +179,8 @@ async fn a_rejoin_with_since_replays_exactly_the_missed_messages() {
     let (_dir, config) = config_file("[[rooms]]\npattern = \"short:*\"\nhistory_size = 3\n");
     let server = ServerConfig::default().arg("--config").arg(&config).start();
     let mut p = server.connect_as("pub").await;
+    p.call("rpc.join", json!({"room": "feed"})).await;
+    p.call("rpc.join", json!({"room": "short:1"})).await;
     let mut c = server.connect_as("rec").await;
     let joined = c.call("rpc.join", json!({"room": "feed"})).await["result"].clone();
     let epoch = joined["epoch"].as_str().unwrap().to_owned();
@@ -190,17 +194,24 @@ async fn a_rejoin_with_since_replays_exactly_the_missed_messages() {
             .await;
     }
     let mut again = server.connect_as("rec").await;
-    let reply = again
-        .call(
+    again
+        .request(
+            "j",
             "rpc.join",
             json!({"room": "feed", "since": last, "epoch": epoch}),
         )
         .await;
+    // The replayed messages come first (they were queued before the reply).
+    let (reply, replayed) = again.recv_until(|v| v["id"] == "j").await;
     assert_eq!(reply["result"]["recovered"], true, "{reply}");
     assert_eq!(reply["result"]["offset"], last + 5);
     p.call("rpc.publish", json!({"room": "feed", "data": "live"}))
         .await;
-    let mut got = Vec::new();
+    let mut got: Vec<Value> = replayed
+        .iter()
+        .filter(|f| is_message(f))
+        .map(|m| m["params"]["data"].clone())
+        .collect();
     while got.len() < 6 {
         let (m, _) = again.recv_until(is_message).await;
         got.push(m["params"]["data"].clone());
@@ -306,6 +317,7 @@ async fn a_consumer_that_does_not_read_is_closed_with_4008_and_memory_stays_boun
     .await
     .unwrap();
     let mut p = server.connect_as("pub").await;
+    p.call("rpc.join", json!({"room": "firehose"})).await;
     let mut fast = server.connect_as("fast").await;
     fast.call("rpc.join", json!({"room": "firehose"})).await;
     let before = server.rss_kib();
@@ -342,4 +354,57 @@ async fn a_consumer_that_does_not_read_is_closed_with_4008_and_memory_stays_boun
     }
     assert_eq!(code, Some(4008));
     assert_eq!(fast.call("rpc.ping", Value::Null).await["result"], "pong");
+}
+
+#[tokio::test]
+async fn private_rooms_limits_and_membership_rules() {
+    let (_dir, config) =
+        config_file("max_rooms_per_connection = 2\n\n[[rooms]]\npattern = \"user:{sub}\"\n");
+    let server = ServerConfig::default().arg("--config").arg(&config).start();
+    let mut alice = server.connect_as("alice").await;
+    let mut bob = server.connect_as("bob").await;
+    // A {sub} room belongs to its user, with no catch-all rule needed.
+    assert!(alice.call("rpc.join", json!({"room": "user:alice"})).await["result"].is_object());
+    let reply = bob.call("rpc.join", json!({"room": "user:alice"})).await;
+    assert_eq!(error_code(&reply), Some(-32002), "{reply}");
+    assert_eq!(
+        error_code(
+            &bob.call("rpc.presence", json!({"room": "user:alice"}))
+                .await
+        ),
+        Some(-32002)
+    );
+    // Publishing needs membership.
+    let reply = bob
+        .call("rpc.publish", json!({"room": "lobby", "data": 1}))
+        .await;
+    assert_eq!(error_code(&reply), Some(-32002), "{reply}");
+    // At most two rooms per connection.
+    bob.call("rpc.join", json!({"room": "one"})).await;
+    bob.call("rpc.join", json!({"room": "two"})).await;
+    assert_eq!(
+        error_code(&bob.call("rpc.join", json!({"room": "three"})).await),
+        Some(-32006)
+    );
+    assert!(
+        bob.call("rpc.join", json!({"room": "two"})).await["result"].is_object(),
+        "rejoining is not a new room"
+    );
+    // A user who signs in with rpc.auth shows by name in presence.
+    let mut late = server.connect().await;
+    late.call(
+        "rpc.auth",
+        json!({"token": switchboard_tests::token("carol", 60)}),
+    )
+    .await;
+    late.call("rpc.join", json!({"room": "one"})).await;
+    let members =
+        bob.call("rpc.presence", json!({"room": "one"})).await["result"]["members"].clone();
+    let users: Vec<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["user"].as_str())
+        .collect();
+    assert_eq!(users, ["bob", "carol"], "{members}");
 }

@@ -167,7 +167,9 @@ async fn auth(
         Some(&identity.user),
         || serde_json::json!({"via": "rpc.auth"}),
     );
-    state.hub.set_user(conn_id, Arc::clone(&identity.user));
+    if let Some(handle) = state.hub.set_user(conn_id, Arc::clone(&identity.user)) {
+        session.handle = Some(handle);
+    }
     session.sign_in(identity);
     Ok(result)
 }

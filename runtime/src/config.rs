@@ -136,6 +136,9 @@ pub struct Config {
     /// Room rules, by name pattern, first match wins (`[[rooms]]` tables);
     /// rooms no rule matches get the defaults of [`RoomRule`].
     pub rooms: Vec<RoomRule>,
+    /// Most rooms one connection may be in at once (client joins); past it
+    /// `rpc.join` answers -32006. Default 100.
+    pub max_rooms_per_connection: usize,
     /// Deadline for an action that sets none itself, in milliseconds.
     /// Default 30000.
     pub call_timeout_ms: u64,
@@ -184,6 +187,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             rooms: Vec::new(),
+            max_rooms_per_connection: 100,
             call_timeout_ms: 30_000,
             max_message_bytes: 1 << 20,
             max_batch: 100,

@@ -309,10 +309,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         };
         tracing::debug!(why, "disconnected");
+        // Out of the hub first: a plugin thread that looks the connection
+        // up from now on cannot join it to a room it would never leave.
+        self.state.hub.unregister(self.session.conn_id);
         self.state
             .rooms
             .leave_all(&self.state.hub, self.session.conn_id);
-        self.state.hub.unregister(self.session.conn_id);
         Ended {
             reason: why,
             user: self.session.identity().map(|i| Arc::clone(&i.user)),
@@ -375,6 +377,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         next
     }
 
+    /// Writes a reply that is ready now, after every frame already queued:
+    /// a client that gets its `rpc.leave` answer must not then see a
+    /// message of that room that was queued before it.
+    async fn write_ready(&mut self, reply: impl Into<Utf8Bytes>) -> Next {
+        while let Ok(queued) = self.replies_rx.try_recv() {
+            if let next @ (Next::Stop(_) | Next::Close(..) | Next::Shutdown) =
+                self.write(queued).await
+            {
+                return next;
+            }
+        }
+        self.write(reply).await
+    }
+
     /// Buffers one frame for the next flush (tungstenite writes through
     /// when its buffer fills, which is where a stalled client shows).
     async fn write(&mut self, reply: impl Into<Utf8Bytes>) -> Next {
@@ -402,7 +418,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     ErrorCode::InvalidRequest,
                     "invalid request: send JSON-RPC as text frames, not binary",
                 );
-                self.write(protocol::reply_error(None, &error)).await
+                self.write_ready(protocol::reply_error(None, &error)).await
             }
             Some(Ok(Message::Close(_))) => {
                 // Keep polling so tungstenite can send the close reply.
@@ -431,14 +447,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let frame: Bytes = text.clone().into();
         let text = text.as_str();
         match protocol::parse_frame(text, self.state.config.max_batch) {
-            Frame::Refused(error) => self.write(protocol::reply_error(None, &error)).await,
+            Frame::Refused(error) => self.write_ready(protocol::reply_error(None, &error)).await,
             Frame::Single(Err(refusal)) => {
-                self.write(protocol::reply_error(refusal.id.as_deref(), &refusal.error))
+                self.write_ready(protocol::reply_error(refusal.id.as_deref(), &refusal.error))
                     .await
             }
             Frame::Single(Ok(envelope)) => {
                 match dispatch(&self.state, &mut self.session, &envelope, &frame, text).await {
-                    Dispatched::Ready(Some(reply)) => self.write(reply).await,
+                    Dispatched::Ready(Some(reply)) => self.write_ready(reply).await,
                     Dispatched::Ready(None) => Next::Continue,
                     Dispatched::Running(call) => {
                         self.spawn_reply(call.map(|reply| reply.into_iter().collect()))
@@ -489,7 +505,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return if replies.is_empty() {
                         Next::Continue
                     } else {
-                        self.write(protocol::join_batch(&replies)).await
+                        self.write_ready(protocol::join_batch(&replies)).await
                     };
                 }
                 // Resolve in request order, so the array lists replies as the calls came.
@@ -532,10 +548,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn finish_running_calls(&mut self) {
         // Stop pushes first: rooms and the hub hold senders to the queue,
         // which must end when the last running call has answered.
+        // Out of the hub first: a plugin thread that looks the connection
+        // up from now on cannot join it to a room it would never leave.
+        self.state.hub.unregister(self.session.conn_id);
         self.state
             .rooms
             .leave_all(&self.state.hub, self.session.conn_id);
-        self.state.hub.unregister(self.session.conn_id);
         self.session.handle = None;
         self.replies_tx = None;
         let deadline = Instant::now() + self.state.config.shutdown_grace();

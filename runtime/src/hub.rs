@@ -102,8 +102,10 @@ impl Hub {
         lock(self.shard(handle.conn_id)).insert(handle.conn_id, handle);
     }
 
-    /// Removes a connection.
+    /// Removes a connection, and ends the server calls waiting on it.
     pub fn unregister(&self, conn_id: u64) {
+        // Dropping a call's sender wakes its waiting thread at once.
+        lock(&self.pending_calls).retain(|_, call| call.conn_id != conn_id);
         let Some(handle) = lock(self.shard(conn_id)).remove(&conn_id) else {
             return;
         };
@@ -118,16 +120,26 @@ impl Hub {
         }
     }
 
-    /// Records who is signed in on a connection (after `rpc.auth`).
-    pub fn set_user(&self, conn_id: u64, user: Arc<str>) {
-        let Some(handle) = lock(self.shard(conn_id)).get(&conn_id).cloned() else {
-            return;
+    /// Records who is signed in on a connection (after `rpc.auth`), in
+    /// place: pushes meanwhile are never lost. Returns the updated handle.
+    pub fn set_user(&self, conn_id: u64, user: Arc<str>) -> Option<ConnHandle> {
+        let (old, updated) = {
+            let mut shard = lock(self.shard(conn_id));
+            let handle = shard.get_mut(&conn_id)?;
+            let old = handle.user.replace(Arc::clone(&user));
+            (old, handle.clone())
         };
-        self.unregister(conn_id);
-        self.register(ConnHandle {
-            user: Some(user),
-            ..handle
-        });
+        let mut users = lock(&self.users);
+        if let Some(old) = old
+            && let Some(conns) = users.get_mut(&old)
+        {
+            conns.remove(&conn_id);
+            if conns.is_empty() {
+                users.remove(&old);
+            }
+        }
+        users.entry(user).or_default().insert(conn_id);
+        Some(updated)
     }
 
     /// A connection's handle.
@@ -221,7 +233,8 @@ impl Hub {
         }
         let outcome = match rx.recv_timeout(timeout) {
             Ok(answer) => CallOutcome::Answered(answer),
-            Err(_) => CallOutcome::TimedOut,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => CallOutcome::TimedOut,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => CallOutcome::Gone,
         };
         lock(&self.pending_calls).remove(&id);
         outcome

@@ -72,6 +72,15 @@ pub async fn join(
     )?;
     let identity = session.live_identity().map(|i| &**i);
     let rule = state.rooms.check_access(&p.room, identity)?;
+    let limit = state.config.max_rooms_per_connection;
+    if !state.rooms.is_member(&p.room, session.conn_id)
+        && state.rooms.count_of(session.conn_id) >= limit
+    {
+        return Err(RpcError::new(
+            ErrorCode::Overloaded,
+            format!("this connection is in {limit} rooms already; leave one first"),
+        ));
+    }
     ask_join_hook(state, session, &p.room, rule.join == JoinPolicy::Hook).await?;
     let handle = session
         .handle
@@ -115,6 +124,12 @@ pub fn publish(
     let rule = state
         .rooms
         .check_access(&p.room, session.live_identity().map(|i| &**i))?;
+    if !state.rooms.is_member(&p.room, session.conn_id) {
+        return Err(RpcError::new(
+            ErrorCode::Forbidden,
+            format!("join room '{}' before publishing to it", p.room),
+        ));
+    }
     if !rule.publish {
         return Err(RpcError::new(
             ErrorCode::Forbidden,
@@ -179,9 +194,20 @@ async fn ask_join_hook(
         }
         return Ok(());
     };
+    // A hook runs on a plugin thread like an action and takes a slot like
+    // one (kept while it runs, even past the timeout).
+    let permit = Arc::clone(&state.inflight)
+        .try_acquire_owned()
+        .map_err(|_| {
+            RpcError::new(
+                ErrorCode::Overloaded,
+                "the server is at its limit of running calls; retry shortly",
+            )
+        })?;
     let (pending, verdict) = PendingReply::new();
     let (asked, room_name, conn_id) = (Arc::clone(&plugin), room.to_owned(), session.conn_id);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let args = JoinArgs {
             room: &room_name,
             pattern: &pattern,

@@ -60,6 +60,7 @@ struct Welcome {
 
 fn join(ctx: &Context<'_>, p: RoomParams) -> Result<Welcome, ActionError> {
     let room = room_name(&p.room)?;
+    enter(ctx, &room)?;
     let host = ctx.host();
     host.join(ctx.conn_id(), &room)?;
     let members = host.room_members(&room)?;
@@ -101,6 +102,7 @@ fn checked_text(text: &str) -> Result<(), ActionError> {
 
 fn send(ctx: &Context<'_>, p: SendParams) -> Result<Sent, ActionError> {
     let room = room_name(&p.room)?;
+    enter(ctx, &room)?;
     checked_text(&p.text)?;
     let from = display_name(ctx)?;
     let offset = ctx
@@ -186,13 +188,27 @@ fn ask(ctx: &Context<'_>, p: AskParams) -> Result<Value, ActionError> {
     }
 }
 
+/// Staff rooms (`chat:staff-*`) are for users named `staff-*`. Every way
+/// into a room checks this: the join hook (for `rpc.join`) and the actions
+/// that join or publish server-side, which bypass the hook.
+fn may_enter(room: &str, user: Option<&str>) -> Result<(), String> {
+    if room.starts_with("chat:staff-") && !user.unwrap_or("").starts_with("staff-") {
+        return Err("staff rooms are for staff".to_owned());
+    }
+    Ok(())
+}
+
+/// The code for a refused staff room.
+const STAFF_ONLY: i64 = 2005;
+
+fn enter(ctx: &Context<'_>, room: &str) -> Result<(), ActionError> {
+    may_enter(room, ctx.user()).map_err(|reason| ActionError::new(STAFF_ONLY, reason))
+}
+
 /// The join hook for every `chat:*` room: staff rooms (`chat:staff-*`)
 /// only for users named `staff-*`; everyone else is welcomed with a push.
 fn approve_join(req: &JoinRequest<'_>) -> Result<(), String> {
-    let user = req.user.unwrap_or("");
-    if req.room.starts_with("chat:staff-") && !user.starts_with("staff-") {
-        return Err("staff rooms are for staff".to_owned());
-    }
+    may_enter(req.room, req.user)?;
     if let Some(host) = action_api::Host::get() {
         // A push on join; a failed push must not refuse the join.
         let _ = host.send(

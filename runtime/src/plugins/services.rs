@@ -118,7 +118,7 @@ pub(crate) unsafe extern "C" fn publish(
         return 0;
     }
     with_server(0, |s| {
-        let rule = Arc::clone(s.rooms.rule(room, None));
+        let rule = Arc::clone(s.rooms.rule(room));
         s.rooms.publish(&s.hub, room, &rule, data).0
     })
 }
@@ -143,7 +143,7 @@ pub(crate) unsafe extern "C" fn set_membership(
         let Some(handle) = s.hub.get(conn_id) else {
             return 0;
         };
-        let rule = Arc::clone(s.rooms.rule(room, handle.user.as_deref()));
+        let rule = Arc::clone(s.rooms.rule(room));
         u32::from(s.rooms.join(&s.hub, room, &rule, &handle, None).is_ok())
     })
 }

@@ -15,7 +15,7 @@ pub mod policy;
 use crate::auth::Identity;
 use crate::hub::{ConnHandle, Hub};
 use crate::rpc_error::{ErrorCode, RpcError};
-use policy::{JoinPolicy, RoomRule, check_name, matches};
+use policy::{JoinPolicy, RoomRule, check_name, matches, matches_any_user};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -61,6 +61,8 @@ struct RoomState {
     epoch: String,
     last_offset: u64,
     history: VecDeque<Stored>,
+    /// Bytes of the frames in `history`.
+    history_bytes: usize,
     members: HashMap<u64, Member>,
 }
 
@@ -77,9 +79,13 @@ impl RoomState {
     fn trim(&mut self, rule: &RoomRule) {
         let ttl = Duration::from_secs(rule.history_ttl_secs);
         while self.history.len() > rule.history_size
+            || self.history_bytes > rule.history_max_bytes
             || self.history.front().is_some_and(|m| m.at.elapsed() > ttl)
         {
-            self.history.pop_front();
+            match self.history.pop_front() {
+                Some(dropped) => self.history_bytes -= dropped.frame.len(),
+                None => break,
+            }
         }
     }
 }
@@ -153,11 +159,12 @@ impl Rooms {
         }
     }
 
-    /// The rule for `room` as `user` sees it.
-    pub fn rule(&self, room: &str, user: Option<&str>) -> &Arc<RoomRule> {
+    /// The rule for `room`: the same for every caller (`{sub}` matches any
+    /// user here; whether the caller is that user is checked on access).
+    pub fn rule(&self, room: &str) -> &Arc<RoomRule> {
         self.rules
             .iter()
-            .find(|r| matches(&r.pattern, room, user))
+            .find(|r| matches_any_user(&r.pattern, room))
             .unwrap_or(&self.default_rule)
     }
 
@@ -169,7 +176,20 @@ impl Rooms {
     ) -> Result<Arc<RoomRule>, RpcError> {
         check_name(room).map_err(|e| RpcError::new(ErrorCode::InvalidParams, e))?;
         let user = identity.map(|i| &*i.user);
-        let rule = self.rule(room, user);
+        let rule = self.rule(room);
+        // A `{sub}` room belongs to the user it names.
+        if rule.pattern.contains("{sub}") && !matches(&rule.pattern, room, user) {
+            return Err(match user {
+                None => RpcError::new(
+                    ErrorCode::Unauthenticated,
+                    format!("room '{room}' needs a signed-in connection"),
+                ),
+                Some(_) => RpcError::new(
+                    ErrorCode::Forbidden,
+                    format!("room '{room}' belongs to another user"),
+                ),
+            });
+        }
         match (rule.join, identity) {
             (JoinPolicy::Anyone, _) => {}
             (_, None) => {
@@ -206,6 +226,7 @@ impl Rooms {
                     epoch: new_epoch(),
                     last_offset: 0,
                     history: VecDeque::new(),
+                    history_bytes: 0,
                     members: HashMap::new(),
                 }),
             })
@@ -246,6 +267,7 @@ impl Rooms {
             ));
         }
         state.trim(&target.rule);
+        let already_member = state.members.contains_key(&handle.conn_id);
         let recovered = since.map(|(since, epoch)| {
             // Offsets mean nothing across epochs: no epoch, no recovery.
             let same_epoch = epoch.is_some_and(|e| e == state.epoch);
@@ -254,7 +276,14 @@ impl Rooms {
                 .front()
                 .map_or(state.last_offset + 1, |m| m.offset);
             let gap_filled = since <= state.last_offset && since + 1 >= oldest_kept;
-            if same_epoch && gap_filled {
+            let missed = state.history.iter().filter(|m| m.offset > since).count();
+            // A member already receives every message: nothing to replay.
+            // A replay larger than the free queue would only get the client
+            // closed as a slow consumer, again at every reconnect: say the
+            // gap could not be filled instead.
+            if already_member {
+                same_epoch && gap_filled
+            } else if same_epoch && gap_filled && missed <= handle.tx.capacity() {
                 for message in state.history.iter().filter(|m| m.offset > since) {
                     hub.push(handle, message.frame.clone());
                 }
@@ -294,6 +323,15 @@ impl Rooms {
             .entry(handle.conn_id)
             .or_default()
             .insert(room.to_owned());
+        // The connection may have closed meanwhile (a plugin thread joining
+        // it server-side): then its cleanup may have run already, so undo.
+        if hub.get(handle.conn_id).is_none() {
+            self.leave(hub, room, handle.conn_id);
+            return Err(RpcError::new(
+                ErrorCode::Internal,
+                "the connection closed while joining",
+            ));
+        }
         Ok(joined)
     }
 
@@ -356,6 +394,7 @@ impl Rooms {
         let offset = state.last_offset;
         let frame = message_frame(room, offset, data);
         if target.rule.history_size > 0 {
+            state.history_bytes += frame.len();
             state.history.push_back(Stored {
                 offset,
                 at: Instant::now(),
@@ -398,6 +437,13 @@ impl Rooms {
             .unwrap_or_default();
         rooms.sort();
         rooms
+    }
+
+    /// How many rooms a connection is in.
+    pub fn count_of(&self, conn_id: u64) -> usize {
+        lock(&self.memberships[(conn_id as usize) & (SHARDS - 1)])
+            .get(&conn_id)
+            .map_or(0, HashSet::len)
     }
 
     /// Whether a connection is in a room.

@@ -39,6 +39,8 @@ pub struct RoomRule {
     pub history_size: usize,
     /// Seconds a message is kept for recovery. Default 300.
     pub history_ttl_secs: u64,
+    /// Bytes of messages kept for recovery at most. Default 1 MiB.
+    pub history_max_bytes: usize,
     /// Whether `rpc.presence` lists members. Default true.
     pub presence: bool,
     /// Whether joins and leaves are pushed to the room's members as
@@ -56,6 +58,7 @@ impl Default for RoomRule {
             publish: true,
             history_size: 100,
             history_ttl_secs: 300,
+            history_max_bytes: 1 << 20,
             presence: true,
             presence_events: true,
             max_members: 100_000,
@@ -91,6 +94,22 @@ pub fn matches(pattern: &str, name: &str, user: Option<&str>) -> bool {
     }
 }
 
+/// Whether `name` matches `pattern` for some user: `{sub}` matches any
+/// non-empty run of characters. Used to pick a room's rule, which must not
+/// depend on who asks.
+pub fn matches_any_user(pattern: &str, name: &str) -> bool {
+    if !pattern.contains("{sub}") {
+        return matches(pattern, name, None);
+    }
+    // `{sub}` as `*`, but never empty: try each non-empty user the name allows.
+    let (before, after) = pattern.split_once("{sub}").unwrap_or((pattern, ""));
+    name.strip_prefix(before).is_some_and(|rest| {
+        rest.char_indices()
+            .map(|(i, c)| i + c.len_utf8())
+            .any(|end| matches_any_user(after, &rest[end..]))
+    })
+}
+
 /// Checks a room name: 1 to 200 bytes, no whitespace or control characters.
 pub fn check_name(room: &str) -> Result<(), String> {
     if room.is_empty() || room.len() > 200 {
@@ -122,5 +141,9 @@ mod tests {
         assert!(matches("user:{sub}:*", "user:alice:inbox", Some("alice")));
         assert!(matches("lobby", "lobby", None));
         assert!(!matches("lobby", "lobby2", None));
+        assert!(matches_any_user("user:{sub}", "user:alice"));
+        assert!(!matches_any_user("user:{sub}", "user:"));
+        assert!(matches_any_user("user:{sub}:inbox", "user:bob:inbox"));
+        assert!(!matches_any_user("user:{sub}", "news:alice"));
     }
 }
