@@ -49,6 +49,18 @@ pub(crate) fn host_log(host: &HostTable, level: u32, conn_id: u64, text: &str) {
     unsafe { (host.log)(host.host_ctx, level, conn_id, ByteView::of(text.as_bytes())) }
 }
 
+/// The text of a view, or `None` when it is absent or not UTF-8.
+///
+/// # Safety
+/// `view` is absent or points to bytes that stay valid for `'a`.
+unsafe fn view_text<'a>(view: ByteView) -> Option<&'a str> {
+    if view.is_absent() {
+        return None;
+    }
+    // SAFETY: per this function's contract.
+    std::str::from_utf8(unsafe { view.as_slice() }).ok()
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -326,21 +338,13 @@ unsafe extern "C" fn authenticate(request: *const RawAuthRequest) {
         return;
     };
     // SAFETY: the host keeps these views alive until we return.
-    let text = |view: ByteView| unsafe { std::str::from_utf8(view.as_slice()).ok() };
+    let text = |view: ByteView| unsafe { view_text(view) };
     let ask = AuthRequest {
-        token: if request.token.is_absent() {
-            None
-        } else {
-            text(request.token)
-        },
+        token: text(request.token),
         headers: text(request.headers)
             .and_then(|h| serde_json::from_str(h).ok())
             .unwrap_or_default(),
-        query: if request.query.is_absent() {
-            None
-        } else {
-            text(request.query)
-        },
+        query: text(request.query),
         remote_addr: text(request.remote_addr).unwrap_or(""),
         conn_id: request.conn_id,
     };
@@ -370,7 +374,7 @@ unsafe extern "C" fn room_join(request: *const RawJoinRequest) {
         handle: request.reply,
     };
     // SAFETY: the host keeps these views alive until we return.
-    let text = |view: ByteView| unsafe { std::str::from_utf8(view.as_slice()).ok() };
+    let text = |view: ByteView| unsafe { view_text(view) };
     let (Some(room), Some(pattern)) = (text(request.room), text(request.pattern)) else {
         reply.error(&ActionError::internal(
             "a join request without a room or pattern",
@@ -392,11 +396,7 @@ unsafe extern "C" fn room_join(request: *const RawJoinRequest) {
         room,
         pattern,
         conn_id: request.conn_id,
-        user: if request.user.is_absent() {
-            None
-        } else {
-            text(request.user)
-        },
+        user: text(request.user),
     };
     match catch_unwind(AssertUnwindSafe(|| hook(&ask))) {
         Ok(Ok(())) => reply.ok(b"true"),
@@ -418,15 +418,11 @@ unsafe extern "C" fn on_event(event: *const ConnectionEvent) {
         return;
     };
     // SAFETY: as above.
-    let text = |view: ByteView| unsafe { std::str::from_utf8(view.as_slice()).ok() };
+    let text = |view: ByteView| unsafe { view_text(view) };
     let seen = Event {
         kind,
         conn_id: event.conn_id,
-        user: if event.user.is_absent() {
-            None
-        } else {
-            text(event.user)
-        },
+        user: text(event.user),
         detail: text(event.detail)
             .and_then(|d| serde_json::from_str(d).ok())
             .unwrap_or_default(),
