@@ -21,11 +21,13 @@
 //!   membership, fan-out, history and recovery, presence.
 //! - [`config`]: settings from file, environment and flags; [`state`]: what
 //!   connections share; [`session`]: what one connection knows;
-//!   [`status`]: the `/status` document; [`describe`]: `switchboard check`.
+//!   [`status`]: the `/status` document; [`describe`]: `switchboard check`;
+//!   [`bench`]: `switchboard bench`, the load generator.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
+pub mod bench;
 pub mod builtins;
 pub mod config;
 pub mod connection;

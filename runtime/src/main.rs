@@ -35,6 +35,78 @@ enum Command {
     /// Load one plugin file and print its ABI version, name, version and
     /// actions, or why it cannot be loaded.
     Check(CheckArgs),
+    /// Load-test a server (this one or the floor server) and report rates
+    /// and latencies.
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// The server's WebSocket URL.
+    #[arg(long, default_value = "ws://127.0.0.1:7800/ws", global = true)]
+    url: String,
+    /// Sign each connection in with a token minted from this secret.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    jwt_secret: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: BenchScenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchScenario {
+    /// N connections with P calls in flight each.
+    Rpc {
+        /// Connections.
+        #[arg(long, default_value_t = 50)]
+        conns: usize,
+        /// Calls in flight per connection.
+        #[arg(long, default_value_t = 8)]
+        inflight: usize,
+        /// The method to call.
+        #[arg(long, default_value = "echo")]
+        method: String,
+        /// Bytes of padding in each call's params.
+        #[arg(long, default_value_t = 16)]
+        payload: usize,
+        /// How long to measure, after a 1 s warm-up.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// R rooms of S subscribers, one publisher per room.
+    Fanout {
+        /// Rooms.
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        /// Subscribers per room.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Messages per second over all rooms.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Bytes of padding in each message.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// How long to measure, after a 1 s warm-up.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// N idle connections; with --pid, the server's RSS per connection.
+    Conns {
+        /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// The server's process id, to read its memory.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
 }
 
 /// Where the settings come from: a TOML file, then environment variables,
@@ -199,6 +271,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(*args),
         Command::Check(args) => check(args),
+        Command::Bench(args) => bench(*args),
     }
 }
 
@@ -423,6 +496,79 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     }
     if !report.ok {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use switchboard::bench::{client::Target, conns, fanout, rpc};
+    let target = Target {
+        url: args.url,
+        secret: args.jwt_secret,
+    };
+    // One thread: the load generator is pinned to its own core.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    let json = args.json;
+    runtime.block_on(async move {
+        match args.scenario {
+            BenchScenario::Rpc {
+                conns,
+                inflight,
+                method,
+                payload,
+                duration,
+            } => {
+                let scenario = rpc::RpcScenario {
+                    conns,
+                    inflight,
+                    method,
+                    payload,
+                    duration,
+                };
+                let report = rpc::run(&target, &scenario).await?;
+                print_report(&report, json)
+            }
+            BenchScenario::Fanout {
+                rooms,
+                subscribers,
+                rate,
+                payload,
+                duration,
+            } => {
+                let scenario = fanout::FanoutScenario {
+                    rooms,
+                    subscribers,
+                    rate,
+                    payload,
+                    duration,
+                };
+                let report = fanout::run(&target, &scenario).await?;
+                print_report(&report, json)
+            }
+            BenchScenario::Conns { count, pid } => {
+                let report = conns::run(&target, count, pid).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!(
+                        "connections {}  rss before {:?} KiB  after {:?} KiB  per connection {:?} bytes  opened in {:.1} s",
+                        report.connections, report.rss_before_kib, report.rss_after_kib, report.bytes_per_connection, report.open_secs
+                    );
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+fn print_report(report: &switchboard::bench::Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        print!("{report}");
     }
     Ok(())
 }

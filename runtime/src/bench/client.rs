@@ -1,0 +1,59 @@
+//! Opening many benchmark connections: spread over loopback source
+//! addresses (127.0.0.1, .2, ...) so more connections than one address has
+//! ephemeral ports are possible, each optionally signed in with a token
+//! minted from the server's secret.
+
+use crate::auth::TokenMinter;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Connections opened from one loopback source address at most.
+const PER_SOURCE: usize = 20_000;
+
+/// A benchmark client connection.
+pub type BenchSocket = WebSocketStream<TcpStream>;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `ws://host:port/ws` (or `/` for the floor).
+    pub url: String,
+    /// Signs each connection in with a token for `bench-<n>`, if given.
+    pub secret: Option<String>,
+}
+
+impl Target {
+    /// Opens connection number `n`.
+    pub async fn connect(&self, n: usize) -> anyhow::Result<BenchSocket> {
+        let mut url = self.url.clone();
+        if let Some(secret) = &self.secret {
+            let token = TokenMinter::hs256(secret.as_bytes())
+                .mint_for(&format!("bench-{n}"), Duration::from_secs(3600))?;
+            url.push_str(if url.contains('?') {
+                "&token="
+            } else {
+                "?token="
+            });
+            url.push_str(&token);
+        }
+        let request = url.as_str().into_client_request()?;
+        let host = request.uri().host().unwrap_or("127.0.0.1").to_owned();
+        let port = request.uri().port_u16().unwrap_or(80);
+        let server: SocketAddr = format!("{host}:{port}").parse()?;
+        let socket = TcpSocket::new_v4()?;
+        if server.ip().is_loopback() {
+            let octet = u8::try_from(1 + n / PER_SOURCE).unwrap_or(u8::MAX);
+            socket.bind(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)),
+                0,
+            ))?;
+        }
+        let stream = socket.connect(server).await?;
+        stream.set_nodelay(true)?;
+        let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+        Ok(ws)
+    }
+}

@@ -1,0 +1,59 @@
+//! The `conns` scenario: opens N idle connections and, given the server's
+//! pid, reports its resident memory per connection.
+
+use super::client::Target;
+use std::time::Duration;
+
+/// The server's resident memory in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// What `conns` measured.
+#[derive(Debug, serde::Serialize)]
+pub struct ConnsReport {
+    /// Connections held.
+    pub connections: usize,
+    /// Server RSS before, KiB.
+    pub rss_before_kib: Option<u64>,
+    /// Server RSS with all connections open, KiB.
+    pub rss_after_kib: Option<u64>,
+    /// (after - before) / connections, bytes.
+    pub bytes_per_connection: Option<u64>,
+    /// Seconds to open them all.
+    pub open_secs: f64,
+}
+
+/// Opens `count` connections, waits for the server to settle, measures.
+pub async fn run(target: &Target, count: usize, pid: Option<u32>) -> anyhow::Result<ConnsReport> {
+    let before = pid.and_then(rss_kib);
+    let started = std::time::Instant::now();
+    let mut sockets = Vec::with_capacity(count);
+    for n in 0..count {
+        sockets.push(target.connect(n).await?);
+        if n % 1000 == 999 {
+            eprint!("\rconns: {} open", n + 1);
+        }
+    }
+    let open_secs = started.elapsed().as_secs_f64();
+    eprintln!("\rconns: {count} open in {open_secs:.1} s");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = pid.and_then(rss_kib);
+    let per = match (before, after) {
+        (Some(b), Some(a)) if count > 0 => Some(a.saturating_sub(b) * 1024 / count as u64),
+        _ => None,
+    };
+    drop(sockets);
+    Ok(ConnsReport {
+        connections: count,
+        rss_before_kib: before,
+        rss_after_kib: after,
+        bytes_per_connection: per,
+        open_secs,
+    })
+}

@@ -1,0 +1,143 @@
+//! The `fanout` scenario: R rooms of S subscribers each, one publisher per
+//! room publishing at a total rate; reports deliveries per second (at the
+//! subscribers) and the latency from publish to delivery.
+
+use super::client::Target;
+use super::stats::Latencies;
+use super::{Progress, Report};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The `fanout` scenario's settings.
+#[derive(Debug, Clone)]
+pub struct FanoutScenario {
+    /// Rooms.
+    pub rooms: usize,
+    /// Subscribers per room.
+    pub subscribers: usize,
+    /// Messages per second, over all rooms.
+    pub rate: u64,
+    /// Bytes of padding in each message.
+    pub payload: usize,
+    /// How long to measure (after a 1 s warm-up).
+    pub duration: Duration,
+}
+
+fn join(room: usize) -> Message {
+    Message::text(format!(
+        r#"{{"jsonrpc":"2.0","id":"j","method":"rpc.join","params":{{"room":"bench-{room}"}}}}"#
+    ))
+}
+
+/// Reads until the reply with id "j" (the join) arrives.
+async fn joined(ws: &mut super::client::BenchSocket) -> anyhow::Result<()> {
+    while let Some(message) = ws.next().await {
+        if let Message::Text(text) = message?
+            && text.contains(r#""id":"j""#)
+        {
+            anyhow::ensure!(text.contains("result"), "join refused: {text}");
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the connection closed before the join was answered")
+}
+
+/// Runs the scenario against `target`.
+pub async fn run(target: &Target, scenario: &FanoutScenario) -> anyhow::Result<Report> {
+    let origin = Instant::now();
+    let warmup_end = origin + Duration::from_secs(1);
+    let end = warmup_end + scenario.duration;
+    let progress = Arc::new(Progress::default());
+    let mut subscribers = Vec::new();
+    let mut n = 0;
+    for room in 0..scenario.rooms {
+        for _ in 0..scenario.subscribers {
+            let mut ws = target.connect(n).await?;
+            n += 1;
+            ws.send(join(room)).await?;
+            joined(&mut ws).await?;
+            subscribers.push(ws);
+        }
+    }
+    let mut publishers = Vec::new();
+    for room in 0..scenario.rooms {
+        let mut ws = target.connect(n).await?;
+        n += 1;
+        ws.send(join(room)).await?;
+        joined(&mut ws).await?;
+        publishers.push((room, ws));
+    }
+    let ticker = progress.start_ticker("fanout", "deliveries/s", end);
+    let mut tasks = Vec::new();
+    for ws in subscribers {
+        let progress = Arc::clone(&progress);
+        tasks.push(tokio::spawn(async move {
+            let mut ws = ws;
+            let mut latencies = Latencies::default();
+            loop {
+                let Ok(Some(message)) = tokio::time::timeout_at(end.into(), ws.next()).await else {
+                    break;
+                };
+                let Message::Text(text) = message? else {
+                    continue;
+                };
+                // {"...","data":{"t":<micros since origin>,...}}
+                let Some(at) = text.find(r#""t":"#) else {
+                    continue;
+                };
+                let digits: String = text[at + 4..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                let Ok(sent) = digits.parse::<u64>() else {
+                    continue;
+                };
+                let now = Instant::now();
+                if now >= warmup_end {
+                    let now_us = now.duration_since(origin).as_micros() as u64;
+                    latencies.record(now_us.saturating_sub(sent));
+                    progress.add(1);
+                }
+            }
+            let _ = ws.close(None).await;
+            anyhow::Ok((latencies, 0u64))
+        }));
+    }
+    let per_room = (scenario.rate as f64 / scenario.rooms as f64).max(0.001);
+    let pad = "x".repeat(scenario.payload);
+    for (room, ws) in publishers {
+        let pad = pad.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = ws.split();
+            // Replies and our own messages are read and dropped.
+            let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+            let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / per_room));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while Instant::now() < end {
+                every.tick().await;
+                let t = Instant::now().duration_since(origin).as_micros();
+                let frame = format!(
+                    r#"{{"jsonrpc":"2.0","method":"rpc.publish","params":{{"room":"bench-{room}","data":{{"t":{t},"pad":"{pad}"}}}}}}"#
+                );
+                sink.send(Message::text(frame)).await?;
+            }
+            drain.abort();
+            anyhow::Ok((Latencies::default(), 0u64))
+        }));
+    }
+    let mut latencies = Latencies::default();
+    for task in tasks {
+        let (l, _) = task.await??;
+        latencies.merge(&l);
+    }
+    ticker.abort();
+    Ok(Report::new(
+        "fanout",
+        "deliveries/s",
+        latencies,
+        0,
+        scenario.duration,
+    ))
+}
