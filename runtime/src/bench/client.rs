@@ -1,5 +1,5 @@
 //! Opening many benchmark connections: spread over loopback source
-//! addresses (127.0.0.1, .2, ...) so more connections than one address has
+//! addresses (127.0.0.2, .3, ...) so more connections than one address has
 //! ephemeral ports are possible, each optionally signed in with a token
 //! minted from the server's secret.
 
@@ -10,8 +10,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// Connections opened from one loopback source address at most.
-const PER_SOURCE: usize = 20_000;
+/// Loopback source addresses connections are spread over.
+const SOURCES: usize = 250;
 
 /// A benchmark client connection.
 pub type BenchSocket = WebSocketStream<TcpStream>;
@@ -45,11 +45,12 @@ impl Target {
         let server: SocketAddr = format!("{host}:{port}").parse()?;
         let socket = TcpSocket::new_v4()?;
         if server.ip().is_loopback() {
-            let octet = u8::try_from(1 + n / PER_SOURCE).unwrap_or(u8::MAX);
-            socket.bind(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)),
-                0,
-            ))?;
+            // Round-robin over 127.0.0.2 ..= 127.0.0.251: 250 times the
+            // ephemeral ports of one address, so runs in a row (whose closed
+            // connections linger in TIME_WAIT) and 100k connections fit.
+            let octet = u8::try_from(2 + n % SOURCES).unwrap_or(2);
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)), 0))?;
         }
         let stream = socket.connect(server).await?;
         stream.set_nodelay(true)?;
