@@ -30,7 +30,7 @@ fn check_describes_a_plugin() {
         stdout.contains("echo/sleep (signed-in, timeout 2000 ms)"),
         "{stdout}"
     );
-    assert!(stdout.contains("echo/whoami (public)"), "{stdout}");
+    assert!(stdout.contains("echo/whoami (public, inline)"), "{stdout}");
 
     let (ok, stdout, _) = run(&["check", plugin("auth_probe").to_str().unwrap()]);
     assert!(ok);

@@ -130,6 +130,9 @@ pub mod event_kind {
 pub mod action_flags {
     /// The action may be called by connections that have not signed in.
     pub const PUBLIC: u32 = 1;
+    /// The action never blocks and finishes in microseconds: the host may
+    /// run it on the connection's own thread (no hand-off, no deadline).
+    pub const INLINE: u32 = 2;
 }
 
 /// Callbacks from the plugin into the host, handed to the entry function.

@@ -18,6 +18,7 @@ pub(crate) type ErasedHandler = Box<dyn Fn(&Context<'_>, &[u8], &mut Option<Repl
 pub struct Action {
     pub(crate) path: String,
     pub(crate) public: bool,
+    pub(crate) inline: bool,
     /// Required scopes, space-separated (as the descriptor carries them).
     pub(crate) scopes: String,
     pub(crate) timeout: Option<Duration>,
@@ -92,6 +93,7 @@ impl Action {
         Action {
             path,
             public: false,
+            inline: false,
             scopes: String::new(),
             timeout: None,
             handler,
@@ -102,6 +104,16 @@ impl Action {
     /// By default an action needs a signed-in caller.
     pub fn public(mut self) -> Action {
         self.public = true;
+        self
+    }
+
+    /// Promises that this action never blocks (no I/O, no locks held long,
+    /// no sleeping) and finishes in microseconds, so the server may run it
+    /// on the connection's own thread, the fastest path. Such an action
+    /// gets no deadline: one that breaks the promise stalls every
+    /// connection on that thread. Leave it off when in doubt.
+    pub fn inline(mut self) -> Action {
+        self.inline = true;
         self
     }
 

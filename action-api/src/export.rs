@@ -162,6 +162,10 @@ fn register(plugin: Plugin) -> Registered {
                 action_flags::PUBLIC
             } else {
                 0
+            } | if action.inline {
+                action_flags::INLINE
+            } else {
+                0
             },
             timeout_ms: action.timeout.map_or(0, |t| {
                 u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)

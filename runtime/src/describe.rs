@@ -43,6 +43,8 @@ pub struct ActionReport {
     pub timeout_ms: Option<u128>,
     /// Scopes a caller's token must carry.
     pub scopes: Vec<String>,
+    /// Runs on the connection's thread (never blocks, no deadline).
+    pub inline: bool,
 }
 
 /// Loads `file` (through a shadow copy under `shadow_base`) and reports.
@@ -82,6 +84,7 @@ pub fn check(file: &Path, shadow_base: &Path) -> PluginReport {
                     public: a.public,
                     timeout_ms: a.timeout.map(|t| t.as_millis()),
                     scopes: a.scopes.clone(),
+                    inline: a.inline,
                 })
                 .collect();
             report.authenticates = plugin.has_authenticate();
@@ -136,11 +139,12 @@ impl std::fmt::Display for PluginReport {
             } else {
                 format!("scopes: {}", action.scopes.join(" "))
             };
+            let inline = if action.inline { ", inline" } else { "" };
             let timeout = action
                 .timeout_ms
                 .map(|t| format!(", timeout {t} ms"))
                 .unwrap_or_default();
-            writeln!(f, "  {} ({access}{timeout})", action.path)?;
+            writeln!(f, "  {} ({access}{inline}{timeout})", action.path)?;
         }
         Ok(())
     }

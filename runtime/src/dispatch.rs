@@ -96,7 +96,14 @@ pub async fn dispatch(
         };
         return Dispatched::Ready(reply(id.as_ref(), outcome));
     }
-    match prepare(state, session, method) {
+    let (entry, identity, report_errors) = match authorize(state, session, method) {
+        Ok(authorized) => authorized,
+        Err(error) => return Dispatched::Ready(reply(id.as_ref(), Err(error.into()))),
+    };
+    if entry.inline {
+        return run_inline(entry, identity, session.conn_id, envelope.params, id);
+    }
+    match with_permits(state, session, entry, identity, report_errors) {
         Ok(mut call) => {
             if call.report_errors {
                 call.registry_events = Some(Arc::clone(state));
@@ -136,6 +143,65 @@ fn deliver_answer(state: &ServerState, session: &Session, envelope: &Envelope<'_
     }
 }
 
+/// Runs an action its author marked inline (it never blocks and finishes
+/// in microseconds) right here on the connection's task: no task, no
+/// thread hand-off, no slot. If the plugin answers later after all, the
+/// answer is awaited under the action's deadline like any other.
+fn run_inline(
+    entry: Arc<ActionEntry>,
+    identity: Option<Arc<Identity>>,
+    conn_id: u64,
+    params: Option<&serde_json::value::RawValue>,
+    id: Option<Bytes>,
+) -> Dispatched {
+    let (pending, mut completion) = PendingReply::new();
+    let args = CallArgs {
+        params: params.map_or(b"null".as_slice(), |p| p.get().as_bytes()),
+        conn_id,
+        user: identity.as_ref().map(|i| &*i.user),
+        scopes: identity
+            .as_ref()
+            .map(|i| &*i.scopes)
+            .filter(|s| !s.is_empty()),
+        conn_data: identity.as_ref().and_then(|i| i.data.as_deref()),
+    };
+    entry.plugin.call(entry.index, &args, pending);
+    match completion.try_recv() {
+        Ok(done) => Dispatched::Ready(reply(id.as_ref(), interpret(&entry.path, done))),
+        Err(_) => Dispatched::Running(Box::pin(async move {
+            let outcome = await_completion(&entry, completion).await;
+            reply(id.as_ref(), outcome)
+        })),
+    }
+}
+
+/// Waits for a plugin's answer under the action's deadline.
+async fn await_completion(
+    entry: &ActionEntry,
+    completion: tokio::sync::oneshot::Receiver<Completion>,
+) -> Result<String, CallError> {
+    match tokio::time::timeout(entry.timeout, completion).await {
+        Ok(Ok(done)) => interpret(&entry.path, done),
+        Ok(Err(_)) => Err(RpcError::new(
+            ErrorCode::Internal,
+            format!(
+                "action '{}' could not be started: the server is stopping",
+                entry.path
+            ),
+        )
+        .into()),
+        Err(_) => Err(RpcError::new(
+            ErrorCode::Timeout,
+            format!(
+                "action '{}' did not answer within {} ms",
+                entry.path,
+                entry.timeout.as_millis()
+            ),
+        )
+        .into()),
+    }
+}
+
 /// A call that passed every check, holding what it needs to run.
 struct PreparedCall {
     entry: Arc<ActionEntry>,
@@ -149,7 +215,13 @@ struct PreparedCall {
     registry_events: Option<Arc<ServerState>>,
 }
 
-fn prepare(state: &ServerState, session: &Session, method: &str) -> Result<PreparedCall, RpcError> {
+/// The action at `method`, if this connection may call it, with the
+/// identity it runs for and whether plugins listen for error events.
+fn authorize(
+    state: &ServerState,
+    session: &Session,
+    method: &str,
+) -> Result<(Arc<ActionEntry>, Option<Arc<Identity>>, bool), RpcError> {
     let snapshot = state.registry.snapshot();
     let entry = snapshot
         .get(method)
@@ -176,6 +248,17 @@ fn prepare(state: &ServerState, session: &Session, method: &str) -> Result<Prepa
         }
         Some(Arc::clone(identity))
     };
+    Ok((entry, identity, report_errors))
+}
+
+/// Takes the connection's and the server's call slots for a pool call.
+fn with_permits(
+    state: &ServerState,
+    session: &Session,
+    entry: Arc<ActionEntry>,
+    identity: Option<Arc<Identity>>,
+    report_errors: bool,
+) -> Result<PreparedCall, RpcError> {
     let connection_permit = Arc::clone(&session.inflight)
         .try_acquire_owned()
         .map_err(|_| {
@@ -241,26 +324,7 @@ impl PreparedCall {
             };
             plugin_entry.plugin.call(plugin_entry.index, &args, pending);
         });
-        let outcome = match tokio::time::timeout(entry.timeout, completion).await {
-            Ok(Ok(done)) => interpret(&entry.path, done),
-            Ok(Err(_)) => Err(RpcError::new(
-                ErrorCode::Internal,
-                format!(
-                    "action '{}' could not be started: the server is stopping",
-                    entry.path
-                ),
-            )
-            .into()),
-            Err(_) => Err(RpcError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "action '{}' did not answer within {} ms",
-                    entry.path,
-                    entry.timeout.as_millis()
-                ),
-            )
-            .into()),
-        };
+        let outcome = await_completion(&entry, completion).await;
         if let (Some(state), Err(CallError::Rpc(error))) = (&registry_events, &outcome)
             && matches!(error.code, ErrorCode::Timeout | ErrorCode::ActionFailed)
         {

@@ -114,13 +114,13 @@ fn later(ctx: &Context<'_>, p: Millis, reply: Reply) {
 
 fn plugin() -> Plugin {
     Plugin::new("echo", env!("CARGO_PKG_VERSION"))
-        .action(Action::new("echo", echo).public())
+        .action(Action::new("echo", echo).public().inline())
         .action(Action::new("echo/sleep", sleep).timeout(Duration::from_secs(2)))
         .action(Action::new("echo/spin", spin).timeout(Duration::from_secs(2)))
         .action(Action::new("echo/error", error))
         .action(Action::new("echo/fail", fail))
         .action(Action::new("echo/panic", panic))
-        .action(Action::new("echo/whoami", whoami).public())
+        .action(Action::new("echo/whoami", whoami).public().inline())
         .action(Action::deferred("echo/later", later).timeout(Duration::from_secs(2)))
 }
 

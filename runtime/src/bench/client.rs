@@ -50,7 +50,10 @@ impl Target {
             // connections linger in TIME_WAIT) and 100k connections fit.
             let octet = u8::try_from(2 + n % SOURCES).unwrap_or(2);
             socket.set_reuseaddr(true)?;
-            socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)), 0))?;
+            socket.bind(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)),
+                0,
+            ))?;
         }
         let stream = socket.connect(server).await?;
         stream.set_nodelay(true)?;

@@ -210,6 +210,7 @@ pub(crate) unsafe fn read_actions(descriptor: &Descriptor) -> Result<Vec<ActionM
         actions.push(ActionMeta {
             path,
             public: raw.flags & action_flags::PUBLIC != 0,
+            inline: raw.flags & action_flags::INLINE != 0,
             timeout: (raw.timeout_ms > 0).then(|| Duration::from_millis(raw.timeout_ms)),
             scopes: scopes.split_whitespace().map(str::to_owned).collect(),
         });

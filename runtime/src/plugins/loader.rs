@@ -60,6 +60,8 @@ pub struct ActionMeta {
     pub timeout: Option<Duration>,
     /// Scopes the caller's token must all carry.
     pub scopes: Vec<String>,
+    /// Runs on the connection's task: the author promises it never blocks.
+    pub inline: bool,
 }
 
 /// A plugin library loaded into the server, with everything the host needs

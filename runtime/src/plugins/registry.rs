@@ -29,6 +29,8 @@ pub struct ActionEntry {
     pub timeout: Duration,
     /// Scopes the caller's token must all carry.
     pub scopes: Vec<String>,
+    /// Runs on the connection's task (the author promises it never blocks).
+    pub inline: bool,
 }
 
 /// A file in the actions folder that was not loaded, and why.
@@ -109,6 +111,7 @@ impl RegistrySnapshot {
                     public: meta.public,
                     timeout: meta.timeout.unwrap_or(default_timeout),
                     scopes: meta.scopes.clone(),
+                    inline: meta.inline,
                 };
                 actions.insert(meta.path.clone(), Arc::new(entry));
             }
