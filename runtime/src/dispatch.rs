@@ -96,7 +96,11 @@ pub async fn dispatch(
         };
         return Dispatched::Ready(reply(id.as_ref(), outcome));
     }
-    let (entry, identity, report_errors) = match authorize(state, session, method) {
+    let Authorized {
+        entry,
+        identity,
+        report_errors,
+    } = match authorize(state, session, method) {
         Ok(authorized) => authorized,
         Err(error) => return Dispatched::Ready(reply(id.as_ref(), Err(error.into()))),
     };
@@ -217,11 +221,7 @@ struct PreparedCall {
 
 /// The action at `method`, if this connection may call it, with the
 /// identity it runs for and whether plugins listen for error events.
-fn authorize(
-    state: &ServerState,
-    session: &Session,
-    method: &str,
-) -> Result<(Arc<ActionEntry>, Option<Arc<Identity>>, bool), RpcError> {
+fn authorize(state: &ServerState, session: &Session, method: &str) -> Result<Authorized, RpcError> {
     let snapshot = state.registry.snapshot();
     let entry = snapshot
         .get(method)
@@ -248,7 +248,20 @@ fn authorize(
         }
         Some(Arc::clone(identity))
     };
-    Ok((entry, identity, report_errors))
+    Ok(Authorized {
+        entry,
+        identity,
+        report_errors,
+    })
+}
+
+/// A call this connection may make.
+struct Authorized {
+    entry: Arc<ActionEntry>,
+    /// Who it runs for.
+    identity: Option<Arc<Identity>>,
+    /// Whether plugins listen for error events.
+    report_errors: bool,
 }
 
 /// Takes the connection's and the server's call slots for a pool call.
