@@ -90,6 +90,29 @@ async fn a_send_to_a_user_reaches_all_of_their_connections() {
             .await["result"]["delivered"],
         0
     );
+    // A broadcast reaches everyone but the sender (and an anonymous connection too).
+    let mut anon = server.connect().await;
+    let reply = other
+        .call("chat/announce", json!({"text": "maintenance at 5"}))
+        .await;
+    assert_eq!(reply["result"]["reached"], 3, "{reply}");
+    for c in [&mut phone, &mut laptop, &mut anon] {
+        let (push, _) = c
+            .recv_until(|v| v["params"]["event"] == "chat.announcement")
+            .await;
+        assert_eq!(
+            push["params"]["data"],
+            json!({"from": "eve", "text": "maintenance at 5"})
+        );
+    }
+    other.request("p", "rpc.ping", Value::Null).await;
+    let (_, skipped) = other.recv_until(|v| v["id"] == "p").await;
+    assert!(
+        skipped
+            .iter()
+            .all(|f| f["params"]["event"] != "chat.announcement"),
+        "the sender got its own broadcast"
+    );
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 //! - `chat/nick {nick}`: sets the caller's display name (connection data).
 //! - `chat/dm {to, text}`: a direct message to every connection of a user.
 //! - `chat/whois {conn}`: what the server knows of a connection.
+//! - `chat/announce {text}`: a `chat.announcement` push to every other connection.
 //! - `chat/ask {conn, question, timeout_ms?}`: asks a client to confirm
 //!   (`chat/confirm` on the client) and returns its answer.
 //! - A join hook for `chat:*` rooms joined with `rpc.join`: `chat:staff-*`
@@ -148,6 +149,24 @@ fn dm(ctx: &Context<'_>, p: DmParams) -> Result<Value, ActionError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AnnounceParams {
+    text: String,
+}
+
+/// Pushes `chat.announcement` to every connection but the caller's.
+fn announce(ctx: &Context<'_>, p: AnnounceParams) -> Result<Value, ActionError> {
+    checked_text(&p.text)?;
+    let from = display_name(ctx)?;
+    let reached = ctx.host().broadcast(
+        "chat.announcement",
+        serde_json::json!({"from": from, "text": p.text}),
+        &[ctx.conn_id()],
+    )?;
+    Ok(serde_json::json!({"reached": reached}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ConnParams {
     conn: u64,
 }
@@ -228,6 +247,7 @@ fn plugin() -> Plugin {
         .action(Action::new("chat/nick", nick))
         .action(Action::new("chat/dm", dm))
         .action(Action::new("chat/whois", whois))
+        .action(Action::new("chat/announce", announce))
         .action(Action::new("chat/ask", ask).timeout(Duration::from_secs(12)))
 }
 
