@@ -2,6 +2,7 @@
 //! and the WebSocket upgrade, including the token check on the handshake.
 
 use crate::auth::Handshake;
+use crate::config::AuthStep;
 use crate::connection::{self, Outbound};
 use crate::lifecycle;
 use crate::session::Session;
@@ -95,7 +96,13 @@ impl Routes {
         };
         let conn_id = next_conn_id();
         let handshake = Arc::new(Handshake {
-            headers_json: headers_json(headers),
+            // Only an auth plugin reads the headers (on the handshake and on
+            // later `rpc.auth`s): without one, an idle connection keeps none.
+            headers_json: if self.state.config.auth_chain.contains(&AuthStep::Plugin) {
+                headers_json(headers)
+            } else {
+                String::new()
+            },
             query: req.uri().query().map(str::to_owned),
             remote_addr: self.remote.map(|a| a.to_string()).unwrap_or_default(),
         });
