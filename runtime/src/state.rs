@@ -52,12 +52,6 @@ impl ServerState {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// Counts a connection until the returned guard drops.
-    pub fn count_connection(self: &Arc<Self>) -> ConnectionCount {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        ConnectionCount(Arc::clone(self))
-    }
-
     /// Counts a connection until the returned guard drops, but only if
     /// fewer than `max_connections` are counted; `None` when full. The check
     /// and the count are one atomic step, so a burst of upgrades cannot
