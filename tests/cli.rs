@@ -195,3 +195,110 @@ fn help_reads_well() {
         "{stdout}"
     );
 }
+
+fn bench_json(url: &str, args: &[&str]) -> Value {
+    let out = Command::new(binary())
+        .args(["bench", "--url", url, "--jwt-secret", SECRET, "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_measures_rpc_fanout_and_connections() {
+    let server = ServerConfig::default()
+        .arg("--auth-timeout-ms")
+        .arg("0")
+        .start();
+    let url = server.ws_url();
+    let rpc = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            bench_json(
+                &url,
+                &["rpc", "--conns", "2", "--inflight", "2", "--duration", "1s"],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(rpc["rate"].as_f64().unwrap() > 0.0, "{rpc}");
+    assert_eq!(rpc["errors"], 0);
+    assert!(rpc["p99_us"].as_u64().unwrap() >= rpc["p50_us"].as_u64().unwrap());
+    let fanout = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            bench_json(
+                &url,
+                &[
+                    "fanout",
+                    "--rooms",
+                    "2",
+                    "--subscribers",
+                    "3",
+                    "--rate",
+                    "20",
+                    "--duration",
+                    "1s",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    // 2 rooms x 3 subscribers, 20 messages/s in all: about 60 deliveries/s.
+    let rate = fanout["rate"].as_f64().unwrap();
+    assert!(rate > 20.0 && rate < 100.0, "{fanout}");
+    let pid = server.pid().to_string();
+    let conns = tokio::task::spawn_blocking(move || {
+        bench_json(&url, &["conns", "--count", "50", "--pid", &pid])
+    })
+    .await
+    .unwrap();
+    assert_eq!(conns["connections"], 50);
+    assert!(conns["rss_after_kib"].as_u64().unwrap() > 0, "{conns}");
+}
+
+#[test]
+fn the_floor_server_answers_echo_join_and_publish() {
+    let mut floor = Command::new(binary().with_file_name("switchboard-floor"))
+        .arg("127.0.0.1:0")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(floor.stderr.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("floor listening on ")
+        .unwrap()
+        .to_owned();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut c = Client::connect(&url).await;
+        assert_eq!(
+            c.call("echo", json!({"a": 1})).await["result"],
+            json!({"a": 1})
+        );
+        assert_eq!(
+            c.call("rpc.join", json!({"room": "r"})).await["result"]["room"],
+            "r"
+        );
+        c.request(9, "rpc.publish", json!({"room": "r", "data": {"x": 2}}))
+            .await;
+        let (message, _) = c.recv_until(|v| v["method"] == "rpc.message").await;
+        assert_eq!(message["params"]["data"], json!({"x": 2}));
+    });
+    let _ = floor.kill();
+    let _ = floor.wait();
+}
