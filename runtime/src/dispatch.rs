@@ -159,16 +159,8 @@ fn run_inline(
     id: Option<Bytes>,
 ) -> Dispatched {
     let (pending, mut completion) = PendingReply::new();
-    let args = CallArgs {
-        params: params.map_or(b"null".as_slice(), |p| p.get().as_bytes()),
-        conn_id,
-        user: identity.as_ref().map(|i| &*i.user),
-        scopes: identity
-            .as_ref()
-            .map(|i| &*i.scopes)
-            .filter(|s| !s.is_empty()),
-        conn_data: identity.as_ref().and_then(|i| i.data.as_deref()),
-    };
+    let params = params.map_or(b"null".as_slice(), |p| p.get().as_bytes());
+    let args = call_args(params, conn_id, identity.as_deref());
     entry.plugin.call(entry.index, &args, pending);
     match completion.try_recv() {
         Ok(done) => Dispatched::Ready(reply(id.as_ref(), interpret(&entry.path, done))),
@@ -176,6 +168,17 @@ fn run_inline(
             let outcome = await_completion(&entry, completion).await;
             reply(id.as_ref(), outcome)
         })),
+    }
+}
+
+/// What a plugin's `call` gets: the raw params and who is calling.
+fn call_args<'a>(params: &'a [u8], conn_id: u64, identity: Option<&'a Identity>) -> CallArgs<'a> {
+    CallArgs {
+        params,
+        conn_id,
+        user: identity.map(|i| &*i.user),
+        scopes: identity.map(|i| &*i.scopes).filter(|s| !s.is_empty()),
+        conn_data: identity.and_then(|i| i.data.as_deref()),
     }
 }
 
@@ -325,16 +328,8 @@ impl PreparedCall {
         // whole server's.
         tokio::task::spawn_blocking(move || {
             let _permits = (server_permit, connection_permit);
-            let args = CallArgs {
-                params: params.as_deref().unwrap_or(b"null"),
-                conn_id,
-                user: identity.as_ref().map(|i| &*i.user),
-                scopes: identity
-                    .as_ref()
-                    .map(|i| &*i.scopes)
-                    .filter(|s| !s.is_empty()),
-                conn_data: identity.as_ref().and_then(|i| i.data.as_deref()),
-            };
+            let params = params.as_deref().unwrap_or(b"null");
+            let args = call_args(params, conn_id, identity.as_deref());
             plugin_entry.plugin.call(plugin_entry.index, &args, pending);
         });
         let outcome = await_completion(&entry, completion).await;
