@@ -59,8 +59,11 @@ impl Builtin {
         match self {
             Builtin::Ping => Ok("\"pong\"".to_owned()),
             Builtin::Actions => Ok(actions(state, session.live_identity().map(|i| &**i))),
-            Builtin::Auth => auth(state, session, params).await,
-            Builtin::Join => room_calls::join(state, session, params).await,
+            // The two that may wait (on an auth or join hook) are boxed:
+            // every connection's task is as large as its largest await,
+            // and these are rare and large.
+            Builtin::Auth => Box::pin(auth(state, session, params)).await,
+            Builtin::Join => Box::pin(room_calls::join(state, session, params)).await,
             Builtin::Leave => room_calls::leave(state, session, params),
             Builtin::LeaveAll => Ok(room_calls::leave_all(state, session)),
             Builtin::Publish => room_calls::publish(state, session, params),

@@ -11,9 +11,9 @@
 
 use crate::auth::now_secs;
 use crate::dispatch::{Dispatched, dispatch};
-use crate::hub::ConnHandle;
+use crate::hub::{ConnHandle, Outgoing, outgoing};
 use crate::lifecycle;
-use crate::protocol::{self, Frame};
+use crate::protocol::{self, Envelope, Frame, Refusal};
 use crate::rpc_error::{ErrorCode, RpcError};
 use crate::session::Session;
 use crate::state::ServerState;
@@ -63,13 +63,18 @@ enum Timer {
 }
 
 /// Serves one upgraded connection until it closes or the server stops.
-pub async fn serve<S>(
+///
+/// Not an `async fn`: the connection is built here, so the future holds
+/// it once (an `async fn` would also keep its arguments). An idle
+/// connection costs the size of this future's largest state; spawn it as
+/// a task of its own rather than await it inside another.
+pub fn serve<S>(
     ws: WebSocketStream<S>,
     state: Arc<ServerState>,
     session: Session,
     outbound: Outbound,
     shutdown: CancellationToken,
-) -> Ended
+) -> impl Future<Output = Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -81,7 +86,6 @@ where
     Connection::new(ws, state, session, outbound)
         .run(shutdown)
         .instrument(span)
-        .await
 }
 
 /// A connection's outbound queue, registered in the hub (so pushes reach
@@ -92,7 +96,7 @@ pub struct Outbound {
     /// How pushes reach the connection.
     pub handle: ConnHandle,
     /// The queue's receiving end, drained by the connection's task.
-    pub rx: mpsc::Receiver<Utf8Bytes>,
+    pub rx: mpsc::Receiver<Outgoing>,
 }
 
 impl Outbound {
@@ -124,8 +128,8 @@ struct Connection<S> {
     session: Session,
     /// Handed to running calls; dropped at shutdown so the queue ends when
     /// the last running call has answered.
-    replies_tx: Option<mpsc::Sender<Utf8Bytes>>,
-    replies_rx: mpsc::Receiver<Utf8Bytes>,
+    replies_tx: Option<mpsc::Sender<Outgoing>>,
+    replies_rx: mpsc::Receiver<Outgoing>,
     /// Cancelled by a push that found the queue full: close with 4008.
     kick: CancellationToken,
     /// Frames written since the last flush.
@@ -366,11 +370,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Buffers `first` and whatever else is queued; the flush comes later.
-    async fn write_burst(&mut self, first: Utf8Bytes) -> Next {
-        let mut next = self.write(first).await;
+    async fn write_burst(&mut self, first: Outgoing) -> Next {
+        let mut next = self.write(Arc::unwrap_or_clone(first)).await;
         while matches!(next, Next::Continue) && self.unflushed < MAX_FRAMES_PER_FLUSH {
             match self.replies_rx.try_recv() {
-                Ok(reply) => next = self.write(reply).await,
+                Ok(reply) => next = self.write(Arc::unwrap_or_clone(reply)).await,
                 Err(_) => break,
             }
         }
@@ -383,7 +387,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn write_ready(&mut self, reply: impl Into<Utf8Bytes>) -> Next {
         while let Ok(queued) = self.replies_rx.try_recv() {
             if let next @ (Next::Stop(_) | Next::Close(..) | Next::Shutdown) =
-                self.write(queued).await
+                self.write(Arc::unwrap_or_clone(queued)).await
             {
                 return next;
             }
@@ -461,68 +465,78 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                 }
             }
-            Frame::Batch(items) => {
-                let mut answers = Vec::with_capacity(items.len());
-                let mut all_ready = true;
-                let mut signed_in_here = false;
-                for item in items {
-                    let answer = match item {
-                        Err(refusal) => Dispatched::Ready(Some(protocol::reply_error(
-                            refusal.id.as_deref(),
-                            &refusal.error,
-                        ))),
-                        // One sign-in per batch: each may wait on an auth
-                        // plugin, and the connection reads nothing meanwhile.
-                        Ok(envelope) if envelope.method == "rpc.auth" && signed_in_here => {
-                            let error = RpcError::new(
-                                ErrorCode::InvalidRequest,
-                                "invalid request: at most one rpc.auth per batch",
-                            );
-                            let id = envelope.id.map(|id| id.get().as_bytes());
-                            Dispatched::Ready(
-                                envelope
-                                    .id
-                                    .is_some()
-                                    .then(|| protocol::reply_error(id, &error)),
-                            )
-                        }
-                        Ok(envelope) => {
-                            signed_in_here |= envelope.method == "rpc.auth";
-                            dispatch(&self.state, &mut self.session, &envelope, &frame, text).await
-                        }
-                    };
-                    all_ready &= matches!(answer, Dispatched::Ready(_));
-                    answers.push(answer);
-                }
-                if all_ready {
-                    let replies: Vec<String> = answers
-                        .into_iter()
-                        .filter_map(|a| match a {
-                            Dispatched::Ready(reply) => reply,
-                            Dispatched::Running(_) => None,
-                        })
-                        .collect();
-                    return if replies.is_empty() {
-                        Next::Continue
-                    } else {
-                        self.write_ready(protocol::join_batch(&replies)).await
-                    };
-                }
-                // Resolve in request order, so the array lists replies as the calls came.
-                let pending = answers.into_iter().map(|a| match a {
-                    Dispatched::Ready(reply) => Either::Left(future::ready(reply)),
-                    Dispatched::Running(call) => Either::Right(call),
-                });
-                let batch = future::join_all(pending).map(|replies| {
-                    let replies: Vec<String> = replies.into_iter().flatten().collect();
-                    (!replies.is_empty())
-                        .then(|| protocol::join_batch(&replies))
-                        .into_iter()
-                        .collect()
-                });
-                self.spawn_reply(batch)
-            }
+            // Boxed: batches are rare, and their state would otherwise
+            // make every connection's task larger.
+            Frame::Batch(items) => Box::pin(self.on_batch(items, &frame, text)).await,
         }
+    }
+
+    /// Dispatches a batch's calls in order and answers with one array.
+    async fn on_batch(
+        &mut self,
+        items: Vec<Result<Envelope<'_>, Refusal>>,
+        frame: &Bytes,
+        text: &str,
+    ) -> Next {
+        let mut answers = Vec::with_capacity(items.len());
+        let mut all_ready = true;
+        let mut signed_in_here = false;
+        for item in items {
+            let answer = match item {
+                Err(refusal) => Dispatched::Ready(Some(protocol::reply_error(
+                    refusal.id.as_deref(),
+                    &refusal.error,
+                ))),
+                // One sign-in per batch: each may wait on an auth
+                // plugin, and the connection reads nothing meanwhile.
+                Ok(envelope) if envelope.method == "rpc.auth" && signed_in_here => {
+                    let error = RpcError::new(
+                        ErrorCode::InvalidRequest,
+                        "invalid request: at most one rpc.auth per batch",
+                    );
+                    let id = envelope.id.map(|id| id.get().as_bytes());
+                    Dispatched::Ready(
+                        envelope
+                            .id
+                            .is_some()
+                            .then(|| protocol::reply_error(id, &error)),
+                    )
+                }
+                Ok(envelope) => {
+                    signed_in_here |= envelope.method == "rpc.auth";
+                    dispatch(&self.state, &mut self.session, &envelope, frame, text).await
+                }
+            };
+            all_ready &= matches!(answer, Dispatched::Ready(_));
+            answers.push(answer);
+        }
+        if all_ready {
+            let replies: Vec<String> = answers
+                .into_iter()
+                .filter_map(|a| match a {
+                    Dispatched::Ready(reply) => reply,
+                    Dispatched::Running(_) => None,
+                })
+                .collect();
+            return if replies.is_empty() {
+                Next::Continue
+            } else {
+                self.write_ready(protocol::join_batch(&replies)).await
+            };
+        }
+        // Resolve in request order, so the array lists replies as the calls came.
+        let pending = answers.into_iter().map(|a| match a {
+            Dispatched::Ready(reply) => Either::Left(future::ready(reply)),
+            Dispatched::Running(call) => Either::Right(call),
+        });
+        let batch = future::join_all(pending).map(|replies| {
+            let replies: Vec<String> = replies.into_iter().flatten().collect();
+            (!replies.is_empty())
+                .then(|| protocol::join_batch(&replies))
+                .into_iter()
+                .collect()
+        });
+        self.spawn_reply(batch)
     }
 
     /// Runs a call (or batch) in its own task; its reply, if any, goes
@@ -535,7 +549,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             async move {
                 for reply in call.await {
                     // The receiver is gone only when the connection has ended.
-                    let _ = replies.send(Utf8Bytes::from(reply)).await;
+                    let _ = replies.send(outgoing(reply)).await;
                 }
             }
             .in_current_span(),

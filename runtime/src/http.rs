@@ -143,8 +143,11 @@ impl Routes {
         let state = Arc::clone(&self.state);
         let shutdown = self.shutdown.clone();
         let upgrade = hyper::upgrade::on(&mut req);
+        let tracker = self.tracker.clone();
+        // Two tasks: this one finishes the upgrade and ends; the connection
+        // then runs as a task of its own, as large as it needs to be and no
+        // larger (a future that awaited it would also hold this one's state).
         self.tracker.spawn(async move {
-            let _counted = counted;
             let upgraded = match upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(e) => {
@@ -185,15 +188,17 @@ impl Routes {
                 state.config.max_inflight_per_connection,
                 state.auth.leeway(),
             );
-            let ended =
-                connection::serve(ws, Arc::clone(&state), session, outbound, shutdown).await;
-            lifecycle::emit(
-                &state.registry,
-                lifecycle::DISCONNECT,
-                conn_id,
-                ended.user.as_ref(),
-                || serde_json::json!({"reason": ended.reason}),
-            );
+            let connection = connection::serve(ws, Arc::clone(&state), session, outbound, shutdown);
+            tracker.spawn(futures_util::FutureExt::map(connection, move |ended| {
+                drop(counted);
+                lifecycle::emit(
+                    &state.registry,
+                    lifecycle::DISCONNECT,
+                    conn_id,
+                    ended.user.as_ref(),
+                    || serde_json::json!({"reason": ended.reason}),
+                );
+            }));
         });
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -236,7 +241,7 @@ fn refused_handshake(mut response: Response<Body>) -> Response<Body> {
 /// small JSON messages, and hard caps so one peer cannot grow memory.
 pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(2 * max_message_bytes + 64 * 1024)
         .max_message_size(Some(max_message_bytes))

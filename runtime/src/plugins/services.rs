@@ -7,7 +7,7 @@
 //! starts (plugins loaded by `switchboard check` have no server: every
 //! service reports failure). Each callback catches panics.
 
-use crate::hub::CallOutcome;
+use crate::hub::{CallOutcome, Outgoing};
 use crate::rooms::event_frame;
 use crate::rooms::policy::check_name;
 use crate::state::ServerState;
@@ -16,7 +16,6 @@ use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 static SERVER: OnceLock<Weak<ServerState>> = OnceLock::new();
 
@@ -47,7 +46,7 @@ fn valid_json(data: Option<&str>) -> Option<&str> {
     data.filter(|d| serde_json::from_str::<serde::de::IgnoredAny>(d).is_ok())
 }
 
-fn event(event: &str, data: &str) -> Utf8Bytes {
+fn event(event: &str, data: &str) -> Outgoing {
     let data: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
     event_frame(event, &data)
 }

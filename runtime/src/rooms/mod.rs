@@ -13,14 +13,13 @@
 pub mod policy;
 
 use crate::auth::Identity;
-use crate::hub::{ConnHandle, Hub};
+use crate::hub::{ConnHandle, Hub, Outgoing, outgoing};
 use crate::rpc_error::{ErrorCode, RpcError};
 use policy::{JoinPolicy, RoomRule, check_name, matches, matches_any_user};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Shards of the room map and the membership index.
 const SHARDS: usize = 32;
@@ -45,7 +44,7 @@ fn shard_of(key: &str) -> usize {
 struct Stored {
     offset: u64,
     at: Instant,
-    frame: Utf8Bytes,
+    frame: Outgoing,
 }
 
 #[derive(Debug)]
@@ -133,16 +132,16 @@ fn new_epoch() -> String {
 }
 
 /// The `rpc.message` frame for one message: built once, shared by all.
-fn message_frame(room: &str, offset: u64, data: &str) -> Utf8Bytes {
+fn message_frame(room: &str, offset: u64, data: &str) -> Outgoing {
     let room = serde_json::to_string(room).unwrap_or_else(|_| "\"\"".to_owned());
-    Utf8Bytes::from(format!(
+    outgoing(format!(
         r#"{{"jsonrpc":"2.0","method":"rpc.message","params":{{"room":{room},"offset":{offset},"data":{data}}}}}"#
     ))
 }
 
 /// An `rpc.event` push.
-pub fn event_frame(event: &str, data: &serde_json::Value) -> Utf8Bytes {
-    Utf8Bytes::from(
+pub fn event_frame(event: &str, data: &serde_json::Value) -> Outgoing {
+    outgoing(
         serde_json::json!({"jsonrpc": "2.0", "method": "rpc.event", "params": {"event": event, "data": data}})
             .to_string(),
     )
