@@ -106,6 +106,10 @@ enum BenchScenario {
         /// The server's process id, to read its memory.
         #[arg(long)]
         pid: Option<u32>,
+        /// After measuring, keep them open this long, then check each one
+        /// still answers (for several servers measured at once).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        hold: Option<Duration>,
     },
 }
 
@@ -548,8 +552,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 let report = fanout::run(&target, &scenario).await?;
                 print_report(&report, json)
             }
-            BenchScenario::Conns { count, pid } => {
-                let report = conns::run(&target, count, pid).await?;
+            BenchScenario::Conns { count, pid, hold } => {
+                let report = conns::run(&target, count, pid, hold).await?;
                 if json {
                     println!("{}", serde_json::to_string(&report)?);
                 } else {
@@ -557,6 +561,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         "connections {}  rss before {:?} KiB  after {:?} KiB  per connection {:?} bytes  opened in {:.1} s",
                         report.connections, report.rss_before_kib, report.rss_after_kib, report.bytes_per_connection, report.open_secs
                     );
+                    if let Some(alive) = report.alive_after_hold {
+                        println!("after holding: {alive} of {} still answered", report.connections);
+                    }
                 }
                 Ok(())
             }

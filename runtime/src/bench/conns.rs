@@ -1,8 +1,14 @@
 //! The `conns` scenario: opens N idle connections and, given the server's
-//! pid, reports its resident memory per connection.
+//! pid, reports its resident memory per connection; optionally holds them
+//! and checks each still answers.
 
-use super::client::Target;
+use super::client::{BenchSocket, Target};
+use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long every held connection gets to answer its ping.
+const PING_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The server's resident memory in KiB, from `/proc/<pid>/status`.
 pub fn rss_kib(pid: u32) -> Option<u64> {
@@ -27,10 +33,17 @@ pub struct ConnsReport {
     pub bytes_per_connection: Option<u64>,
     /// Seconds to open them all.
     pub open_secs: f64,
+    /// With `--hold`: how many answered a ping after the hold.
+    pub alive_after_hold: Option<usize>,
 }
 
 /// Opens `count` connections, waits for the server to settle, measures.
-pub async fn run(target: &Target, count: usize, pid: Option<u32>) -> anyhow::Result<ConnsReport> {
+pub async fn run(
+    target: &Target,
+    count: usize,
+    pid: Option<u32>,
+    hold: Option<Duration>,
+) -> anyhow::Result<ConnsReport> {
     let before = pid.and_then(rss_kib);
     let started = std::time::Instant::now();
     let mut sockets = Vec::with_capacity(count);
@@ -48,6 +61,14 @@ pub async fn run(target: &Target, count: usize, pid: Option<u32>) -> anyhow::Res
         (Some(b), Some(a)) if count > 0 => Some(a.saturating_sub(b) * 1024 / count as u64),
         _ => None,
     };
+    let alive_after_hold = match hold {
+        Some(hold) => {
+            eprintln!("conns: holding {count} for {}", humantime::format_duration(hold));
+            tokio::time::sleep(hold).await;
+            Some(count_answering(&mut sockets).await)
+        }
+        None => None,
+    };
     drop(sockets);
     Ok(ConnsReport {
         connections: count,
@@ -55,5 +76,36 @@ pub async fn run(target: &Target, count: usize, pid: Option<u32>) -> anyhow::Res
         rss_after_kib: after,
         bytes_per_connection: per,
         open_secs,
+        alive_after_hold,
     })
+}
+
+/// Pings every connection (all sent before any answer is read) and counts
+/// those that answer (a `pong`, or any reply from a server without
+/// `rpc.ping`) before [`PING_DEADLINE`].
+async fn count_answering(sockets: &mut [BenchSocket]) -> usize {
+    const PING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"rpc.ping"}"#;
+    let mut sent = Vec::with_capacity(sockets.len());
+    for socket in sockets.iter_mut() {
+        sent.push(socket.send(Message::text(PING)).await.is_ok());
+    }
+    let deadline = tokio::time::Instant::now() + PING_DEADLINE;
+    let mut alive = 0;
+    for (socket, sent) in sockets.iter_mut().zip(sent) {
+        if !sent {
+            continue;
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, socket.next()).await {
+                Ok(Some(Ok(Message::Text(reply)))) if reply.contains(r#""id":1"#) => {
+                    alive += 1;
+                    break;
+                }
+                // Pushes (presence, token warnings) are not the answer.
+                Ok(Some(Ok(_))) => continue,
+                _ => break,
+            }
+        }
+    }
+    alive
 }
