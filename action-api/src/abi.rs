@@ -338,6 +338,33 @@ pub struct PluginDescriptor {
     /// Appended in revision 2: the room patterns `room_join` decides,
     /// space-separated (`*` any run of characters, `{sub}` the user).
     pub room_patterns: ByteView,
+    /// Appended in revision 3: hands the plugin's state to its successor
+    /// on a hot reload. The plugin calls `sink(sink_ctx, bytes)` at most
+    /// once (the host copies the bytes before `sink` returns) and returns
+    /// [`state_status::OK`], or [`state_status::FAILED`] (after writing a
+    /// reason through `sink`). May be absent. Never panics.
+    pub save_state: Option<unsafe extern "C" fn(sink_ctx: *mut c_void, sink: StateSink) -> u32>,
+    /// Appended in revision 3: takes the state a predecessor saved, before
+    /// the new generation serves any call. Returns [`state_status::OK`],
+    /// or [`state_status::FAILED`] after writing a reason through `sink`:
+    /// the host then refuses the new generation and keeps the old one.
+    /// `state` is valid only until it returns. May be absent. Never panics.
+    pub restore_state: Option<
+        unsafe extern "C" fn(state: ByteView, sink_ctx: *mut c_void, sink: StateSink) -> u32,
+    >,
+}
+
+/// Where a plugin writes bytes for the host (saved state, or the reason a
+/// save or restore failed): the host copies them before it returns.
+pub type StateSink = unsafe extern "C" fn(sink_ctx: *mut c_void, bytes: ByteView);
+
+/// What [`PluginDescriptor::save_state`] and
+/// [`PluginDescriptor::restore_state`] return.
+pub mod state_status {
+    /// Done.
+    pub const OK: u32 = 0;
+    /// Failed; the bytes written through the sink are the reason.
+    pub const FAILED: u32 = 1;
 }
 
 // SAFETY: the descriptor is immutable once returned; its pointers refer to
@@ -352,10 +379,11 @@ pub const PLUGIN_DESCRIPTOR_MIN_SIZE: usize = std::mem::offset_of!(PluginDescrip
 
 /// The sizes of [`PluginDescriptor`]'s revisions, oldest first: 1 ends at
 /// `call`, 1.1 adds `shutdown`, 2 adds the authentication and lifecycle
-/// hooks.
-pub const PLUGIN_DESCRIPTOR_REVISIONS: [usize; 3] = [
+/// hooks, 3 the state handoff.
+pub const PLUGIN_DESCRIPTOR_REVISIONS: [usize; 4] = [
     PLUGIN_DESCRIPTOR_MIN_SIZE,
     std::mem::offset_of!(PluginDescriptor, authenticate),
+    std::mem::offset_of!(PluginDescriptor, save_state),
     std::mem::size_of::<PluginDescriptor>(),
 ];
 

@@ -201,7 +201,14 @@ pub struct Plugin {
     pub(crate) join_hooks: Vec<(String, JoinHook)>,
     /// The join hooks' patterns, space-separated (as the descriptor has them).
     pub(crate) join_patterns: String,
+    pub(crate) save_state: Option<SaveHook>,
+    pub(crate) restore_state: Option<RestoreHook>,
 }
+
+/// Saves a plugin's state for its successor.
+pub(crate) type SaveHook = Box<dyn Fn() -> Vec<u8> + Send + Sync>;
+/// Takes the state a predecessor saved.
+pub(crate) type RestoreHook = Box<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
 
 /// A room-join hook.
 pub(crate) type JoinHook = Box<dyn Fn(&JoinRequest<'_>) -> Result<(), String> + Send + Sync>;
@@ -235,6 +242,8 @@ impl Plugin {
             event_hooks: Vec::new(),
             join_hooks: Vec::new(),
             join_patterns: String::new(),
+            save_state: None,
+            restore_state: None,
         }
     }
 
@@ -308,6 +317,31 @@ impl Plugin {
     /// Calls `hook` when something fails on a connection.
     pub fn on_error(self, hook: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Plugin {
         self.on_event(EventKind::Error, hook)
+    }
+
+    /// Hands this plugin's in-memory state to the next build of it on a hot
+    /// reload, so a rebuild loses nothing.
+    ///
+    /// `save` runs on the serving generation just before the swap; its
+    /// bytes are copied into the server's memory and given to the new
+    /// generation's `restore` before that generation serves any call. If
+    /// `restore` returns `Err(reason)`, the new generation is refused and
+    /// the old one keeps serving (the reason is on `/status`).
+    ///
+    /// The bytes are yours to define: put a format version in them (for
+    /// instance a JSON object with a `"v"` field) and refuse, or migrate,
+    /// versions you do not know. A plugin loaded at server start, or after
+    /// a predecessor without `keep_state`, gets no `restore` call. Calls
+    /// still running on the old generation after `save` may change its
+    /// state; those changes are not carried over.
+    pub fn keep_state(
+        mut self,
+        save: impl Fn() -> Vec<u8> + Send + Sync + 'static,
+        restore: impl Fn(&[u8]) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Plugin {
+        self.save_state = Some(Box::new(save));
+        self.restore_state = Some(Box::new(restore));
+        self
     }
 
     /// Registers a function the host calls once when it stops using the

@@ -7,8 +7,8 @@
 use crate::abi::JoinRequest as RawJoinRequest;
 use crate::abi::{
     ABI_VERSION, ActionDescriptor, AuthRequest as RawAuthRequest, ByteView, CallInfo,
-    ConnectionEvent, HOST_TABLE_MIN_SIZE, HostTable, PluginDescriptor, action_flags, log_level,
-    status,
+    ConnectionEvent, HOST_TABLE_MIN_SIZE, HostTable, PluginDescriptor, StateSink, action_flags,
+    log_level, state_status, status,
 };
 use crate::action::{Plugin, Reply};
 use crate::context::{Context, Logger};
@@ -199,6 +199,8 @@ fn register(plugin: Plugin) -> Registered {
         } else {
             ByteView::of(plugin.join_patterns.as_bytes())
         },
+        save_state: plugin.save_state.is_some().then_some(save_state as _),
+        restore_state: plugin.restore_state.is_some().then_some(restore_state as _),
     };
     Registered {
         plugin,
@@ -302,6 +304,43 @@ unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
             ),
         }
     }
+}
+
+/// [`PluginDescriptor::save_state`] for plugins built with this crate.
+unsafe extern "C" fn save_state(sink_ctx: *mut c_void, sink: StateSink) -> u32 {
+    let Some(hook) = REGISTERED.get().and_then(|r| r.plugin.save_state.as_ref()) else {
+        return state_status::FAILED;
+    };
+    let (status, bytes) = match catch_unwind(AssertUnwindSafe(hook)) {
+        Ok(bytes) => (state_status::OK, bytes),
+        Err(payload) => (
+            state_status::FAILED,
+            format!("save hook panicked: {}", panic_message(&*payload)).into_bytes(),
+        ),
+    };
+    // SAFETY: the host's sink copies the bytes before it returns.
+    unsafe { sink(sink_ctx, ByteView::of(&bytes)) };
+    status
+}
+
+/// [`PluginDescriptor::restore_state`] for plugins built with this crate.
+unsafe extern "C" fn restore_state(state: ByteView, sink_ctx: *mut c_void, sink: StateSink) -> u32 {
+    let Some(hook) = REGISTERED
+        .get()
+        .and_then(|r| r.plugin.restore_state.as_ref())
+    else {
+        return state_status::FAILED;
+    };
+    // SAFETY: the host keeps `state` alive until we return.
+    let bytes = unsafe { state.as_slice() };
+    let reason = match catch_unwind(AssertUnwindSafe(|| hook(bytes))) {
+        Ok(Ok(())) => return state_status::OK,
+        Ok(Err(reason)) => reason,
+        Err(payload) => format!("restore hook panicked: {}", panic_message(&*payload)),
+    };
+    // SAFETY: the host's sink copies the bytes before it returns.
+    unsafe { sink(sink_ctx, ByteView::of(reason.as_bytes())) };
+    state_status::FAILED
 }
 
 /// [`PluginDescriptor::shutdown`] for plugins built with this crate.

@@ -31,6 +31,8 @@ pub enum Builtin {
     Publish,
     /// `rpc.presence {room}`: lists a room's members.
     Presence,
+    /// `rpc.subscribe {event}`: asks for a server event's pushes.
+    Subscribe,
 }
 
 impl Builtin {
@@ -45,6 +47,7 @@ impl Builtin {
             "rpc.leave_all" => Some(Builtin::LeaveAll),
             "rpc.publish" => Some(Builtin::Publish),
             "rpc.presence" => Some(Builtin::Presence),
+            "rpc.subscribe" => Some(Builtin::Subscribe),
             _ => None,
         }
     }
@@ -68,6 +71,7 @@ impl Builtin {
             Builtin::LeaveAll => Ok(room_calls::leave_all(state, session)),
             Builtin::Publish => room_calls::publish(state, session, params),
             Builtin::Presence => room_calls::presence(state, session, params),
+            Builtin::Subscribe => subscribe(state, session, params),
         }
     }
 }
@@ -77,7 +81,56 @@ struct Listed<'a> {
     path: &'a str,
     plugin: &'a str,
     version: &'a str,
+    generation: u64,
     public: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeParams {
+    event: String,
+}
+
+/// `rpc.subscribe`: the connection gets `rpc.event` pushes of `event`
+/// from now on (until it closes). Signed-in connections only: the events
+/// name actions.
+fn subscribe(
+    state: &ServerState,
+    session: &Session,
+    params: Option<&RawValue>,
+) -> Result<String, RpcError> {
+    let params: SubscribeParams = params
+        .ok_or_else(|| {
+            RpcError::new(
+                ErrorCode::InvalidParams,
+                "rpc.subscribe needs params {\"event\": \"actions.changed\"}",
+            )
+        })
+        .and_then(|raw| {
+            serde_json::from_str(raw.get()).map_err(|e| {
+                RpcError::new(
+                    ErrorCode::InvalidParams,
+                    format!("rpc.subscribe params: {e}"),
+                )
+            })
+        })?;
+    if session.live_identity().is_none() {
+        return Err(RpcError::new(
+            ErrorCode::Unauthenticated,
+            "rpc.subscribe needs a signed-in connection",
+        ));
+    }
+    if !state.hub.subscribe_event(session.conn_id, &params.event) {
+        return Err(RpcError::new(
+            ErrorCode::InvalidParams,
+            format!(
+                "no server event '{}'; events you can subscribe to: {}",
+                crate::auth::jwt::clip(&params.event),
+                crate::hub::SERVER_EVENTS.join(", ")
+            ),
+        ));
+    }
+    Ok(serde_json::json!({"event": params.event, "subscribed": true}).to_string())
 }
 
 /// The actions `identity` may call, sorted by path.
@@ -90,6 +143,7 @@ fn actions(state: &ServerState, identity: Option<&Identity>) -> String {
             path: &a.path,
             plugin: &a.plugin.name,
             version: &a.plugin.version,
+            generation: a.plugin.generation,
             public: a.public,
         })
         .collect();

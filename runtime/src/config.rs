@@ -165,6 +165,19 @@ pub struct Config {
     /// Where plugin copies are loaded from. Default
     /// `$TMPDIR/switchboard-shadow`.
     pub shadow_dir: Option<PathBuf>,
+    /// Watch the actions folder and hot-reload plugins that change.
+    /// Default true.
+    pub watch: bool,
+    /// How long a changed plugin file must stay unchanged (size and mtime)
+    /// before it is taken, in milliseconds. Default 200.
+    pub reload_debounce_ms: u64,
+    /// Most generations of one plugin file kept draining or mapped at once;
+    /// past it a reload is refused as busy (and reported on `/status`)
+    /// until one is gone. Default 64.
+    pub max_generations: usize,
+    /// How long the out-of-process preflight of a plugin file may take, in
+    /// milliseconds. Default 10000.
+    pub preflight_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -197,6 +210,10 @@ impl Default for Config {
             write_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
             shadow_dir: None,
+            watch: true,
+            reload_debounce_ms: 200,
+            max_generations: 64,
+            preflight_timeout_ms: 10_000,
         }
     }
 }
@@ -227,6 +244,8 @@ impl Config {
             ),
             ("outbound_queue", self.outbound_queue),
             ("write_timeout_ms", self.write_timeout_ms as usize),
+            ("max_generations", self.max_generations),
+            ("preflight_timeout_ms", self.preflight_timeout_ms as usize),
         ];
         for (field, value) in positive {
             if value == 0 {

@@ -104,6 +104,7 @@ pub async fn dispatch(
         Ok(authorized) => authorized,
         Err(error) => return Dispatched::Ready(reply(id.as_ref(), Err(error.into()))),
     };
+    entry.plugin.count_call();
     if entry.inline {
         return run_inline(entry, identity, session.conn_id, envelope.params, id);
     }

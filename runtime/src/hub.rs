@@ -57,7 +57,12 @@ pub struct Hub {
     /// Server-to-client calls awaiting an answer, by call id.
     pending_calls: Mutex<HashMap<String, PendingCall>>,
     next_call: AtomicU64,
+    /// Connections subscribed to server events (`rpc.subscribe`), by event.
+    event_subscribers: Mutex<HashMap<&'static str, HashSet<u64>>>,
 }
+
+/// The server events a client may subscribe to with `rpc.subscribe`.
+pub const SERVER_EVENTS: [&str; 1] = ["actions.changed"];
 
 /// A client's answer to a server call: `Ok(result)` or `Err(error object)`,
 /// as JSON text.
@@ -88,6 +93,7 @@ impl Default for Hub {
             slow_consumers: AtomicU64::new(0),
             pending_calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
+            event_subscribers: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -118,6 +124,9 @@ impl Hub {
     pub fn unregister(&self, conn_id: u64) {
         // Dropping a call's sender wakes its waiting thread at once.
         lock(&self.pending_calls).retain(|_, call| call.conn_id != conn_id);
+        for subscribers in lock(&self.event_subscribers).values_mut() {
+            subscribers.remove(&conn_id);
+        }
         let Some(handle) = lock(self.shard(conn_id)).remove(&conn_id) else {
             return;
         };
@@ -177,6 +186,36 @@ impl Hub {
             }
             Err(TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Subscribes a connection to a server event; `false` if `event` is
+    /// not one of [`SERVER_EVENTS`].
+    pub fn subscribe_event(&self, conn_id: u64, event: &str) -> bool {
+        let Some(event) = SERVER_EVENTS.iter().find(|e| **e == event) else {
+            return false;
+        };
+        lock(&self.event_subscribers)
+            .entry(event)
+            .or_default()
+            .insert(conn_id);
+        true
+    }
+
+    /// Pushes an `rpc.event` to every connection subscribed to `event`;
+    /// returns how many it reached.
+    pub fn notify_event(&self, event: &str, data: &serde_json::Value) -> usize {
+        let conns: Vec<u64> = lock(&self.event_subscribers)
+            .get(event)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default();
+        if conns.is_empty() {
+            return 0;
+        }
+        let frame = crate::rooms::event_frame(event, data);
+        conns
+            .into_iter()
+            .filter(|c| self.send_to_conn(*c, Arc::clone(&frame)))
+            .count()
     }
 
     /// Sends to one connection; `false` if it is gone or too slow.

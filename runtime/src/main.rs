@@ -13,7 +13,7 @@ use switchboard::auth::mint::NewToken;
 use switchboard::auth::{Authenticator, JwtVerifier, TokenMinter, random_secret};
 use switchboard::config::Config;
 use switchboard::config::{AuthStep, Secret};
-use switchboard::plugins::{Registry, ShadowDir, load_dir};
+use switchboard::plugins::{Registry, ReloadSettings, ShadowDir};
 use switchboard::state::ServerState;
 use tracing_subscriber::EnvFilter;
 
@@ -216,6 +216,21 @@ struct ServeArgs {
     /// Folder for the private plugin copies [default: $TMPDIR/switchboard-shadow].
     #[arg(long, env = "SWITCHBOARD_SHADOW_DIR", value_name = "DIR")]
     shadow_dir: Option<PathBuf>,
+    /// Watch the actions folder and hot-reload changed plugins [default: true].
+    #[arg(long, env = "SWITCHBOARD_WATCH", value_name = "BOOL")]
+    watch: Option<bool>,
+    /// How long a changed plugin file must stay unchanged before it is
+    /// loaded, in milliseconds [default: 200].
+    #[arg(long, env = "SWITCHBOARD_RELOAD_DEBOUNCE_MS", value_name = "MS")]
+    reload_debounce_ms: Option<u64>,
+    /// Most generations of one plugin kept draining or mapped; past it a
+    /// reload is refused as busy [default: 64].
+    #[arg(long, env = "SWITCHBOARD_MAX_GENERATIONS", value_name = "N")]
+    max_generations: Option<usize>,
+    /// Deadline of the out-of-process preflight of a plugin file, in
+    /// milliseconds [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_PREFLIGHT_TIMEOUT_MS", value_name = "MS")]
+    preflight_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -304,7 +319,11 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
         max_inflight_calls,
         max_inflight_per_connection,
         write_timeout_ms,
-        shutdown_grace_ms
+        shutdown_grace_ms,
+        watch,
+        reload_debounce_ms,
+        max_generations,
+        preflight_timeout_ms
     );
     set!(
         jwt_leeway_secs,
@@ -366,19 +385,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             shadow_base.display()
         )
     })?;
-    let snapshot =
-        load_dir(&config.actions, &shadow, config.call_timeout()).with_context(|| {
-            format!(
-                "could not read the actions folder {}",
-                config.actions.display()
-            )
-        })?;
-    tracing::info!(
-        plugins = snapshot.plugins.len(),
-        refused = snapshot.refused.len(),
-        folder = %config.actions.display(),
-        "plugins loaded"
-    );
+    let settings = ReloadSettings {
+        default_timeout: config.call_timeout(),
+        max_generations: config.max_generations,
+        preflight_timeout: Some(Duration::from_millis(config.preflight_timeout_ms)),
+    };
+    let registry = Registry::load(&config.actions, shadow, settings).with_context(|| {
+        format!(
+            "could not read the actions folder {}",
+            config.actions.display()
+        )
+    })?;
+    {
+        let snapshot = registry.snapshot();
+        tracing::info!(
+            plugins = snapshot.plugins.len(),
+            refused = snapshot.refused.len(),
+            folder = %config.actions.display(),
+            "plugins loaded"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(
@@ -402,12 +428,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(minter) = &dev_minter {
             print_dev_banner(minter, ws, addr)?;
         }
-        let state = Arc::new(ServerState::new(config, Registry::new(snapshot), auth));
+        let watch = config.watch;
+        let debounce = Duration::from_millis(config.reload_debounce_ms);
+        let actions_dir = config.actions.clone();
+        let state = Arc::new(ServerState::new(config, registry, auth));
         switchboard::plugins::services::install(&state);
-        switchboard::server::run(listener, state, tls, shutdown_signal()).await;
+        let _watch = if watch {
+            let watch = switchboard::plugins::watch::start(Arc::clone(&state), &actions_dir, debounce)?;
+            tracing::info!(folder = %actions_dir.display(), "watching for plugin changes (hot reload)");
+            Some(watch)
+        } else {
+            None
+        };
+        switchboard::server::run(listener, Arc::clone(&state), tls, shutdown_signal()).await;
+        state.registry.remove_shadow();
         anyhow::Ok(())
     });
-    shadow.remove();
     // Plugin calls past their deadline may still be running on blocking
     // threads; do not wait for them.
     runtime.shutdown_timeout(Duration::from_millis(100));

@@ -87,9 +87,7 @@ pub async fn run(
             "action calls still running after the grace period; shutting plugins down anyway"
         );
     }
-    for plugin in &state.registry.snapshot().plugins {
-        plugin.shutdown();
-    }
+    state.registry.shutdown();
     tracing::info!("stopped");
 }
 

@@ -1,6 +1,8 @@
-//! The `/status` document: plugins (file, version, actions), files that
-//! were refused and why, connection count, uptime.
+//! The `/status` document: plugins (file, version, generation, actions),
+//! files that were refused and why, every plugin generation and its state,
+//! connection count, uptime.
 
+use crate::plugins::GenerationView;
 use crate::state::ServerState;
 use serde::Serialize;
 use std::path::Path;
@@ -17,6 +19,8 @@ struct Status<'a> {
     slow_consumers_closed: u64,
     plugins: Vec<PluginStatus<'a>>,
     refused: Vec<Refused<'a>>,
+    /// Every generation: serving, draining, retired but mapped, unmapped.
+    generations: Vec<GenerationView>,
 }
 
 #[derive(Serialize)]
@@ -24,6 +28,8 @@ struct PluginStatus<'a> {
     name: &'a str,
     version: &'a str,
     file: &'a Path,
+    generation: u64,
+    hash: &'a str,
     loaded_at: u64,
     actions: Vec<ActionStatus<'a>>,
 }
@@ -51,6 +57,8 @@ pub fn render(state: &ServerState) -> String {
             name: &plugin.name,
             version: &plugin.version,
             file: &plugin.file,
+            generation: plugin.generation,
+            hash: &plugin.hash,
             loaded_at: plugin
                 .loaded_at
                 .duration_since(UNIX_EPOCH)
@@ -90,6 +98,7 @@ pub fn render(state: &ServerState) -> String {
             .saturating_sub(state.inflight.available_permits()),
         plugins,
         refused,
+        generations: state.registry.generations(),
     };
     serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

@@ -63,7 +63,10 @@ pub async fn run(
     };
     let alive_after_hold = match hold {
         Some(hold) => {
-            eprintln!("conns: holding {count} for {}", humantime::format_duration(hold));
+            eprintln!(
+                "conns: holding {count} for {}",
+                humantime::format_duration(hold)
+            );
             tokio::time::sleep(hold).await;
             Some(count_answering(&mut sockets).await)
         }

@@ -10,8 +10,9 @@ use super::loader::{ActionMeta, LoadError};
 use action_api::abi::{
     ABI_VERSION, ACTION_DESCRIPTOR_MIN_SIZE, ActionDescriptor, AuthRequest, ByteView, CallInfo,
     ConnectionEvent, JoinRequest, PLUGIN_DESCRIPTOR_MIN_SIZE, PLUGIN_DESCRIPTOR_REVISIONS,
-    PluginDescriptor, action_flags,
+    PluginDescriptor, StateSink, action_flags,
 };
+use std::ffi::c_void;
 use std::time::Duration;
 
 /// The longest action path accepted.
@@ -36,7 +37,14 @@ struct RawDescriptor {
     event_mask: u32,
     room_join: Option<unsafe extern "C" fn(*const JoinRequest)>,
     room_patterns: ByteView,
+    save_state: Option<SaveStateFn>,
+    restore_state: Option<RestoreStateFn>,
 }
+
+/// A plugin's [`PluginDescriptor::save_state`].
+pub(crate) type SaveStateFn = unsafe extern "C" fn(*mut c_void, StateSink) -> u32;
+/// A plugin's [`PluginDescriptor::restore_state`].
+pub(crate) type RestoreStateFn = unsafe extern "C" fn(ByteView, *mut c_void, StateSink) -> u32;
 
 // The mirror must keep the real layout.
 const _: () =
@@ -44,6 +52,10 @@ const _: () =
 const _: () = assert!(
     std::mem::offset_of!(RawDescriptor, event_mask)
         == std::mem::offset_of!(PluginDescriptor, event_mask)
+);
+const _: () = assert!(
+    std::mem::offset_of!(RawDescriptor, save_state)
+        == std::mem::offset_of!(PluginDescriptor, save_state)
 );
 
 /// What the host keeps from a descriptor.
@@ -60,6 +72,8 @@ pub(crate) struct Descriptor {
     pub(crate) event_mask: u32,
     pub(crate) room_join: Option<unsafe extern "C" fn(*const JoinRequest)>,
     pub(crate) room_patterns: ByteView,
+    pub(crate) save_state: Option<SaveStateFn>,
+    pub(crate) restore_state: Option<RestoreStateFn>,
 }
 
 /// Copies the revisions of the descriptor that the plugin provided; fields
@@ -125,6 +139,8 @@ pub(crate) unsafe fn read_descriptor(
         },
         room_join: raw.room_join,
         room_patterns: raw.room_patterns,
+        save_state: raw.save_state,
+        restore_state: raw.restore_state,
     })
 }
 

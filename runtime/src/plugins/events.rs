@@ -29,6 +29,7 @@ pub struct OwnedEvent {
 pub struct EventSender {
     tx: SyncSender<OwnedEvent>,
     mask: u32,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 type Hook = unsafe extern "C" fn(*const ConnectionEvent);
@@ -40,13 +41,27 @@ impl EventSender {
         let spawned = std::thread::Builder::new()
             .name(format!("events-{name}"))
             .spawn(move || deliver(hook, rx));
-        if let Err(e) = spawned {
-            tracing::error!(
-                plugin = name,
-                "could not start the event thread: {e}; the plugin gets no lifecycle events"
-            );
+        let thread = match spawned {
+            Ok(thread) => Some(thread),
+            Err(e) => {
+                tracing::error!(
+                    plugin = name,
+                    "could not start the event thread: {e}; the plugin gets no lifecycle events"
+                );
+                None
+            }
+        };
+        EventSender { tx, mask, thread }
+    }
+
+    /// Stops the thread once it has delivered what is queued, and waits
+    /// for it: after this, the plugin's hook is never called again.
+    pub fn stop(self) {
+        let EventSender { tx, thread, .. } = self;
+        drop(tx);
+        if let Some(thread) = thread {
+            let _ = thread.join();
         }
-        EventSender { tx, mask }
     }
 
     /// Whether the plugin asked for events of `kind`.

@@ -17,6 +17,8 @@ use tokio::sync::oneshot;
 pub(crate) struct PluginLogContext {
     pub(crate) file_stem: String,
     pub(crate) name: std::sync::OnceLock<String>,
+    /// The generation this library is, on every line it logs.
+    pub(crate) generation: u64,
 }
 
 impl PluginLogContext {
@@ -49,17 +51,22 @@ unsafe extern "C" fn log_line(host_ctx: *const c_void, level: u32, conn_id: u64,
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `host_ctx` is the `PluginLogContext` this table was built
         // with, which lives as long as the plugin's library.
-        let plugin = unsafe { host_ctx.cast::<PluginLogContext>().as_ref() }
-            .map_or("?", PluginLogContext::label);
+        let ctx = unsafe { host_ctx.cast::<PluginLogContext>().as_ref() };
+        let plugin = ctx.map_or("?", PluginLogContext::label);
+        let generation = ctx.map_or(0, |c| c.generation);
         // SAFETY: the plugin passes bytes that live for this call.
         let text = String::from_utf8_lossy(unsafe { msg.as_slice() });
         let conn = (conn_id != 0).then_some(conn_id);
         match level {
-            log_level::ERROR => tracing::error!(target: "plugin", plugin, conn, "{text}"),
-            log_level::WARN => tracing::warn!(target: "plugin", plugin, conn, "{text}"),
-            log_level::INFO => tracing::info!(target: "plugin", plugin, conn, "{text}"),
-            log_level::DEBUG => tracing::debug!(target: "plugin", plugin, conn, "{text}"),
-            _ => tracing::trace!(target: "plugin", plugin, conn, "{text}"),
+            log_level::ERROR => {
+                tracing::error!(target: "plugin", plugin, generation, conn, "{text}")
+            }
+            log_level::WARN => tracing::warn!(target: "plugin", plugin, generation, conn, "{text}"),
+            log_level::INFO => tracing::info!(target: "plugin", plugin, generation, conn, "{text}"),
+            log_level::DEBUG => {
+                tracing::debug!(target: "plugin", plugin, generation, conn, "{text}")
+            }
+            _ => tracing::trace!(target: "plugin", plugin, generation, conn, "{text}"),
         }
     }));
 }

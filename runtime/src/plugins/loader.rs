@@ -1,9 +1,12 @@
 //! Opening one plugin file: shadow copy, `dlopen`, the ABI handshake, and
-//! copying the descriptor into host memory ([`LoadedPlugin`]).
+//! copying the descriptor into host memory ([`LoadedPlugin`], one
+//! generation of a plugin file).
 //!
-//! Nothing the host keeps points into the plugin's memory except the two
+//! Nothing the host keeps points into the plugin's memory except the
 //! function pointers it must call; names, paths and metadata are copied.
+//! Each load gets a generation number never used before in this process.
 
+use super::descriptor::{RestoreStateFn, SaveStateFn};
 use super::descriptor::{read_actions, read_descriptor, utf8};
 use super::host::{PendingReply, PluginLogContext, host_table};
 use super::shadow::ShadowDir;
@@ -12,9 +15,14 @@ use action_api::abi::{
     HostTable, JoinRequest,
 };
 use libloading::Library;
+use std::ffi::c_void;
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
+
+/// The last generation number handed out (they start at 1).
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// Why a file could not be loaded as a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +72,17 @@ pub struct ActionMeta {
     pub inline: bool,
 }
 
-/// A plugin library loaded into the server, with everything the host needs
-/// to call it.
+/// One generation of a plugin: a library loaded into the server, with
+/// everything the host needs to call it.
 ///
-/// The library is never closed in this version: a plugin's code may still
-/// run on a thread after the host stops waiting for it (a call past its
-/// deadline), and `dlclose` under it would crash the server.
+/// Dropping it never closes the library: only [`LoadedPlugin::close`]
+/// does, which the registry calls once nothing can run the code any more
+/// (see `plugins::generations`).
 pub struct LoadedPlugin {
+    /// This load's number, unique in the process.
+    pub generation: u64,
+    /// SHA-256 of the file's content, hex.
+    pub hash: String,
     /// The file in the actions folder it came from.
     pub file: PathBuf,
     /// The private copy that is actually mapped.
@@ -83,6 +95,12 @@ pub struct LoadedPlugin {
     pub actions: Vec<ActionMeta>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
+    /// Calls started on this generation.
+    pub calls: AtomicU64,
+    /// What happened to its predecessor's state (set before it serves).
+    pub handoff: Handoff,
+    save_state: Option<SaveStateFn>,
+    restore_state: Option<RestoreStateFn>,
     call: unsafe extern "C" fn(usize, *const CallInfo),
     shutdown: Option<unsafe extern "C" fn()>,
     /// The authentication hook, if the plugin has one.
@@ -93,8 +111,24 @@ pub struct LoadedPlugin {
     room_join: Option<unsafe extern "C" fn(*const JoinRequest)>,
     /// The room patterns its join hook decides.
     pub join_patterns: Vec<String>,
-    /// The library, never closed (see above).
-    _library: ManuallyDrop<Library>,
+    /// The library, until [`LoadedPlugin::close`]. `ManuallyDrop`: never
+    /// `dlclose`d implicitly, only by `close`, deliberately.
+    library: Option<ManuallyDrop<Library>>,
+}
+
+/// What a generation got from the one it replaced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Handoff {
+    /// Loaded at start or as a new file: nothing to hand over.
+    None,
+    /// Its predecessor's saved bytes were restored.
+    Restored {
+        /// How many bytes.
+        bytes: usize,
+    },
+    /// Its predecessor keeps no state (no save hook), or it takes none.
+    NotOffered,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -112,28 +146,51 @@ impl LoadedPlugin {
     /// Loads `file` through a fresh copy in `shadow`.
     pub fn load(file: &Path, shadow: &ShadowDir) -> Result<LoadedPlugin, LoadError> {
         let copy = shadow.copy_in(file).map_err(LoadError::Copy)?;
-        let result = Self::load_copy(file, &copy);
+        let hash = std::fs::read(&copy)
+            .map(|bytes| super::shadow::content_hash(&bytes))
+            .map_err(LoadError::Copy)?;
+        Self::load_prepared(file, &copy, hash)
+    }
+
+    /// Loads `copy`, a private copy of `file` whose content hashes to
+    /// `hash`; removes the copy's name if the load fails.
+    pub fn load_prepared(
+        file: &Path,
+        copy: &Path,
+        hash: String,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let result = Self::load_copy(file, copy, hash);
         if result.is_err() {
             // The copy may be mapped (a refused plugin is kept loaded but
             // unused); unlinking its name is safe either way.
-            let _ = std::fs::remove_file(&copy);
+            let _ = std::fs::remove_file(copy);
         }
         result
     }
 
     /// Loads an already-private copy; `file` is only for reporting.
-    fn load_copy(file: &Path, copy: &Path) -> Result<LoadedPlugin, LoadError> {
+    fn load_copy(file: &Path, copy: &Path, hash: String) -> Result<LoadedPlugin, LoadError> {
         if cfg!(target_os = "linux") {
             let bytes = std::fs::read(copy).map_err(LoadError::Copy)?;
             super::elf::check_complete(&bytes)?;
         }
+        let generation = GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1;
         // SAFETY: opening a library runs its constructors. The file is a
-        // private copy nobody else writes; plugins are code the operator
-        // chose to run. (An out-of-process preflight is tracked in #8.)
+        // private copy nobody else writes, which a child process opened
+        // first (the preflight), and plugins are code the operator chose
+        // to run. libloading opens with RTLD_LAZY | RTLD_LOCAL: never
+        // RTLD_GLOBAL, so a generation's calls to its own exported
+        // functions never bind to an older generation's.
         let library = unsafe { Library::new(copy) }
             .map_err(|e| LoadError::NotALibrary(describe_dlerror(&e)))?;
-        let library = ManuallyDrop::new(library);
-        let entry = find_entry(&library)?;
+        let entry = match find_entry(&library) {
+            Ok(entry) => entry,
+            Err(e) => {
+                // Nothing of it ran but its constructors: safe to close.
+                let _ = library.close();
+                return Err(e);
+            }
+        };
         // The log context and the host table are leaked on purpose: the
         // plugin may keep using them (a thread it started, its panic hook)
         // for as long as its code is mapped, which is for ever.
@@ -144,6 +201,7 @@ impl LoadedPlugin {
                 .unwrap_or("plugin")
                 .to_owned(),
             name: std::sync::OnceLock::new(),
+            generation,
         }));
         let host_table: &'static HostTable = Box::leak(Box::new(host_table(log_ctx)));
         // SAFETY: `entry` has the ABI 1 entry signature (it was found under
@@ -173,20 +231,102 @@ impl LoadedPlugin {
             .filter(|_| descriptor.event_mask != 0)
             .map(|hook| super::events::EventSender::start(&name, hook, descriptor.event_mask));
         Ok(LoadedPlugin {
+            generation,
+            hash,
             file: file.to_path_buf(),
             shadow: copy.to_path_buf(),
             name,
             version,
             actions,
             loaded_at: SystemTime::now(),
+            calls: AtomicU64::new(0),
+            handoff: Handoff::None,
+            save_state: descriptor.save_state,
+            restore_state: descriptor.restore_state,
             call: descriptor.call,
             shutdown: descriptor.shutdown,
             authenticate: descriptor.authenticate,
             events,
             room_join: descriptor.room_join,
             join_patterns,
-            _library: library,
+            library: Some(ManuallyDrop::new(library)),
         })
+    }
+
+    /// Whether it can hand state to a successor.
+    pub fn keeps_state(&self) -> bool {
+        self.save_state.is_some()
+    }
+
+    /// Whether it takes state from a predecessor.
+    pub fn takes_state(&self) -> bool {
+        self.restore_state.is_some()
+    }
+
+    /// Asks the plugin for its state, copied into host memory; `None`
+    /// without a save hook, `Some(Err(reason))` if the save failed.
+    pub fn save_state(&self) -> Option<Result<Vec<u8>, String>> {
+        let save = self.save_state?;
+        let mut bytes: Vec<u8> = Vec::new();
+        // SAFETY: the plugin's own hook; it writes through `collect` (which
+        // copies into `bytes`) only while it runs, and catches its panics.
+        let status = unsafe { save((&raw mut bytes).cast::<c_void>(), collect) };
+        Some(if status == action_api::abi::state_status::OK {
+            Ok(bytes)
+        } else {
+            Err(String::from_utf8_lossy(&bytes).into_owned())
+        })
+    }
+
+    /// Gives the plugin a predecessor's state before it serves; `Err`
+    /// carries the plugin's reason for refusing it. Without a restore hook
+    /// it accepts nothing and returns `Ok`.
+    pub fn restore_state(&self, state: &[u8]) -> Result<(), String> {
+        let Some(restore) = self.restore_state else {
+            return Ok(());
+        };
+        let mut reason: Vec<u8> = Vec::new();
+        // SAFETY: the plugin's own hook; `state` outlives the call; it
+        // writes its reason through `collect` only while it runs.
+        let status = unsafe {
+            restore(
+                ByteView::of(state),
+                (&raw mut reason).cast::<c_void>(),
+                collect,
+            )
+        };
+        if status == action_api::abi::state_status::OK {
+            Ok(())
+        } else if reason.is_empty() {
+            Err("its restore hook refused the state".to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&reason).into_owned())
+        }
+    }
+
+    /// Retires the generation for good: stops its event thread, runs its
+    /// shutdown hook, and `dlclose`s it. Only for a generation nothing can
+    /// call any more (the registry holds the only reference: `&mut`).
+    /// Whether the image is really gone is another question, answered by
+    /// `/proc/self/maps` (see `plugins::maps`).
+    pub fn close(&mut self) -> Result<(), String> {
+        if let Some(events) = self.events.take() {
+            events.stop();
+        }
+        self.shutdown();
+        self.authenticate = None;
+        self.room_join = None;
+        match self.library.take() {
+            Some(library) => ManuallyDrop::into_inner(library)
+                .close()
+                .map_err(|e| describe_dlerror(&e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a call started on this generation.
+    pub(crate) fn count_call(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Starts action number `index` for a caller; the completion arrives
@@ -267,6 +407,21 @@ impl LoadedPlugin {
             unsafe { hook() }
         }
     }
+}
+
+/// The [`action_api::abi::StateSink`] the host passes: appends the
+/// plugin's bytes to the `Vec<u8>` behind `ctx`.
+unsafe extern "C" fn collect(ctx: *mut c_void, bytes: ByteView) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `ctx` is the `Vec<u8>` the caller passed, alive and not
+        // otherwise borrowed while the plugin runs; `bytes` is valid for
+        // this call.
+        unsafe {
+            if let Some(out) = ctx.cast::<Vec<u8>>().as_mut() {
+                out.extend_from_slice(bytes.as_slice());
+            }
+        }
+    }));
 }
 
 /// One call's inputs, borrowed for the duration of the plugin's `call`.

@@ -6,12 +6,17 @@
 pub(crate) mod descriptor;
 pub mod elf;
 pub mod events;
+pub mod generations;
 pub mod host;
 pub mod loader;
+pub mod maps;
+pub mod preflight;
 pub mod registry;
 pub mod services;
 pub mod shadow;
+pub mod watch;
 
-pub use loader::{ActionMeta, LoadError, LoadedPlugin};
-pub use registry::{ActionEntry, RefusedFile, Registry, RegistrySnapshot, load_dir};
+pub use generations::{Applied, GenerationState, GenerationView, ReloadSettings};
+pub use loader::{ActionMeta, Handoff, LoadError, LoadedPlugin};
+pub use registry::{ActionEntry, RefusedFile, Registry, RegistrySnapshot};
 pub use shadow::ShadowDir;

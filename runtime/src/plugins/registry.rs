@@ -1,17 +1,20 @@
 //! [`Registry`]: the immutable snapshot of what can be called, swapped
-//! atomically, and how a folder of plugin files becomes one.
+//! atomically, over the table of plugin generations that reloads change.
 //!
 //! The call path reads the current [`RegistrySnapshot`] without a lock and
 //! clones the `Arc` of the [`ActionEntry`] it needs, which keeps that
 //! plugin alive for as long as the call runs.
 
+use super::generations::{
+    Applied, GenerationView, Generations, ReloadSettings, is_plugin_file_name,
+};
 use super::loader::LoadedPlugin;
 use super::shadow::ShadowDir;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// One callable action in a snapshot.
@@ -70,43 +73,19 @@ impl RegistrySnapshot {
         self.actions.values()
     }
 
-    /// Builds a snapshot from loaded plugins, refusing any plugin that
-    /// claims a path an earlier one already has (it keeps none of its
-    /// actions, so a plugin is never half-loaded).
+    /// Builds a snapshot of `plugins`, which claim no path twice (the
+    /// generations table refuses a plugin that would).
     pub fn build(
-        loaded: Vec<LoadedPlugin>,
-        mut refused: Vec<RefusedFile>,
+        plugins: Vec<Arc<LoadedPlugin>>,
+        refused: Vec<RefusedFile>,
         default_timeout: Duration,
     ) -> RegistrySnapshot {
         let mut actions: HashMap<String, Arc<ActionEntry>> = HashMap::new();
-        let mut plugins = Vec::new();
-        for plugin in loaded {
-            if let Some((path, owner)) = plugin
-                .actions
-                .iter()
-                .find_map(|a| actions.get(&a.path).map(|owner| (&a.path, &owner.plugin)))
-            {
-                let reason = format!(
-                    "plugin {} {} claims action '{path}', which plugin {} {} from {} already provides; plugin refused",
-                    plugin.name,
-                    plugin.version,
-                    owner.name,
-                    owner.version,
-                    owner.file.display()
-                );
-                tracing::error!(file = %plugin.file.display(), "{reason}");
-                refused.push(RefusedFile {
-                    file: plugin.file.clone(),
-                    reason,
-                });
-                // Its code stays mapped (see `LoadedPlugin`) but unused.
-                continue;
-            }
-            let plugin = Arc::new(plugin);
+        for plugin in &plugins {
             for (index, meta) in plugin.actions.iter().enumerate() {
                 let entry = ActionEntry {
                     path: meta.path.clone(),
-                    plugin: Arc::clone(&plugin),
+                    plugin: Arc::clone(plugin),
                     index,
                     public: meta.public,
                     timeout: meta.timeout.unwrap_or(default_timeout),
@@ -115,11 +94,10 @@ impl RegistrySnapshot {
                 };
                 actions.insert(meta.path.clone(), Arc::new(entry));
             }
-            plugins.push(plugin);
         }
         let event_mask = plugins
             .iter()
-            .filter_map(|p: &Arc<LoadedPlugin>| p.events.as_ref())
+            .filter_map(|p| p.events.as_ref())
             .fold(0, |mask, e| mask | e.mask());
         RegistrySnapshot {
             actions,
@@ -130,64 +108,42 @@ impl RegistrySnapshot {
     }
 }
 
-/// Loads every plugin in `dir` (sorted by file name, so conflicts resolve
-/// the same way every time). Files without the platform's library
-/// extension are skipped with a warning; files that fail to load are
-/// refused with the reason; neither stops the others.
-pub fn load_dir(
-    dir: &Path,
-    shadow: &ShadowDir,
-    default_timeout: Duration,
-) -> std::io::Result<RegistrySnapshot> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
-    let mut loaded = Vec::new();
-    let mut refused = Vec::new();
-    for file in files {
-        if !file.is_file() {
-            continue;
-        }
-        if file.extension().and_then(|e| e.to_str()) != Some(std::env::consts::DLL_EXTENSION) {
-            tracing::warn!(file = %file.display(), "skipped: not a .{} file", std::env::consts::DLL_EXTENSION);
-            continue;
-        }
-        match LoadedPlugin::load(&file, shadow) {
-            Ok(plugin) => {
-                tracing::info!(
-                    file = %file.display(),
-                    plugin = %plugin.name,
-                    version = %plugin.version,
-                    actions = plugin.actions.len(),
-                    "plugin loaded"
-                );
-                loaded.push(plugin);
-            }
-            Err(err) => {
-                tracing::error!(file = %file.display(), "plugin refused: {err}");
-                refused.push(RefusedFile {
-                    file,
-                    reason: err.to_string(),
-                });
-            }
-        }
-    }
-    Ok(RegistrySnapshot::build(loaded, refused, default_timeout))
-}
-
-/// The current snapshot, swapped atomically when plugins change.
+/// What can be called now (a snapshot, swapped atomically), and the
+/// generations table behind it (changed only by reloads, one at a time).
 #[derive(Debug)]
 pub struct Registry {
     current: ArcSwap<RegistrySnapshot>,
+    table: Mutex<Generations>,
 }
 
 impl Registry {
-    /// A registry serving `snapshot`.
-    pub fn new(snapshot: RegistrySnapshot) -> Registry {
-        Registry {
-            current: ArcSwap::from_pointee(snapshot),
+    /// Loads every plugin in `dir`, in file-name order (so which of two
+    /// plugins claiming one path is refused is the same every time).
+    /// Files without the platform's library extension are skipped with a
+    /// warning; files that fail are refused with the reason, and neither
+    /// stops the others.
+    pub fn load(
+        dir: &Path,
+        shadow: ShadowDir,
+        settings: ReloadSettings,
+    ) -> std::io::Result<Registry> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        let mut table = Generations::new(settings, shadow);
+        for file in files {
+            if !is_plugin_file_name(&file) {
+                tracing::warn!(file = %file.display(), "skipped: not a .{} file", std::env::consts::DLL_EXTENSION);
+                continue;
+            }
+            table.apply(&file);
         }
+        Ok(Registry {
+            current: ArcSwap::from_pointee(table.snapshot()),
+            table: Mutex::new(table),
+        })
     }
 
     /// The snapshot in force now (lock-free).
@@ -195,8 +151,40 @@ impl Registry {
         self.current.load()
     }
 
-    /// Makes `snapshot` current; calls already running keep their plugin.
-    pub fn replace(&self, snapshot: RegistrySnapshot) {
-        self.current.store(Arc::new(snapshot));
+    /// Takes the current content of one plugin file (new, changed or
+    /// removed) and, when that changes what is callable, swaps the new
+    /// snapshot in: new calls see it at once, running calls keep theirs.
+    pub fn apply(&self, file: &Path) -> Applied {
+        let mut table = self.table();
+        let applied = table.apply(file);
+        // A refusal changes nothing callable but is shown on /status.
+        if !matches!(applied, Applied::Unchanged | Applied::Ignored) {
+            self.current.store(Arc::new(table.snapshot()));
+        }
+        applied
+    }
+
+    /// Closes generations that have drained; see [`Generations::sweep`].
+    pub fn sweep(&self, recheck_mapped: bool) {
+        self.table().sweep(recheck_mapped);
+    }
+
+    /// Every generation, for `/status`.
+    pub fn generations(&self) -> Vec<GenerationView> {
+        self.table().views()
+    }
+
+    /// Runs the serving plugins' shutdown hooks (server exit).
+    pub fn shutdown(&self) {
+        self.table().shutdown();
+    }
+
+    /// Removes the shadow folder (server exit): mapped copies stay mapped.
+    pub fn remove_shadow(&self) {
+        self.table().shadow().remove();
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

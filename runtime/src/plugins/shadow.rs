@@ -42,6 +42,22 @@ impl ShadowDir {
 
     /// Copies `source` to a fresh, never-reused name and returns its path.
     pub fn copy_in(&self, source: &Path) -> io::Result<PathBuf> {
+        let target = self.fresh_name(source);
+        fs::copy(source, &target)?;
+        Ok(target)
+    }
+
+    /// Writes `bytes` (a file's content, read once) to a fresh name for
+    /// `source`: what is checked, hashed and loaded is then one content,
+    /// whatever happens to `source` meanwhile.
+    pub fn write_in(&self, source: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+        let target = self.fresh_name(source);
+        fs::write(&target, bytes)?;
+        Ok(target)
+    }
+
+    /// `<dir>/<stem>.<pid>.<n>.<ext>`, with `n` never used before.
+    fn fresh_name(&self, source: &Path) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let stem = source
             .file_stem()
@@ -51,11 +67,8 @@ impl ShadowDir {
             .extension()
             .and_then(|s| s.to_str())
             .unwrap_or(std::env::consts::DLL_EXTENSION);
-        let target = self
-            .dir
-            .join(format!("{stem}.{}.{n}.{ext}", std::process::id()));
-        fs::copy(source, &target)?;
-        Ok(target)
+        self.dir
+            .join(format!("{stem}.{}.{n}.{ext}", std::process::id()))
     }
 
     /// Removes this process's folder (at shutdown). Mapped copies stay
@@ -65,6 +78,14 @@ impl ShadowDir {
             tracing::debug!(dir = %self.dir.display(), "could not remove the shadow folder: {e}");
         }
     }
+}
+
+/// SHA-256 of a plugin file's content, in hex: how `/status` names a
+/// generation's content, and how an unchanged file is recognised.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn remove_stale(base: &Path) {

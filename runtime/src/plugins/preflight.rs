@@ -1,0 +1,124 @@
+//! The out-of-process preflight: before the server opens a plugin file,
+//! a child process (`switchboard check --json FILE`) opens it, runs the
+//! ABI handshake and reads the descriptor.
+//!
+//! `dlopen` runs a file's constructors before any check can happen, so a
+//! file whose constructor crashes or hangs would take the server down
+//! while it was being "validated". In a child it takes down only the
+//! child: the server reports why and never opens the file.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How often the child is polled while it runs.
+const POLL: Duration = Duration::from_millis(2);
+
+/// Why a preflight refused a file.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// The check ran and refused the file.
+    #[error("{0}")]
+    Refused(String),
+    /// The child died of a signal: a constructor or the entry crashed.
+    #[error(
+        "it crashed the preflight process with {0} (in its constructors or entry function); the server never opened it"
+    )]
+    Crashed(String),
+    /// The child ran past its deadline.
+    #[error(
+        "the preflight did not finish within {0:?} (its constructors or entry function hang); the server never opened it"
+    )]
+    Hung(Duration),
+    /// The child could not be started or spoke nonsense.
+    #[error("the preflight could not run: {0}")]
+    Broken(String),
+}
+
+/// Runs `switchboard check --json copy` in a child process (this same
+/// executable) under `timeout`; `Ok` when the plugin loads there.
+pub fn preflight(copy: &Path, timeout: Duration) -> Result<(), PreflightError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| PreflightError::Broken(format!("cannot find this executable: {e}")))?;
+    let mut child = Command::new(exe)
+        .arg("check")
+        .arg("--json")
+        .arg(copy)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| PreflightError::Broken(format!("cannot start the check process: {e}")))?;
+    // Drained on their own threads, so a chatty plugin cannot fill a pipe
+    // and stall the child into a false "hang".
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(PreflightError::Hung(timeout));
+            }
+            Ok(None) => std::thread::sleep(POLL),
+            Err(e) => return Err(PreflightError::Broken(format!("waiting for it: {e}"))),
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    if let Some(signal) = status.signal() {
+        return Err(PreflightError::Crashed(signal_name(signal)));
+    }
+    let report: serde_json::Value = serde_json::from_str(&stdout).map_err(|_| {
+        PreflightError::Broken(format!(
+            "it printed no report (exit {status}); its output: {}",
+            last_line(&stderr)
+        ))
+    })?;
+    if report["ok"].as_bool() == Some(true) {
+        return Ok(());
+    }
+    Err(PreflightError::Refused(
+        report["error"]
+            .as_str()
+            .unwrap_or("refused without a reason")
+            .to_owned(),
+    ))
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(nothing)")
+}
+
+/// "SIGSEGV (signal 11)", or the number alone for a rare one.
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => return format!("signal {signal}"),
+    };
+    format!("{name} (signal {signal})")
+}

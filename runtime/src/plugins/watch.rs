@@ -1,0 +1,189 @@
+//! Watching the actions folder (notify, debounced) and turning each
+//! settled change into a reload, one at a time, on one thread.
+//!
+//! File events arrive early and in bursts: cargo unlinks the old artifact
+//! and later hard-links the new one into place, `cp` writes in several
+//! chunks, a slow writer dribbles. A path is taken only once its size,
+//! mtime and inode have stayed the same for the debounce; the registry
+//! then reads it once, skips it if its content is unchanged, and refuses
+//! an incomplete ELF (a later write brings it back). Removed files take
+//! their actions with them.
+
+use crate::state::ServerState;
+use notify::{RecursiveMode, Watcher};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often pending paths and draining generations are looked at.
+const TICK: Duration = Duration::from_millis(20);
+/// How often generations that stayed mapped are checked again.
+const MAPPED_RECHECK: Duration = Duration::from_secs(2);
+
+/// A file's identity as far as "has it settled?" goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stat {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+fn stat(path: &Path) -> Option<Stat> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stat {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode: meta.ino(),
+    })
+}
+
+/// A change seen but not yet settled.
+struct Pending {
+    since: Instant,
+    stat: Option<Stat>,
+}
+
+/// The running watch; dropping it stops the thread.
+#[derive(Debug)]
+pub struct Watch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Why the watch could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// notify refused the folder.
+    #[error("could not watch {dir}: {source}")]
+    Notify {
+        /// The folder.
+        dir: PathBuf,
+        /// notify's error.
+        source: notify::Error,
+    },
+    /// The thread could not start.
+    #[error("could not start the watch thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Starts watching `dir`: every plugin file that changes and then stays
+/// unchanged for `debounce` is applied to `state.registry`, and clients
+/// that subscribed hear `actions.changed`. Also closes drained generations.
+pub fn start(state: Arc<ServerState>, dir: &Path, debounce: Duration) -> Result<Watch, WatchError> {
+    let (tx, rx) = channel();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        let _ = tx.send(event);
+    })
+    .map_err(|source| WatchError::Notify {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError::Notify {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::clone(&stop);
+    let dir = dir.to_path_buf();
+    let thread = std::thread::Builder::new()
+        .name("plugin-watch".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
+            let mut last_recheck = Instant::now();
+            while !stopping.load(Ordering::Relaxed) {
+                match rx.recv_timeout(TICK) {
+                    Ok(Ok(event)) => {
+                        for path in event.paths {
+                            // Only direct children: editors' temp folders
+                            // and the like are not plugins.
+                            if path.parent() == Some(dir.as_path())
+                                && super::generations::is_plugin_file_name(&path)
+                            {
+                                let stat = stat(&path);
+                                pending.insert(
+                                    path,
+                                    Pending {
+                                        since: Instant::now(),
+                                        stat,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!("watching the actions folder: {e}"),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                for path in settled(&mut pending, debounce) {
+                    apply(&state, &path);
+                }
+                let recheck = last_recheck.elapsed() >= MAPPED_RECHECK;
+                if recheck {
+                    last_recheck = Instant::now();
+                }
+                state.registry.sweep(recheck);
+            }
+        })?;
+    Ok(Watch {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// The pending paths that have stayed the same for `debounce`; those
+/// that changed meanwhile start waiting again.
+fn settled(pending: &mut HashMap<PathBuf, Pending>, debounce: Duration) -> Vec<PathBuf> {
+    let now = Instant::now();
+    let due: Vec<PathBuf> = pending
+        .iter()
+        .filter(|(_, p)| now.duration_since(p.since) >= debounce)
+        .map(|(path, _)| path.clone())
+        .collect();
+    let mut ready = Vec::new();
+    for path in due {
+        let current = stat(&path);
+        match pending.get_mut(&path) {
+            Some(p) if p.stat != current => {
+                p.stat = current;
+                p.since = now;
+            }
+            _ => {
+                pending.remove(&path);
+                ready.push(path);
+            }
+        }
+    }
+    ready.sort();
+    ready
+}
+
+fn apply(state: &ServerState, path: &Path) {
+    use super::generations::Applied;
+    let change = match state.registry.apply(path) {
+        Applied::Swapped(change) | Applied::Removed(change) => change,
+        Applied::Refused(_) | Applied::Unchanged | Applied::Ignored => return,
+    };
+    match serde_json::to_value(&change) {
+        Ok(data) => {
+            let told = state.hub.notify_event("actions.changed", &data);
+            tracing::debug!(clients = told, "actions.changed sent");
+        }
+        Err(e) => tracing::warn!("could not describe the change: {e}"),
+    }
+}
