@@ -196,10 +196,15 @@ impl Generations {
             return Applied::Unchanged;
         }
         if let Err(e) = super::elf::check_complete(&bytes) {
+            let waiting = if matches!(e, super::elf::ElfError::Truncated { .. }) {
+                " (a writer may still be writing it: a complete file is taken when it settles)"
+            } else {
+                ""
+            };
             return self.refuse(
                 file,
                 Some(hash),
-                format!("not a loadable library: {e}; waiting for a complete file"),
+                format!("not a loadable library: {e}{waiting}"),
             );
         }
         let retained = self
@@ -239,7 +244,8 @@ impl Generations {
         };
         if let Some(conflict) = self.conflict(file, &plugin) {
             close_unused(plugin);
-            return self.refuse(file, Some(hash), conflict);
+            // No hash remembered: tried again when another file changes.
+            return self.refuse(file, None, conflict);
         }
         let previous = self.files.get(file).and_then(|s| s.serving.clone());
         if let Some(old) = &previous {
@@ -278,6 +284,16 @@ impl Generations {
             self.retire(old);
         }
         Applied::Swapped(change)
+    }
+
+    /// Files whose last content was refused for a reason that another
+    /// file's change may lift (a path conflict, busy): worth another try.
+    pub fn retryable(&self) -> Vec<PathBuf> {
+        self.files
+            .iter()
+            .filter(|(_, slot)| matches!(slot.refused, Some((None, _))))
+            .map(|(file, _)| file.clone())
+            .collect()
     }
 
     /// The file is gone: its generation stops serving (running calls

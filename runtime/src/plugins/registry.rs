@@ -157,6 +157,14 @@ impl Registry {
     pub fn apply(&self, file: &Path) -> Applied {
         let mut table = self.table();
         let applied = table.apply(file);
+        if matches!(applied, Applied::Swapped(_) | Applied::Removed(_)) {
+            // What was refused for a conflict (or as busy) may load now.
+            for other in table.retryable() {
+                if other != file {
+                    table.apply(&other);
+                }
+            }
+        }
         // A refusal changes nothing callable but is shown on /status.
         if !matches!(applied, Applied::Unchanged | Applied::Ignored) {
             self.current.store(Arc::new(table.snapshot()));
@@ -166,7 +174,18 @@ impl Registry {
 
     /// Closes generations that have drained; see [`Generations::sweep`].
     pub fn sweep(&self, recheck_mapped: bool) {
-        self.table().sweep(recheck_mapped);
+        let mut table = self.table();
+        if table.sweep(recheck_mapped) {
+            // A reload refused as busy may fit now.
+            let retry = table.retryable();
+            let mut swapped = false;
+            for file in retry {
+                swapped |= matches!(table.apply(&file), Applied::Swapped(_));
+            }
+            if swapped {
+                self.current.store(Arc::new(table.snapshot()));
+            }
+        }
     }
 
     /// Every generation, for `/status`.

@@ -100,6 +100,7 @@ pub fn start(state: Arc<ServerState>, dir: &Path, debounce: Duration) -> Result<
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = Arc::clone(&stop);
     let dir = dir.to_path_buf();
+    let canonical_dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
     let thread = std::thread::Builder::new()
         .name("plugin-watch".into())
         .spawn(move || {
@@ -111,18 +112,19 @@ pub fn start(state: Arc<ServerState>, dir: &Path, debounce: Duration) -> Result<
                     Ok(Ok(event)) => {
                         for path in event.paths {
                             // Only direct children: editors' temp folders
-                            // and the like are not plugins.
-                            if path.parent() == Some(dir.as_path())
+                            // and the like are not plugins. Named as the
+                            // registry names them (`dir` + file name).
+                            let (Some(parent), Some(name)) = (path.parent(), path.file_name())
+                            else {
+                                continue;
+                            };
+                            let path = dir.join(name);
+                            if same_dir(parent, &dir, &canonical_dir)
                                 && super::generations::is_plugin_file_name(&path)
                             {
                                 let stat = stat(&path);
-                                pending.insert(
-                                    path,
-                                    Pending {
-                                        since: Instant::now(),
-                                        stat,
-                                    },
-                                );
+                                let since = Instant::now();
+                                pending.insert(path, Pending { since, stat });
                             }
                         }
                     }
@@ -144,6 +146,14 @@ pub fn start(state: Arc<ServerState>, dir: &Path, debounce: Duration) -> Result<
         stop,
         thread: Some(thread),
     })
+}
+
+/// Whether an event's folder is the watched one (notify may report it
+/// as given or resolved).
+fn same_dir(parent: &Path, dir: &Path, canonical_dir: &Path) -> bool {
+    parent == dir
+        || parent == canonical_dir
+        || parent.canonicalize().is_ok_and(|p| p == canonical_dir)
 }
 
 /// The pending paths that have stayed the same for `debounce`; those
