@@ -76,6 +76,41 @@ pub fn binary() -> PathBuf {
     artifacts().join("switchboard")
 }
 
+/// A build of the `reload-probe` test plugin with the given `PROBE_*`
+/// variables (see its docs), copied out of cargo's folder under `name` so
+/// that the next variant's build does not replace it. Built once per name
+/// per test binary; builds of different variants take turns.
+pub fn probe_variant(name: &str, vars: &[(&str, &str)]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    artifacts();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args(["build", "--quiet", "-p", "reload-probe"]);
+    for var in ["PROBE_VERSION", "PROBE_CTOR", "PROBE_INIT", "PROBE_RESTORE"] {
+        let value = vars.iter().find(|(k, _)| *k == var).map_or("", |(_, v)| v);
+        cmd.env(var, value);
+    }
+    let status = cmd.status().expect("cargo runs");
+    assert!(status.success(), "cargo build of reload-probe variant {name} failed");
+    let dir = artifacts().join("probe-variants");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.{}", std::env::consts::DLL_EXTENSION));
+    let staged = dir.join(format!(".{name}.{}", std::process::id()));
+    std::fs::copy(
+        artifacts().join(format!("libreload_probe.{}", std::env::consts::DLL_EXTENSION)),
+        &staged,
+    )
+    .unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    built.insert(name.to_owned(), path.clone());
+    path
+}
+
 /// A plugin library cargo built, by library name (e.g. `echo`, `kv`).
 pub fn plugin(lib: &str) -> PathBuf {
     let path = artifacts().join(format!("lib{lib}.{}", std::env::consts::DLL_EXTENSION));
@@ -90,6 +125,10 @@ pub struct ServerConfig {
     pub files: Vec<(String, Vec<u8>)>,
     pub args: Vec<String>,
     pub secret: Option<String>,
+    /// Extra environment for the server; `None` removes the variable.
+    pub env: Vec<(String, Option<String>)>,
+    /// Serve this folder instead of a fresh temporary one.
+    pub actions: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +138,8 @@ impl Default for ServerConfig {
             files: Vec::new(),
             args: Vec::new(),
             secret: Some(SECRET.into()),
+            env: Vec::new(),
+            actions: None,
         }
     }
 }
@@ -114,6 +155,22 @@ impl ServerConfig {
     }
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.into());
+        self
+    }
+    /// Sets (`Some`) or removes (`None`) an environment variable of the server.
+    pub fn env(mut self, key: &str, value: Option<&str>) -> Self {
+        self.env.push((key.into(), value.map(str::to_owned)));
+        self
+    }
+    /// Serves `folder` as the actions folder (plugins and files are still
+    /// copied into the temporary one, which is then unused).
+    pub fn actions_folder(mut self, folder: &Path) -> Self {
+        self.actions = Some(folder.to_path_buf());
+        self
+    }
+    /// Copies a plugin file (any path) into the actions folder under `name`.
+    pub fn plugin_file(mut self, name: &str, from: &Path) -> Self {
+        self.files.push((name.into(), std::fs::read(from).unwrap()));
         self
     }
     pub fn no_secret(mut self) -> Self {
@@ -179,7 +236,7 @@ impl Server {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--actions")
-            .arg(actions_dir.path())
+            .arg(config.actions.as_deref().unwrap_or(actions_dir.path()))
             .arg("--shadow-dir")
             .arg(shadow_dir.path())
             .args(&config.args)
@@ -194,6 +251,12 @@ impl Server {
             .stderr(Stdio::piped());
         if let Some(secret) = &config.secret {
             cmd.arg("--jwt-secret").arg(secret);
+        }
+        for (key, value) in &config.env {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
         }
         let mut child = cmd.spawn().expect("switchboard starts");
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -213,6 +276,20 @@ impl Server {
             actions_dir,
             _shadow_dir: shadow_dir,
         }
+    }
+
+    /// Puts `from`'s content in the actions folder as `name` the way a
+    /// deploy should: written beside it under a name the server ignores,
+    /// then renamed into place (one event, never a partial file).
+    pub fn install(&self, name: &str, from: &Path) {
+        let staged = self.actions_dir.path().join(format!(".{name}.staged"));
+        std::fs::copy(from, &staged).unwrap();
+        std::fs::rename(&staged, self.actions_dir.path().join(name)).unwrap();
+    }
+
+    /// The path of `name` in the actions folder.
+    pub fn action_file(&self, name: &str) -> PathBuf {
+        self.actions_dir.path().join(name)
     }
 
     pub fn ws_url(&self) -> String {

@@ -62,6 +62,8 @@ pub struct GenerationView {
     pub version: String,
     /// The file in the actions folder.
     pub file: PathBuf,
+    /// The private copy that was mapped (what `/proc/<pid>/maps` shows).
+    pub image: PathBuf,
     /// SHA-256 of the content loaded.
     pub hash: String,
     /// When it was loaded (seconds since the Unix epoch).
@@ -516,6 +518,7 @@ fn view_of(plugin: &LoadedPlugin, state: GenerationState) -> GenerationView {
         plugin: plugin.name.clone(),
         version: plugin.version.clone(),
         file: plugin.file.clone(),
+        image: plugin.shadow.clone(),
         hash: plugin.hash.clone(),
         loaded_at: plugin
             .loaded_at

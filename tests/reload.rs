@@ -1,0 +1,666 @@
+//! Hot reload, black-box: the real server watching a real folder, plugin
+//! builds that cargo made (variants of `tests/plugins/reload-probe`), real
+//! sockets, and every way a file can change under it.
+//!
+//! Each test runs with `RUST_BACKTRACE` unset and set to 1 (a caught
+//! panic pins a library image only with backtraces on), and `/status` is
+//! checked against the server's real `/proc/<pid>/maps`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use switchboard_tests::{Client, Server, ServerConfig, WAIT, error_code, plugin, probe_variant};
+
+/// The probe's file name in the actions folder.
+const PROBE: &str = "libprobe.so";
+
+/// Both settings of `RUST_BACKTRACE` every test runs under.
+const BACKTRACE_MODES: [Option<&str>; 2] = [None, Some("1")];
+
+fn variant(version: &str) -> PathBuf {
+    probe_variant(version, &[("PROBE_VERSION", version)])
+}
+
+fn start(backtrace: Option<&str>, files: &[(&str, &Path)], args: &[&str]) -> Server {
+    let mut config = ServerConfig::default()
+        .plugins(&[])
+        .arg("--reload-debounce-ms")
+        .arg("40")
+        .env("RUST_BACKTRACE", backtrace);
+    for (name, from) in files {
+        config = config.plugin_file(name, from);
+    }
+    for arg in args {
+        config = config.arg(arg);
+    }
+    config.start()
+}
+
+/// A signed-in connection subscribed to `actions.changed`.
+async fn control(server: &Server) -> Client {
+    let mut client = server.connect_as("control").await;
+    let reply = client
+        .call("rpc.subscribe", json!({"event": "actions.changed"}))
+        .await;
+    assert_eq!(reply["result"]["subscribed"], true, "{reply}");
+    client
+}
+
+/// Installs `from` as `name` and waits for the `actions.changed` push
+/// that says a new generation of it serves; returns that push's data.
+async fn swap(server: &Server, control: &mut Client, name: &str, from: &Path) -> Value {
+    server.install(name, from);
+    wait_changed(control, name).await
+}
+
+async fn wait_changed(control: &mut Client, name: &str) -> Value {
+    let (push, _) = control
+        .recv_until(|m| {
+            m["method"] == "rpc.event"
+                && m["params"]["event"] == "actions.changed"
+                && m["params"]["data"]["file"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with(name))
+        })
+        .await;
+    push["params"]["data"].clone()
+}
+
+/// `probe/version`'s answer on `client`.
+async fn identity(client: &mut Client) -> Value {
+    let reply = client.call("probe/version", json!({})).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    reply["result"].clone()
+}
+
+fn generations(server: &Server) -> Vec<Value> {
+    server.status()["generations"].as_array().unwrap().clone()
+}
+
+fn generation(server: &Server, number: u64) -> Value {
+    generations(server)
+        .into_iter()
+        .find(|g| g["generation"] == number)
+        .unwrap_or_else(|| panic!("no generation {number} in {:?}", generations(server)))
+}
+
+/// Waits until generation `number` is in one of `states`.
+fn wait_state(server: &Server, number: u64, states: &[&str]) -> Value {
+    let start = Instant::now();
+    loop {
+        let g = generation(server, number);
+        if states.iter().any(|s| g["state"] == *s) {
+            return g;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "generation {number} never reached {states:?}: {g}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether the server process maps `image`, read from its real maps.
+fn really_mapped(server: &Server, image: &str) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    maps.lines().any(|l| {
+        let path = l.splitn(6, ' ').nth(5).map(str::trim_start).unwrap_or("");
+        path == image || path.strip_suffix(" (deleted)") == Some(image)
+    })
+}
+
+/// `/status` tells the truth about every retired generation: those it
+/// calls unmapped are gone from the real maps, the rest are there.
+fn assert_status_truthful(server: &Server) {
+    for g in generations(server) {
+        let image = g["image"].as_str().unwrap();
+        match g["state"].as_str().unwrap() {
+            "unmapped" => assert!(!really_mapped(server, image), "said unmapped but mapped: {g}"),
+            "retired_mapped" => {
+                // It may have unmapped since (threads exit); then the next
+                // sweep says so. Either way it was said with a reason.
+                assert!(g["reason"].as_str().is_some_and(|r| !r.is_empty()), "{g}");
+            }
+            _ => assert!(really_mapped(server, image), "said loaded but not mapped: {g}"),
+        }
+    }
+}
+
+fn refusal(server: &Server, name: &str) -> Option<String> {
+    server.status()["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["file"].as_str().unwrap().ends_with(name))
+        .map(|r| r["reason"].as_str().unwrap().to_owned())
+}
+
+/// Waits until `/status` refuses `name` with a reason containing `needle`.
+fn wait_refused(server: &Server, name: &str, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(reason) = refusal(server, name)
+            && reason.contains(needle)
+        {
+            return reason;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{name} never refused with {needle:?}; refused: {:?}",
+            refusal(server, name)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One call a load worker made.
+#[derive(Debug)]
+struct Served {
+    /// How many swaps had been confirmed when it started.
+    started_at_swap: usize,
+    instance: u64,
+    version: String,
+    self_version: String,
+    slept: bool,
+}
+
+/// Calls `probe/version` (or, for every tenth connection, a 5 s
+/// `probe/sleep`) in a loop until `stop`; every reply must be a result.
+async fn load_worker(
+    mut client: Client,
+    slow: bool,
+    swaps: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    served: Arc<Mutex<Vec<Served>>>,
+) {
+    let mut id = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        id += 1;
+        let started_at_swap = swaps.load(Ordering::SeqCst);
+        let (method, params) = if slow {
+            ("probe/sleep", json!({"ms": 5000}))
+        } else {
+            ("probe/version", json!({}))
+        };
+        client.request(id, method, params).await;
+        let (reply, _) = client.recv_until(|m| m["id"] == id).await;
+        let result = reply
+            .get("result")
+            .unwrap_or_else(|| panic!("a call failed during swaps: {reply}"));
+        served.lock().unwrap().push(Served {
+            started_at_swap,
+            instance: result["instance"].as_u64().unwrap(),
+            version: result["version"].as_str().unwrap().to_owned(),
+            self_version: result["self_version"].as_str().unwrap().to_owned(),
+            slept: slow,
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_swaps_under_load_fail_no_call_and_route_every_new_call_to_the_new_generation()
+{
+    let (v1, v2) = (variant("v1"), variant("v2"));
+    for backtrace in BACKTRACE_MODES {
+        let server = start(backtrace, &[(PROBE, &v1)], &[]);
+        let mut control = control(&server).await;
+        // instances[k] is the generation serving after swap k.
+        let mut instances = vec![identity(&mut control).await["instance"].as_u64().unwrap()];
+        let swaps = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut workers = Vec::new();
+        for n in 0..50 {
+            let client = server.connect_as(&format!("load-{n}")).await;
+            workers.push(tokio::spawn(load_worker(
+                client,
+                n % 10 == 0,
+                Arc::clone(&swaps),
+                Arc::clone(&stop),
+                Arc::clone(&served),
+            )));
+        }
+        for n in 1..=100 {
+            let from = if n % 2 == 1 { &v2 } else { &v1 };
+            swap(&server, &mut control, PROBE, from).await;
+            let now = identity(&mut control).await;
+            let expected = if n % 2 == 1 { "v2" } else { "v1" };
+            assert_eq!(now["version"], expected, "after swap {n}");
+            instances.push(now["instance"].as_u64().unwrap());
+            swaps.store(n, Ordering::SeqCst);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let served = served.lock().unwrap();
+        let slept_across_swaps = served
+            .iter()
+            .filter(|s| s.slept)
+            .filter(|s| instances.iter().position(|i| *i == s.instance).unwrap() < 100)
+            .count();
+        assert!(
+            served.len() > 1000,
+            "only {} calls were made; the load is too thin to prove anything",
+            served.len()
+        );
+        for s in served.iter() {
+            let at = instances
+                .iter()
+                .position(|i| *i == s.instance)
+                .unwrap_or_else(|| panic!("served by an unknown generation: {s:?}"));
+            // Every call that started after swap k was confirmed ran on
+            // generation k or a later one, never an older one...
+            assert!(at >= s.started_at_swap, "served by an old generation: {s:?}");
+            // ...and a call in flight finishes on the generation it began
+            // on (one swap may have been under way as it started).
+            if s.slept {
+                assert!(at <= s.started_at_swap + 1, "a running call moved: {s:?}");
+            }
+            assert_eq!(s.version, if at % 2 == 1 { "v2" } else { "v1" }, "{s:?}");
+            // Its own exported function is its own, not an older image's.
+            assert_eq!(s.self_version, s.version, "{s:?}");
+        }
+        assert!(slept_across_swaps > 0, "no 5 s call overlapped a swap");
+        assert_status_truthful(&server);
+        eprintln!(
+            "RUST_BACKTRACE={backtrace:?}: {} calls, 100 swaps, 0 failed",
+            served.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_second_call_on_v1_finishes_on_v1_after_swaps_to_v2_v3_and_v4() {
+    let versions: Vec<PathBuf> = ["v1", "v2", "v3", "v4"].iter().map(|v| variant(v)).collect();
+    for backtrace in BACKTRACE_MODES {
+        let server = start(backtrace, &[(PROBE, &versions[0])], &[]);
+        let mut control = control(&server).await;
+        let v1 = identity(&mut control).await;
+        let v1_generation = server.status()["plugins"][0]["generation"].as_u64().unwrap();
+        let mut slow = server.connect_as("slow").await;
+        slow.request(1, "probe/sleep", json!({"ms": 10_000})).await;
+        // The call has started once the generation counts it.
+        let start = Instant::now();
+        while generation(&server, v1_generation)["calls"].as_u64().unwrap() < 2 {
+            assert!(start.elapsed() < WAIT, "the 10 s call never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let swapping = Instant::now();
+        for (n, from) in versions.iter().enumerate().skip(1) {
+            swap(&server, &mut control, PROBE, from).await;
+            assert_eq!(identity(&mut control).await["version"], format!("v{}", n + 1));
+        }
+        eprintln!("three swaps took {:?}", swapping.elapsed());
+        let draining = generation(&server, v1_generation);
+        assert_eq!(draining["state"], "draining", "{draining}");
+        let (reply, _) = slow.recv_until(|m| m["id"] == 1).await;
+        assert_eq!(reply["result"]["version"], "v1", "{reply}");
+        assert_eq!(reply["result"]["instance"], v1["instance"], "{reply}");
+        // Drained: closed, and /status says truthfully what became of it.
+        let retired = wait_state(&server, v1_generation, &["unmapped", "retired_mapped"]);
+        assert_eq!(retired["calls"], 2, "{retired}");
+        assert_status_truthful(&server);
+    }
+}
+
+/// Overwrites `target` in place, like `cp`: same inode, truncated, then
+/// written. A loaded library would crash if it were this file.
+fn cp_in_place(from: &Path, target: &Path) {
+    std::fs::copy(from, target).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_torture_never_crashes_and_loads_each_complete_content_exactly_once() {
+    let (v1, v2, v3) = (variant("v1"), variant("v2"), variant("v3"));
+    for backtrace in BACKTRACE_MODES {
+        let mut server = start(backtrace, &[(PROBE, &v1)], &["--reload-debounce-ms", "200"]);
+        let mut control = control(&server).await;
+        let target = server.action_file(PROBE);
+        let mut expected_versions = vec!["v1"];
+
+        // cp over the watched file (same inode, written in place).
+        cp_in_place(&v2, &target);
+        wait_changed(&mut control, PROBE).await;
+        expected_versions.push("v2");
+        assert_eq!(identity(&mut control).await["version"], "v2");
+
+        // Truncated in place: refused, v2 keeps serving.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        wait_refused(&server, PROBE, "not a loadable library");
+        assert_eq!(identity(&mut control).await["version"], "v2");
+
+        // Unlinked, then a hard link into place (what cargo does).
+        let linked = server.actions_dir.path().join(".v1-source");
+        std::fs::copy(&v1, &linked).unwrap();
+        std::fs::remove_file(&target).unwrap();
+        std::fs::hard_link(&linked, &target).unwrap();
+        wait_changed(&mut control, PROBE).await;
+        expected_versions.push("v1");
+        assert_eq!(identity(&mut control).await["version"], "v1");
+
+        // A slow writer: 1 byte per ms for the first 1000 bytes, then the
+        // rest in chunks, with a 1 s pause mid-file (past the debounce, so
+        // the half-written file is looked at and must not load).
+        let bytes = std::fs::read(&v3).unwrap();
+        {
+            use std::io::Write;
+            std::fs::remove_file(&target).unwrap();
+            let mut file = std::fs::File::create(&target).unwrap();
+            for byte in &bytes[..1000] {
+                file.write_all(std::slice::from_ref(byte)).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let half = bytes.len() / 2;
+            for chunk in bytes[1000..half].chunks(256 * 1024) {
+                file.write_all(chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            assert_eq!(identity(&mut control).await["version"], "v1");
+            for chunk in bytes[half..].chunks(256 * 1024) {
+                file.write_all(chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        wait_changed(&mut control, PROBE).await;
+        expected_versions.push("v3");
+        assert_eq!(identity(&mut control).await["version"], "v3");
+
+        // 20 touches without a change: nothing reloads.
+        let before = generations(&server).len();
+        for _ in 0..20 {
+            std::fs::File::options()
+                .write(true)
+                .open(&target)
+                .unwrap()
+                .set_modified(std::time::SystemTime::now())
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Then one real change, which must be the only new generation.
+        cp_in_place(&v2, &target);
+        wait_changed(&mut control, PROBE).await;
+        expected_versions.push("v2");
+        assert_eq!(generations(&server).len(), before + 1);
+
+        // Exactly one load per distinct complete content, in order, and
+        // never a partial file.
+        let mut loaded: Vec<Value> = generations(&server);
+        loaded.sort_by_key(|g| g["generation"].as_u64().unwrap());
+        let versions: Vec<&str> = loaded.iter().map(|g| g["version"].as_str().unwrap()).collect();
+        assert_eq!(versions, expected_versions, "{loaded:?}");
+        assert!(server.is_running(), "the server crashed");
+        assert_status_truthful(&server);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cargo_build_writing_the_watched_folder_hot_reloads_once() {
+    // A target folder of its own: cargo writes the artifact into
+    // `<target>/debug/`, which is the server's actions folder.
+    let target_dir = switchboard_tests::artifacts()
+        .parent()
+        .unwrap()
+        .join("reload-cargo-test");
+    let build = |version: &str| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .current_dir(switchboard_tests::workspace_root())
+            .args(["build", "--quiet", "-p", "reload-probe"])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("PROBE_VERSION", version)
+            .env("PROBE_CTOR", "")
+            .env("PROBE_INIT", "")
+            .env("PROBE_RESTORE", "")
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    build("cargo-a");
+    let folder = target_dir.join("debug");
+    let server = ServerConfig::default()
+        .plugins(&[])
+        .arg("--reload-debounce-ms")
+        .arg("200")
+        .actions_folder(&folder)
+        .start();
+    let mut control = control(&server).await;
+    assert_eq!(identity(&mut control).await["version"], "cargo-a");
+    build("cargo-b");
+    wait_changed(&mut control, "libreload_probe.so").await;
+    assert_eq!(identity(&mut control).await["version"], "cargo-b");
+    let versions: Vec<String> = generations(&server)
+        .iter()
+        .map(|g| g["version"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(versions.iter().filter(|v| *v == "cargo-b").count(), 1, "{versions:?}");
+}
+
+/// The file with its ELF `e_machine` changed to AArch64.
+fn other_architecture(from: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(from).unwrap();
+    bytes[18..20].copy_from_slice(&183u16.to_le_bytes());
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_file_is_refused_while_the_old_generation_answers_every_call() {
+    let v1 = variant("v1");
+    let v2 = variant("v2");
+    let segv = probe_variant("ctor-segv", &[("PROBE_CTOR", "segv")]);
+    let hang = probe_variant("ctor-hang", &[("PROBE_CTOR", "hang")]);
+    let init_panics = probe_variant("init-panics", &[("PROBE_INIT", "panic")]);
+    let v2_bytes = std::fs::read(&v2).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = scratch.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let bad: Vec<(&str, PathBuf, &str)> = vec![
+        ("not a library", write("garbage", b"not an ELF file at all"), "not an ELF file"),
+        ("truncated", write("truncated", &v2_bytes[..v2_bytes.len() / 2]), "truncated"),
+        ("wrong architecture", write("arm", &other_architecture(&v2)), "another architecture"),
+        ("no entry symbol", plugin("not_a_plugin"), "exports no `switchboard_plugin_v1` symbol"),
+        ("wrong ABI", plugin("future_abi"), "ABI version"),
+        ("panicking init", init_panics, "entry function failed"),
+        ("crashing constructor", segv, "SIGSEGV"),
+        ("hanging constructor", hang, "did not finish within"),
+        ("a path another plugin owns", plugin("path_thief"), "already provides"),
+    ];
+    for backtrace in BACKTRACE_MODES {
+        let echo = plugin("echo");
+        let server = start(
+            backtrace,
+            &[(PROBE, &v1), ("libecho.so", &echo)],
+            &["--preflight-timeout-ms", "1500"],
+        );
+        let mut control = control(&server).await;
+        let v1_identity = identity(&mut control).await;
+        // A caller that keeps calling throughout.
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut caller = server.connect_as("caller").await;
+        let caller_task = {
+            let (stop, calls) = (Arc::clone(&stop), Arc::clone(&calls));
+            let expected = v1_identity["instance"].clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = caller.call("probe/version", json!({})).await;
+                    assert_eq!(reply["result"]["instance"], expected, "{reply}");
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        for (kind, file, reason) in &bad {
+            server.install(PROBE, file);
+            let said = wait_refused(&server, PROBE, reason);
+            assert!(said.len() > 20, "{kind}: {said}");
+            assert_eq!(identity(&mut control).await["instance"], v1_identity["instance"], "{kind}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        caller_task.await.unwrap();
+        assert!(calls.load(Ordering::Relaxed) > 10, "the caller hardly called");
+        // After all that, a good file loads.
+        swap(&server, &mut control, PROBE, &v2).await;
+        assert_eq!(identity(&mut control).await["version"], "v2");
+        assert!(refusal(&server, PROBE).is_none());
+        assert_status_truthful(&server);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_twenty_swaps_and_a_refused_restore_keeps_the_old_generation() {
+    let (v1, v2) = (variant("v1"), variant("v2"));
+    let refuses = probe_variant("refuses-state", &[("PROBE_RESTORE", "refuse")]);
+    for backtrace in BACKTRACE_MODES {
+        let server = start(backtrace, &[(PROBE, &v1)], &[]);
+        let mut control = control(&server).await;
+        let mut expected = 0;
+        for n in 1..=20 {
+            for _ in 0..3 {
+                expected += 1;
+                let reply = control.call("probe/count", json!({})).await;
+                assert_eq!(reply["result"]["count"], expected, "{reply}");
+            }
+            let changed = swap(&server, &mut control, PROBE, if n % 2 == 1 { &v2 } else { &v1 }).await;
+            let number = changed["generation"].as_u64().unwrap();
+            assert_eq!(
+                generation(&server, number)["handoff"],
+                json!({"outcome": "restored", "bytes": 9})
+            );
+        }
+        let serving = identity(&mut control).await;
+        server.install(PROBE, &refuses);
+        let reason = wait_refused(&server, PROBE, "refused the state");
+        assert!(reason.contains("PROBE_RESTORE=refuse"), "{reason}");
+        assert_eq!(identity(&mut control).await["instance"], serving["instance"]);
+        let reply = control.call("probe/count", json!({})).await;
+        assert_eq!(reply["result"]["count"], expected + 1, "{reply}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_see_the_new_set_at_once_and_logs_name_the_generation() {
+    let v1 = variant("v1");
+    let server = start(None, &[(PROBE, &v1)], &[]);
+    let mut control = control(&server).await;
+    // An anonymous connection may not subscribe.
+    let mut anonymous = server.connect().await;
+    let refused = anonymous
+        .call("rpc.subscribe", json!({"event": "actions.changed"}))
+        .await;
+    assert_eq!(error_code(&refused), Some(-32001), "{refused}");
+    let unknown = control.call("rpc.subscribe", json!({"event": "nope"})).await;
+    assert_eq!(error_code(&unknown), Some(-32602), "{unknown}");
+
+    // A new file: its actions appear, announced.
+    let added = swap(&server, &mut control, "libkv.so", &plugin("kv")).await;
+    assert!(added["added"].as_array().unwrap().contains(&json!("kv/get")), "{added}");
+    let listed = control.call("rpc.actions", Value::Null).await;
+    assert!(listed["result"].to_string().contains("kv/get"), "{listed}");
+
+    // Logs from each generation carry its number.
+    control.call("probe/log", json!({})).await;
+    let number = server.status()["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "reload-probe")
+        .unwrap()["generation"]
+        .as_u64()
+        .unwrap();
+    server.wait_for_log("probe says hello from v1");
+    assert!(
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("probe says hello from v1") && l.contains(&format!("generation={number}"))),
+        "{}",
+        server.log()
+    );
+
+    // A removed file: new calls get -32601 while a running call finishes.
+    let mut slow = server.connect_as("slow").await;
+    slow.request(7, "probe/sleep", json!({"ms": 1500})).await;
+    let start = Instant::now();
+    while generation_calls(&server, number) < 2 {
+        assert!(start.elapsed() < WAIT);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_file(server.action_file(PROBE)).unwrap();
+    let removed = wait_changed(&mut control, PROBE).await;
+    assert!(removed["removed"].as_array().unwrap().contains(&json!("probe/version")), "{removed}");
+    let gone = control.call("probe/version", json!({})).await;
+    assert_eq!(error_code(&gone), Some(-32601), "{gone}");
+    let (finished, _) = slow.recv_until(|m| m["id"] == 7).await;
+    assert_eq!(finished["result"]["version"], "v1", "{finished}");
+}
+
+fn generation_calls(server: &Server, number: u64) -> u64 {
+    generation(server, number)["calls"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_pinned_by_thread_locals_is_reported_mapped_and_two_hundred_swaps_stay_bounded() {
+    let (v1, v2) = (variant("v1"), variant("v2"));
+    let image_bytes = std::fs::metadata(&v1).unwrap().len();
+    for backtrace in BACKTRACE_MODES {
+        let mut server = start(backtrace, &[(PROBE, &v1)], &["--max-generations", "256"]);
+        let mut control = control(&server).await;
+        // A plain generation (no thread-local touched) unmaps once drained.
+        let plain = server.status()["plugins"][0]["generation"].as_u64().unwrap();
+        identity(&mut control).await;
+        swap(&server, &mut control, PROBE, &v2).await;
+        let retired = wait_state(&server, plain, &["unmapped", "retired_mapped"]);
+        assert_eq!(retired["state"], "unmapped", "a plain plugin stayed mapped: {retired}");
+
+        // Touch a thread_local! with Drop on the workers, then swap, 200 times.
+        let rss_before = server.rss_kib();
+        let mut clients = Vec::new();
+        for n in 0..4 {
+            clients.push(server.connect_as(&format!("tls-{n}")).await);
+        }
+        let mut pinned = Vec::new();
+        for n in 0..200 {
+            for client in &mut clients {
+                let reply = client.call("probe/tls", json!({})).await;
+                assert!(reply.get("result").is_some(), "{reply}");
+            }
+            let generation = server.status()["plugins"][0]["generation"].as_u64().unwrap();
+            pinned.push(generation);
+            swap(&server, &mut control, PROBE, if n % 2 == 0 { &v1 } else { &v2 }).await;
+        }
+        assert!(server.is_running());
+        let rss_growth = server.rss_kib().saturating_sub(rss_before) * 1024;
+        // The documented bound: at most one image per retained generation.
+        assert!(
+            rss_growth < 200 * image_bytes,
+            "RSS grew {rss_growth} bytes over 200 pinned generations of a {image_bytes}-byte image"
+        );
+        let first = wait_state(&server, pinned[0], &["retired_mapped", "unmapped"]);
+        assert_eq!(first["state"], "retired_mapped", "{first}");
+        assert!(
+            first["reason"].as_str().unwrap().contains("thread-local"),
+            "{first}"
+        );
+        assert!(really_mapped(&server, first["image"].as_str().unwrap()));
+        assert_status_truthful(&server);
+        eprintln!(
+            "RUST_BACKTRACE={backtrace:?}: 200 pinned swaps grew RSS by {} KiB ({} KiB per generation; image {} KiB)",
+            rss_growth / 1024,
+            rss_growth / 1024 / 200,
+            image_bytes / 1024
+        );
+    }
+}
