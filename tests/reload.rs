@@ -28,9 +28,10 @@ fn variant(version: &str) -> PathBuf {
 fn start(backtrace: Option<&str>, files: &[(&str, &Path)], args: &[&str]) -> Server {
     let mut config = ServerConfig::default()
         .plugins(&[])
-        .arg("--reload-debounce-ms")
-        .arg("40")
         .env("RUST_BACKTRACE", backtrace);
+    if !args.contains(&"--reload-debounce-ms") {
+        config = config.arg("--reload-debounce-ms").arg("40");
+    }
     for (name, from) in files {
         config = config.plugin_file(name, from);
     }
@@ -119,13 +120,19 @@ fn assert_status_truthful(server: &Server) {
     for g in generations(server) {
         let image = g["image"].as_str().unwrap();
         match g["state"].as_str().unwrap() {
-            "unmapped" => assert!(!really_mapped(server, image), "said unmapped but mapped: {g}"),
+            "unmapped" => assert!(
+                !really_mapped(server, image),
+                "said unmapped but mapped: {g}"
+            ),
             "retired_mapped" => {
                 // It may have unmapped since (threads exit); then the next
                 // sweep says so. Either way it was said with a reason.
                 assert!(g["reason"].as_str().is_some_and(|r| !r.is_empty()), "{g}");
             }
-            _ => assert!(really_mapped(server, image), "said loaded but not mapped: {g}"),
+            _ => assert!(
+                really_mapped(server, image),
+                "said loaded but not mapped: {g}"
+            ),
         }
     }
 }
@@ -202,8 +209,7 @@ async fn load_worker(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_hundred_swaps_under_load_fail_no_call_and_route_every_new_call_to_the_new_generation()
-{
+async fn a_hundred_swaps_under_load_fail_no_call_and_route_every_new_call_to_the_new_generation() {
     let (v1, v2) = (variant("v1"), variant("v2"));
     for backtrace in BACKTRACE_MODES {
         let server = start(backtrace, &[(PROBE, &v1)], &[]);
@@ -255,7 +261,10 @@ async fn a_hundred_swaps_under_load_fail_no_call_and_route_every_new_call_to_the
                 .unwrap_or_else(|| panic!("served by an unknown generation: {s:?}"));
             // Every call that started after swap k was confirmed ran on
             // generation k or a later one, never an older one...
-            assert!(at >= s.started_at_swap, "served by an old generation: {s:?}");
+            assert!(
+                at >= s.started_at_swap,
+                "served by an old generation: {s:?}"
+            );
             // ...and a call in flight finishes on the generation it began
             // on (one swap may have been under way as it started).
             if s.slept {
@@ -276,24 +285,36 @@ async fn a_hundred_swaps_under_load_fail_no_call_and_route_every_new_call_to_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_second_call_on_v1_finishes_on_v1_after_swaps_to_v2_v3_and_v4() {
-    let versions: Vec<PathBuf> = ["v1", "v2", "v3", "v4"].iter().map(|v| variant(v)).collect();
+    let versions: Vec<PathBuf> = ["v1", "v2", "v3", "v4"]
+        .iter()
+        .map(|v| variant(v))
+        .collect();
     for backtrace in BACKTRACE_MODES {
         let server = start(backtrace, &[(PROBE, &versions[0])], &[]);
         let mut control = control(&server).await;
         let v1 = identity(&mut control).await;
-        let v1_generation = server.status()["plugins"][0]["generation"].as_u64().unwrap();
+        let v1_generation = server.status()["plugins"][0]["generation"]
+            .as_u64()
+            .unwrap();
         let mut slow = server.connect_as("slow").await;
         slow.request(1, "probe/sleep", json!({"ms": 10_000})).await;
         // The call has started once the generation counts it.
         let start = Instant::now();
-        while generation(&server, v1_generation)["calls"].as_u64().unwrap() < 2 {
+        while generation(&server, v1_generation)["calls"]
+            .as_u64()
+            .unwrap()
+            < 2
+        {
             assert!(start.elapsed() < WAIT, "the 10 s call never started");
             std::thread::sleep(Duration::from_millis(10));
         }
         let swapping = Instant::now();
         for (n, from) in versions.iter().enumerate().skip(1) {
             swap(&server, &mut control, PROBE, from).await;
-            assert_eq!(identity(&mut control).await["version"], format!("v{}", n + 1));
+            assert_eq!(
+                identity(&mut control).await["version"],
+                format!("v{}", n + 1)
+            );
         }
         eprintln!("three swaps took {:?}", swapping.elapsed());
         let draining = generation(&server, v1_generation);
@@ -397,7 +418,10 @@ async fn file_torture_never_crashes_and_loads_each_complete_content_exactly_once
         // never a partial file.
         let mut loaded: Vec<Value> = generations(&server);
         loaded.sort_by_key(|g| g["generation"].as_u64().unwrap());
-        let versions: Vec<&str> = loaded.iter().map(|g| g["version"].as_str().unwrap()).collect();
+        let versions: Vec<&str> = loaded
+            .iter()
+            .map(|g| g["version"].as_str().unwrap())
+            .collect();
         assert_eq!(versions, expected_versions, "{loaded:?}");
         assert!(server.is_running(), "the server crashed");
         assert_status_truthful(&server);
@@ -443,7 +467,11 @@ async fn cargo_build_writing_the_watched_folder_hot_reloads_once() {
         .iter()
         .map(|g| g["version"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(versions.iter().filter(|v| *v == "cargo-b").count(), 1, "{versions:?}");
+    assert_eq!(
+        versions.iter().filter(|v| *v == "cargo-b").count(),
+        1,
+        "{versions:?}"
+    );
 }
 
 /// The file with its ELF `e_machine` changed to AArch64.
@@ -468,15 +496,35 @@ async fn every_kind_of_bad_file_is_refused_while_the_old_generation_answers_ever
         path
     };
     let bad: Vec<(&str, PathBuf, &str)> = vec![
-        ("not a library", write("garbage", b"not an ELF file at all"), "not an ELF file"),
-        ("truncated", write("truncated", &v2_bytes[..v2_bytes.len() / 2]), "truncated"),
-        ("wrong architecture", write("arm", &other_architecture(&v2)), "another architecture"),
-        ("no entry symbol", plugin("not_a_plugin"), "exports no `switchboard_plugin_v1` symbol"),
+        (
+            "not a library",
+            write("garbage", b"not an ELF file at all"),
+            "not an ELF file",
+        ),
+        (
+            "truncated",
+            write("truncated", &v2_bytes[..v2_bytes.len() / 2]),
+            "truncated",
+        ),
+        (
+            "wrong architecture",
+            write("arm", &other_architecture(&v2)),
+            "another architecture",
+        ),
+        (
+            "no entry symbol",
+            plugin("not_a_plugin"),
+            "exports no `switchboard_plugin_v1` symbol",
+        ),
         ("wrong ABI", plugin("future_abi"), "ABI version"),
         ("panicking init", init_panics, "entry function failed"),
         ("crashing constructor", segv, "SIGSEGV"),
         ("hanging constructor", hang, "did not finish within"),
-        ("a path another plugin owns", plugin("path_thief"), "already provides"),
+        (
+            "a path another plugin owns",
+            plugin("path_thief"),
+            "already provides",
+        ),
     ];
     for backtrace in BACKTRACE_MODES {
         let echo = plugin("echo");
@@ -506,11 +554,18 @@ async fn every_kind_of_bad_file_is_refused_while_the_old_generation_answers_ever
             server.install(PROBE, file);
             let said = wait_refused(&server, PROBE, reason);
             assert!(said.len() > 20, "{kind}: {said}");
-            assert_eq!(identity(&mut control).await["instance"], v1_identity["instance"], "{kind}");
+            assert_eq!(
+                identity(&mut control).await["instance"],
+                v1_identity["instance"],
+                "{kind}"
+            );
         }
         stop.store(true, Ordering::Relaxed);
         caller_task.await.unwrap();
-        assert!(calls.load(Ordering::Relaxed) > 10, "the caller hardly called");
+        assert!(
+            calls.load(Ordering::Relaxed) > 10,
+            "the caller hardly called"
+        );
         // After all that, a good file loads.
         swap(&server, &mut control, PROBE, &v2).await;
         assert_eq!(identity(&mut control).await["version"], "v2");
@@ -533,7 +588,13 @@ async fn state_survives_twenty_swaps_and_a_refused_restore_keeps_the_old_generat
                 let reply = control.call("probe/count", json!({})).await;
                 assert_eq!(reply["result"]["count"], expected, "{reply}");
             }
-            let changed = swap(&server, &mut control, PROBE, if n % 2 == 1 { &v2 } else { &v1 }).await;
+            let changed = swap(
+                &server,
+                &mut control,
+                PROBE,
+                if n % 2 == 1 { &v2 } else { &v1 },
+            )
+            .await;
             let number = changed["generation"].as_u64().unwrap();
             assert_eq!(
                 generation(&server, number)["handoff"],
@@ -544,7 +605,10 @@ async fn state_survives_twenty_swaps_and_a_refused_restore_keeps_the_old_generat
         server.install(PROBE, &refuses);
         let reason = wait_refused(&server, PROBE, "refused the state");
         assert!(reason.contains("PROBE_RESTORE=refuse"), "{reason}");
-        assert_eq!(identity(&mut control).await["instance"], serving["instance"]);
+        assert_eq!(
+            identity(&mut control).await["instance"],
+            serving["instance"]
+        );
         let reply = control.call("probe/count", json!({})).await;
         assert_eq!(reply["result"]["count"], expected + 1, "{reply}");
     }
@@ -561,12 +625,20 @@ async fn clients_see_the_new_set_at_once_and_logs_name_the_generation() {
         .call("rpc.subscribe", json!({"event": "actions.changed"}))
         .await;
     assert_eq!(error_code(&refused), Some(-32001), "{refused}");
-    let unknown = control.call("rpc.subscribe", json!({"event": "nope"})).await;
+    let unknown = control
+        .call("rpc.subscribe", json!({"event": "nope"}))
+        .await;
     assert_eq!(error_code(&unknown), Some(-32602), "{unknown}");
 
     // A new file: its actions appear, announced.
     let added = swap(&server, &mut control, "libkv.so", &plugin("kv")).await;
-    assert!(added["added"].as_array().unwrap().contains(&json!("kv/get")), "{added}");
+    assert!(
+        added["added"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("kv/get")),
+        "{added}"
+    );
     let listed = control.call("rpc.actions", Value::Null).await;
     assert!(listed["result"].to_string().contains("kv/get"), "{listed}");
 
@@ -585,7 +657,8 @@ async fn clients_see_the_new_set_at_once_and_logs_name_the_generation() {
         server
             .log()
             .lines()
-            .any(|l| l.contains("probe says hello from v1") && l.contains(&format!("generation={number}"))),
+            .any(|l| l.contains("probe says hello from v1")
+                && l.contains(&format!("generation={number}"))),
         "{}",
         server.log()
     );
@@ -600,7 +673,13 @@ async fn clients_see_the_new_set_at_once_and_logs_name_the_generation() {
     }
     std::fs::remove_file(server.action_file(PROBE)).unwrap();
     let removed = wait_changed(&mut control, PROBE).await;
-    assert!(removed["removed"].as_array().unwrap().contains(&json!("probe/version")), "{removed}");
+    assert!(
+        removed["removed"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("probe/version")),
+        "{removed}"
+    );
     let gone = control.call("probe/version", json!({})).await;
     assert_eq!(error_code(&gone), Some(-32601), "{gone}");
     let (finished, _) = slow.recv_until(|m| m["id"] == 7).await;
@@ -619,11 +698,16 @@ async fn a_plugin_pinned_by_thread_locals_is_reported_mapped_and_two_hundred_swa
         let mut server = start(backtrace, &[(PROBE, &v1)], &["--max-generations", "256"]);
         let mut control = control(&server).await;
         // A plain generation (no thread-local touched) unmaps once drained.
-        let plain = server.status()["plugins"][0]["generation"].as_u64().unwrap();
+        let plain = server.status()["plugins"][0]["generation"]
+            .as_u64()
+            .unwrap();
         identity(&mut control).await;
         swap(&server, &mut control, PROBE, &v2).await;
         let retired = wait_state(&server, plain, &["unmapped", "retired_mapped"]);
-        assert_eq!(retired["state"], "unmapped", "a plain plugin stayed mapped: {retired}");
+        assert_eq!(
+            retired["state"], "unmapped",
+            "a plain plugin stayed mapped: {retired}"
+        );
 
         // Touch a thread_local! with Drop on the workers, then swap, 200 times.
         let rss_before = server.rss_kib();
@@ -637,9 +721,17 @@ async fn a_plugin_pinned_by_thread_locals_is_reported_mapped_and_two_hundred_swa
                 let reply = client.call("probe/tls", json!({})).await;
                 assert!(reply.get("result").is_some(), "{reply}");
             }
-            let generation = server.status()["plugins"][0]["generation"].as_u64().unwrap();
+            let generation = server.status()["plugins"][0]["generation"]
+                .as_u64()
+                .unwrap();
             pinned.push(generation);
-            swap(&server, &mut control, PROBE, if n % 2 == 0 { &v1 } else { &v2 }).await;
+            swap(
+                &server,
+                &mut control,
+                PROBE,
+                if n % 2 == 0 { &v1 } else { &v2 },
+            )
+            .await;
         }
         assert!(server.is_running());
         let rss_growth = server.rss_kib().saturating_sub(rss_before) * 1024;

@@ -96,13 +96,19 @@ pub fn probe_variant(name: &str, vars: &[(&str, &str)]) -> PathBuf {
         cmd.env(var, value);
     }
     let status = cmd.status().expect("cargo runs");
-    assert!(status.success(), "cargo build of reload-probe variant {name} failed");
+    assert!(
+        status.success(),
+        "cargo build of reload-probe variant {name} failed"
+    );
     let dir = artifacts().join("probe-variants");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.{}", std::env::consts::DLL_EXTENSION));
     let staged = dir.join(format!(".{name}.{}", std::process::id()));
     std::fs::copy(
-        artifacts().join(format!("libreload_probe.{}", std::env::consts::DLL_EXTENSION)),
+        artifacts().join(format!(
+            "libreload_probe.{}",
+            std::env::consts::DLL_EXTENSION
+        )),
         &staged,
     )
     .unwrap();

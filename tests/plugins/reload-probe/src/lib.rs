@@ -31,8 +31,7 @@ const VERSION: &str = match option_env!("PROBE_VERSION") {
     _ => "v1",
 };
 
-static VERSION_C: LazyLock<CString> =
-    LazyLock::new(|| CString::new(VERSION).unwrap_or_default());
+static VERSION_C: LazyLock<CString> = LazyLock::new(|| CString::new(VERSION).unwrap_or_default());
 
 /// Set when this copy's plugin function runs: unique per generation.
 static INSTANCE: OnceLock<u64> = OnceLock::new();
@@ -95,7 +94,8 @@ fn count(_ctx: &Context<'_>, _params: serde::de::IgnoredAny) -> Result<Count, Ac
 }
 
 fn log(ctx: &Context<'_>, _params: serde::de::IgnoredAny) -> Result<&'static str, ActionError> {
-    ctx.logger().info(&format!("probe says hello from {VERSION}"));
+    ctx.logger()
+        .info(&format!("probe says hello from {VERSION}"));
     Ok(VERSION)
 }
 
@@ -167,7 +167,11 @@ fn plugin() -> Plugin {
     let _ = INSTANCE.set(nanos ^ (&COUNT as *const AtomicU64 as u64));
     Plugin::new("reload-probe", VERSION)
         .action(Action::new("probe/version", version).public())
-        .action(Action::new("probe/sleep", sleep).public().timeout(Duration::from_secs(60)))
+        .action(
+            Action::new("probe/sleep", sleep)
+                .public()
+                .timeout(Duration::from_secs(60)),
+        )
         .action(Action::new("probe/count", count).public())
         .action(Action::new("probe/log", log).public())
         .action(Action::new("probe/tls", tls).public().inline())
