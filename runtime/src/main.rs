@@ -111,6 +111,35 @@ enum BenchScenario {
         #[arg(long, value_parser = humantime::parse_duration)]
         hold: Option<Duration>,
     },
+    /// Hot-reload swap latency, and load during a reload storm: swaps two
+    /// builds of one plugin in the server's actions folder.
+    Reload {
+        /// The plugin file in the server's actions folder to replace.
+        #[arg(long, value_name = "FILE")]
+        target: PathBuf,
+        /// The first build (installed first).
+        #[arg(long, value_name = "FILE")]
+        a: PathBuf,
+        /// The second build.
+        #[arg(long, value_name = "FILE")]
+        b: PathBuf,
+        /// A method whose result differs between the builds (e.g. one that
+        /// reports the plugin's version).
+        #[arg(long)]
+        method: String,
+        /// Swaps timed for latency.
+        #[arg(long, default_value_t = 50)]
+        swaps: usize,
+        /// Connections for the storm's load.
+        #[arg(long, default_value_t = 20)]
+        conns: usize,
+        /// Calls in flight per connection for the storm's load.
+        #[arg(long, default_value_t = 4)]
+        inflight: usize,
+        /// How long each half of the storm (steady, swapping) measures.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
 }
 
 /// Where the settings come from: a TOML file, then environment variables,
@@ -587,6 +616,33 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 };
                 let report = fanout::run(&target, &scenario).await?;
                 print_report(&report, json)
+            }
+            BenchScenario::Reload {
+                target: file,
+                a,
+                b,
+                method,
+                swaps,
+                conns,
+                inflight,
+                duration,
+            } => {
+                let scenario = switchboard::bench::reload::ReloadScenario {
+                    target: file,
+                    builds: [a, b],
+                    method,
+                    swaps,
+                    conns,
+                    inflight,
+                    duration,
+                };
+                let report = switchboard::bench::reload::run(&target, &scenario).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print!("{report}");
+                }
+                Ok(())
             }
             BenchScenario::Conns { count, pid, hold } => {
                 let report = conns::run(&target, count, pid, hold).await?;

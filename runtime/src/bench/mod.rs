@@ -3,12 +3,14 @@
 //!
 //! Scenarios: [`rpc`] (calls in flight over many connections), [`fanout`]
 //! (rooms of subscribers and publishers), [`conns`] (idle connections and
-//! server memory per connection). Each prints a live progress line on
+//! server memory per connection), [`reload`] (hot-reload swap latency, and
+//! load during a reload storm). Each prints a live progress line on
 //! stderr and a final table, or JSON with `--json`.
 
 pub mod client;
 pub mod conns;
 pub mod fanout;
+pub mod reload;
 pub mod rpc;
 pub mod stats;
 

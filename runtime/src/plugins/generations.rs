@@ -244,6 +244,19 @@ impl Generations {
             Ok(plugin) => plugin,
             Err(e) => return self.refuse(file, Some(hash), e.to_string()),
         };
+        if self.is_live_image(plugin.code_address()) {
+            // Never expected (fresh name, fresh inode, RTLD_LOCAL), but
+            // if the dynamic loader ever hands back an image already
+            // loaded, serving it would silently keep the old code.
+            let _ = std::fs::remove_file(&copy);
+            return self.refuse(
+                file,
+                Some(hash),
+                "stale image: the dynamic loader returned a library that is already loaded, so the \
+                 new code would not run; reload refused"
+                    .to_owned(),
+            );
+        }
         if let Some(conflict) = self.conflict(file, &plugin) {
             close_unused(plugin);
             // No hash remembered: tried again when another file changes.
@@ -351,6 +364,13 @@ impl Generations {
             })
     }
 
+    /// Whether a serving or draining generation has its code at `address`.
+    fn is_live_image(&self, address: usize) -> bool {
+        let serving = self.files.values().filter_map(|s| s.serving.as_deref());
+        let draining = self.retired.iter().filter_map(|r| r.plugin.as_deref());
+        serving.chain(draining).any(|p| p.code_address() == address)
+    }
+
     fn retire(&mut self, plugin: Arc<LoadedPlugin>) {
         let mut view = view_of(&plugin, GenerationState::Draining);
         view.reason = Some("calls that started on it may still be running".to_owned());
@@ -378,11 +398,11 @@ impl Generations {
                     changed = true;
                     settle(retired, closed.err());
                 }
-                GenerationState::RetiredMapped if recheck_mapped => {
-                    if super::maps::is_mapped(&retired.shadow) == Some(false) {
-                        settle(retired, None);
-                        changed = true;
-                    }
+                GenerationState::RetiredMapped
+                    if recheck_mapped && super::maps::is_mapped(&retired.shadow) == Some(false) =>
+                {
+                    settle(retired, None);
+                    changed = true;
                 }
                 _ => {}
             }

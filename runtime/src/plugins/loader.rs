@@ -324,6 +324,12 @@ impl LoadedPlugin {
         }
     }
 
+    /// Where its `call` function is: two live generations with the same
+    /// address are one image (the loader handed back an old one).
+    pub fn code_address(&self) -> usize {
+        self.call as usize
+    }
+
     /// Counts a call started on this generation.
     pub(crate) fn count_call(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,8 @@
 //! - `probe/version`: `{"version", "instance", "self_version"}`: `instance`
 //!   is made up when this copy is loaded, so every generation has its own;
 //!   `self_version` comes through this library's own exported function.
+//! - `probe/build`: just the version string (what tells two builds apart
+//!   for `switchboard bench reload`).
 //! - `probe/sleep {ms}`: sleeps, then answers like `probe/version`.
 //! - `probe/count`: adds one to a counter handed over across reloads.
 //! - `probe/log`: logs a line through the host.
@@ -70,6 +72,10 @@ fn version(_ctx: &Context<'_>, _params: serde::de::IgnoredAny) -> Result<Identit
     Ok(identity())
 }
 
+fn build(_ctx: &Context<'_>, _params: serde::de::IgnoredAny) -> Result<&'static str, ActionError> {
+    Ok(VERSION)
+}
+
 #[derive(Deserialize)]
 struct SleepParams {
     ms: u64,
@@ -95,15 +101,19 @@ fn count(_ctx: &Context<'_>, _params: serde::de::IgnoredAny) -> Result<Count, Ac
 
 fn log(ctx: &Context<'_>, _params: serde::de::IgnoredAny) -> Result<&'static str, ActionError> {
     ctx.logger()
-        .info(&format!("probe says hello from {VERSION}"));
+        .info(format!("probe says hello from {VERSION}"));
     Ok(VERSION)
 }
 
+/// Its destructor is what glibc must run when the thread exits, so a
+/// touched value pins this image while the thread lives.
 struct Pinning(u64);
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 impl Drop for Pinning {
     fn drop(&mut self) {
-        COUNT.fetch_add(self.0 & 0, Ordering::Relaxed);
+        DROPPED.fetch_add(self.0, Ordering::Relaxed);
     }
 }
 
@@ -167,6 +177,7 @@ fn plugin() -> Plugin {
     let _ = INSTANCE.set(nanos ^ (&COUNT as *const AtomicU64 as u64));
     Plugin::new("reload-probe", VERSION)
         .action(Action::new("probe/version", version).public())
+        .action(Action::new("probe/build", build).public())
         .action(
             Action::new("probe/sleep", sleep)
                 .public()

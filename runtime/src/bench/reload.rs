@@ -1,0 +1,244 @@
+//! The `reload` scenario: hot-reload swap latency, and throughput during a
+//! reload storm beside none.
+//!
+//! It alternates two builds of one plugin (`--a`, `--b`) in the server's
+//! actions folder, each written beside the target and renamed into place,
+//! and tells them apart by the result of `--method` (which must differ
+//! between the two, e.g. an action that reports the plugin's version).
+//!
+//! - Swap latency: from the rename (a completed write) to the first reply
+//!   from the new build, over `--swaps` swaps. It includes the server's
+//!   debounce (`reload_debounce_ms`), which the report states.
+//! - Storm: the `rpc` scenario on `--method` for `--duration` with no
+//!   swaps, then again while swaps follow each other back to back.
+
+use super::Report;
+use super::client::{BenchSocket, Target};
+use super::rpc::{self, RpcScenario};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long one swap may take before the scenario gives up.
+const SWAP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The `reload` scenario's settings.
+#[derive(Debug, Clone)]
+pub struct ReloadScenario {
+    /// The plugin file in the server's actions folder that is replaced.
+    pub target: PathBuf,
+    /// The two builds swapped in turn.
+    pub builds: [PathBuf; 2],
+    /// The method whose result tells the builds apart.
+    pub method: String,
+    /// Swaps timed for latency.
+    pub swaps: usize,
+    /// Connections for the storm's load.
+    pub conns: usize,
+    /// Calls in flight per connection for the storm's load.
+    pub inflight: usize,
+    /// How long each half of the storm measures.
+    pub duration: Duration,
+}
+
+/// What the `reload` scenario measured.
+#[derive(Debug, Serialize)]
+pub struct ReloadReport {
+    /// Swaps timed.
+    pub swaps: usize,
+    /// Median swap latency (write to first new reply), ms.
+    pub swap_p50_ms: f64,
+    /// 99th percentile swap latency, ms.
+    pub swap_p99_ms: f64,
+    /// Slowest swap, ms.
+    pub swap_max_ms: f64,
+    /// The load with no swaps.
+    pub steady: Report,
+    /// The same load during back-to-back swaps.
+    pub storm: Report,
+    /// Swaps completed during the storm.
+    pub storm_swaps: u64,
+}
+
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "swap latency over {} swaps: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (write to first reply from the new build, debounce included)",
+            self.swaps, self.swap_p50_ms, self.swap_p99_ms, self.swap_max_ms
+        )?;
+        writeln!(
+            f,
+            "steady: {:.0} calls/s  p99 {} µs  errors {}",
+            self.steady.rate, self.steady.p99_us, self.steady.errors
+        )?;
+        writeln!(
+            f,
+            "storm:  {:.0} calls/s  p99 {} µs  errors {}  ({} swaps)",
+            self.storm.rate, self.storm.p99_us, self.storm.errors, self.storm_swaps
+        )
+    }
+}
+
+/// Runs the scenario against `target`.
+pub async fn run(target: &Target, scenario: &ReloadScenario) -> anyhow::Result<ReloadReport> {
+    let mut swapper = Swapper::start(target, scenario).await?;
+    let mut latencies_us = Vec::with_capacity(scenario.swaps);
+    for n in 0..scenario.swaps {
+        latencies_us.push(swapper.swap().await?.as_micros() as u64);
+        eprint!("\rreload: {} of {} swaps", n + 1, scenario.swaps);
+    }
+    eprintln!();
+    latencies_us.sort_unstable();
+    let quantile = |q: f64| {
+        let i = ((latencies_us.len() as f64 - 1.0) * q).round() as usize;
+        latencies_us.get(i).copied().unwrap_or_default() as f64 / 1000.0
+    };
+    let load = RpcScenario {
+        conns: scenario.conns,
+        inflight: scenario.inflight,
+        method: scenario.method.clone(),
+        payload: 16,
+        duration: scenario.duration,
+    };
+    let steady = rpc::run(target, &load).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm_swaps = Arc::new(AtomicU64::new(0));
+    let storm = {
+        let (stop, count) = (Arc::clone(&stop), Arc::clone(&storm_swaps));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                swapper.swap().await?;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        })
+    };
+    let during = rpc::run(target, &load).await;
+    stop.store(true, Ordering::Relaxed);
+    storm.await??;
+    Ok(ReloadReport {
+        swaps: scenario.swaps,
+        swap_p50_ms: quantile(0.5),
+        swap_p99_ms: quantile(0.99),
+        swap_max_ms: latencies_us.last().copied().unwrap_or_default() as f64 / 1000.0,
+        steady,
+        storm: during?,
+        storm_swaps: storm_swaps.load(Ordering::Relaxed),
+    })
+}
+
+/// Swaps the two builds in turn and times each swap.
+struct Swapper {
+    socket: BenchSocket,
+    scenario: ReloadScenario,
+    /// `results[i]`: what `method` answers when build `i` serves.
+    results: [String; 2],
+    /// The build serving now.
+    serving: usize,
+    next_id: u64,
+}
+
+impl Swapper {
+    /// Installs build 0, then build 1, learning what each answers.
+    async fn start(target: &Target, scenario: &ReloadScenario) -> anyhow::Result<Swapper> {
+        let mut swapper = Swapper {
+            socket: target.connect(0).await?,
+            scenario: scenario.clone(),
+            results: [String::new(), String::new()],
+            serving: 0,
+            next_id: 0,
+        };
+        let before = swapper.call().await?;
+        install(&scenario.builds[0], &scenario.target)?;
+        // If build 0 was already in place nothing changes: give it the
+        // server's longest plausible debounce before taking the answer.
+        swapper.results[0] = swapper
+            .wait_for(|r| r != before, Duration::from_secs(3))
+            .await?
+            .unwrap_or(before);
+        install(&scenario.builds[1], &scenario.target)?;
+        let first = swapper.results[0].clone();
+        swapper.results[1] = swapper
+            .wait_for(|r| r != first, SWAP_DEADLINE)
+            .await?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the second build never answered {} differently from the first; pick a method whose \
+                     result differs between the builds (e.g. an action that reports the version)",
+                    scenario.method
+                )
+            })?;
+        swapper.serving = 1;
+        Ok(swapper)
+    }
+
+    /// Installs the other build; returns the time from its rename to the
+    /// first reply from it.
+    async fn swap(&mut self) -> anyhow::Result<Duration> {
+        let next = 1 - self.serving;
+        install(&self.scenario.builds[next], &self.scenario.target)?;
+        let written = Instant::now();
+        let wanted = self.results[next].clone();
+        self.wait_for(|r| r == wanted, SWAP_DEADLINE)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("a swap did not happen within {SWAP_DEADLINE:?}"))?;
+        self.serving = next;
+        Ok(written.elapsed())
+    }
+
+    /// Calls until the result satisfies `done` (returning it) or `within`
+    /// passes (`None`).
+    async fn wait_for(
+        &mut self,
+        done: impl Fn(&str) -> bool,
+        within: Duration,
+    ) -> anyhow::Result<Option<String>> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let result = self.call().await?;
+            if done(&result) {
+                return Ok(Some(result));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One call of the method; its result (or error) as JSON text.
+    async fn call(&mut self) -> anyhow::Result<String> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let method = serde_json::to_string(&self.scenario.method)?;
+        self.socket
+            .send(Message::text(format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":{method},"params":{{}}}}"#
+            )))
+            .await?;
+        while let Some(message) = self.socket.next().await {
+            let Message::Text(text) = message? else {
+                continue;
+            };
+            let reply: serde_json::Value = serde_json::from_str(&text)?;
+            if reply["id"] == id {
+                let answer = reply.get("result").or_else(|| reply.get("error"));
+                return Ok(answer.map(ToString::to_string).unwrap_or_default());
+            }
+        }
+        anyhow::bail!("the server closed the connection")
+    }
+}
+
+/// Writes `build` beside `target` under a name the server ignores, then
+/// renames it into place: one complete file, one event.
+fn install(build: &Path, target: &Path) -> anyhow::Result<()> {
+    let staged = target.with_extension("staged");
+    std::fs::copy(build, &staged)
+        .map_err(|e| anyhow::anyhow!("copying {} to {}: {e}", build.display(), staged.display()))?;
+    std::fs::rename(&staged, target)
+        .map_err(|e| anyhow::anyhow!("renaming into {}: {e}", target.display()))?;
+    Ok(())
+}
