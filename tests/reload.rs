@@ -450,28 +450,30 @@ async fn cargo_build_writing_the_watched_folder_hot_reloads_once() {
             .unwrap();
         assert!(status.success());
     };
-    build("cargo-a");
-    let folder = target_dir.join("debug");
-    let server = ServerConfig::default()
-        .plugins(&[])
-        .arg("--reload-debounce-ms")
-        .arg("200")
-        .actions_folder(&folder)
-        .start();
-    let mut control = control(&server).await;
-    assert_eq!(identity(&mut control).await["version"], "cargo-a");
-    build("cargo-b");
-    wait_changed(&mut control, "libreload_probe.so").await;
-    assert_eq!(identity(&mut control).await["version"], "cargo-b");
-    let versions: Vec<String> = generations(&server)
-        .iter()
-        .map(|g| g["version"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(
-        versions.iter().filter(|v| *v == "cargo-b").count(),
-        1,
-        "{versions:?}"
-    );
+    for (mode, backtrace) in BACKTRACE_MODES.into_iter().enumerate() {
+        let (first, second) = (format!("cargo-{mode}a"), format!("cargo-{mode}b"));
+        build(&first);
+        let folder = target_dir.join("debug");
+        let server = ServerConfig::default()
+            .plugins(&[])
+            .arg("--reload-debounce-ms")
+            .arg("200")
+            .actions_folder(&folder)
+            .env("RUST_BACKTRACE", backtrace)
+            .start();
+        let mut control = control(&server).await;
+        assert_eq!(identity(&mut control).await["version"], first.as_str());
+        build(&second);
+        wait_changed(&mut control, "libreload_probe.so").await;
+        assert_eq!(identity(&mut control).await["version"], second.as_str());
+        let mut loaded = generations(&server);
+        loaded.sort_by_key(|g| g["generation"].as_u64().unwrap());
+        let versions: Vec<String> = loaded
+            .iter()
+            .map(|g| g["version"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(versions, [first, second], "one load per build");
+    }
 }
 
 /// The file with its ELF `e_machine` changed to AArch64.
@@ -616,8 +618,14 @@ async fn state_survives_twenty_swaps_and_a_refused_restore_keeps_the_old_generat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_see_the_new_set_at_once_and_logs_name_the_generation() {
+    for backtrace in BACKTRACE_MODES {
+        clients_see_changes(backtrace).await;
+    }
+}
+
+async fn clients_see_changes(backtrace: Option<&str>) {
     let v1 = variant("v1");
-    let server = start(None, &[(PROBE, &v1)], &[]);
+    let server = start(backtrace, &[(PROBE, &v1)], &[]);
     let mut control = control(&server).await;
     // An anonymous connection may not subscribe.
     let mut anonymous = server.connect().await;
@@ -754,5 +762,76 @@ async fn a_plugin_pinned_by_thread_locals_is_reported_mapped_and_two_hundred_swa
             rss_growth / 1024 / 200,
             image_bytes / 1024
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_generations_a_reload_is_refused_as_busy_and_retried_when_one_goes() {
+    let (v1, v2, v3) = (variant("v1"), variant("v2"), variant("v3"));
+    for backtrace in BACKTRACE_MODES {
+        let server = start(backtrace, &[(PROBE, &v1)], &["--max-generations", "1"]);
+        let mut control = control(&server).await;
+        let v1_generation = server.status()["plugins"][0]["generation"]
+            .as_u64()
+            .unwrap();
+        let mut slow = server.connect_as("slow").await;
+        slow.request(1, "probe/sleep", json!({"ms": 3000})).await;
+        let start = Instant::now();
+        while generation_calls(&server, v1_generation) < 1 {
+            assert!(start.elapsed() < WAIT, "the slow call never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // v1 drains (one retained generation: the cap), v2 serves.
+        swap(&server, &mut control, PROBE, &v2).await;
+        // v3 would make two: refused as busy, v2 keeps serving.
+        server.install(PROBE, &v3);
+        let reason = wait_refused(&server, PROBE, "busy");
+        assert!(reason.contains("max_generations = 1"), "{reason}");
+        assert_eq!(identity(&mut control).await["version"], "v2");
+        // The slow call finishes on v1; v1 goes; v3 is taken then.
+        let (reply, _) = slow.recv_until(|m| m["id"] == 1).await;
+        assert_eq!(reply["result"]["version"], "v1", "{reply}");
+        wait_changed(&mut control, PROBE).await;
+        assert_eq!(identity(&mut control).await["version"], "v3");
+        assert_status_truthful(&server);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_constructor_crashes_is_refused_at_start_and_the_server_serves_the_rest() {
+    let v1 = variant("v1");
+    let segv = probe_variant("ctor-segv", &[("PROBE_CTOR", "segv")]);
+    for backtrace in BACKTRACE_MODES {
+        let server = start(backtrace, &[(PROBE, &v1), ("libcrash.so", &segv)], &[]);
+        let reason = wait_refused(&server, "libcrash.so", "SIGSEGV");
+        assert!(reason.contains("the server never opened it"), "{reason}");
+        let mut control = control(&server).await;
+        assert_eq!(identity(&mut control).await["version"], "v1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_generation_s_shutdown_hook_stops_its_thread_and_frees_its_port() {
+    let (v1, v2) = (variant("v1"), variant("v2"));
+    for backtrace in BACKTRACE_MODES {
+        let server = start(backtrace, &[(PROBE, &v1)], &[]);
+        let mut control = control(&server).await;
+        let v1_generation = server.status()["plugins"][0]["generation"]
+            .as_u64()
+            .unwrap();
+        let reply = control.call("probe/listen", json!({})).await;
+        let port = reply["result"].as_u64().unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        assert!(
+            std::net::TcpStream::connect(&addr).is_ok(),
+            "the plugin's listener is not up"
+        );
+        swap(&server, &mut control, PROBE, &v2).await;
+        let retired = wait_state(&server, v1_generation, &["unmapped", "retired_mapped"]);
+        assert!(
+            std::net::TcpStream::connect(&addr).is_err(),
+            "the retired generation still listens on {addr}: {retired}"
+        );
+        assert_status_truthful(&server);
     }
 }

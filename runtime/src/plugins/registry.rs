@@ -6,7 +6,7 @@
 //! plugin alive for as long as the call runs.
 
 use super::generations::{
-    Applied, GenerationView, Generations, ReloadSettings, is_plugin_file_name,
+    ActionsChanged, Applied, GenerationView, Generations, ReloadSettings, is_plugin_file_name,
 };
 use super::loader::LoadedPlugin;
 use super::shadow::ShadowDir;
@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// One callable action in a snapshot.
@@ -154,38 +154,37 @@ impl Registry {
     /// Takes the current content of one plugin file (new, changed or
     /// removed) and, when that changes what is callable, swaps the new
     /// snapshot in: new calls see it at once, running calls keep theirs.
-    pub fn apply(&self, file: &Path) -> Applied {
+    /// Returns every change clients should hear of: this file's, and those
+    /// of files refused earlier for a conflict that this change lifted.
+    pub fn apply(&self, file: &Path) -> Vec<ActionsChanged> {
         let mut table = self.table();
         let applied = table.apply(file);
-        if matches!(applied, Applied::Swapped(_) | Applied::Removed(_)) {
-            // What was refused for a conflict (or as busy) may load now.
-            for other in table.retryable() {
-                if other != file {
-                    table.apply(&other);
-                }
+        let mut changes = Vec::new();
+        match applied {
+            Applied::Swapped(change) | Applied::Removed(change) => {
+                changes.push(change);
+                changes.extend(retry(&mut table, Some(file)));
             }
+            Applied::Unchanged | Applied::Ignored => return changes,
+            Applied::Refused(_) => {}
         }
         // A refusal changes nothing callable but is shown on /status.
-        if !matches!(applied, Applied::Unchanged | Applied::Ignored) {
-            self.current.store(Arc::new(table.snapshot()));
-        }
-        applied
+        self.current.store(Arc::new(table.snapshot()));
+        changes
     }
 
-    /// Closes generations that have drained; see [`Generations::sweep`].
-    pub fn sweep(&self, recheck_mapped: bool) {
+    /// Closes generations that have drained (see [`Generations::sweep`])
+    /// and retries reloads refused as busy; returns the changes made.
+    pub fn sweep(&self, recheck_mapped: bool) -> Vec<ActionsChanged> {
         let mut table = self.table();
-        if table.sweep(recheck_mapped) {
-            // A reload refused as busy may fit now.
-            let retry = table.retryable();
-            let mut swapped = false;
-            for file in retry {
-                swapped |= matches!(table.apply(&file), Applied::Swapped(_));
-            }
-            if swapped {
-                self.current.store(Arc::new(table.snapshot()));
-            }
+        if !table.sweep(recheck_mapped) {
+            return Vec::new();
         }
+        let changes = retry(&mut table, None);
+        if !changes.is_empty() {
+            self.current.store(Arc::new(table.snapshot()));
+        }
+        changes
     }
 
     /// Every generation, for `/status`.
@@ -203,7 +202,21 @@ impl Registry {
         self.table().shadow().remove();
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, Generations> {
+    fn table(&self) -> MutexGuard<'_, Generations> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Applies again every file whose last refusal another change may have
+/// lifted (a path conflict, busy), except `changed`; returns the swaps.
+fn retry(table: &mut MutexGuard<'_, Generations>, changed: Option<&Path>) -> Vec<ActionsChanged> {
+    table
+        .retryable()
+        .into_iter()
+        .filter(|file| Some(file.as_path()) != changed)
+        .filter_map(|file| match table.apply(&file) {
+            Applied::Swapped(change) | Applied::Removed(change) => Some(change),
+            Applied::Refused(_) | Applied::Unchanged | Applied::Ignored => None,
+        })
+        .collect()
 }

@@ -133,13 +133,13 @@ pub fn start(state: Arc<ServerState>, dir: &Path, debounce: Duration) -> Result<
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
                 for path in settled(&mut pending, debounce) {
-                    apply(&state, &path);
+                    announce(&state, state.registry.apply(&path));
                 }
                 let recheck = last_recheck.elapsed() >= MAPPED_RECHECK;
                 if recheck {
                     last_recheck = Instant::now();
                 }
-                state.registry.sweep(recheck);
+                announce(&state, state.registry.sweep(recheck));
             }
         })?;
     Ok(Watch {
@@ -183,17 +183,15 @@ fn settled(pending: &mut HashMap<PathBuf, Pending>, debounce: Duration) -> Vec<P
     ready
 }
 
-fn apply(state: &ServerState, path: &Path) {
-    use super::generations::Applied;
-    let change = match state.registry.apply(path) {
-        Applied::Swapped(change) | Applied::Removed(change) => change,
-        Applied::Refused(_) | Applied::Unchanged | Applied::Ignored => return,
-    };
-    match serde_json::to_value(&change) {
-        Ok(data) => {
-            let told = state.hub.notify_event("actions.changed", &data);
-            tracing::debug!(clients = told, "actions.changed sent");
+/// Tells subscribed clients about each change.
+fn announce(state: &ServerState, changes: Vec<super::generations::ActionsChanged>) {
+    for change in changes {
+        match serde_json::to_value(&change) {
+            Ok(data) => {
+                let told = state.hub.notify_event("actions.changed", &data);
+                tracing::debug!(clients = told, "actions.changed sent");
+            }
+            Err(e) => tracing::warn!("could not describe the change: {e}"),
         }
-        Err(e) => tracing::warn!("could not describe the change: {e}"),
     }
 }

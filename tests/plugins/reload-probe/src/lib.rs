@@ -18,14 +18,18 @@
 //! - `probe/log`: logs a line through the host.
 //! - `probe/tls` (inline, so on the server's worker threads): touches a
 //!   `thread_local!` value with `Drop`, which pins this image in memory.
+//! - `probe/listen`: binds a TCP listener on 127.0.0.1 served by a thread
+//!   of the plugin's own, and answers its port; the shutdown hook (run
+//!   when this generation retires) stops the thread and frees the port.
 
 use action_api::{Action, ActionError, Context, Plugin, export_plugin};
 use serde::Deserialize;
 use serde::Serialize;
 use std::ffi::{CStr, CString, c_char};
-use std::sync::LazyLock;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 const VERSION: &str = match option_env!("PROBE_VERSION") {
@@ -126,6 +130,43 @@ fn tls(_ctx: &Context<'_>, _params: serde::de::IgnoredAny) -> Result<&'static st
     Ok(VERSION)
 }
 
+/// The listener thread `probe/listen` started, and how to stop it.
+static LISTENER: std::sync::Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>> =
+    std::sync::Mutex::new(None);
+
+fn listen(_ctx: &Context<'_>, _params: serde::de::IgnoredAny) -> Result<u16, ActionError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| ActionError::internal(format!("bind: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ActionError::internal(format!("nonblocking: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| ActionError::internal(format!("local_addr: {e}")))?
+        .port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        while !stopping.load(Ordering::Relaxed) {
+            // Accept and drop whatever connects; poll for the stop flag.
+            let _ = listener.accept();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    if let Ok(mut slot) = LISTENER.lock() {
+        *slot = Some((stop, thread));
+    }
+    Ok(port)
+}
+
+fn shutdown() {
+    let taken = LISTENER.lock().ok().and_then(|mut slot| slot.take());
+    if let Some((stop, thread)) = taken {
+        stop.store(true, Ordering::Relaxed);
+        let _ = thread.join();
+    }
+}
+
 /// State format: one version byte (1), then the count, little-endian.
 fn save() -> Vec<u8> {
     let mut bytes = vec![1u8];
@@ -186,7 +227,9 @@ fn plugin() -> Plugin {
         .action(Action::new("probe/count", count).public())
         .action(Action::new("probe/log", log).public())
         .action(Action::new("probe/tls", tls).public().inline())
+        .action(Action::new("probe/listen", listen).public())
         .keep_state(save, restore)
+        .on_shutdown(shutdown)
 }
 
 export_plugin!(plugin);
