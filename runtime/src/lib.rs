@@ -22,7 +22,8 @@
 //! - [`config`]: settings from file, environment and flags; [`state`]: what
 //!   connections share; [`session`]: what one connection knows;
 //!   [`status`]: the `/status` document; [`describe`]: `switchboard check`;
-//!   [`bench`]: `switchboard bench`, the load generator.
+//!   [`bench`]: `switchboard bench`, the load generator; [`dev`]:
+//!   `switchboard dev`, rebuilding and installing plugins on save.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -32,6 +33,7 @@ pub mod builtins;
 pub mod config;
 pub mod connection;
 pub mod describe;
+pub mod dev;
 pub mod dispatch;
 pub mod handshake;
 pub mod http;

@@ -30,6 +30,16 @@ enum Command {
     /// Load the plugins in a folder and serve them on one port
     /// (GET /ws for the WebSocket, /healthz, /status).
     Serve(Box<ServeArgs>),
+    /// Serve, and rebuild plugin crates on save: a changed crate is built
+    /// with cargo and hot-reloaded; on a compiler error the old build keeps
+    /// serving.
+    ///
+    /// Watches the `actions/*` crates of the current workspace, or each
+    /// `--src DIR`. Unless --actions is given (flag or environment), the
+    /// builds are installed into target/switchboard-dev/actions (under
+    /// CARGO_TARGET_DIR if set), never the `actions` folder of deployed
+    /// plugins; the config file's `actions` is not used.
+    Dev(Box<DevArgs>),
     /// Mint a client token signed with the server's secret.
     Token(Box<TokenArgs>),
     /// Load one plugin file and print its ABI version, name, version and
@@ -263,6 +273,24 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("actions", |a| a.help(
+    "Folder the builds are installed into and served from \
+     [default: target/switchboard-dev/actions, never `actions`]"
+)))]
+struct DevArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// A plugin crate's folder to watch and build; repeat for several
+    /// [default: every actions/* crate of the workspace around the current
+    /// folder].
+    #[arg(long = "src", value_name = "DIR")]
+    src: Vec<PathBuf>,
+    /// Build with `cargo build --release`.
+    #[arg(long)]
+    release: bool,
+}
+
+#[derive(Debug, Args)]
 struct TokenArgs {
     #[command(flatten)]
     common: ConfigArgs,
@@ -317,6 +345,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(*args),
+        Command::Dev(args) => dev(*args),
         Command::Token(args) => token(*args),
         Command::Check(args) => check(args),
         Command::Bench(args) => bench(*args),
@@ -379,7 +408,37 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = serve_config(args)?;
+    serve_with(serve_config(args)?)
+}
+
+/// `serve` plus a watch on plugin sources that rebuilds and installs them.
+fn dev(args: DevArgs) -> anyhow::Result<()> {
+    use switchboard::dev::{DevOptions, DevWatch, default_actions_dir, resolve_crates};
+    let DevArgs {
+        mut serve,
+        src,
+        release,
+    } = args;
+    let cwd = std::env::current_dir().context("could not read the current folder")?;
+    let crates = resolve_crates(&src, &cwd)?;
+    if serve.actions.is_none() {
+        serve.actions = Some(default_actions_dir(&cwd));
+    }
+    let mut config = serve_config(serve)?;
+    if !config.watch {
+        tracing::warn!("dev needs the actions folder watch to hot-reload; ignoring watch = false");
+        config.watch = true;
+    }
+    let options = DevOptions {
+        release,
+        ..DevOptions::default()
+    };
+    let _watch = DevWatch::start(crates, &config.actions, options)?;
+    serve_with(config)
+}
+
+/// Serves an already merged config (`serve` and `dev`).
+fn serve_with(mut config: Config) -> anyhow::Result<()> {
     if !config.actions.is_dir() {
         bail!(
             "the actions folder {} does not exist (set it with --actions DIR)",

@@ -40,8 +40,7 @@ pub enum PreflightError {
 /// Runs `switchboard check --json copy` in a child process (this same
 /// executable) under `timeout`; `Ok` when the plugin loads there.
 pub fn preflight(copy: &Path, timeout: Duration) -> Result<(), PreflightError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| PreflightError::Broken(format!("cannot find this executable: {e}")))?;
+    let exe = this_executable()?;
     let mut child = Command::new(exe)
         .arg("check")
         .arg("--json")
@@ -89,6 +88,18 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<(), PreflightError> {
             .unwrap_or("refused without a reason")
             .to_owned(),
     ))
+}
+
+/// This very executable. On Linux `/proc/self/exe`, which still opens
+/// after the file on disk was replaced (a rebuild of the server while it
+/// runs); elsewhere the path it was started from.
+fn this_executable() -> Result<std::path::PathBuf, PreflightError> {
+    let proc_exe = Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe.to_path_buf());
+    }
+    std::env::current_exe()
+        .map_err(|e| PreflightError::Broken(format!("cannot find this executable: {e}")))
 }
 
 fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
