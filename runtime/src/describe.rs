@@ -47,8 +47,10 @@ pub struct ActionReport {
     pub inline: bool,
 }
 
-/// Loads `file` (through a shadow copy under `shadow_base`) and reports.
-pub fn check(file: &Path, shadow_base: &Path) -> PluginReport {
+/// Loads `file` (through a shadow copy under `shadow_base`, or, with no
+/// base, in place: for a file that is already a private copy, as the
+/// server's preflight passes) and reports.
+pub fn check(file: &Path, shadow_base: Option<&Path>) -> PluginReport {
     let mut report = PluginReport {
         file: file.display().to_string(),
         ok: false,
@@ -60,18 +62,16 @@ pub fn check(file: &Path, shadow_base: &Path) -> PluginReport {
         events: Vec::new(),
         error: None,
     };
-    let loaded = ShadowDir::create(shadow_base)
-        .map_err(|e| {
-            format!(
-                "could not create the shadow folder {}: {e}",
-                shadow_base.display()
-            )
-        })
-        .and_then(|shadow| {
-            let result = LoadedPlugin::load(file, &shadow).map_err(|e| e.to_string());
-            shadow.remove();
-            result
-        });
+    let loaded = match shadow_base {
+        None => LoadedPlugin::load_in_place(file).map_err(|e| e.to_string()),
+        Some(base) => ShadowDir::create(base)
+            .map_err(|e| format!("could not create the shadow folder {}: {e}", base.display()))
+            .and_then(|shadow| {
+                let result = LoadedPlugin::load(file, &shadow).map_err(|e| e.to_string());
+                shadow.remove();
+                result
+            }),
+    };
     match loaded {
         Ok(plugin) => {
             report.ok = true;

@@ -332,6 +332,10 @@ struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Open FILE itself rather than a private copy of it (the server's
+    /// preflight passes its own private copy).
+    #[arg(long, hide = true)]
+    in_place: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -614,7 +618,10 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     let shadow_base = std::env::temp_dir().join("switchboard-check");
-    let report = switchboard::describe::check(&args.file, &shadow_base);
+    let report = switchboard::describe::check(
+        &args.file,
+        (!args.in_place).then_some(shadow_base.as_path()),
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.ok {

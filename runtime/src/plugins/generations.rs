@@ -137,6 +137,10 @@ pub struct Generations {
     shadow: ShadowDir,
     files: BTreeMap<PathBuf, FileSlot>,
     retired: Vec<Retired>,
+    /// Contents (by hash) this process has loaded and run before: their
+    /// constructors and entry already ran here, so a return to one (a
+    /// rollback) skips the preflight child.
+    ran_here: std::collections::HashSet<String>,
 }
 
 impl Generations {
@@ -147,6 +151,7 @@ impl Generations {
             shadow,
             files: BTreeMap::new(),
             retired: Vec::new(),
+            ran_here: std::collections::HashSet::new(),
         }
     }
 
@@ -234,6 +239,7 @@ impl Generations {
             }
         };
         if let Some(timeout) = self.settings.preflight_timeout
+            && !self.ran_here.contains(&hash)
             && let Err(e) = preflight(&copy, timeout)
         {
             let _ = std::fs::remove_file(&copy);
@@ -281,6 +287,7 @@ impl Generations {
             handoff = ?plugin.handoff,
             "plugin generation loaded"
         );
+        self.ran_here.insert(plugin.hash.clone());
         let plugin = Arc::new(plugin);
         let change = ActionsChanged {
             file: file.to_path_buf(),

@@ -152,6 +152,12 @@ impl LoadedPlugin {
         Self::load_prepared(file, &copy, hash)
     }
 
+    /// Loads `file` itself, without a copy: only for a file nobody else
+    /// writes (the server's private copy, opened by the preflight child).
+    pub fn load_in_place(file: &Path) -> Result<LoadedPlugin, LoadError> {
+        Self::load_copy(file, file, String::new())
+    }
+
     /// Loads `copy`, a private copy of `file` whose content hashes to
     /// `hash`; removes the copy's name if the load fails.
     pub fn load_prepared(

@@ -44,6 +44,7 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<(), PreflightError> {
     let mut child = Command::new(exe)
         .arg("check")
         .arg("--json")
+        .arg("--in-place")
         .arg(copy)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
