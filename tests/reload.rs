@@ -124,6 +124,8 @@ fn assert_status_truthful(server: &Server) {
                 !really_mapped(server, image),
                 "said unmapped but mapped: {g}"
             ),
+            // Being closed right now: either may be true this instant.
+            "closing" => {}
             "retired_mapped" => {
                 // It may have unmapped since (threads exit); then the next
                 // sweep says so. Either way it was said with a reason.
@@ -568,6 +570,20 @@ async fn every_kind_of_bad_file_is_refused_while_the_old_generation_answers_ever
             calls.load(Ordering::Relaxed) > 10,
             "the caller hardly called"
         );
+        // The serving content put back: the last refusal goes from /status.
+        server.install(PROBE, &v1);
+        let start = Instant::now();
+        while refusal(&server, PROBE).is_some() {
+            assert!(
+                start.elapsed() < WAIT,
+                "the refusal stayed: {:?}",
+                refusal(&server, PROBE)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A plugin that prints to stdout while loading is no problem.
+        let prints = probe_variant("prints", &[("PROBE_INIT", "print")]);
+        swap(&server, &mut control, PROBE, &prints).await;
         // After all that, a good file loads.
         swap(&server, &mut control, PROBE, &v2).await;
         assert_eq!(identity(&mut control).await["version"], "v2");

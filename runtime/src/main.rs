@@ -622,7 +622,15 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
         &args.file,
         (!args.in_place).then_some(shadow_base.as_path()),
     );
-    if args.json {
+    if args.in_place {
+        // For the server's preflight: one marked line, so whatever the
+        // plugin itself printed while loading is not taken for the report.
+        println!(
+            "{}{}",
+            switchboard::plugins::preflight::REPORT_MARKER,
+            serde_json::to_string(&report)?
+        );
+    } else if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.ok {
         print!("{report}");

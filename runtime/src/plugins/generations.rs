@@ -45,6 +45,8 @@ pub enum GenerationState {
     Serving,
     /// Replaced or removed; calls that started on it may still run.
     Draining,
+    /// Drained: its shutdown hook and `dlclose` are running now.
+    Closing,
     /// Drained and closed, but the image is still mapped (see `reason`).
     RetiredMapped,
     /// Drained, closed, and gone from `/proc/self/maps`.
@@ -88,6 +90,9 @@ pub enum Applied {
     Ignored,
     /// Refused; the serving generation (if any) keeps serving.
     Refused(String),
+    /// Nothing callable changed, but what `/status` says did (a refusal
+    /// cleared: the file is back to the serving content, or gone).
+    StatusChanged,
     /// A new generation serves; the summary goes to clients.
     Swapped(ActionsChanged),
     /// The file is gone, and so are its actions.
@@ -118,7 +123,51 @@ pub struct ActionsChanged {
 struct FileSlot {
     serving: Option<Arc<LoadedPlugin>>,
     /// The last content refused, and why (cleared by a successful load).
-    refused: Option<(Option<String>, String)>,
+    refused: Option<Refusal>,
+}
+
+/// Why a file's last content was refused, and when to try it again.
+#[derive(Debug)]
+struct Refusal {
+    /// The content's hash when the refusal is about the content itself:
+    /// the same content is not tried again. `None` when the cause lies
+    /// elsewhere (another file, the machine): the next write retries.
+    hash: Option<String>,
+    reason: String,
+    /// Tried again whenever another file changes or a generation goes (a
+    /// path conflict, busy).
+    retry_with_others: bool,
+}
+
+impl Refusal {
+    /// About this content: not tried again until the content changes.
+    fn content(hash: String, reason: String) -> Refusal {
+        Refusal {
+            hash: Some(hash),
+            reason,
+            retry_with_others: false,
+        }
+    }
+
+    /// Caused by the machine (I/O, a killed or hung preflight): tried
+    /// again when the file is written again, whatever its content.
+    fn transient(reason: String) -> Refusal {
+        Refusal {
+            hash: None,
+            reason: format!("{reason}; write the file again to retry"),
+            retry_with_others: false,
+        }
+    }
+
+    /// Caused by another file or the generations still retained: tried
+    /// again by itself when those change.
+    fn waiting(reason: String) -> Refusal {
+        Refusal {
+            hash: None,
+            reason,
+            retry_with_others: true,
+        }
+    }
 }
 
 /// A generation that no longer serves.
@@ -128,6 +177,8 @@ struct Retired {
     plugin: Option<Arc<LoadedPlugin>>,
     view: GenerationView,
     shadow: PathBuf,
+    /// Where its code was: a loader handing this image back is caught.
+    code_address: usize,
 }
 
 /// Every generation of every plugin file.
@@ -140,7 +191,9 @@ pub struct Generations {
     /// Contents (by hash) this process has loaded and run before: their
     /// constructors and entry already ran here, so a return to one (a
     /// rollback) skips the preflight child.
-    ran_here: std::collections::HashSet<String>,
+    ran_here: std::collections::HashMap<String, Vec<String>>,
+    /// Set at server exit: no more loads or closes.
+    frozen: bool,
 }
 
 impl Generations {
@@ -151,7 +204,8 @@ impl Generations {
             shadow,
             files: BTreeMap::new(),
             retired: Vec::new(),
-            ran_here: std::collections::HashSet::new(),
+            ran_here: std::collections::HashMap::new(),
+            frozen: false,
         }
     }
 
@@ -171,9 +225,9 @@ impl Generations {
             .files
             .iter()
             .filter_map(|(file, slot)| {
-                slot.refused.as_ref().map(|(_, reason)| RefusedFile {
+                slot.refused.as_ref().map(|r| RefusedFile {
                     file: file.clone(),
-                    reason: reason.clone(),
+                    reason: r.reason.clone(),
                 })
             })
             .collect();
@@ -184,21 +238,40 @@ impl Generations {
     /// folder, new, changed or gone) and swaps in a new generation if it
     /// is a good plugin that differs from the serving one.
     pub fn apply(&mut self, file: &Path) -> Applied {
-        if !is_plugin_file_name(file) {
+        if self.frozen || !is_plugin_file_name(file) {
             return Applied::Ignored;
+        }
+        match std::fs::metadata(file) {
+            Ok(meta) if !meta.is_file() => {
+                return self.refuse(
+                    file,
+                    Refusal::content(String::new(), "not a regular file".to_owned()),
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.remove(file),
+            _ => {}
         }
         let bytes = match std::fs::read(file) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.remove(file),
-            Err(e) => return self.refuse(file, None, format!("could not read it: {e}")),
+            Err(e) => {
+                return self.refuse(file, Refusal::transient(format!("could not read it: {e}")));
+            }
         };
         let hash = content_hash(&bytes);
         let slot = self.files.entry(file.to_path_buf()).or_default();
-        if slot.serving.as_ref().is_some_and(|s| s.hash == hash)
-            || slot
-                .refused
-                .as_ref()
-                .is_some_and(|(h, _)| h.as_deref() == Some(hash.as_str()))
+        if slot.serving.as_ref().is_some_and(|s| s.hash == hash) {
+            // Back to the serving content: any later refusal is moot.
+            return if slot.refused.take().is_some() {
+                Applied::StatusChanged
+            } else {
+                Applied::Unchanged
+            };
+        }
+        if slot
+            .refused
+            .as_ref()
+            .is_some_and(|r| r.hash.as_deref() == Some(hash.as_str()))
         {
             return Applied::Unchanged;
         }
@@ -210,8 +283,7 @@ impl Generations {
             };
             return self.refuse(
                 file,
-                Some(hash),
-                format!("not a loadable library: {e}{waiting}"),
+                Refusal::content(hash, format!("not a loadable library: {e}{waiting}")),
             );
         }
         let retained = self
@@ -220,35 +292,53 @@ impl Generations {
             .filter(|r| r.view.file == file && r.view.state != GenerationState::Unmapped)
             .count();
         if retained >= self.settings.max_generations {
-            // No hash remembered: the same content is tried again later.
             return self.refuse(
                 file,
-                None,
-                format!(
+                Refusal::waiting(format!(
                     "busy: {retained} earlier generations of this file are still draining or mapped \
-                     (max_generations = {}); reload refused, the serving generation keeps serving; \
-                     write the file again once /status shows fewer",
+                     (max_generations = {}); reload refused, the serving generation keeps serving; it \
+                     is retried by itself when one of them is gone (see /status: generations pinned \
+                     by thread-local destructors on the server's worker threads go only with a restart)",
                     self.settings.max_generations
-                ),
+                )),
             );
         }
         let copy = match self.shadow.write_in(file, &bytes) {
             Ok(copy) => copy,
             Err(e) => {
-                return self.refuse(file, None, format!("could not copy it for loading: {e}"));
+                return self.refuse(
+                    file,
+                    Refusal::transient(format!("could not copy it for loading: {e}")),
+                );
             }
         };
-        if let Some(timeout) = self.settings.preflight_timeout
-            && !self.ran_here.contains(&hash)
-            && let Err(e) = preflight(&copy, timeout)
-        {
+        // The paths it claims, from the preflight (or from an earlier load
+        // of this very content): a conflict is refused before the server
+        // runs any of its code.
+        let paths = match (self.settings.preflight_timeout, self.ran_here.get(&hash)) {
+            (_, Some(paths)) => Some(paths.clone()),
+            (Some(timeout), None) => match preflight(&copy, timeout) {
+                Ok(paths) => Some(paths),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&copy);
+                    let refusal = if e.is_transient() {
+                        Refusal::transient(e.to_string())
+                    } else {
+                        Refusal::content(hash, e.to_string())
+                    };
+                    return self.refuse(file, refusal);
+                }
+            },
+            (None, None) => None,
+        };
+        if let Some(conflict) = paths.and_then(|p| self.conflict(file, &p, "this plugin")) {
             let _ = std::fs::remove_file(&copy);
-            return self.refuse(file, Some(hash), e.to_string());
+            return self.refuse(file, Refusal::waiting(conflict));
         }
         let loaded = on_short_thread(|| LoadedPlugin::load_prepared(file, &copy, hash.clone()));
         let mut plugin = match loaded {
             Ok(plugin) => plugin,
-            Err(e) => return self.refuse(file, Some(hash), e.to_string()),
+            Err(e) => return self.refuse(file, Refusal::content(hash, e.to_string())),
         };
         if self.is_live_image(plugin.code_address()) {
             // Never expected (fresh name, fresh inode, RTLD_LOCAL), but
@@ -257,16 +347,18 @@ impl Generations {
             let _ = std::fs::remove_file(&copy);
             return self.refuse(
                 file,
-                Some(hash),
-                "stale image: the dynamic loader returned a library that is already loaded, so the \
-                 new code would not run; reload refused"
-                    .to_owned(),
+                Refusal::transient(
+                    "stale image: the dynamic loader returned a library that is already loaded, so \
+                     the new code would not run; reload refused"
+                        .to_owned(),
+                ),
             );
         }
-        if let Some(conflict) = self.conflict(file, &plugin) {
+        let paths: Vec<String> = plugin.actions.iter().map(|a| a.path.clone()).collect();
+        let claimant = format!("plugin {} {}", plugin.name, plugin.version);
+        if let Some(conflict) = self.conflict(file, &paths, &claimant) {
             close_unused(plugin);
-            // No hash remembered: tried again when another file changes.
-            return self.refuse(file, None, conflict);
+            return self.refuse(file, Refusal::waiting(conflict));
         }
         let previous = self.files.get(file).and_then(|s| s.serving.clone());
         if let Some(old) = &previous {
@@ -274,7 +366,7 @@ impl Generations {
                 Ok(handoff) => plugin.handoff = handoff,
                 Err(reason) => {
                     close_unused(plugin);
-                    return self.refuse(file, Some(hash), reason);
+                    return self.refuse(file, Refusal::content(hash, reason));
                 }
             }
         }
@@ -287,7 +379,7 @@ impl Generations {
             handoff = ?plugin.handoff,
             "plugin generation loaded"
         );
-        self.ran_here.insert(plugin.hash.clone());
+        self.ran_here.insert(plugin.hash.clone(), paths);
         let plugin = Arc::new(plugin);
         let change = ActionsChanged {
             file: file.to_path_buf(),
@@ -313,7 +405,7 @@ impl Generations {
     pub fn retryable(&self) -> Vec<PathBuf> {
         self.files
             .iter()
-            .filter(|(_, slot)| matches!(slot.refused, Some((None, _))))
+            .filter(|(_, slot)| slot.refused.as_ref().is_some_and(|r| r.retry_with_others))
             .map(|(file, _)| file.clone())
             .collect()
     }
@@ -325,7 +417,12 @@ impl Generations {
             return Applied::Ignored;
         };
         let Some(old) = slot.serving else {
-            return Applied::Ignored;
+            // Only a refusal was listed for it; it goes with the file.
+            return if slot.refused.is_some() {
+                Applied::StatusChanged
+            } else {
+                Applied::Ignored
+            };
         };
         tracing::info!(file = %file.display(), plugin = %old.name, generation = old.generation, "plugin file removed; its actions are gone");
         let change = ActionsChanged {
@@ -340,29 +437,28 @@ impl Generations {
         Applied::Removed(change)
     }
 
-    fn refuse(&mut self, file: &Path, hash: Option<String>, reason: String) -> Applied {
-        tracing::error!(file = %file.display(), "plugin refused: {reason}");
-        self.files.entry(file.to_path_buf()).or_default().refused = Some((hash, reason.clone()));
+    fn refuse(&mut self, file: &Path, refusal: Refusal) -> Applied {
+        tracing::error!(file = %file.display(), "plugin refused: {}", refusal.reason);
+        let reason = refusal.reason.clone();
+        self.files.entry(file.to_path_buf()).or_default().refused = Some(refusal);
         Applied::Refused(reason)
     }
 
-    /// A path `plugin` claims that another file's serving generation has.
-    fn conflict(&self, file: &Path, plugin: &LoadedPlugin) -> Option<String> {
+    /// A path of `paths` (what `claimant` in `file` claims) that another
+    /// file's serving generation has, described.
+    fn conflict(&self, file: &Path, paths: &[String], claimant: &str) -> Option<String> {
         self.files
             .iter()
             .filter(|(other, _)| other.as_path() != file)
             .filter_map(|(_, slot)| slot.serving.as_ref())
             .find_map(|owner| {
-                plugin
-                    .actions
+                paths
                     .iter()
-                    .find(|a| owner.actions.iter().any(|o| o.path == a.path))
-                    .map(|a| {
+                    .find(|p| owner.actions.iter().any(|o| &o.path == *p))
+                    .map(|path| {
                         format!(
-                            "plugin {} {} claims action '{}', which plugin {} {} from {} already provides; plugin refused",
-                            plugin.name,
-                            plugin.version,
-                            a.path,
+                            "{claimant} claims action '{path}', which plugin {} {} from {} already \
+                             provides; plugin refused (it is tried again when that changes)",
                             owner.name,
                             owner.version,
                             owner.file.display()
@@ -371,11 +467,16 @@ impl Generations {
             })
     }
 
-    /// Whether a serving or draining generation has its code at `address`.
+    /// Whether a generation that may still be mapped has its code at
+    /// `address`.
     fn is_live_image(&self, address: usize) -> bool {
-        let serving = self.files.values().filter_map(|s| s.serving.as_deref());
-        let draining = self.retired.iter().filter_map(|r| r.plugin.as_deref());
-        serving.chain(draining).any(|p| p.code_address() == address)
+        let mut serving = self.files.values().filter_map(|s| s.serving.as_deref());
+        serving.any(|p| p.code_address() == address)
+            || self
+                .retired
+                .iter()
+                .filter(|r| r.view.state != GenerationState::Unmapped)
+                .any(|r| r.code_address == address)
     }
 
     fn retire(&mut self, plugin: Arc<LoadedPlugin>) {
@@ -383,35 +484,71 @@ impl Generations {
         view.reason = Some("calls that started on it may still be running".to_owned());
         self.retired.push(Retired {
             shadow: plugin.shadow.clone(),
+            code_address: plugin.code_address(),
             plugin: Some(plugin),
             view,
         });
     }
 
-    /// Closes drained generations and, with `recheck_mapped`, checks
-    /// `/proc/self/maps` again for those that stayed mapped. Returns
-    /// whether anything changed.
+    /// Takes out the generations that have drained (the table holds the
+    /// only reference: no call, reply or hook can reach them any more)
+    /// and marks them `closing`; the caller closes them, without holding
+    /// the table, and reports back with [`Generations::settle_closed`].
+    pub fn take_drained(&mut self) -> Vec<(u64, Arc<LoadedPlugin>)> {
+        if self.frozen {
+            return Vec::new();
+        }
+        let mut drained = Vec::new();
+        for retired in &mut self.retired {
+            let unique = retired
+                .plugin
+                .as_mut()
+                .is_some_and(|p| Arc::get_mut(p).is_some());
+            if retired.view.state != GenerationState::Draining || !unique {
+                continue;
+            }
+            if let Some(plugin) = retired.plugin.take() {
+                retired.view.calls = plugin.calls.load(std::sync::atomic::Ordering::Relaxed);
+                retired.view.state = GenerationState::Closing;
+                retired.view.reason =
+                    Some("drained: its shutdown hook and dlclose are running".into());
+                drained.push((retired.view.generation, plugin));
+            }
+        }
+        drained
+    }
+
+    /// Records how closing `generation` went, and whether it is mapped.
+    pub fn settle_closed(&mut self, generation: u64, close_error: Option<String>) {
+        if let Some(retired) = self
+            .retired
+            .iter_mut()
+            .find(|r| r.view.generation == generation)
+        {
+            settle(retired, close_error);
+        }
+    }
+
+    /// Whether server exit has stopped reloading.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// With `recheck_mapped`, checks `/proc/self/maps` again for closed
+    /// generations that stayed mapped, and forgets the oldest unmapped
+    /// ones past [`UNMAPPED_KEPT`]. Returns whether anything changed.
     pub fn sweep(&mut self, recheck_mapped: bool) -> bool {
+        if self.frozen {
+            return false;
+        }
         let mut changed = false;
         for retired in &mut self.retired {
-            match retired.view.state {
-                GenerationState::Draining => {
-                    let Some(plugin) = retired.plugin.as_mut().and_then(Arc::get_mut) else {
-                        continue;
-                    };
-                    retired.view.calls = plugin.calls.load(std::sync::atomic::Ordering::Relaxed);
-                    let closed = on_short_thread(|| plugin.close());
-                    retired.plugin = None;
-                    changed = true;
-                    settle(retired, closed.err());
-                }
-                GenerationState::RetiredMapped
-                    if recheck_mapped && super::maps::is_mapped(&retired.shadow) == Some(false) =>
-                {
-                    settle(retired, None);
-                    changed = true;
-                }
-                _ => {}
+            if retired.view.state == GenerationState::RetiredMapped
+                && recheck_mapped
+                && super::maps::is_mapped(&retired.shadow) == Some(false)
+            {
+                settle(retired, None);
+                changed = true;
             }
         }
         let unmapped = self
@@ -448,8 +585,10 @@ impl Generations {
         serving.chain(retired).collect()
     }
 
-    /// Runs the shutdown hooks of the serving generations (server exit).
-    pub fn shutdown(&self) {
+    /// Runs the shutdown hooks of the serving generations (server exit),
+    /// after which nothing is loaded or closed any more.
+    pub fn shutdown(&mut self) {
+        self.frozen = true;
         for plugin in self.files.values().filter_map(|s| s.serving.as_deref()) {
             on_short_thread(|| plugin.shutdown());
         }
@@ -522,12 +661,35 @@ fn close_unused(mut plugin: LoadedPlugin) {
 
 /// Runs plugin code on a thread that exits right after: thread-local
 /// destructors a plugin registers there run at once, instead of pinning
-/// its image to a long-lived server thread for ever.
-fn on_short_thread<T: Send>(work: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| match scope.spawn(work).join() {
-        Ok(value) => value,
-        Err(payload) => std::panic::resume_unwind(payload),
-    })
+/// its image to a long-lived server thread for ever. If no thread can be
+/// started (a process limit), the work runs here instead: a pinned image
+/// is better than no reload.
+pub(crate) fn on_short_thread<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    let work = std::sync::Mutex::new(Some(work));
+    let take = || work.lock().ok().and_then(|mut w| w.take());
+    let ran = std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("plugin-hook".into())
+            .spawn_scoped(scope, || take().map(|work| work()));
+        match spawned {
+            Ok(handle) => match handle.join() {
+                Ok(value) => value,
+                Err(payload) => std::panic::resume_unwind(payload),
+            },
+            Err(e) => {
+                tracing::warn!("could not start a thread for plugin code ({e}); running it here");
+                None
+            }
+        }
+    });
+    match ran {
+        Some(value) => value,
+        // Only the scoped thread takes the work, and it did not start.
+        None => match take() {
+            Some(work) => work(),
+            None => unreachable!("plugin work neither ran on its thread nor stayed here"),
+        },
+    }
 }
 
 fn paths_not_in(plugin: &LoadedPlugin, other: Option<&LoadedPlugin>) -> Vec<String> {

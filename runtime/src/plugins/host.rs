@@ -80,16 +80,35 @@ pub(crate) struct Completion {
 }
 
 /// The state behind one call's `reply` pointer: where its completion goes.
+///
+/// It also holds the generation the call runs on: a plugin may answer
+/// from its own thread long after the host stopped waiting (a deadline
+/// passed, the client left), and until it does, its code may still run,
+/// so its generation must not be closed.
 #[derive(Debug)]
 pub(crate) struct PendingReply {
     tx: oneshot::Sender<Completion>,
+    generation: Option<std::sync::Arc<super::LoadedPlugin>>,
 }
 
 impl PendingReply {
     /// A pending reply and the receiver its completion arrives on.
     pub(crate) fn new() -> (PendingReply, oneshot::Receiver<Completion>) {
         let (tx, rx) = oneshot::channel();
-        (PendingReply { tx }, rx)
+        (
+            PendingReply {
+                tx,
+                generation: None,
+            },
+            rx,
+        )
+    }
+
+    /// Keeps `generation` from being closed until the plugin completes
+    /// this reply.
+    pub(crate) fn holding(mut self, generation: std::sync::Arc<super::LoadedPlugin>) -> Self {
+        self.generation = Some(generation);
+        self
     }
 
     /// Turns the reply into the opaque handle passed to the plugin. It is

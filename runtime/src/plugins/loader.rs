@@ -18,6 +18,7 @@ use libloading::Library;
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -167,8 +168,8 @@ impl LoadedPlugin {
     ) -> Result<LoadedPlugin, LoadError> {
         let result = Self::load_copy(file, copy, hash);
         if result.is_err() {
-            // The copy may be mapped (a refused plugin is kept loaded but
-            // unused); unlinking its name is safe either way.
+            // The copy may still be mapped (a failed entry is never
+            // closed); unlinking its name is safe either way.
             let _ = std::fs::remove_file(copy);
         }
         result
@@ -197,6 +198,9 @@ impl LoadedPlugin {
                 return Err(e);
             }
         };
+        // From here its code runs (the entry may start threads), so a
+        // failure below leaves it mapped rather than `dlclose`d.
+        let library = ManuallyDrop::new(library);
         // The log context and the host table are leaked on purpose: the
         // plugin may keep using them (a thread it started, its panic hook)
         // for as long as its code is mapped, which is for ever.
@@ -255,7 +259,7 @@ impl LoadedPlugin {
             events,
             room_join: descriptor.room_join,
             join_patterns,
-            library: Some(ManuallyDrop::new(library)),
+            library: Some(library),
         })
     }
 
@@ -344,14 +348,14 @@ impl LoadedPlugin {
     /// Starts action number `index` for a caller; the completion arrives
     /// through `reply`. Blocks for as long as the plugin's `call` runs:
     /// call it from a thread that may block.
-    pub(crate) fn call(&self, index: usize, call: &CallArgs<'_>, reply: PendingReply) {
+    pub(crate) fn call(self: &Arc<Self>, index: usize, call: &CallArgs<'_>, reply: PendingReply) {
         let view = |s: Option<&str>| s.map_or(ByteView::ABSENT, |s| ByteView::of(s.as_bytes()));
         let info = CallInfo {
             size: std::mem::size_of::<CallInfo>() as u32,
             params: ByteView::of(call.params),
             conn_id: call.conn_id,
             user: view(call.user),
-            reply: reply.into_handle(),
+            reply: reply.holding(Arc::clone(self)).into_handle(),
             scopes: view(call.scopes),
             conn_data: view(call.conn_data),
         };
@@ -364,7 +368,11 @@ impl LoadedPlugin {
     /// Asks the plugin's authentication hook about a connection; the
     /// verdict arrives through `reply`. Returns `false` (and drops `reply`)
     /// when the plugin has no hook. Blocks: call it from a thread that may.
-    pub(crate) fn authenticate(&self, request: &AuthArgs<'_>, reply: PendingReply) -> bool {
+    pub(crate) fn authenticate(
+        self: &Arc<Self>,
+        request: &AuthArgs<'_>,
+        reply: PendingReply,
+    ) -> bool {
         let Some(hook) = self.authenticate else {
             return false;
         };
@@ -376,7 +384,7 @@ impl LoadedPlugin {
             query: view(request.query),
             remote_addr: ByteView::of(request.remote_addr.as_bytes()),
             conn_id: request.conn_id,
-            reply: reply.into_handle(),
+            reply: reply.holding(Arc::clone(self)).into_handle(),
         };
         // SAFETY: the plugin's own hook; `raw` and what it points to
         // outlive the call; the plugin completes `reply` once.
@@ -387,7 +395,7 @@ impl LoadedPlugin {
     /// Asks the plugin's join hook about a room; the verdict arrives
     /// through `reply`. Returns `false` (dropping `reply`) without a hook.
     /// Blocks: call it from a thread that may.
-    pub(crate) fn ask_join(&self, request: &JoinArgs<'_>, reply: PendingReply) -> bool {
+    pub(crate) fn ask_join(self: &Arc<Self>, request: &JoinArgs<'_>, reply: PendingReply) -> bool {
         let Some(hook) = self.room_join else {
             return false;
         };
@@ -399,7 +407,7 @@ impl LoadedPlugin {
             user: request
                 .user
                 .map_or(ByteView::ABSENT, |u| ByteView::of(u.as_bytes())),
-            reply: reply.into_handle(),
+            reply: reply.holding(Arc::clone(self)).into_handle(),
         };
         // SAFETY: the plugin's own hook; `raw` and what it points to
         // outlive the call; the plugin completes `reply` once.

@@ -22,11 +22,13 @@ pub enum PreflightError {
     /// The check ran and refused the file.
     #[error("{0}")]
     Refused(String),
-    /// The child died of a signal: a constructor or the entry crashed.
+    /// The child died of a signal: a constructor or the entry crashed
+    /// (or something outside killed it).
     #[error(
-        "it crashed the preflight process with {0} (in its constructors or entry function); the server never opened it"
+        "it crashed the preflight process with {} (in its constructors or entry function); the server never opened it",
+        signal_name(*.0)
     )]
-    Crashed(String),
+    Crashed(i32),
     /// The child ran past its deadline.
     #[error(
         "the preflight did not finish within {0:?} (its constructors or entry function hang); the server never opened it"
@@ -37,9 +39,26 @@ pub enum PreflightError {
     Broken(String),
 }
 
-/// Runs `switchboard check --json copy` in a child process (this same
-/// executable) under `timeout`; `Ok` when the plugin loads there.
-pub fn preflight(copy: &Path, timeout: Duration) -> Result<(), PreflightError> {
+impl PreflightError {
+    /// Whether the cause may lie outside the file (a killed, starved or
+    /// unstartable child), so the same content deserves another try.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PreflightError::Refused(_) => false,
+            PreflightError::Crashed(signal) => *signal == 9,
+            PreflightError::Hung(_) | PreflightError::Broken(_) => true,
+        }
+    }
+}
+
+/// The marker before the report on the child's stdout: a plugin that
+/// prints to stdout while it loads cannot be mistaken for the report.
+pub const REPORT_MARKER: &str = "switchboard-preflight-report: ";
+
+/// Runs `switchboard check --json --in-place copy` in a child process
+/// (this same executable) under `timeout`; when the plugin loads there,
+/// returns the action paths it claims.
+pub fn preflight(copy: &Path, timeout: Duration) -> Result<Vec<String>, PreflightError> {
     let exe = this_executable()?;
     let mut child = Command::new(exe)
         .arg("check")
@@ -69,19 +88,32 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<(), PreflightError> {
             Err(e) => return Err(PreflightError::Broken(format!("waiting for it: {e}"))),
         }
     };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
+    let stdout = collected(stdout);
+    let stderr = collected(stderr);
     if let Some(signal) = status.signal() {
-        return Err(PreflightError::Crashed(signal_name(signal)));
+        return Err(PreflightError::Crashed(signal));
     }
-    let report: serde_json::Value = serde_json::from_str(&stdout).map_err(|_| {
-        PreflightError::Broken(format!(
-            "it printed no report (exit {status}); its output: {}",
-            last_line(&stderr)
-        ))
-    })?;
+    let report: serde_json::Value = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(REPORT_MARKER))
+        .and_then(|json| serde_json::from_str(json).ok())
+        .ok_or_else(|| {
+            PreflightError::Broken(format!(
+                "it printed no report ({status}); its last words: {}",
+                last_line(&stderr)
+            ))
+        })?;
     if report["ok"].as_bool() == Some(true) {
-        return Ok(());
+        let paths = report["actions"]
+            .as_array()
+            .map(|actions| {
+                actions
+                    .iter()
+                    .filter_map(|a| a["path"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Ok(paths);
     }
     Err(PreflightError::Refused(
         report["error"]
@@ -103,14 +135,37 @@ fn this_executable() -> Result<std::path::PathBuf, PreflightError> {
         .map_err(|e| PreflightError::Broken(format!("cannot find this executable: {e}")))
 }
 
-fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_string(&mut text);
+/// Reads a pipe to its end on a thread of its own; `Err` (the pipe back)
+/// when no thread can be started.
+fn drain<R: Read + Send + 'static>(
+    pipe: Option<R>,
+) -> Result<std::thread::JoinHandle<String>, Option<R>> {
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(pipe));
+    let reader = std::sync::Arc::clone(&shared);
+    let spawned = std::thread::Builder::new()
+        .name("preflight-pipe".into())
+        .spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = reader.lock().ok().and_then(|mut p| p.take()) {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        });
+    spawned.map_err(|_| shared.lock().ok().and_then(|mut p| p.take()))
+}
+
+/// What a drained pipe said: from its thread, or read now.
+fn collected<R: Read>(drained: Result<std::thread::JoinHandle<String>, Option<R>>) -> String {
+    match drained {
+        Ok(thread) => thread.join().unwrap_or_default(),
+        Err(pipe) => {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
         }
-        text
-    })
+    }
 }
 
 fn last_line(text: &str) -> &str {

@@ -7,6 +7,7 @@
 
 use super::generations::{
     ActionsChanged, Applied, GenerationView, Generations, ReloadSettings, is_plugin_file_name,
+    on_short_thread,
 };
 use super::loader::LoadedPlugin;
 use super::shadow::ShadowDir;
@@ -114,6 +115,9 @@ impl RegistrySnapshot {
 pub struct Registry {
     current: ArcSwap<RegistrySnapshot>,
     table: Mutex<Generations>,
+    /// The generations as last published, for `/status` while a reload
+    /// holds the table.
+    views: ArcSwap<Vec<GenerationView>>,
 }
 
 impl Registry {
@@ -142,6 +146,7 @@ impl Registry {
         }
         Ok(Registry {
             current: ArcSwap::from_pointee(table.snapshot()),
+            views: ArcSwap::from_pointee(table.views()),
             table: Mutex::new(table),
         })
     }
@@ -159,42 +164,80 @@ impl Registry {
     pub fn apply(&self, file: &Path) -> Vec<ActionsChanged> {
         let mut table = self.table();
         let applied = table.apply(file);
-        let mut changes = Vec::new();
+        // Published at once (a refusal too: /status shows it), before
+        // files refused for a conflict are retried.
         match applied {
-            Applied::Swapped(change) | Applied::Removed(change) => {
-                changes.push(change);
-                changes.extend(retry(&mut table, Some(file)));
+            Applied::Unchanged | Applied::Ignored => return Vec::new(),
+            Applied::Refused(_) | Applied::StatusChanged => {
+                self.publish(&table);
+                return Vec::new();
             }
-            Applied::Unchanged | Applied::Ignored => return changes,
-            Applied::Refused(_) => {}
+            Applied::Swapped(change) | Applied::Removed(change) => {
+                self.publish(&table);
+                let mut changes = vec![change];
+                let retried = retry(&mut table, Some(file));
+                if !retried.is_empty() {
+                    self.publish(&table);
+                }
+                changes.extend(retried);
+                changes
+            }
         }
-        // A refusal changes nothing callable but is shown on /status.
-        self.current.store(Arc::new(table.snapshot()));
-        changes
     }
 
     /// Closes generations that have drained (see [`Generations::sweep`])
     /// and retries reloads refused as busy; returns the changes made.
     pub fn sweep(&self, recheck_mapped: bool) -> Vec<ActionsChanged> {
+        let drained = {
+            let mut table = self.table();
+            let drained = table.take_drained();
+            if !drained.is_empty() {
+                self.publish(&table);
+            }
+            drained
+        };
+        let mut changed = !drained.is_empty();
+        // Closed without holding the table: a plugin's shutdown hook may
+        // take its time, and /status and reloads must not wait on it.
+        for (generation, mut plugin) in drained {
+            let closed = match Arc::get_mut(&mut plugin) {
+                Some(plugin) => on_short_thread(|| plugin.close()),
+                None => Err("still referenced; left mapped".to_owned()),
+            };
+            drop(plugin);
+            self.table().settle_closed(generation, closed.err());
+        }
         let mut table = self.table();
-        if !table.sweep(recheck_mapped) {
+        changed |= table.sweep(recheck_mapped);
+        if !changed || table.is_frozen() {
             return Vec::new();
         }
         let changes = retry(&mut table, None);
-        if !changes.is_empty() {
-            self.current.store(Arc::new(table.snapshot()));
-        }
+        self.publish(&table);
         changes
     }
 
-    /// Every generation, for `/status`.
+    /// Every generation, for `/status`. Never waits: while a reload holds
+    /// the table (a preflight, a plugin's save or shutdown hook), this is
+    /// the view published after the last change.
     pub fn generations(&self) -> Vec<GenerationView> {
-        self.table().views()
+        match self.table.try_lock() {
+            Ok(table) => table.views(),
+            Err(std::sync::TryLockError::Poisoned(table)) => table.into_inner().views(),
+            Err(std::sync::TryLockError::WouldBlock) => self.views.load().as_ref().clone(),
+        }
     }
 
-    /// Runs the serving plugins' shutdown hooks (server exit).
+    /// Stops reloading, then runs the serving plugins' shutdown hooks
+    /// (server exit).
     pub fn shutdown(&self) {
         self.table().shutdown();
+    }
+
+    /// Makes the table's current state what new calls and `/status` see.
+    fn publish(&self, table: &Generations) {
+        self.current.store(Arc::new(table.snapshot()));
+        self.views.store(Arc::new(table.views()));
     }
 
     /// Removes the shadow folder (server exit): mapped copies stay mapped.
@@ -216,7 +259,10 @@ fn retry(table: &mut MutexGuard<'_, Generations>, changed: Option<&Path>) -> Vec
         .filter(|file| Some(file.as_path()) != changed)
         .filter_map(|file| match table.apply(&file) {
             Applied::Swapped(change) | Applied::Removed(change) => Some(change),
-            Applied::Refused(_) | Applied::Unchanged | Applied::Ignored => None,
+            Applied::Refused(_)
+            | Applied::StatusChanged
+            | Applied::Unchanged
+            | Applied::Ignored => None,
         })
         .collect()
 }

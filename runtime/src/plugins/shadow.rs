@@ -23,6 +23,9 @@ impl ShadowDir {
     /// that no longer run (copies left by a crash).
     pub fn create(base: &Path) -> io::Result<ShadowDir> {
         fs::create_dir_all(base)?;
+        // Resolved, as `/proc/self/maps` names mapped files: the unload
+        // check compares the two.
+        let base = &base.canonicalize()?;
         remove_stale(base);
         let dir = base.join(std::process::id().to_string());
         if dir.exists() {

@@ -106,9 +106,16 @@ pub fn start(state: Arc<ServerState>, dir: &Path, debounce: Duration) -> Result<
         .spawn(move || {
             let _watcher = watcher;
             let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
+            // Whatever changed between the first scan and the watch
+            // starting is looked at once (unchanged files cost a hash).
+            queue_all(&dir, &mut pending);
             let mut last_recheck = Instant::now();
             while !stopping.load(Ordering::Relaxed) {
                 match rx.recv_timeout(TICK) {
+                    Ok(Ok(event)) if event.need_rescan() => {
+                        tracing::warn!("file events were lost; looking at every plugin file again");
+                        queue_all(&dir, &mut pending);
+                    }
                     Ok(Ok(event)) => {
                         for path in event.paths {
                             // Only direct children: editors' temp folders
@@ -132,20 +139,43 @@ pub fn start(state: Arc<ServerState>, dir: &Path, debounce: Duration) -> Result<
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
-                for path in settled(&mut pending, debounce) {
-                    announce(&state, state.registry.apply(&path));
-                }
                 let recheck = last_recheck.elapsed() >= MAPPED_RECHECK;
                 if recheck {
                     last_recheck = Instant::now();
                 }
-                announce(&state, state.registry.sweep(recheck));
+                let ready = settled(&mut pending, debounce);
+                // A panic here (a thread that could not start, say) must
+                // not end hot reload for the life of the server.
+                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    for path in ready {
+                        announce(&state, state.registry.apply(&path));
+                    }
+                    announce(&state, state.registry.sweep(recheck));
+                }));
+                if step.is_err() {
+                    tracing::error!("a reload step panicked; watching goes on");
+                }
             }
         })?;
     Ok(Watch {
         stop,
         thread: Some(thread),
     })
+}
+
+/// Queues every plugin file in `dir`.
+fn queue_all(dir: &Path, pending: &mut HashMap<PathBuf, Pending>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = dir.join(entry.file_name());
+        if super::generations::is_plugin_file_name(&path) {
+            let stat = stat(&path);
+            let since = Instant::now();
+            pending.insert(path, Pending { since, stat });
+        }
+    }
 }
 
 /// Whether an event's folder is the watched one (notify may report it

@@ -4,7 +4,8 @@
 //! - `PROBE_VERSION` (default `v1`): what `probe/version` reports.
 //! - `PROBE_CTOR=segv|hang`: a library constructor that crashes or hangs
 //!   (it runs on `dlopen`, before any check).
-//! - `PROBE_INIT=panic`: the plugin function panics (the entry fails).
+//! - `PROBE_INIT=panic`: the plugin function panics (the entry fails);
+//!   `PROBE_INIT=print`: it prints to stdout (as plugins in development do).
 //! - `PROBE_RESTORE=refuse`: its restore hook refuses a predecessor's state.
 //!
 //! Actions (all public):
@@ -209,8 +210,10 @@ extern "C" fn constructor() {
 static CONSTRUCTOR: extern "C" fn() = constructor;
 
 fn plugin() -> Plugin {
-    if option_env!("PROBE_INIT") == Some("panic") {
-        panic!("this build's plugin function panics (PROBE_INIT=panic)");
+    match option_env!("PROBE_INIT") {
+        Some("panic") => panic!("this build's plugin function panics (PROBE_INIT=panic)"),
+        Some("print") => println!("{{\"ok\": false, \"note\": \"a plugin printing to stdout\"}}"),
+        _ => {}
     }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
