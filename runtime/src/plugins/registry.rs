@@ -167,10 +167,10 @@ impl Registry {
         // Published at once (a refusal too: /status shows it), before
         // files refused for a conflict are retried.
         match applied {
-            Applied::Unchanged | Applied::Ignored => return Vec::new(),
+            Applied::Unchanged | Applied::Ignored => Vec::new(),
             Applied::Refused(_) | Applied::StatusChanged => {
                 self.publish(&table);
-                return Vec::new();
+                Vec::new()
             }
             Applied::Swapped(change) | Applied::Removed(change) => {
                 self.publish(&table);
