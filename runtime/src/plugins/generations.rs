@@ -14,7 +14,7 @@
 //! generation exactly as it was.
 
 use super::loader::{Handoff, LoadedPlugin};
-use super::preflight::preflight;
+use super::preflight::{Preflighted, preflight};
 use super::registry::{RefusedFile, RegistrySnapshot};
 use super::shadow::{ShadowDir, content_hash};
 use serde::Serialize;
@@ -191,7 +191,7 @@ pub struct Generations {
     /// Contents (by hash) this process has loaded and run before: their
     /// constructors and entry already ran here, so a return to one (a
     /// rollback) skips the preflight child.
-    ran_here: std::collections::HashMap<String, Vec<String>>,
+    ran_here: std::collections::HashMap<String, Preflighted>,
     /// Set at server exit: no more loads or closes.
     frozen: bool,
 }
@@ -318,7 +318,7 @@ impl Generations {
         let paths = match (self.settings.preflight_timeout, self.ran_here.get(&hash)) {
             (_, Some(paths)) => Some(paths.clone()),
             (Some(timeout), None) => match preflight(&copy, timeout) {
-                Ok(paths) => Some(paths),
+                Ok(preflighted) => Some(preflighted),
                 Err(e) => {
                     let _ = std::fs::remove_file(&copy);
                     let refusal = if e.is_transient() {
@@ -331,7 +331,7 @@ impl Generations {
             },
             (None, None) => None,
         };
-        if let Some(conflict) = paths.and_then(|p| self.conflict(file, &p, "this plugin")) {
+        if let Some(conflict) = paths.and_then(|p| self.conflict(file, &p.paths, &p.label)) {
             let _ = std::fs::remove_file(&copy);
             return self.refuse(file, Refusal::waiting(conflict));
         }
@@ -379,7 +379,13 @@ impl Generations {
             handoff = ?plugin.handoff,
             "plugin generation loaded"
         );
-        self.ran_here.insert(plugin.hash.clone(), paths);
+        self.ran_here.insert(
+            plugin.hash.clone(),
+            Preflighted {
+                label: claimant,
+                paths,
+            },
+        );
         let plugin = Arc::new(plugin);
         let change = ActionsChanged {
             file: file.to_path_buf(),

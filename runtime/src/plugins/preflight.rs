@@ -55,10 +55,18 @@ impl PreflightError {
 /// prints to stdout while it loads cannot be mistaken for the report.
 pub const REPORT_MARKER: &str = "switchboard-preflight-report: ";
 
+/// What the preflight learned of a plugin that loads.
+#[derive(Debug, Clone)]
+pub struct Preflighted {
+    /// Its name and version, as in "plugin echo 0.1.0".
+    pub label: String,
+    /// The action paths it claims.
+    pub paths: Vec<String>,
+}
+
 /// Runs `switchboard check --json --in-place copy` in a child process
-/// (this same executable) under `timeout`; when the plugin loads there,
-/// returns the action paths it claims.
-pub fn preflight(copy: &Path, timeout: Duration) -> Result<Vec<String>, PreflightError> {
+/// (this same executable) under `timeout`; says what loaded there.
+pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, PreflightError> {
     let exe = this_executable()?;
     let mut child = Command::new(exe)
         .arg("check")
@@ -113,7 +121,11 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<Vec<String>, Prefligh
                     .collect()
             })
             .unwrap_or_default();
-        return Ok(paths);
+        let field = |key: &str| report[key].as_str().unwrap_or("?").to_owned();
+        return Ok(Preflighted {
+            label: format!("plugin {} {}", field("name"), field("version")),
+            paths,
+        });
     }
     Err(PreflightError::Refused(
         report["error"]
