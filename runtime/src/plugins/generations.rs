@@ -122,8 +122,32 @@ pub struct ActionsChanged {
 #[derive(Debug, Default)]
 struct FileSlot {
     serving: Option<Arc<LoadedPlugin>>,
+    /// The file's identity when the serving content was read: while it
+    /// is the same, the file is not read (or hashed) again.
+    serving_stat: Option<FileStat>,
     /// The last content refused, and why (cleared by a successful load).
     refused: Option<Refusal>,
+}
+
+/// A file's identity on disk: device, inode, size, mtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStat {
+    dev: u64,
+    inode: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl FileStat {
+    fn of(meta: &std::fs::Metadata) -> FileStat {
+        use std::os::unix::fs::MetadataExt;
+        FileStat {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
 }
 
 /// Why a file's last content was refused, and when to try it again.
@@ -241,15 +265,26 @@ impl Generations {
         if self.frozen || !is_plugin_file_name(file) {
             return Applied::Ignored;
         }
-        match std::fs::metadata(file) {
+        let stat = match std::fs::metadata(file) {
             Ok(meta) if !meta.is_file() => {
                 return self.refuse(
                     file,
                     Refusal::content(String::new(), "not a regular file".to_owned()),
                 );
             }
+            Ok(meta) => FileStat::of(&meta),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.remove(file),
-            _ => {}
+            Err(e) => {
+                return self.refuse(file, Refusal::transient(format!("could not stat it: {e}")));
+            }
+        };
+        if let Some(slot) = self.files.get(file)
+            && slot.serving.is_some()
+            && slot.refused.is_none()
+            && slot.serving_stat.as_ref() == Some(&stat)
+        {
+            // The very file the serving content was read from.
+            return Applied::Unchanged;
         }
         let bytes = match std::fs::read(file) {
             Ok(bytes) => bytes,
@@ -261,6 +296,7 @@ impl Generations {
         let hash = content_hash(&bytes);
         let slot = self.files.entry(file.to_path_buf()).or_default();
         if slot.serving.as_ref().is_some_and(|s| s.hash == hash) {
+            slot.serving_stat = Some(stat);
             // Back to the serving content: any later refusal is moot.
             return if slot.refused.take().is_some() {
                 Applied::StatusChanged
@@ -400,6 +436,7 @@ impl Generations {
         };
         let slot = self.files.entry(file.to_path_buf()).or_default();
         slot.refused = None;
+        slot.serving_stat = Some(stat);
         if let Some(old) = slot.serving.replace(plugin) {
             self.retire(old);
         }
