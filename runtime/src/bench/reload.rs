@@ -108,19 +108,33 @@ pub async fn run(target: &Target, scenario: &ReloadScenario) -> anyhow::Result<R
     let steady = rpc::run(target, &load).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let storm_swaps = Arc::new(AtomicU64::new(0));
+    // The swapper gets a thread of its own: its file copies must not stall
+    // the load generator's event loop, or the storm would measure the
+    // generator. It checks for the new build once a millisecond rather
+    // than with back-to-back calls, which would add load of their own.
+    swapper.poll_every = Some(Duration::from_millis(1));
     let storm = {
         let (stop, count) = (Arc::clone(&stop), Arc::clone(&storm_swaps));
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                swapper.swap().await?;
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        })
+        std::thread::Builder::new()
+            .name("bench-swapper".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        swapper.swap().await?;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    anyhow::Ok(())
+                })
+            })?
     };
     let during = rpc::run(target, &load).await;
     stop.store(true, Ordering::Relaxed);
-    storm.await??;
+    storm
+        .join()
+        .map_err(|_| anyhow::anyhow!("the swapper thread panicked"))??;
     Ok(ReloadReport {
         swaps: scenario.swaps,
         swap_p50_ms: quantile(0.5),
@@ -141,6 +155,8 @@ struct Swapper {
     /// The build serving now.
     serving: usize,
     next_id: u64,
+    /// Pause between checks for the new build (`None`: back to back).
+    poll_every: Option<Duration>,
 }
 
 impl Swapper {
@@ -152,6 +168,7 @@ impl Swapper {
             results: [String::new(), String::new()],
             serving: 0,
             next_id: 0,
+            poll_every: None,
         };
         let before = swapper.call().await?;
         install(&scenario.builds[0], &scenario.target)?;
@@ -203,6 +220,9 @@ impl Swapper {
             let result = self.call().await?;
             if done(&result) {
                 return Ok(Some(result));
+            }
+            if let Some(pause) = self.poll_every {
+                tokio::time::sleep(pause).await;
             }
         }
         Ok(None)
