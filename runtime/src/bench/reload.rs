@@ -132,8 +132,10 @@ pub async fn run(target: &Target, scenario: &ReloadScenario) -> anyhow::Result<R
     };
     let during = rpc::run(target, &load).await;
     stop.store(true, Ordering::Relaxed);
-    storm
-        .join()
+    // Waited for off this runtime, which must keep driving the I/O of the
+    // swapper's socket (it was opened here) until the swapper is done.
+    tokio::task::spawn_blocking(move || storm.join())
+        .await?
         .map_err(|_| anyhow::anyhow!("the swapper thread panicked"))??;
     Ok(ReloadReport {
         swaps: scenario.swaps,
