@@ -131,7 +131,7 @@ struct FileSlot {
 
 /// A file's identity on disk: device, inode, size, mtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStat {
+pub struct FileStat {
     dev: u64,
     inode: u64,
     len: u64,
@@ -139,7 +139,8 @@ struct FileStat {
 }
 
 impl FileStat {
-    fn of(meta: &std::fs::Metadata) -> FileStat {
+    /// The identity of the file `meta` describes.
+    pub fn of(meta: &std::fs::Metadata) -> FileStat {
         use std::os::unix::fs::MetadataExt;
         FileStat {
             dev: meta.dev(),
@@ -752,10 +753,7 @@ fn view_of(plugin: &LoadedPlugin, state: GenerationState) -> GenerationView {
         file: plugin.file.clone(),
         image: plugin.shadow.clone(),
         hash: plugin.hash.clone(),
-        loaded_at: plugin
-            .loaded_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        loaded_at: unix_secs(plugin.loaded_at),
         calls: plugin.calls.load(std::sync::atomic::Ordering::Relaxed),
         handoff: plugin.handoff.clone(),
         state,
@@ -768,7 +766,7 @@ pub fn is_plugin_file_name(file: &Path) -> bool {
     file.extension().and_then(|e| e.to_str()) == Some(std::env::consts::DLL_EXTENSION)
 }
 
-/// Seconds since the Unix epoch, for views built elsewhere.
-pub fn unix_secs(at: SystemTime) -> u64 {
+/// Seconds since the Unix epoch.
+fn unix_secs(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -9,42 +9,31 @@
 //! an incomplete ELF (a later write brings it back). Removed files take
 //! their actions with them.
 
+use super::generations::FileStat;
 use crate::state::ServerState;
 use notify::{RecursiveMode, Watcher};
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, channel};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// How often pending paths and draining generations are looked at.
 const TICK: Duration = Duration::from_millis(20);
 /// How often generations that stayed mapped are checked again.
 const MAPPED_RECHECK: Duration = Duration::from_secs(2);
 
-/// A file's identity as far as "has it settled?" goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stat {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
-
-fn stat(path: &Path) -> Option<Stat> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stat {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        inode: meta.ino(),
-    })
+/// A file's identity (device, inode, size, mtime): "has it settled?" is
+/// "is it the same as a debounce ago?". `None` when it is gone.
+fn stat(path: &Path) -> Option<FileStat> {
+    std::fs::metadata(path).ok().map(|meta| FileStat::of(&meta))
 }
 
 /// A change seen but not yet settled.
 struct Pending {
     since: Instant,
-    stat: Option<Stat>,
+    stat: Option<FileStat>,
 }
 
 /// The running watch; dropping it stops the thread.
