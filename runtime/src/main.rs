@@ -146,9 +146,14 @@ enum BenchScenario {
         /// Calls in flight per connection for the storm's load.
         #[arg(long, default_value_t = 4)]
         inflight: usize,
-        /// How long each half of the storm (steady, swapping) measures.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        /// How long each half of the storm (steady, swapping) measures in
+        /// all.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Steady and storm windows alternate this many times, splitting
+        /// `--duration`, so a drift of the machine falls on both alike.
+        #[arg(long, default_value_t = 5)]
+        windows: usize,
     },
 }
 
@@ -700,6 +705,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 conns,
                 inflight,
                 duration,
+                windows,
             } => {
                 let scenario = switchboard::bench::reload::ReloadScenario {
                     target: file,
@@ -709,6 +715,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     conns,
                     inflight,
                     duration,
+                    windows,
                 };
                 let report = switchboard::bench::reload::run(&target, &scenario).await?;
                 if json {

@@ -13,6 +13,7 @@ pub mod fanout;
 pub mod reload;
 pub mod rpc;
 pub mod stats;
+pub mod storm;
 
 use serde::Serialize;
 use stats::Latencies;

@@ -9,17 +9,17 @@
 //! - Swap latency: from the rename (a completed write) to the first reply
 //!   from the new build, over `--swaps` swaps. It includes the server's
 //!   debounce (`reload_debounce_ms`), which the report states.
-//! - Storm: the `rpc` scenario on `--method` for `--duration` with no
-//!   swaps, then again while swaps follow each other back to back.
+//! - Storm: one continuous load on `--method`, whose calls count towards
+//!   alternating windows: steady (no swaps) and storm (swaps back to
+//!   back), `--windows` of each, `--duration` of each kind in all
+//!   (see [`storm`]).
 
 use super::Report;
 use super::client::{BenchSocket, Target};
-use super::rpc::{self, RpcScenario};
+use super::storm::{self, StormLoad, StormRequest};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -41,8 +41,11 @@ pub struct ReloadScenario {
     pub conns: usize,
     /// Calls in flight per connection for the storm's load.
     pub inflight: usize,
-    /// How long each half of the storm measures.
+    /// How long each half of the storm (steady, swapping) measures in all.
     pub duration: Duration,
+    /// Steady and storm windows alternate this many times, splitting
+    /// `duration`, so a drift of the machine falls on both alike.
+    pub windows: usize,
 }
 
 /// What the `reload` scenario measured.
@@ -56,12 +59,16 @@ pub struct ReloadReport {
     pub swap_p99_ms: f64,
     /// Slowest swap, ms.
     pub swap_max_ms: f64,
-    /// The load with no swaps.
+    /// The load in the windows with no swaps.
     pub steady: Report,
-    /// The same load during back-to-back swaps.
+    /// The same load in the windows with back-to-back swaps.
     pub storm: Report,
     /// Swaps completed during the storm.
     pub storm_swaps: u64,
+    /// Calls per second in each steady window, in order.
+    pub steady_windows: Vec<f64>,
+    /// Calls per second in each storm window, in order.
+    pub storm_windows: Vec<f64>,
 }
 
 impl std::fmt::Display for ReloadReport {
@@ -80,7 +87,16 @@ impl std::fmt::Display for ReloadReport {
             f,
             "storm:  {:.0} calls/s  p99 {} µs  errors {}  ({} swaps)",
             self.storm.rate, self.storm.p99_us, self.storm.errors, self.storm_swaps
-        )
+        )?;
+        let rates = |windows: &[f64]| {
+            windows
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        writeln!(f, "steady windows: {}", rates(&self.steady_windows))?;
+        writeln!(f, "storm windows:  {}", rates(&self.storm_windows))
     }
 }
 
@@ -98,53 +114,65 @@ pub async fn run(target: &Target, scenario: &ReloadScenario) -> anyhow::Result<R
         let i = ((latencies_us.len() as f64 - 1.0) * q).round() as usize;
         latencies_us.get(i).copied().unwrap_or_default() as f64 / 1000.0
     };
-    let load = RpcScenario {
+    let load = StormLoad {
         conns: scenario.conns,
         inflight: scenario.inflight,
         method: scenario.method.clone(),
-        payload: 16,
-        duration: scenario.duration,
+        pairs: scenario.windows.max(1),
+        window: scenario.duration / scenario.windows.max(1) as u32,
     };
-    let steady = rpc::run(target, &load).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let storm_swaps = Arc::new(AtomicU64::new(0));
-    // The swapper gets a thread of its own: its file copies must not stall
-    // the load generator's event loop, or the storm would measure the
-    // generator. It checks for the new build once a millisecond rather
-    // than with back-to-back calls, which would add load of their own.
-    swapper.poll_every = Some(Duration::from_millis(1));
-    let storm = {
-        let (stop, count) = (Arc::clone(&stop), Arc::clone(&storm_swaps));
-        std::thread::Builder::new()
-            .name("bench-swapper".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        swapper.swap().await?;
-                        count.fetch_add(1, Ordering::Relaxed);
+    // In the storm the swapper learns of each swap from the server's
+    // `actions.changed` push (then checks it with one call) instead of
+    // calling until the new build answers: those calls would be load of
+    // their own beside the load measured. It gets a thread of its own: its
+    // file copies must not stall the load generator's event loop, or the
+    // storm would measure the generator.
+    swapper.subscribe().await?;
+    let (requests, storms) = std::sync::mpsc::channel::<StormRequest>();
+    let swapper_thread = std::thread::Builder::new()
+        .name("bench-swapper".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                for (until, answer) in storms {
+                    let mut swaps = 0;
+                    let result = loop {
+                        if Instant::now() >= until {
+                            break Ok(swaps);
+                        }
+                        if let Err(e) = swapper.swap().await {
+                            break Err(e);
+                        }
+                        swaps += 1;
+                    };
+                    let failed = result.is_err();
+                    let _ = answer.send(result);
+                    if failed {
+                        break;
                     }
-                    anyhow::Ok(())
-                })
-            })?
-    };
-    let during = rpc::run(target, &load).await;
-    stop.store(true, Ordering::Relaxed);
+                }
+            });
+            anyhow::Ok(())
+        })?;
+    let storm = storm::run(target, &load, requests).await;
     // Waited for off this runtime, which must keep driving the I/O of the
     // swapper's socket (it was opened here) until the swapper is done.
-    tokio::task::spawn_blocking(move || storm.join())
+    tokio::task::spawn_blocking(move || swapper_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the swapper thread panicked"))??;
+    let storm = storm?;
     Ok(ReloadReport {
         swaps: scenario.swaps,
         swap_p50_ms: quantile(0.5),
         swap_p99_ms: quantile(0.99),
         swap_max_ms: latencies_us.last().copied().unwrap_or_default() as f64 / 1000.0,
-        steady,
-        storm: during?,
-        storm_swaps: storm_swaps.load(Ordering::Relaxed),
+        steady: storm.steady,
+        storm: storm.storm,
+        storm_swaps: storm.swaps,
+        steady_windows: storm.steady_windows,
+        storm_windows: storm.storm_windows,
     })
 }
 
@@ -157,8 +185,8 @@ struct Swapper {
     /// The build serving now.
     serving: usize,
     next_id: u64,
-    /// Pause between checks for the new build (`None`: back to back).
-    poll_every: Option<Duration>,
+    /// Subscribed to `actions.changed`: each swap waits for the push.
+    announced: bool,
 }
 
 impl Swapper {
@@ -170,7 +198,7 @@ impl Swapper {
             results: [String::new(), String::new()],
             serving: 0,
             next_id: 0,
-            poll_every: None,
+            announced: false,
         };
         let before = swapper.call().await?;
         install(&scenario.builds[0], &scenario.target)?;
@@ -203,11 +231,54 @@ impl Swapper {
         install(&self.scenario.builds[next], &self.scenario.target)?;
         let written = Instant::now();
         let wanted = self.results[next].clone();
-        self.wait_for(|r| r == wanted, SWAP_DEADLINE)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("a swap did not happen within {SWAP_DEADLINE:?}"))?;
+        let swapped = if self.announced {
+            self.wait_announced(&wanted, SWAP_DEADLINE).await?
+        } else {
+            self.wait_for(|r| r == wanted, SWAP_DEADLINE).await?
+        };
+        swapped.ok_or_else(|| anyhow::anyhow!("a swap did not happen within {SWAP_DEADLINE:?}"))?;
         self.serving = next;
         Ok(written.elapsed())
+    }
+
+    /// Subscribes to the server's `actions.changed` pushes, which later
+    /// swaps wait for instead of calling until the new build answers.
+    async fn subscribe(&mut self) -> anyhow::Result<()> {
+        let reply = self
+            .request("rpc.subscribe", r#"{"event":"actions.changed"}"#)
+            .await?;
+        if !reply.contains("\"subscribed\":true") {
+            anyhow::bail!("the server refused rpc.subscribe actions.changed: {reply}");
+        }
+        self.announced = true;
+        Ok(())
+    }
+
+    /// Waits for `actions.changed` pushes until, after one, the method
+    /// answers `wanted` (`None` if `within` passes first).
+    async fn wait_announced(
+        &mut self,
+        wanted: &str,
+        within: Duration,
+    ) -> anyhow::Result<Option<String>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => anyhow::bail!("the server closed the connection"),
+                Ok(Some(message)) => message?,
+            };
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let push: serde_json::Value = serde_json::from_str(&text)?;
+            if push["method"] == "rpc.event" && push["params"]["event"] == "actions.changed" {
+                let result = self.call().await?;
+                if result == wanted {
+                    return Ok(Some(result));
+                }
+            }
+        }
     }
 
     /// Calls until the result satisfies `done` (returning it) or `within`
@@ -223,21 +294,25 @@ impl Swapper {
             if done(&result) {
                 return Ok(Some(result));
             }
-            if let Some(pause) = self.poll_every {
-                tokio::time::sleep(pause).await;
-            }
         }
         Ok(None)
     }
 
     /// One call of the method; its result (or error) as JSON text.
     async fn call(&mut self) -> anyhow::Result<String> {
+        let method = self.scenario.method.clone();
+        self.request(&method, "{}").await
+    }
+
+    /// One call of `method` with `params` (JSON text); its result (or
+    /// error) as JSON text. Pushes that arrive meanwhile are skipped.
+    async fn request(&mut self, method: &str, params: &str) -> anyhow::Result<String> {
         self.next_id += 1;
         let id = self.next_id;
-        let method = serde_json::to_string(&self.scenario.method)?;
+        let method = serde_json::to_string(method)?;
         self.socket
             .send(Message::text(format!(
-                r#"{{"jsonrpc":"2.0","id":{id},"method":{method},"params":{{}}}}"#
+                r#"{{"jsonrpc":"2.0","id":{id},"method":{method},"params":{params}}}"#
             )))
             .await?;
         while let Some(message) = self.socket.next().await {

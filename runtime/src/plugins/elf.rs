@@ -60,16 +60,38 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 
 /// Checks that `bytes` hold a complete ELF64 object for this machine.
 pub fn check_complete(bytes: &[u8]) -> Result<(), ElfError> {
-    if bytes.get(..4) != Some(b"\x7fELF".as_slice()) {
+    check(bytes.len() as u64, |at, size| {
+        let at = usize::try_from(at).ok()?;
+        bytes.get(at..at.checked_add(size)?).map(<[u8]>::to_vec)
+    })
+}
+
+/// Checks that `file`, `len` bytes long, holds a complete ELF64 object for
+/// this machine, reading only its headers.
+pub fn check_complete_file(file: &std::fs::File, len: u64) -> Result<(), ElfError> {
+    use std::os::unix::fs::FileExt;
+    check(len, |at, size| {
+        if at.checked_add(size as u64)? > len {
+            return None;
+        }
+        let mut bytes = vec![0; size];
+        file.read_exact_at(&mut bytes, at).ok().map(|()| bytes)
+    })
+}
+
+/// The check itself, over a file of `len` bytes whose ranges `read_at`
+/// gives (`None` past the end).
+fn check(len: u64, read_at: impl Fn(u64, usize) -> Option<Vec<u8>>) -> Result<(), ElfError> {
+    let head = read_at(0, len.min(64) as usize).unwrap_or_default();
+    if head.get(..4) != Some(b"\x7fELF".as_slice()) {
         return Err(ElfError::NotElf);
     }
-    if bytes.get(4..6) != Some([2u8, 1u8].as_slice()) {
+    if head.get(4..6) != Some([2u8, 1u8].as_slice()) {
         return Err(ElfError::WrongClass);
     }
-    let len = bytes.len() as u64;
     let truncated = |what, end| ElfError::Truncated { what, end, len };
-    let header = |at| u64_at(bytes, at).ok_or_else(|| truncated("the ELF header", 64));
-    let header16 = |at| u16_at(bytes, at).ok_or_else(|| truncated("the ELF header", 64));
+    let header = |at| u64_at(&head, at).ok_or_else(|| truncated("the ELF header", 64));
+    let header16 = |at| u16_at(&head, at).ok_or_else(|| truncated("the ELF header", 64));
     let machine = header16(0x12)?;
     if let Some(expected) = HOST_MACHINE
         && machine != expected
@@ -90,20 +112,21 @@ pub fn check_complete(bytes: &[u8]) -> Result<(), ElfError> {
             Ok(())
         }
     };
-    within(
-        "the program-header table",
-        phoff,
-        phentsize.saturating_mul(phnum),
-    )?;
+    let table_size = phentsize.saturating_mul(phnum);
+    within("the program-header table", phoff, table_size)?;
     within(
         "the section-header table",
         shoff,
         shentsize.saturating_mul(shnum),
     )?;
+    let table = usize::try_from(table_size)
+        .ok()
+        .and_then(|size| read_at(phoff, size))
+        .ok_or_else(|| truncated("the program-header table", phoff.saturating_add(table_size)))?;
     for i in 0..phnum {
-        let at = usize::try_from(phoff + i * phentsize)
-            .map_err(|_| truncated("a program header", u64::MAX))?;
-        let (offset, filesz) = (u64_at(bytes, at + 0x08), u64_at(bytes, at + 0x20));
+        let at =
+            usize::try_from(i * phentsize).map_err(|_| truncated("a program header", u64::MAX))?;
+        let (offset, filesz) = (u64_at(&table, at + 0x08), u64_at(&table, at + 0x20));
         let (Some(offset), Some(filesz)) = (offset, filesz) else {
             return Err(truncated("a program header", phoff + (i + 1) * phentsize));
         };
@@ -128,5 +151,23 @@ mod tests {
             );
         }
         assert_eq!(check_complete(b"#!/bin/sh\n"), Err(ElfError::NotElf));
+    }
+
+    #[test]
+    fn a_file_is_checked_like_its_bytes() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let dir = std::env::temp_dir().join(format!("switchboard-elf-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for cut in [me.len(), me.len() / 2, me.len() - 1, 100, 10, 0] {
+            let path = dir.join(format!("cut-{cut}"));
+            std::fs::write(&path, &me[..cut]).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            assert_eq!(
+                check_complete_file(&file, cut as u64),
+                check_complete(&me[..cut]),
+                "a {cut}-byte prefix"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,15 +8,15 @@
 //! number of generations may drain at once; `max_generations` caps how
 //! many of one file are kept, and past it a reload is refused as busy.
 //!
-//! A candidate is read once; that content is hashed, checked as an ELF,
-//! written to a fresh shadow copy, opened first by a child process (the
-//! preflight), and only then loaded here. Any failure leaves the serving
-//! generation exactly as it was.
+//! A candidate is read once, into a fresh shadow copy, and hashed on the
+//! way; that copy is checked as an ELF, opened first by a child process
+//! (the preflight), and only then loaded here. Any failure leaves the
+//! serving generation exactly as it was.
 
 use super::loader::{Handoff, LoadedPlugin};
 use super::preflight::{Preflighted, preflight};
 use super::registry::{RefusedFile, RegistrySnapshot};
-use super::shadow::{ShadowDir, content_hash};
+use super::shadow::ShadowDir;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,7 +66,7 @@ pub struct GenerationView {
     pub file: PathBuf,
     /// The private copy that was mapped (what `/proc/<pid>/maps` shows).
     pub image: PathBuf,
-    /// SHA-256 of the content loaded.
+    /// BLAKE3 of the content loaded.
     pub hash: String,
     /// When it was loaded (seconds since the Unix epoch).
     pub loaded_at: u64,
@@ -287,14 +287,17 @@ impl Generations {
             // The very file the serving content was read from.
             return Applied::Unchanged;
         }
-        let bytes = match std::fs::read(file) {
-            Ok(bytes) => bytes,
+        let copy = match self.shadow.copy_hashed(file) {
+            Ok(copy) => copy,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.remove(file),
             Err(e) => {
-                return self.refuse(file, Refusal::transient(format!("could not read it: {e}")));
+                return self.refuse(
+                    file,
+                    Refusal::transient(format!("could not copy it for loading: {e}")),
+                );
             }
         };
-        let hash = content_hash(&bytes);
+        let hash = copy.hash().to_owned();
         let slot = self.files.entry(file.to_path_buf()).or_default();
         if slot.serving.as_ref().is_some_and(|s| s.hash == hash) {
             slot.serving_stat = Some(stat);
@@ -312,7 +315,7 @@ impl Generations {
         {
             return Applied::Unchanged;
         }
-        if let Err(e) = super::elf::check_complete(&bytes) {
+        if let Err(e) = copy.check_elf() {
             let waiting = if matches!(e, super::elf::ElfError::Truncated { .. }) {
                 " (a writer may still be writing it: a complete file is taken when it settles)"
             } else {
@@ -340,24 +343,14 @@ impl Generations {
                 )),
             );
         }
-        let copy = match self.shadow.write_in(file, &bytes) {
-            Ok(copy) => copy,
-            Err(e) => {
-                return self.refuse(
-                    file,
-                    Refusal::transient(format!("could not copy it for loading: {e}")),
-                );
-            }
-        };
         // The paths it claims, from the preflight (or from an earlier load
         // of this very content): a conflict is refused before the server
         // runs any of its code.
         let paths = match (self.settings.preflight_timeout, self.ran_here.get(&hash)) {
             (_, Some(paths)) => Some(paths.clone()),
-            (Some(timeout), None) => match preflight(&copy, timeout) {
+            (Some(timeout), None) => match preflight(copy.path(), timeout) {
                 Ok(preflighted) => Some(preflighted),
                 Err(e) => {
-                    let _ = std::fs::remove_file(&copy);
                     let refusal = if e.is_transient() {
                         Refusal::transient(e.to_string())
                     } else {
@@ -369,9 +362,9 @@ impl Generations {
             (None, None) => None,
         };
         if let Some(conflict) = paths.and_then(|p| self.conflict(file, &p.paths, &p.label)) {
-            let _ = std::fs::remove_file(&copy);
             return self.refuse(file, Refusal::waiting(conflict));
         }
+        let copy = copy.keep();
         let loaded = on_short_thread(|| LoadedPlugin::load_prepared(file, &copy, hash.clone()));
         let mut plugin = match loaded {
             Ok(plugin) => plugin,

@@ -82,7 +82,7 @@ pub struct ActionMeta {
 pub struct LoadedPlugin {
     /// This load's number, unique in the process.
     pub generation: u64,
-    /// SHA-256 of the file's content, hex.
+    /// BLAKE3 of the file's content, hex.
     pub hash: String,
     /// The file in the actions folder it came from.
     pub file: PathBuf,
@@ -146,11 +146,9 @@ impl std::fmt::Debug for LoadedPlugin {
 impl LoadedPlugin {
     /// Loads `file` through a fresh copy in `shadow`.
     pub fn load(file: &Path, shadow: &ShadowDir) -> Result<LoadedPlugin, LoadError> {
-        let copy = shadow.copy_in(file).map_err(LoadError::Copy)?;
-        let hash = std::fs::read(&copy)
-            .map(|bytes| super::shadow::content_hash(&bytes))
-            .map_err(LoadError::Copy)?;
-        Self::load_prepared(file, &copy, hash)
+        let copy = shadow.copy_hashed(file).map_err(LoadError::Copy)?;
+        let hash = copy.hash().to_owned();
+        Self::load_prepared(file, &copy.keep(), hash)
     }
 
     /// Loads `file` itself, without a copy: only for a file nobody else

@@ -6,8 +6,9 @@
 //! copies the file (a new inode) to a name never used before in this
 //! process: `<stem>.<pid>.<counter>.<ext>`, under `<base>/<pid>/`.
 
-use std::fs;
-use std::io;
+use super::elf::{ElfError, check_complete_file};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,20 +44,43 @@ impl ShadowDir {
         std::env::temp_dir().join("switchboard-shadow")
     }
 
-    /// Copies `source` to a fresh, never-reused name and returns its path.
-    pub fn copy_in(&self, source: &Path) -> io::Result<PathBuf> {
-        let target = self.fresh_name(source);
-        fs::copy(source, &target)?;
-        Ok(target)
-    }
-
-    /// Writes `bytes` (a file's content, read once) to a fresh name for
-    /// `source`: what is checked, hashed and loaded is then one content,
-    /// whatever happens to `source` meanwhile.
-    pub fn write_in(&self, source: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
-        let target = self.fresh_name(source);
-        fs::write(&target, bytes)?;
-        Ok(target)
+    /// Copies `source` to a fresh, never-reused name, hashing the content
+    /// on the way: what is checked, hashed and loaded is then one content,
+    /// whatever happens to `source` meanwhile. The file is read once, in
+    /// chunks that stay in the processor's cache (a reload must not evict
+    /// the working set of the calls it runs beside).
+    pub fn copy_hashed(&self, source: &Path) -> io::Result<Copied> {
+        let mut from = File::open(source)?;
+        let path = self.fresh_name(source);
+        let to = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let mut copied = Copied {
+            path,
+            file: Some(to),
+            hash: String::new(),
+            len: 0,
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut chunk = vec![0u8; COPY_CHUNK];
+        loop {
+            let n = match from.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let bytes = chunk.get(..n).unwrap_or_default();
+            hasher.update(bytes);
+            if let Some(to) = copied.file.as_mut() {
+                to.write_all(bytes)?;
+            }
+            copied.len += n as u64;
+        }
+        copied.hash = hasher.finalize().to_hex().to_string();
+        Ok(copied)
     }
 
     /// `<dir>/<stem>.<pid>.<n>.<ext>`, with `n` never used before.
@@ -83,12 +107,53 @@ impl ShadowDir {
     }
 }
 
-/// SHA-256 of a plugin file's content, in hex: how `/status` names a
-/// generation's content, and how an unchanged file is recognised.
-pub fn content_hash(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+/// Bytes read and written at a time when copying a plugin file.
+const COPY_CHUNK: usize = 64 * 1024;
+
+/// A fresh private copy of a plugin file and its content's hash. Its name
+/// is removed when it is dropped, unless [`Copied::keep`] takes it.
+#[derive(Debug)]
+pub struct Copied {
+    path: PathBuf,
+    file: Option<File>,
+    hash: String,
+    len: u64,
+}
+
+impl Copied {
+    /// Where the copy is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// BLAKE3 of the content, in hex (as `b3sum` prints it): how
+    /// `/status` names a generation's content, and how an unchanged file
+    /// is recognised.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Checks that the copy is a complete ELF object for this machine.
+    pub fn check_elf(&self) -> Result<(), ElfError> {
+        match &self.file {
+            Some(file) => check_complete_file(file, self.len),
+            None => Err(ElfError::NotElf),
+        }
+    }
+
+    /// Keeps the copy (it is to be loaded) and returns its path.
+    pub fn keep(mut self) -> PathBuf {
+        self.file = None;
+        std::mem::take(&mut self.path)
+    }
+}
+
+impl Drop for Copied {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 fn remove_stale(base: &Path) {

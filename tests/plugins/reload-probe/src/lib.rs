@@ -222,6 +222,7 @@ fn plugin() -> Plugin {
     Plugin::new("reload-probe", VERSION)
         .action(Action::new("probe/version", version).public())
         .action(Action::new("probe/build", build).public())
+        .action(Action::new("probe/build-inline", build).public().inline())
         .action(
             Action::new("probe/sleep", sleep)
                 .public()
