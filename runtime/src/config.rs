@@ -178,6 +178,11 @@ pub struct Config {
     /// How long the out-of-process preflight of a plugin file may take, in
     /// milliseconds. Default 10000.
     pub preflight_timeout_ms: u64,
+    /// Debugging aid: once a retired generation is unmapped, its address
+    /// range stays reserved with no access (`PROT_NONE`), so a pointer the
+    /// server kept into it faults at once instead of landing in whatever
+    /// is mapped there next. Costs address space, not memory. Default false.
+    pub reload_protect_retired: bool,
 }
 
 impl Default for Config {
@@ -214,6 +219,7 @@ impl Default for Config {
             reload_debounce_ms: 200,
             max_generations: 64,
             preflight_timeout_ms: 10_000,
+            reload_protect_retired: false,
         }
     }
 }

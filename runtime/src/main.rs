@@ -275,6 +275,11 @@ struct ServeArgs {
     /// milliseconds [default: 10000].
     #[arg(long, env = "SWITCHBOARD_PREFLIGHT_TIMEOUT_MS", value_name = "MS")]
     preflight_timeout_ms: Option<u64>,
+    /// Debugging aid: keep each retired generation's address range
+    /// reserved with no access once it is unmapped, so a stale pointer into
+    /// it faults at once [default: false].
+    #[arg(long, env = "SWITCHBOARD_RELOAD_PROTECT_RETIRED", value_name = "BOOL")]
+    reload_protect_retired: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -390,7 +395,8 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
         watch,
         reload_debounce_ms,
         max_generations,
-        preflight_timeout_ms
+        preflight_timeout_ms,
+        reload_protect_retired
     );
     set!(
         jwt_leeway_secs,
@@ -485,6 +491,7 @@ fn serve_with(mut config: Config) -> anyhow::Result<()> {
     let settings = ReloadSettings {
         default_timeout: config.call_timeout(),
         max_generations: config.max_generations,
+        protect_retired: config.reload_protect_retired,
         preflight_timeout: Some(Duration::from_millis(config.preflight_timeout_ms)),
     };
     let registry = Registry::load(&config.actions, shadow, settings).with_context(|| {

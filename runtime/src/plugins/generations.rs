@@ -19,6 +19,7 @@ use super::registry::{RefusedFile, RegistrySnapshot};
 use super::shadow::ShadowDir;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +36,9 @@ pub struct ReloadSettings {
     pub max_generations: usize,
     /// Deadline of the out-of-process preflight; `None` skips it.
     pub preflight_timeout: Option<Duration>,
+    /// Keep an unmapped generation's address range reserved with no
+    /// access (a debugging aid: stale pointers into it fault at once).
+    pub protect_retired: bool,
 }
 
 /// Where a generation is in its life.
@@ -204,6 +208,9 @@ struct Retired {
     shadow: PathBuf,
     /// Where its code was: a loader handing this image back is caught.
     code_address: usize,
+    /// Its address ranges, taken before it is closed when unmapped
+    /// generations are to stay reserved (`protect_retired`).
+    reserve: Option<Vec<Range<usize>>>,
 }
 
 /// Every generation of every plugin file.
@@ -524,6 +531,7 @@ impl Generations {
             code_address: plugin.code_address(),
             plugin: Some(plugin),
             view,
+            reserve: None,
         });
     }
 
@@ -545,6 +553,9 @@ impl Generations {
                 continue;
             }
             if let Some(plugin) = retired.plugin.take() {
+                if self.settings.protect_retired {
+                    retired.reserve = super::maps::ranges_of(&retired.shadow);
+                }
                 retired.view.calls = plugin.calls.load(std::sync::atomic::Ordering::Relaxed);
                 retired.view.state = GenerationState::Closing;
                 retired.view.reason =
@@ -639,8 +650,13 @@ fn settle(retired: &mut Retired, close_error: Option<String>) {
         Some(false) => {
             let _ = std::fs::remove_file(&retired.shadow);
             retired.view.state = GenerationState::Unmapped;
-            retired.view.reason = None;
-            tracing::info!(generation = retired.view.generation, plugin = %retired.view.plugin, "plugin generation unmapped");
+            retired.view.reason = retired.reserve.take().map(|ranges| reserve(&ranges));
+            tracing::info!(
+                generation = retired.view.generation,
+                plugin = %retired.view.plugin,
+                reserved = retired.view.reason.as_deref().unwrap_or("no"),
+                "plugin generation unmapped"
+            );
         }
         mapped => {
             retired.view.state = GenerationState::RetiredMapped;
@@ -659,6 +675,25 @@ fn settle(retired: &mut Retired, close_error: Option<String>) {
                 "plugin generation closed but still mapped"
             );
         }
+    }
+}
+
+/// Reserves an unmapped image's former address ranges with no access
+/// (`protect_retired`); says what was done, for `/status`.
+fn reserve(ranges: &[Range<usize>]) -> String {
+    let listed = ranges
+        .iter()
+        .map(|r| format!("{:#x}-{:#x}", r.start, r.end))
+        .collect::<Vec<_>>()
+        .join(" ");
+    match super::maps::reserve_no_access(ranges) {
+        Ok(()) => format!(
+            "reload_protect_retired: its former address ranges stay reserved with no access, so a \
+             stale pointer into them faults: {listed}"
+        ),
+        Err(e) => format!(
+            "reload_protect_retired: could not reserve its former address ranges {listed}: {e}"
+        ),
     }
 }
 
