@@ -2,8 +2,10 @@
 //! reload storm beside none.
 //!
 //! It alternates two builds of one plugin (`--a`, `--b`) in the server's
-//! actions folder, each written beside the target and renamed into place,
-//! and tells them apart by the result of `--method` (which must differ
+//! actions folder, each written beside the target and renamed into place
+//! with a trailer that makes every write a content the server has never
+//! seen (so each swap is a full reload, preflight included), and tells
+//! the builds apart by the result of `--method` (which must differ
 //! between the two, e.g. an action that reports the plugin's version).
 //!
 //! - Swap latency: from the rename (a completed write) to the first reply
@@ -187,6 +189,8 @@ struct Swapper {
     next_id: u64,
     /// Subscribed to `actions.changed`: each swap waits for the push.
     announced: bool,
+    /// Builds installed so far (each gets a trailer of its own).
+    installed: u64,
 }
 
 impl Swapper {
@@ -199,16 +203,17 @@ impl Swapper {
             serving: 0,
             next_id: 0,
             announced: false,
+            installed: 0,
         };
         let before = swapper.call().await?;
-        install(&scenario.builds[0], &scenario.target)?;
+        swapper.install(0)?;
         // If build 0 was already in place nothing changes: give it the
         // server's longest plausible debounce before taking the answer.
         swapper.results[0] = swapper
             .wait_for(|r| r != before, Duration::from_secs(3))
             .await?
             .unwrap_or(before);
-        install(&scenario.builds[1], &scenario.target)?;
+        swapper.install(1)?;
         let first = swapper.results[0].clone();
         swapper.results[1] = swapper
             .wait_for(|r| r != first, SWAP_DEADLINE)
@@ -228,7 +233,7 @@ impl Swapper {
     /// first reply from it.
     async fn swap(&mut self) -> anyhow::Result<Duration> {
         let next = 1 - self.serving;
-        install(&self.scenario.builds[next], &self.scenario.target)?;
+        self.install(next)?;
         let written = Instant::now();
         let wanted = self.results[next].clone();
         let swapped = if self.announced {
@@ -239,6 +244,16 @@ impl Swapper {
         swapped.ok_or_else(|| anyhow::anyhow!("a swap did not happen within {SWAP_DEADLINE:?}"))?;
         self.serving = next;
         Ok(written.elapsed())
+    }
+
+    /// Installs build `which` as a content never installed before.
+    fn install(&mut self, which: usize) -> anyhow::Result<()> {
+        self.installed += 1;
+        install(
+            &self.scenario.builds[which],
+            &self.scenario.target,
+            self.installed,
+        )
     }
 
     /// Subscribes to the server's `actions.changed` pushes, which later
@@ -329,12 +344,22 @@ impl Swapper {
     }
 }
 
-/// Writes `build` beside `target` under a name the server ignores, then
-/// renames it into place: one complete file, one event.
-fn install(build: &Path, target: &Path) -> anyhow::Result<()> {
+/// Writes `build` beside `target` under a name the server ignores, with
+/// `trailer` appended, then renames it into place: one complete file, one
+/// event. The trailer (past the end of everything the ELF headers
+/// describe, so the loader ignores it) makes each write a content the
+/// server has never seen: every swap is a full reload, preflight included,
+/// as after a real rebuild.
+fn install(build: &Path, target: &Path, trailer: u64) -> anyhow::Result<()> {
+    use std::io::Write;
     let staged = target.with_extension("staged");
     std::fs::copy(build, &staged)
         .map_err(|e| anyhow::anyhow!("copying {} to {}: {e}", build.display(), staged.display()))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&staged)
+        .and_then(|mut file| file.write_all(&trailer.to_le_bytes()))
+        .map_err(|e| anyhow::anyhow!("appending to {}: {e}", staged.display()))?;
     std::fs::rename(&staged, target)
         .map_err(|e| anyhow::anyhow!("renaming into {}: {e}", target.display()))?;
     Ok(())
