@@ -860,3 +860,135 @@ async fn a_retired_generation_s_shutdown_hook_stops_its_thread_and_frees_its_por
         assert_status_truthful(&server);
     }
 }
+
+/// Calls every kind of action in turn (a string result, an error, a slow
+/// call, a deferred reply, a log line) until `stop`; every reply must be
+/// the expected result or error. Returns the number of calls.
+async fn every_kind_worker(mut client: Client, stop: Arc<AtomicBool>) -> usize {
+    let kinds = [
+        ("probe/version", json!({})),
+        ("probe/fail", json!({})),
+        ("probe/sleep", json!({"ms": 30})),
+        ("probe/later", json!({})),
+        ("probe/log", json!({})),
+        ("probe/build", json!({})),
+    ];
+    let mut calls = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let (method, params) = &kinds[calls % kinds.len()];
+        calls += 1;
+        let id = calls as u64;
+        client.request(id, method, params.clone()).await;
+        let (reply, _) = client.recv_until(|m| m["id"] == id).await;
+        if *method == "probe/fail" {
+            let message = reply["error"]["message"].as_str().unwrap_or_default();
+            assert!(!message.is_empty(), "{method}: {reply}");
+        } else {
+            assert!(reply.get("result").is_some(), "{method}: {reply}");
+        }
+    }
+    calls
+}
+
+/// The hex ranges `0x..-0x..` named in a reason.
+fn ranges_in(reason: &str) -> Vec<(usize, usize)> {
+    reason
+        .split_whitespace()
+        .filter_map(|word| {
+            let (start, end) = word.split_once('-')?;
+            let hex = |s: &str| usize::from_str_radix(s.strip_prefix("0x")?, 16).ok();
+            Some((hex(start)?, hex(end)?))
+        })
+        .collect()
+}
+
+/// Whether the server's real maps hold `range` with no access.
+fn reserved_no_access(server: &Server, (start, end): (usize, usize)) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    maps.lines().any(|line| {
+        let mut fields = line.split(' ');
+        let (span, perms) = (fields.next().unwrap(), fields.next().unwrap());
+        let (from, to) = span.split_once('-').unwrap();
+        let (from, to) = (
+            usize::from_str_radix(from, 16).unwrap(),
+            usize::from_str_radix(to, 16).unwrap(),
+        );
+        perms == "---p" && from <= start && end <= to
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_retired_images_protected_two_hundred_swaps_over_every_kind_of_action_never_fault() {
+    let (v1, v2) = (variant("v1"), variant("v2"));
+    for backtrace in BACKTRACE_MODES {
+        let server = start(
+            backtrace,
+            &[(PROBE, &v1)],
+            &["--reload-protect-retired", "true"],
+        );
+        let mut control = control(&server).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for n in 0..8 {
+            let client = server.connect_as(&format!("kinds-{n}")).await;
+            workers.push(tokio::spawn(every_kind_worker(client, Arc::clone(&stop))));
+        }
+        for n in 1..=200u64 {
+            let from = if n % 2 == 1 { &v2 } else { &v1 };
+            swap(&server, &mut control, PROBE, from).await;
+            // State handoff on every swap: the count goes on.
+            let count = control.call("probe/count", json!({})).await;
+            assert_eq!(count["result"]["count"], n, "after swap {n}: {count}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut calls = 0;
+        for worker in workers {
+            calls += worker.await.unwrap();
+        }
+        assert!(
+            calls > 1000,
+            "only {calls} calls: too thin to prove anything"
+        );
+        // Every drained generation ends unmapped with its range reserved
+        // (`/status` remembers the latest 64 unmapped ones).
+        let start = Instant::now();
+        loop {
+            let all = generations(&server);
+            let settled = all
+                .iter()
+                .all(|g| g["state"] == "serving" || g["state"] == "unmapped");
+            let reserved = all
+                .iter()
+                .filter(|g| {
+                    g["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("stay reserved"))
+                })
+                .count();
+            if settled && reserved >= 60 {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "{all:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for g in generations(&server) {
+            let Some(reason) = g["reason"].as_str() else {
+                continue;
+            };
+            if g["state"] == "unmapped" {
+                let ranges = ranges_in(reason);
+                assert!(!ranges.is_empty(), "{g}");
+                for range in ranges {
+                    assert!(
+                        reserved_no_access(&server, range),
+                        "{range:x?} not reserved: {g}"
+                    );
+                }
+            }
+        }
+        assert_status_truthful(&server);
+        let alive = control.call("probe/version", json!({})).await;
+        assert!(alive.get("result").is_some(), "{alive}");
+        eprintln!("RUST_BACKTRACE={backtrace:?}: {calls} calls of every kind, 200 swaps, no fault");
+    }
+}

@@ -135,6 +135,9 @@ pub struct ServerConfig {
     pub env: Vec<(String, Option<String>)>,
     /// Serve this folder instead of a fresh temporary one.
     pub actions: Option<PathBuf>,
+    /// Use this shadow base (`--shadow-dir`) instead of a fresh temporary
+    /// one; it outlives the server.
+    pub shadow: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +149,7 @@ impl Default for ServerConfig {
             secret: Some(SECRET.into()),
             env: Vec::new(),
             actions: None,
+            shadow: None,
         }
     }
 }
@@ -174,6 +178,13 @@ impl ServerConfig {
         self.actions = Some(folder.to_path_buf());
         self
     }
+    /// Passes `base` as `--shadow-dir` instead of a fresh temporary folder
+    /// (servers given the same `base` share it; it is not removed when the
+    /// server is dropped). The server copies plugins into `<base>/<pid>/`.
+    pub fn shadow_base(mut self, base: &Path) -> Self {
+        self.shadow = Some(base.to_path_buf());
+        self
+    }
     /// Copies a plugin file (any path) into the actions folder under `name`.
     pub fn plugin_file(mut self, name: &str, from: &Path) -> Self {
         self.files.push((name.into(), std::fs::read(from).unwrap()));
@@ -196,6 +207,9 @@ pub struct Server {
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
     pub actions_dir: tempfile::TempDir,
+    /// The folder the server really serves: [`ServerConfig::actions_folder`]
+    /// if one was given, else `actions_dir`.
+    served: PathBuf,
     _shadow_dir: tempfile::TempDir,
 }
 
@@ -244,7 +258,7 @@ impl Server {
             .arg("--actions")
             .arg(config.actions.as_deref().unwrap_or(actions_dir.path()))
             .arg("--shadow-dir")
-            .arg(shadow_dir.path())
+            .arg(config.shadow.as_deref().unwrap_or(shadow_dir.path()))
             .args(&config.args)
             .env(
                 "RUST_LOG",
@@ -274,28 +288,30 @@ impl Server {
             let _ = child.kill();
             panic!("server did not start; its log:\n{}", stderr.lock().unwrap());
         };
+        let served = config
+            .actions
+            .clone()
+            .unwrap_or_else(|| actions_dir.path().to_path_buf());
         Server {
             child,
             addr,
             stderr,
             stdout,
             actions_dir,
+            served,
             _shadow_dir: shadow_dir,
         }
     }
 
-    /// Puts `from`'s content in the actions folder as `name` the way a
-    /// deploy should: written beside it under a name the server ignores,
-    /// then renamed into place (one event, never a partial file).
+    /// Puts `from`'s content in the actions folder the server serves as
+    /// `name` the way a deploy should (see [`install_into`]).
     pub fn install(&self, name: &str, from: &Path) {
-        let staged = self.actions_dir.path().join(format!(".{name}.staged"));
-        std::fs::copy(from, &staged).unwrap();
-        std::fs::rename(&staged, self.actions_dir.path().join(name)).unwrap();
+        install_into(&self.served, name, from);
     }
 
-    /// The path of `name` in the actions folder.
+    /// The path of `name` in the actions folder the server serves.
     pub fn action_file(&self, name: &str) -> PathBuf {
-        self.actions_dir.path().join(name)
+        self.served.join(name)
     }
 
     pub fn ws_url(&self) -> String {
@@ -401,6 +417,13 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// Kills the process with SIGKILL (no cleanup of any kind can run)
+    /// and reaps it; returns how it ended.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -412,6 +435,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Puts `from`'s content in `folder` as `name` the way a deploy should:
+/// written beside it under a name the server ignores, then renamed into
+/// place (one event, never a partial file).
+pub fn install_into(folder: &Path, name: &str, from: &Path) {
+    let staged = folder.join(format!(".{name}.staged"));
+    std::fs::copy(from, &staged).unwrap();
+    std::fs::rename(&staged, folder.join(name)).unwrap();
 }
 
 /// Sends a raw HTTP/1.1 request and returns (status, body).

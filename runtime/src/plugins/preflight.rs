@@ -68,7 +68,8 @@ pub struct Preflighted {
 /// (this same executable) under `timeout`; says what loaded there.
 pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, PreflightError> {
     let exe = this_executable()?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("check")
         .arg("--json")
         .arg("--in-place")
@@ -76,7 +77,9 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, Prefligh
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    die_with_this_thread(&mut command);
+    let mut child = command
         .spawn()
         .map_err(|e| PreflightError::Broken(format!("cannot start the check process: {e}")))?;
     // Drained on their own threads, so a chatty plugin cannot fill a pipe
@@ -134,6 +137,33 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, Prefligh
             .to_owned(),
     ))
 }
+
+/// Makes the child die (SIGKILL) if the thread that starts it goes: the
+/// server killed mid-preflight must not leave a check process behind (one
+/// stuck in a hanging constructor would spin forever). The thread that
+/// starts a preflight waits for it, so it outlives the child otherwise.
+#[cfg(target_os = "linux")]
+fn die_with_this_thread(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and
+    // calls only async-signal-safe functions (prctl, getppid, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl took effect.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_this_thread(_command: &mut Command) {}
 
 /// This very executable. On Linux `/proc/self/exe`, which still opens
 /// after the file on disk was replaced (a rebuild of the server while it
