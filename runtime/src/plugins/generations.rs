@@ -577,6 +577,15 @@ impl Generations {
         }
     }
 
+    /// The images of closed generations that stayed mapped.
+    pub fn retired_mapped_images(&self) -> Vec<PathBuf> {
+        self.retired
+            .iter()
+            .filter(|r| r.view.state == GenerationState::RetiredMapped)
+            .map(|r| r.shadow.clone())
+            .collect()
+    }
+
     /// Whether server exit has stopped reloading.
     pub fn is_frozen(&self) -> bool {
         self.frozen

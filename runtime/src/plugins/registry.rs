@@ -207,6 +207,14 @@ impl Registry {
             drop(plugin);
             self.table().settle_closed(generation, closed.err());
         }
+        if recheck_mapped {
+            // Off the table: unloading an image that is no longer pinned
+            // runs its destructors.
+            let pinned = self.table().retired_mapped_images();
+            for image in pinned {
+                on_short_thread(|| super::loader::collect_if_unpinned(&image));
+            }
+        }
         let mut table = self.table();
         changed |= table.sweep(recheck_mapped);
         if !changed || table.is_frozen() {
