@@ -77,8 +77,8 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, Prefligh
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    die_with_this_thread(&mut command);
+        .stderr(Stdio::piped())
+        .env(PARENT_ENV, std::process::id().to_string());
     let mut child = command
         .spawn()
         .map_err(|e| PreflightError::Broken(format!("cannot start the check process: {e}")))?;
@@ -138,32 +138,34 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, Prefligh
     ))
 }
 
-/// Makes the child die (SIGKILL) if the thread that starts it goes: the
-/// server killed mid-preflight must not leave a check process behind (one
-/// stuck in a hanging constructor would spin forever). The thread that
-/// starts a preflight waits for it, so it outlives the child otherwise.
-#[cfg(target_os = "linux")]
-fn die_with_this_thread(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the child between fork and exec and
-    // calls only async-signal-safe functions (prctl, getppid, _exit).
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before the prctl took effect.
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+/// The environment variable that tells a preflight child its server's
+/// pid (see [`die_with_server`]).
+pub const PARENT_ENV: &str = "SWITCHBOARD_PREFLIGHT_PARENT";
+
+/// Called first thing in a preflight child: makes it die (SIGKILL) with
+/// the server thread that started it, so a server killed mid-preflight
+/// leaves no check process behind (one stuck in a hanging constructor
+/// would spin forever). That thread waits for the child, so it outlives
+/// it otherwise. Done in the child rather than between fork and exec,
+/// which would cost the server a full `fork` instead of a `posix_spawn`.
+pub fn die_with_server() {
+    let Some(server) = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+    else {
+        return;
+    };
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on this process.
+        let armed = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == 0;
+        // The server may have gone before the prctl took effect.
+        // SAFETY: getppid cannot fail.
+        if !armed || unsafe { libc::getppid() } as u32 != server {
+            std::process::exit(1);
+        }
     }
 }
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_this_thread(_command: &mut Command) {}
 
 /// This very executable. On Linux `/proc/self/exe`, which still opens
 /// after the file on disk was replaced (a rebuild of the server while it
