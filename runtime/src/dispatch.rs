@@ -3,10 +3,11 @@
 //! protocol code.
 //!
 //! An action never runs on a runtime worker: a plugin's `call` may sleep
-//! or spin, so it runs through `spawn_blocking`, and the connection only
-//! awaits its completion (with a timeout). A slow call therefore never
+//! or spin, so it runs on the [`ActionThreads`] pool, and the connection
+//! only awaits its completion (with a timeout). A slow call therefore never
 //! delays other calls, on its connection or any other.
 
+use crate::action_threads::ActionThreads;
 use crate::auth::Identity;
 use crate::builtins::Builtin;
 use crate::lifecycle;
@@ -221,6 +222,8 @@ struct PreparedCall {
     report_errors: bool,
     /// Where to report failures as lifecycle `error` events.
     registry_events: Option<Arc<ServerState>>,
+    /// Where it runs.
+    threads: ActionThreads,
 }
 
 /// The action at `method`, if this connection may call it, with the
@@ -306,6 +309,7 @@ fn with_permits(
         server_permit,
         report_errors,
         registry_events: None,
+        threads: state.action_threads.clone(),
     })
 }
 
@@ -319,6 +323,7 @@ impl PreparedCall {
             server_permit,
             report_errors: _,
             registry_events,
+            threads,
         } = self;
         let (pending, completion) = PendingReply::new();
         let plugin_entry = Arc::clone(&entry);
@@ -327,7 +332,7 @@ impl PreparedCall {
         // occupies its slots until the plugin returns, so a client calling
         // an action that hangs uses up its own connection's slots, not the
         // whole server's.
-        tokio::task::spawn_blocking(move || {
+        threads.run(move || {
             let _permits = (server_permit, connection_permit);
             let params = params.as_deref().unwrap_or(b"null");
             let args = call_args(params, conn_id, identity.as_deref());

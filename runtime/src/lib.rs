@@ -12,8 +12,9 @@
 //! - [`connection`]: one task per connection: reads frames, writes
 //!   replies in bursts.
 //! - [`protocol`]: JSON-RPC envelopes, parsed lazily, replies spliced.
-//! - [`dispatch`]: built-ins ([`builtins`]) inline; actions on blocking
-//!   threads under deadlines, errors mapped to codes ([`rpc_error`]).
+//! - [`dispatch`]: built-ins ([`builtins`]) inline; actions on the
+//!   [`action_threads`] pool under deadlines, errors mapped to codes
+//!   ([`rpc_error`]).
 //! - [`plugins`]: loading plugin files, the ABI's host side, and the
 //!   registry snapshot the call path reads without a lock.
 //! - [`lifecycle`]: connection events for plugins that listen.
@@ -27,6 +28,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod action_threads;
 pub mod auth;
 pub mod bench;
 pub mod builtins;

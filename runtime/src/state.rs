@@ -1,6 +1,7 @@
 //! [`ServerState`]: what every connection shares: settings, the plugin
 //! registry, token keys, limits and counters.
 
+use crate::action_threads::ActionThreads;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -27,6 +28,8 @@ pub struct ServerState {
     pub rooms: Rooms,
     /// Permits for action calls running in the whole server.
     pub inflight: Arc<Semaphore>,
+    /// The threads actions run on.
+    pub action_threads: ActionThreads,
     /// When the server started.
     pub started: Instant,
     connections: AtomicUsize,
@@ -37,6 +40,9 @@ impl ServerState {
     pub fn new(config: Config, registry: Registry, auth: Authenticator) -> ServerState {
         ServerState {
             inflight: Arc::new(Semaphore::new(config.max_inflight_calls)),
+            // One per call slot: a call never waits for a thread while
+            // another slot's call blocks.
+            action_threads: ActionThreads::new(config.max_inflight_calls),
             rooms: Rooms::new(&config.rooms),
             config,
             registry,

@@ -1,0 +1,271 @@
+//! [`ActionThreads`]: the threads plugin actions run on.
+//!
+//! An action may block (sleep, wait on I/O, spin), so it never runs on a
+//! runtime worker. tokio's blocking pool would do, but it starts a new
+//! thread for every task that finds no idle thread at that instant: a
+//! burst of 40 calls read from one socket takes 40 threads even when each
+//! call lasts microseconds, and under load the pool grows to hundreds of
+//! threads that each run a call now and then, cold in cache (measured:
+//! calls/s fell by a sixth as it grew from 180 to 470 threads).
+//!
+//! Here calls queue, and a thread that finishes a call takes the next one
+//! without sleeping. Threads are added in two ways:
+//! - eagerly, up to one per core, when a call finds no idle thread;
+//! - past that, only when the queue stalls: a watcher checks every
+//!   millisecond while calls wait, and if no call has started since the
+//!   last check (every thread is blocked in a slow action), it adds a
+//!   thread for every waiting call, up to the cap.
+//!
+//! So short calls share a few hot threads, and a slow call never holds up
+//! another by more than about a millisecond. Threads idle for 10 s exit.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long a thread waits for work before it exits.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// How often the watcher checks a queue that is not moving.
+const STALL_CHECK: Duration = Duration::from_millis(1);
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The pool. Clones share it.
+#[derive(Debug, Clone)]
+pub struct ActionThreads {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Idle threads wait here for work.
+    work: Condvar,
+    /// The watcher waits here while the queue is empty.
+    queued: Condvar,
+    /// Most threads at once.
+    max: usize,
+    /// Threads added without waiting for a stall.
+    eager: usize,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("max", &self.max)
+            .field("eager", &self.eager)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Job>,
+    threads: usize,
+    idle: usize,
+    /// Calls taken off the queue so far: the watcher's sign of progress.
+    started: u64,
+    /// Threads that could not be started (the error, once).
+    spawn_failed: bool,
+}
+
+impl ActionThreads {
+    /// A pool of at most `max` threads, up to one per core started
+    /// eagerly.
+    pub fn new(max: usize) -> ActionThreads {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            queued: Condvar::new(),
+            max: max.max(1),
+            eager: cores.clamp(1, max.max(1)),
+        });
+        let watcher = Arc::clone(&shared);
+        if let Err(e) = std::thread::Builder::new()
+            .name("action-watch".into())
+            .spawn(move || watch(&watcher))
+        {
+            tracing::error!("could not start the action pool's watcher thread: {e}");
+        }
+        ActionThreads { shared }
+    }
+
+    /// Runs `job` on a pool thread as soon as one is free.
+    pub fn run(&self, job: impl FnOnce() + Send + 'static) {
+        let mut state = lock(&self.shared.state);
+        let was_empty = state.queue.is_empty();
+        state.queue.push_back(Box::new(job));
+        if state.idle > 0 {
+            self.shared.work.notify_one();
+        } else if state.threads < self.shared.eager {
+            start_thread(&self.shared, &mut state);
+        }
+        if was_empty {
+            self.shared.queued.notify_one();
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A job never runs under the lock, so a poisoned lock only means a
+    // panic in this module's own few lines: the state is still whole.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts one more thread (the caller holds the lock).
+fn start_thread(shared: &Arc<Shared>, state: &mut State) {
+    let worker = Arc::clone(shared);
+    match std::thread::Builder::new()
+        .name("action".into())
+        .spawn(move || work(&worker))
+    {
+        Ok(_) => state.threads += 1,
+        Err(e) => {
+            if !state.spawn_failed {
+                tracing::error!(
+                    "could not start an action thread (calls wait for a free one): {e}"
+                );
+                state.spawn_failed = true;
+            }
+        }
+    }
+}
+
+/// A pool thread: runs queued calls until it has been idle for
+/// [`KEEP_ALIVE`].
+fn work(shared: &Arc<Shared>) {
+    let mut state = lock(&shared.state);
+    loop {
+        if let Some(job) = state.queue.pop_front() {
+            state.started += 1;
+            drop(state);
+            // Actions catch their own panics at the plugin boundary; this
+            // keeps the thread (and the pool's count) whole regardless.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            state = lock(&shared.state);
+            continue;
+        }
+        state.idle += 1;
+        let (next, timeout) = shared
+            .work
+            .wait_timeout(state, KEEP_ALIVE)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state = next;
+        state.idle -= 1;
+        if timeout.timed_out() && state.queue.is_empty() {
+            state.threads -= 1;
+            return;
+        }
+    }
+}
+
+/// The watcher: while calls wait, checks every [`STALL_CHECK`] that one
+/// has started since the last check; if none has, every thread is busy in
+/// a slow call, so it adds a thread for each waiting call.
+fn watch(shared: &Arc<Shared>) {
+    let mut state = lock(&shared.state);
+    loop {
+        while state.queue.is_empty() {
+            state = shared
+                .queued
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        let seen = state.started;
+        drop(state);
+        std::thread::sleep(STALL_CHECK);
+        state = lock(&shared.state);
+        if !state.queue.is_empty() && state.started == seen && state.idle == 0 {
+            let wanted = state
+                .queue
+                .len()
+                .min(shared.max - state.threads.min(shared.max));
+            for _ in 0..wanted {
+                start_thread(shared, &mut state);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    #[test]
+    fn a_burst_of_short_calls_runs_on_few_threads() {
+        let pool = ActionThreads::new(64);
+        let (done, finished) = mpsc::channel();
+        for _ in 0..1000 {
+            let done = done.clone();
+            pool.run(move || {
+                let _ = done.send(std::thread::current().id());
+            });
+        }
+        let threads: std::collections::HashSet<_> =
+            (0..1000).filter_map(|_| finished.recv().ok()).collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(
+            threads.len() <= cores + 2,
+            "{} threads for 1000 short calls on {cores} cores",
+            threads.len()
+        );
+    }
+
+    #[test]
+    fn slow_calls_do_not_hold_up_others() {
+        let pool = ActionThreads::new(64);
+        let slow = Arc::new(AtomicUsize::new(0));
+        // More sleepers than cores: every eager thread is taken.
+        for _ in 0..20 {
+            let slow = Arc::clone(&slow);
+            pool.run(move || {
+                slow.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_secs(2));
+            });
+        }
+        let (done, finished) = mpsc::channel();
+        let started = Instant::now();
+        pool.run(move || {
+            let _ = done.send(());
+        });
+        assert!(finished.recv_timeout(Duration::from_secs(1)).is_ok());
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Every sleeper got a thread of its own, well before any woke.
+        while slow.load(Ordering::SeqCst) < 20 {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "sleepers waited"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_cap_holds_and_queued_calls_run_when_a_thread_frees() {
+        let pool = ActionThreads::new(2);
+        let (done, finished) = mpsc::channel();
+        for n in 0..4 {
+            let done = done.clone();
+            pool.run(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = done.send((n, std::thread::current().id()));
+            });
+        }
+        let ran: Vec<_> = (0..4)
+            .filter_map(|_| finished.recv_timeout(Duration::from_secs(5)).ok())
+            .collect();
+        assert_eq!(ran.len(), 4);
+        let threads: std::collections::HashSet<_> = ran.iter().map(|(_, t)| *t).collect();
+        assert!(
+            threads.len() <= 2,
+            "{} threads past a cap of 2",
+            threads.len()
+        );
+    }
+}
