@@ -630,7 +630,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     if args.in_place {
-        switchboard::plugins::preflight::die_with_server();
+        switchboard::plugins::preflight::become_preflight_child();
     }
     let shadow_base = std::env::temp_dir().join("switchboard-check");
     let report = switchboard::describe::check(
