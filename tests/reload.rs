@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use switchboard_tests::{Client, Server, ServerConfig, WAIT, error_code, plugin, probe_variant};
+use switchboard_tests::{
+    Client, Server, ServerConfig, WAIT, control, error_code, identity, plugin, probe_variant,
+    wait_changed,
+};
 
 /// The probe's file name in the actions folder.
 const PROBE: &str = "libprobe.so";
@@ -41,41 +44,11 @@ fn start(backtrace: Option<&str>, files: &[(&str, &Path)], args: &[&str]) -> Ser
     config.start()
 }
 
-/// A signed-in connection subscribed to `actions.changed`.
-async fn control(server: &Server) -> Client {
-    let mut client = server.connect_as("control").await;
-    let reply = client
-        .call("rpc.subscribe", json!({"event": "actions.changed"}))
-        .await;
-    assert_eq!(reply["result"]["subscribed"], true, "{reply}");
-    client
-}
-
 /// Installs `from` as `name` and waits for the `actions.changed` push
 /// that says a new generation of it serves; returns that push's data.
 async fn swap(server: &Server, control: &mut Client, name: &str, from: &Path) -> Value {
     server.install(name, from);
     wait_changed(control, name).await
-}
-
-async fn wait_changed(control: &mut Client, name: &str) -> Value {
-    let (push, _) = control
-        .recv_until(|m| {
-            m["method"] == "rpc.event"
-                && m["params"]["event"] == "actions.changed"
-                && m["params"]["data"]["file"]
-                    .as_str()
-                    .is_some_and(|f| f.ends_with(name))
-        })
-        .await;
-    push["params"]["data"].clone()
-}
-
-/// `probe/version`'s answer on `client`.
-async fn identity(client: &mut Client) -> Value {
-    let reply = client.call("probe/version", json!({})).await;
-    assert!(reply.get("error").is_none(), "{reply}");
-    reply["result"].clone()
 }
 
 fn generations(server: &Server) -> Vec<Value> {

@@ -11,14 +11,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use switchboard_tests::{Client, Server, ServerConfig, WAIT, install_into, plugin, probe_variant};
+use switchboard_tests::{
+    Server, ServerConfig, WAIT, control, identity, install_into, plugin, probe_variant,
+    wait_changed,
+};
 
 /// The probe's file name in the actions folder.
 const PROBE: &str = "libprobe.so";
@@ -43,38 +46,6 @@ fn start(backtrace: Option<&str>, actions: &Path, shadow: &Path, args: &[&str]) 
         config = config.arg(arg);
     }
     config.start()
-}
-
-/// A signed-in connection subscribed to `actions.changed`.
-async fn control(server: &Server) -> Client {
-    let mut client = server.connect_as("control").await;
-    let reply = client
-        .call("rpc.subscribe", json!({"event": "actions.changed"}))
-        .await;
-    assert_eq!(reply["result"]["subscribed"], true, "{reply}");
-    client
-}
-
-/// Waits for the `actions.changed` push about a file named `name`;
-/// returns its data.
-async fn wait_changed(control: &mut Client, name: &str) -> Value {
-    let (push, _) = control
-        .recv_until(|m| {
-            m["method"] == "rpc.event"
-                && m["params"]["event"] == "actions.changed"
-                && m["params"]["data"]["file"]
-                    .as_str()
-                    .is_some_and(|f| f.ends_with(name))
-        })
-        .await;
-    push["params"]["data"].clone()
-}
-
-/// `probe/version`'s answer on `client`.
-async fn identity(client: &mut Client) -> Value {
-    let reply = client.call("probe/version", json!({})).await;
-    assert!(reply.get("error").is_none(), "{reply}");
-    reply["result"].clone()
 }
 
 /// Every generation `/status` lists, oldest first.

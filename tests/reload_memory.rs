@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use switchboard_tests::{Client, Server, ServerConfig, WAIT, probe_variant};
+use switchboard_tests::{Client, Server, ServerConfig, WAIT, control, probe_variant};
 
 /// The probe's file name in the actions folder.
 const PROBE: &str = "libprobe.so";
@@ -56,16 +56,6 @@ fn start(backtrace: Option<&str>, probe: &Path) -> Server {
         .arg("40")
         .plugin_file(PROBE, probe)
         .start()
-}
-
-/// A signed-in connection subscribed to `actions.changed`.
-async fn control(server: &Server) -> Client {
-    let mut client = server.connect_as("control").await;
-    let reply = client
-        .call("rpc.subscribe", json!({"event": "actions.changed"}))
-        .await;
-    assert_eq!(reply["result"]["subscribed"], true, "{reply}");
-    client
 }
 
 /// Installs `from` as the probe and waits for the `actions.changed` push

@@ -598,3 +598,35 @@ impl Client {
 pub fn error_code(reply: &Value) -> Option<i64> {
     reply["error"]["code"].as_i64()
 }
+
+/// A signed-in connection to `server` subscribed to `actions.changed`.
+pub async fn control(server: &Server) -> Client {
+    let mut client = server.connect_as("control").await;
+    let reply = client
+        .call("rpc.subscribe", json!({"event": "actions.changed"}))
+        .await;
+    assert_eq!(reply["result"]["subscribed"], true, "{reply}");
+    client
+}
+
+/// Waits on `control` (see [`control`]) for the `actions.changed` push
+/// about a file named `name`; returns its data.
+pub async fn wait_changed(control: &mut Client, name: &str) -> Value {
+    let (push, _) = control
+        .recv_until(|m| {
+            m["method"] == "rpc.event"
+                && m["params"]["event"] == "actions.changed"
+                && m["params"]["data"]["file"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with(name))
+        })
+        .await;
+    push["params"]["data"].clone()
+}
+
+/// The reload probe's `probe/version` answer on `client`.
+pub async fn identity(client: &mut Client) -> Value {
+    let reply = client.call("probe/version", json!({})).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    reply["result"].clone()
+}

@@ -66,7 +66,65 @@ pub struct Preflighted {
 
 /// Runs `switchboard check --json --in-place copy` in a child process
 /// (this same executable) under `timeout`; says what loaded there.
+///
+/// The child starts at low priority (see [`Priority::Background`]); one
+/// that has waited [`STARVED_GRACE`] for a CPU without finishing is
+/// killed and the check runs again at normal priority, so a reload
+/// waits for a saturated core a bounded time, never indefinitely.
 pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, PreflightError> {
+    match run_check(copy, timeout, Priority::Background)? {
+        Finished::Ran(report) => report,
+        Finished::Starved(waited) => {
+            tracing::info!(
+                file = %copy.display(),
+                waited_ms = waited.as_millis() as u64,
+                "the preflight waited for a CPU at low priority; checking again at normal priority"
+            );
+            match run_check(copy, timeout, Priority::Normal)? {
+                Finished::Ran(report) => report,
+                Finished::Starved(_) => Err(PreflightError::Hung(timeout)),
+            }
+        }
+    }
+}
+
+/// The priority a preflight child runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Nice [`BACKGROUND_NICE`]: on a saturated core the server's calls
+    /// come first; the first try of every check.
+    Background,
+    /// The server's own priority: the second try of a check that was
+    /// starved at [`Priority::Background`].
+    Normal,
+}
+
+impl Priority {
+    /// The nice value a child at this priority sets for itself.
+    fn nice(self) -> libc::c_int {
+        match self {
+            Priority::Background => BACKGROUND_NICE,
+            Priority::Normal => 0,
+        }
+    }
+}
+
+/// How one run of the child ended.
+enum Finished {
+    /// It ran to the end: what it reported.
+    Ran(Result<Preflighted, PreflightError>),
+    /// It was killed after waiting this long for a CPU at background
+    /// priority.
+    Starved(Duration),
+}
+
+/// One run of the check process at `priority`. `Err` only when it could
+/// not be started or waited for.
+fn run_check(
+    copy: &Path,
+    timeout: Duration,
+    priority: Priority,
+) -> Result<Finished, PreflightError> {
     let exe = this_executable()?;
     let mut command = Command::new(exe);
     command
@@ -78,7 +136,8 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, Prefligh
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env(PARENT_ENV, std::process::id().to_string());
+        .env(PARENT_ENV, std::process::id().to_string())
+        .env(NICE_ENV, priority.nice().to_string());
     let mut child = command
         .spawn()
         .map_err(|e| PreflightError::Broken(format!("cannot start the check process: {e}")))?;
@@ -93,12 +152,30 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, Prefligh
             Ok(None) if has_hung(child.id(), started.elapsed(), timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(PreflightError::Hung(timeout));
+                return Ok(Finished::Ran(Err(PreflightError::Hung(timeout))));
+            }
+            Ok(None) if priority == Priority::Background => {
+                let waited = waited_for_cpu(child.id());
+                if waited >= STARVED_GRACE {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(Finished::Starved(waited));
+                }
+                std::thread::sleep(POLL);
             }
             Ok(None) => std::thread::sleep(POLL),
             Err(e) => return Err(PreflightError::Broken(format!("waiting for it: {e}"))),
         }
     };
+    Ok(Finished::Ran(report_of(status, stdout, stderr)))
+}
+
+/// What a child that exited said, from its status and its pipes.
+fn report_of<O: Read, E: Read>(
+    status: std::process::ExitStatus,
+    stdout: Result<std::thread::JoinHandle<String>, Option<O>>,
+    stderr: Result<std::thread::JoinHandle<String>, Option<E>>,
+) -> Result<Preflighted, PreflightError> {
     let stdout = collected(stdout);
     let stderr = collected(stderr);
     if let Some(signal) = status.signal() {
@@ -146,30 +223,49 @@ fn has_hung(pid: u32, elapsed: Duration, timeout: Duration) -> bool {
     if elapsed < timeout {
         return false;
     }
-    let starved = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+    let starved = waited_for_cpu(pid);
+    elapsed.saturating_sub(starved) >= timeout || elapsed >= timeout * STARVED_LIMIT
+}
+
+/// How long process `pid` has been runnable but waiting for a CPU (the
+/// second field of Linux's `/proc/<pid>/schedstat`); zero where that is
+/// not known.
+fn waited_for_cpu(pid: u32) -> Duration {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
         .ok()
         .and_then(|stats| stats.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_nanos);
-    elapsed.saturating_sub(starved) >= timeout || elapsed >= timeout * STARVED_LIMIT
+        .map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 /// How many times its timeout a starved preflight child may take in all.
 const STARVED_LIMIT: u32 = 10;
 
-/// The nice value a preflight child runs at: a check of a new build is
-/// background work, and on a saturated core the server's calls come
-/// first. Measured on one core saturated by calls to an ordinary action,
-/// swapping a new build every 250 ms: the calls' p99 rose from 1.2 ms to
-/// 2.9-3.4 ms with the child at nice 0, and to 2.5 ms at nice 19 (2.2 ms
-/// with no preflight at all).
-const PREFLIGHT_NICE: libc::c_int = 19;
+/// The nice value of a check at [`Priority::Background`]: a check of a
+/// new build is background work, and on a saturated core the server's
+/// calls come first. Measured on one core saturated by calls to an
+/// ordinary action, swapping a new build every 250 ms: the calls' p99
+/// rose from 1.2 ms to 2.9-3.4 ms with the child at nice 0, and to 2.5 ms
+/// at nice 19 (2.2 ms with no preflight at all).
+const BACKGROUND_NICE: libc::c_int = 19;
+
+/// How long a check at [`Priority::Background`] may wait for a CPU
+/// before it is run again at [`Priority::Normal`]. At nice 19 a child
+/// gets about 1.5% of a core that one busy thread holds, less with
+/// more; without this bound a reload on a saturated server could wait
+/// for many seconds (measured: over 20 s with calls saturating the
+/// server's core).
+pub const STARVED_GRACE: Duration = Duration::from_millis(500);
+
+/// The environment variable that tells a preflight child the nice value
+/// to run at (see [`Priority`]).
+pub const NICE_ENV: &str = "SWITCHBOARD_PREFLIGHT_NICE";
 
 /// The environment variable that tells a preflight child its server's
 /// pid (see [`become_preflight_child`]).
 pub const PARENT_ENV: &str = "SWITCHBOARD_PREFLIGHT_PARENT";
 
-/// Called first thing in a preflight child: lowers its priority (see
-/// [`PREFLIGHT_NICE`]) and makes it die (SIGKILL) with the server thread
+/// Called first thing in a preflight child: sets its priority (the nice
+/// value in [`NICE_ENV`], see [`Priority`]) and makes it die (SIGKILL) with the server thread
 /// that started it, so a server killed mid-preflight leaves no check
 /// process behind (one stuck in a hanging constructor would spin
 /// forever). That thread waits for the child, so it outlives it
@@ -184,8 +280,14 @@ pub fn become_preflight_child() {
     };
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: a plain system call on this process.
-        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, PREFLIGHT_NICE) };
+        let nice = std::env::var(NICE_ENV)
+            .ok()
+            .and_then(|nice| nice.parse::<libc::c_int>().ok())
+            .unwrap_or(0);
+        if nice != 0 {
+            // SAFETY: a plain system call on this process.
+            let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        }
         // SAFETY: plain system calls on this process.
         let armed = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == 0;
         // The server may have gone before the prctl took effect.
