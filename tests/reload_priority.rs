@@ -20,13 +20,24 @@ const PROBE: &str = "libprobe.so";
 const BACKTRACE_MODES: [Option<&str>; 2] = [None, Some("1")];
 
 /// How many busy loops saturate the CPU: at nice 19 a check gets about
-/// 15/(4 x 1024 + 15) of it, under 0.4%, so its few milliseconds of
-/// work (far more in a debug build) cannot finish inside the 500 ms
-/// grace.
+/// 15/(4 x 1024 + 15) of it, under 0.4%, so the tens of milliseconds of
+/// CPU its constructor takes (see [`variant`]) cannot finish inside the
+/// 500 ms grace.
 const SPINNERS: usize = 4;
 
+/// The most the server may take to notice a starved check: the 500 ms
+/// grace plus its own polling, on a core it shares with the busy loops.
+/// Without the bound, checks waited over 20 s.
+const NOTICED_WITHIN_MS: u64 = 5_000;
+
+/// A build of the probe whose constructor computes for tens of
+/// milliseconds (`PROBE_CTOR=busy`), so a check of it needs the CPU
+/// for longer than a starved one gets in the grace.
 fn variant(version: &str) -> PathBuf {
-    probe_variant(version, &[("PROBE_VERSION", version)])
+    probe_variant(
+        version,
+        &[("PROBE_VERSION", version), ("PROBE_CTOR", "busy")],
+    )
 }
 
 /// The last CPU this process may run on (from `Cpus_allowed_list`).
@@ -45,17 +56,20 @@ struct Spinners(Vec<Child>);
 
 impl Spinners {
     fn on(cpu: &str) -> Spinners {
-        let spinners = (0..SPINNERS)
-            .map(|_| {
+        let mut spinners = Spinners(Vec::new());
+        for _ in 0..SPINNERS {
+            // Pushed one by one: if one cannot start, those that did are
+            // killed when `spinners` drops.
+            spinners.0.push(
                 Command::new("taskset")
                     .args(["-c", cpu, "bash", "-c"])
                     .arg("while [ $SECONDS -lt 60 ]; do :; done")
                     .stdin(Stdio::null())
                     .spawn()
-                    .expect("taskset and bash start")
-            })
-            .collect();
-        Spinners(spinners)
+                    .expect("taskset (util-linux) and bash start"),
+            );
+        }
+        spinners
     }
 }
 
@@ -88,6 +102,8 @@ async fn a_preflight_starved_on_a_saturated_core_runs_again_at_normal_priority_a
         let server = ServerConfig::default()
             .plugins(&[])
             .env("RUST_BACKTRACE", backtrace)
+            // The test reads the server's info-level log.
+            .env("RUST_LOG", Some("info"))
             .arg("--reload-debounce-ms")
             .arg("40")
             .plugin_file(PROBE, &v1)
@@ -115,6 +131,15 @@ async fn a_preflight_starved_on_a_saturated_core_runs_again_at_normal_priority_a
             ),
             "the check of the new build was never starved, so this test proved nothing; log:\n{log}"
         );
-        assert!(log.contains("waited_ms="), "{log}");
+        let waited_ms: u64 = log
+            .split("waited_ms=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|ms| ms.parse().ok())
+            .expect("the restart names how long the check waited");
+        assert!(
+            (500..NOTICED_WITHIN_MS).contains(&waited_ms),
+            "a starved check was noticed after {waited_ms} ms; log:\n{log}"
+        );
     }
 }

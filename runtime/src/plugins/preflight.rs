@@ -1,16 +1,21 @@
 //! The out-of-process preflight: before the server opens a plugin file,
-//! a child process (`switchboard check --json FILE`) opens it, runs the
-//! ABI handshake and reads the descriptor.
+//! a child process (`switchboard check --json --in-place FILE`) opens it,
+//! runs the ABI handshake and reads the descriptor.
 //!
 //! `dlopen` runs a file's constructors before any check can happen, so a
 //! file whose constructor crashes or hangs would take the server down
 //! while it was being "validated". In a child it takes down only the
 //! child: the server reports why and never opens the file.
+//!
+//! The child first runs at low priority, so on a saturated core the
+//! server's calls come first; one starved for [`STARVED_GRACE`] runs
+//! again at the server's priority.
 
 use std::io::Read;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// How often the child is polled while it runs.
@@ -67,10 +72,10 @@ pub struct Preflighted {
 /// Runs `switchboard check --json --in-place copy` in a child process
 /// (this same executable) under `timeout`; says what loaded there.
 ///
-/// The child starts at low priority (see [`Priority::Background`]); one
-/// that has waited [`STARVED_GRACE`] for a CPU without finishing is
-/// killed and the check runs again at normal priority, so a reload
-/// waits for a saturated core a bounded time, never indefinitely.
+/// The child starts at nice [`BACKGROUND_NICE`]; one that has been off
+/// the CPU for [`STARVED_GRACE`] without finishing is killed and the
+/// check runs again at the server's own priority, so a reload waits for
+/// a saturated core a bounded time, never indefinitely.
 pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, PreflightError> {
     match run_check(copy, timeout, Priority::Background)? {
         Finished::Ran(report) => report,
@@ -82,6 +87,7 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, Prefligh
             );
             match run_check(copy, timeout, Priority::Normal)? {
                 Finished::Ran(report) => report,
+                // Only a background run is ever judged starved.
                 Finished::Starved(_) => Err(PreflightError::Hung(timeout)),
             }
         }
@@ -90,17 +96,17 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, Prefligh
 
 /// The priority a preflight child runs at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    /// Nice [`BACKGROUND_NICE`]: on a saturated core the server's calls
-    /// come first; the first try of every check.
+enum Priority {
+    /// Nice [`BACKGROUND_NICE`]: the first try of every check.
     Background,
-    /// The server's own priority: the second try of a check that was
-    /// starved at [`Priority::Background`].
+    /// The server's own (inherited) priority: the second try of a check
+    /// that was starved in the background.
     Normal,
 }
 
 impl Priority {
-    /// The nice value a child at this priority sets for itself.
+    /// The nice value the child sets for itself; 0 means it keeps the
+    /// one it inherited.
     fn nice(self) -> libc::c_int {
         match self {
             Priority::Background => BACKGROUND_NICE,
@@ -113,8 +119,7 @@ impl Priority {
 enum Finished {
     /// It ran to the end: what it reported.
     Ran(Result<Preflighted, PreflightError>),
-    /// It was killed after waiting this long for a CPU at background
-    /// priority.
+    /// It was killed after being off the CPU this long in the background.
     Starved(Duration),
 }
 
@@ -137,47 +142,84 @@ fn run_check(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env(PARENT_ENV, std::process::id().to_string())
-        .env(NICE_ENV, priority.nice().to_string());
+        .env(NICE_ENV, priority.nice().to_string())
+        // A group of its own: whatever its constructors start goes with it.
+        .process_group(0);
     let mut child = command
         .spawn()
         .map_err(|e| PreflightError::Broken(format!("cannot start the check process: {e}")))?;
     // Drained on their own threads, so a chatty plugin cannot fill a pipe
     // and stall the child into a false "hang".
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
+    let (stdout, stderr) = match (drain(child.stdout.take()), drain(child.stderr.take())) {
+        (Ok(stdout), Ok(stderr)) => (stdout, stderr),
+        (Err(e), _) | (_, Err(e)) => {
+            end(&mut child);
+            return Err(PreflightError::Broken(format!(
+                "cannot start a thread to read its output: {e}"
+            )));
+        }
+    };
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if has_hung(child.id(), started.elapsed(), timeout) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok(Finished::Ran(Err(PreflightError::Hung(timeout))));
+            Ok(None) => {}
+            Err(e) => {
+                end(&mut child);
+                return Err(PreflightError::Broken(format!("waiting for it: {e}")));
             }
-            Ok(None) if priority == Priority::Background => {
-                let waited = waited_for_cpu(child.id());
-                if waited >= STARVED_GRACE {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Ok(Finished::Starved(waited));
-                }
-                std::thread::sleep(POLL);
-            }
-            Ok(None) => std::thread::sleep(POLL),
-            Err(e) => return Err(PreflightError::Broken(format!("waiting for it: {e}"))),
         }
+        let elapsed = started.elapsed();
+        if priority == Priority::Background && elapsed >= STARVED_GRACE {
+            let off_cpu = elapsed.saturating_sub(cpu_time(child.id()));
+            if off_cpu >= STARVED_GRACE {
+                match end(&mut child) {
+                    // It finished just before it was killed.
+                    Some(status) if status.signal().is_none() => break status,
+                    _ => return Ok(Finished::Starved(off_cpu)),
+                }
+            }
+        }
+        if has_hung(child.id(), elapsed, timeout) {
+            end(&mut child);
+            return Ok(Finished::Ran(Err(PreflightError::Hung(timeout))));
+        }
+        std::thread::sleep(POLL);
     };
-    Ok(Finished::Ran(report_of(status, stdout, stderr)))
+    kill_group(&child);
+    Ok(Finished::Ran(report_of(
+        status,
+        stdout.collect(),
+        stderr.collect(),
+    )))
+}
+
+/// Kills `child` and whatever is left in its process group, and reaps
+/// it; its exit status, if it could be read.
+fn end(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let _ = child.kill();
+    let status = child.wait().ok();
+    kill_group(child);
+    status
+}
+
+/// Kills what is left in `child`'s process group (processes its
+/// constructors started), so none outlives the check or holds its pipes.
+/// The group's number cannot be reused while any member lives.
+fn kill_group(child: &Child) {
+    if let Ok(group) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: a plain system call; a group with no members left is
+        // an error that is ignored.
+        let _ = unsafe { libc::kill(-group, libc::SIGKILL) };
+    }
 }
 
 /// What a child that exited said, from its status and its pipes.
-fn report_of<O: Read, E: Read>(
+fn report_of(
     status: std::process::ExitStatus,
-    stdout: Result<std::thread::JoinHandle<String>, Option<O>>,
-    stderr: Result<std::thread::JoinHandle<String>, Option<E>>,
+    stdout: String,
+    stderr: String,
 ) -> Result<Preflighted, PreflightError> {
-    let stdout = collected(stdout);
-    let stderr = collected(stderr);
     if let Some(signal) = status.signal() {
         return Err(PreflightError::Crashed(signal));
     }
@@ -215,49 +257,55 @@ fn report_of<O: Read, E: Read>(
     ))
 }
 
-/// Whether a preflight child running for `elapsed` is past `timeout`. The
-/// child runs at low priority, so on a busy core it may wait long for a
-/// CPU: time it spent runnable but waiting does not count (Linux
-/// `/proc/<pid>/schedstat`), up to [`STARVED_LIMIT`] times the timeout.
+/// Whether a preflight child running for `elapsed` is past `timeout`.
+/// On a busy core a child may wait long for a CPU: time it spent
+/// runnable but waiting does not count (Linux `/proc/<pid>/schedstat`,
+/// which adds a wait when it ends), up to [`STARVED_LIMIT`] times the
+/// timeout.
 fn has_hung(pid: u32, elapsed: Duration, timeout: Duration) -> bool {
     if elapsed < timeout {
         return false;
     }
-    let starved = waited_for_cpu(pid);
-    elapsed.saturating_sub(starved) >= timeout || elapsed >= timeout * STARVED_LIMIT
+    let waited = schedstat(pid, 1).unwrap_or(Duration::ZERO);
+    elapsed.saturating_sub(waited) >= timeout || elapsed >= timeout * STARVED_LIMIT
 }
 
-/// How long process `pid` has been runnable but waiting for a CPU (the
-/// second field of Linux's `/proc/<pid>/schedstat`); zero where that is
-/// not known.
-fn waited_for_cpu(pid: u32) -> Duration {
+/// The CPU time process `pid` has had (zero where that is not known, so
+/// a child whose CPU time cannot be read counts as starved once it has
+/// run [`STARVED_GRACE`]).
+fn cpu_time(pid: u32) -> Duration {
+    schedstat(pid, 0).unwrap_or(Duration::ZERO)
+}
+
+/// Field `n` of Linux's `/proc/<pid>/schedstat`: 0 is the time spent on
+/// a CPU, 1 the time spent runnable but waiting for one.
+fn schedstat(pid: u32, n: usize) -> Option<Duration> {
     std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
         .ok()
-        .and_then(|stats| stats.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_nanos)
+        .and_then(|stats| stats.split_whitespace().nth(n)?.parse::<u64>().ok())
+        .map(Duration::from_nanos)
 }
 
 /// How many times its timeout a starved preflight child may take in all.
 const STARVED_LIMIT: u32 = 10;
 
-/// The nice value of a check at [`Priority::Background`]: a check of a
-/// new build is background work, and on a saturated core the server's
+/// The nice value of a check's first run: a check of a new build is background work, and on a saturated core the server's
 /// calls come first. Measured on one core saturated by calls to an
 /// ordinary action, swapping a new build every 250 ms: the calls' p99
 /// rose from 1.2 ms to 2.9-3.4 ms with the child at nice 0, and to 2.5 ms
 /// at nice 19 (2.2 ms with no preflight at all).
 const BACKGROUND_NICE: libc::c_int = 19;
 
-/// How long a check at [`Priority::Background`] may wait for a CPU
-/// before it is run again at [`Priority::Normal`]. At nice 19 a child
-/// gets about 1.5% of a core that one busy thread holds, less with
-/// more; without this bound a reload on a saturated server could wait
-/// for many seconds (measured: over 20 s with calls saturating the
-/// server's core).
+/// How long a check at nice [`BACKGROUND_NICE`] may be off the CPU
+/// (its lifetime less its CPU time) before it is run again at the
+/// server's priority. At nice 19 a child gets about 1.5% of a core that
+/// one busy thread holds, and that share divided among more; without
+/// this bound a reload on a saturated server could wait for many seconds
+/// (measured: over 20 s with calls saturating the server's core).
 pub const STARVED_GRACE: Duration = Duration::from_millis(500);
 
 /// The environment variable that tells a preflight child the nice value
-/// to run at (see [`Priority`]).
+/// to run at (0: keep the inherited one).
 pub const NICE_ENV: &str = "SWITCHBOARD_PREFLIGHT_NICE";
 
 /// The environment variable that tells a preflight child its server's
@@ -265,7 +313,7 @@ pub const NICE_ENV: &str = "SWITCHBOARD_PREFLIGHT_NICE";
 pub const PARENT_ENV: &str = "SWITCHBOARD_PREFLIGHT_PARENT";
 
 /// Called first thing in a preflight child: sets its priority (the nice
-/// value in [`NICE_ENV`], see [`Priority`]) and makes it die (SIGKILL) with the server thread
+/// value in [`NICE_ENV`]) and makes it die (SIGKILL) with the server thread
 /// that started it, so a server killed mid-preflight leaves no check
 /// process behind (one stuck in a hanging constructor would spin
 /// forever). That thread waits for the child, so it outlives it
@@ -310,36 +358,52 @@ fn this_executable() -> Result<std::path::PathBuf, PreflightError> {
         .map_err(|e| PreflightError::Broken(format!("cannot find this executable: {e}")))
 }
 
-/// Reads a pipe to its end on a thread of its own; `Err` (the pipe back)
-/// when no thread can be started.
-fn drain<R: Read + Send + 'static>(
-    pipe: Option<R>,
-) -> Result<std::thread::JoinHandle<String>, Option<R>> {
-    let shared = std::sync::Arc::new(std::sync::Mutex::new(pipe));
-    let reader = std::sync::Arc::clone(&shared);
-    let spawned = std::thread::Builder::new()
-        .name("preflight-pipe".into())
-        .spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = reader.lock().ok().and_then(|mut p| p.take()) {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        });
-    spawned.map_err(|_| shared.lock().ok().and_then(|mut p| p.take()))
+/// How long, once the child has exited, its pipes are read for what is
+/// left in them (a process it started and let escape its group may hold
+/// them open for ever).
+const PIPE_GRACE: Duration = Duration::from_secs(1);
+
+/// A pipe being read to its end on a thread of its own.
+struct Drained {
+    /// What has been read so far.
+    text: Arc<Mutex<Vec<u8>>>,
+    /// Closed when the thread has read the pipe to its end.
+    done: mpsc::Receiver<()>,
 }
 
-/// What a drained pipe said: from its thread, or read now.
-fn collected<R: Read>(drained: Result<std::thread::JoinHandle<String>, Option<R>>) -> String {
-    match drained {
-        Ok(thread) => thread.join().unwrap_or_default(),
-        Err(pipe) => {
-            let mut text = String::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_string(&mut text);
+/// Starts a thread that reads `pipe` to its end.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::io::Result<Drained> {
+    let text = Arc::new(Mutex::new(Vec::new()));
+    let (done_tx, done) = mpsc::channel::<()>();
+    let into = Arc::clone(&text);
+    std::thread::Builder::new()
+        .name("preflight-pipe".into())
+        .spawn(move || {
+            let _done = done_tx;
+            let Some(mut pipe) = pipe else { return };
+            let mut chunk = [0u8; 4096];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Ok(mut text) = into.lock() {
+                            text.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
             }
-            text
-        }
+        })?;
+    Ok(Drained { text, done })
+}
+
+impl Drained {
+    /// What the pipe said: all of it, or what came within [`PIPE_GRACE`].
+    fn collect(self) -> String {
+        let _ = self.done.recv_timeout(PIPE_GRACE);
+        let text = self.text.lock().map(|t| t.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&text).into_owned()
     }
 }
 
@@ -367,6 +431,7 @@ fn signal_name(signal: i32) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -382,5 +447,44 @@ mod tests {
         // starved limit it is one whatever the stats say.
         assert!(has_hung(me, second * 3600, second));
         assert!(has_hung(me, second * STARVED_LIMIT, second));
+    }
+
+    #[test]
+    fn cpu_time_is_read_and_an_unknown_one_is_zero() {
+        // This process has run; a pid that cannot exist has no stats.
+        assert!(cpu_time(std::process::id()) > Duration::ZERO);
+        assert_eq!(cpu_time(u32::MAX), Duration::ZERO);
+    }
+
+    /// A pipe that says `text` and then stays open until `open` is
+    /// dropped, like one a process started by a constructor holds.
+    struct HeldOpen {
+        text: Option<&'static [u8]>,
+        open: mpsc::Receiver<()>,
+    }
+
+    impl Read for HeldOpen {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if let Some(text) = self.text.take() {
+                buf[..text.len()].copy_from_slice(text);
+                return Ok(text.len());
+            }
+            let _ = self.open.recv();
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_pipe_held_open_gives_what_it_said_within_the_grace() {
+        let (keep_open, open) = mpsc::channel();
+        let drained = drain(Some(HeldOpen {
+            text: Some(b"switchboard-preflight-report: {}"),
+            open,
+        }))
+        .unwrap();
+        let started = Instant::now();
+        assert_eq!(drained.collect(), "switchboard-preflight-report: {}");
+        assert!(started.elapsed() >= PIPE_GRACE);
+        drop(keep_open);
     }
 }

@@ -2,8 +2,9 @@
 //! by environment variables (cargo rebuilds it when they change):
 //!
 //! - `PROBE_VERSION` (default `v1`): what `probe/version` reports.
-//! - `PROBE_CTOR=segv|hang`: a library constructor that crashes or hangs
-//!   (it runs on `dlopen`, before any check).
+//! - `PROBE_CTOR=segv|hang|busy`: a library constructor that crashes,
+//!   hangs, or computes for tens of milliseconds (it runs on `dlopen`,
+//!   before any check).
 //! - `PROBE_INIT=panic`: the plugin function panics (the entry fails);
 //!   `PROBE_INIT=print`: it prints to stdout (as plugins in development do).
 //! - `PROBE_RESTORE=refuse`: its restore hook refuses a predecessor's state.
@@ -413,6 +414,16 @@ extern "C" fn constructor() {
         Some("hang") => loop {
             std::thread::sleep(Duration::from_secs(1));
         },
+        Some("busy") => {
+            // About 50 ms of CPU in a release build, more in a debug one.
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            for _ in 0..50_000_000u32 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x = std::hint::black_box(x);
+            }
+        }
         _ => {}
     }
 }
