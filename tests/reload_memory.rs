@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use switchboard_tests::{Client, Server, ServerConfig, WAIT, control, probe_variant};
+use switchboard_tests::{Client, Server, ServerConfig, WAIT, control, probe_variant, wait_changed};
 
 /// The probe's file name in the actions folder.
 const PROBE: &str = "libprobe.so";
@@ -62,16 +62,9 @@ fn start(backtrace: Option<&str>, probe: &Path) -> Server {
 /// that says a new generation of it serves; returns that generation.
 async fn swap(server: &Server, control: &mut Client, from: &Path) -> u64 {
     server.install(PROBE, from);
-    let (push, _) = control
-        .recv_until(|m| {
-            m["method"] == "rpc.event"
-                && m["params"]["event"] == "actions.changed"
-                && m["params"]["data"]["file"]
-                    .as_str()
-                    .is_some_and(|f| f.ends_with(PROBE))
-        })
-        .await;
-    push["params"]["data"]["generation"].as_u64().unwrap()
+    wait_changed(control, PROBE).await["generation"]
+        .as_u64()
+        .unwrap()
 }
 
 fn serving_generation(server: &Server) -> u64 {
