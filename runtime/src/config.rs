@@ -97,6 +97,10 @@ pub struct Config {
     /// (no secret, public key or JWKS), `serve` makes a secret up for the
     /// run and prints a development token.
     pub jwt_secret: Option<Secret>,
+    /// A file holding the HS256 secret (surrounding whitespace ignored):
+    /// keeps it off the command line, where every local user can read it
+    /// in `/proc/<pid>/cmdline`. Not with `jwt_secret`.
+    pub jwt_secret_file: Option<PathBuf>,
     /// PEM file with an RSA or EC (P-256) public key: accepts RS256 or
     /// ES256 tokens signed with the matching private key.
     pub jwt_public_key: Option<PathBuf>,
@@ -109,6 +113,10 @@ pub struct Config {
     pub jwt_audience: Option<String>,
     /// Seconds of clock skew tolerated on `exp` and `nbf`. Default 5.
     pub jwt_leeway_secs: u64,
+    /// The furthest in the future a token's `exp` may be, in seconds;
+    /// tokens valid for longer are refused. 0 allows any. Default 2592000
+    /// (30 days).
+    pub jwt_max_lifetime_secs: u64,
     /// The authenticators tried in order: `"jwt"`, `"plugin"`, or both.
     /// The first that accepts signs the connection in. Default `["jwt"]`.
     pub auth_chain: Vec<AuthStep>,
@@ -127,8 +135,18 @@ pub struct Config {
     /// `Origin` header (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
     /// Most open WebSocket connections; past it upgrades get HTTP 503.
-    /// Default 50000.
-    pub max_connections: usize,
+    /// Default: what the process's open-file limit allows, less headroom
+    /// for everything else the server opens (see [`crate::limits`]); a
+    /// larger setting is lowered to that, with a warning.
+    pub max_connections: Option<usize>,
+    /// Most open connections that have not signed in (no token on the
+    /// upgrade, no `rpc.auth` yet); past it anonymous upgrades get HTTP
+    /// 503, so they can never crowd out signed-in users. Default: a
+    /// quarter of `max_connections`.
+    pub max_anonymous_connections: Option<usize>,
+    /// Most connections that have not signed in from one address (IPv6:
+    /// one /64). Default 32.
+    pub max_anonymous_per_address: usize,
     /// PEM certificate chain for TLS (wss://); needs `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS; needs `tls_cert`.
@@ -139,6 +157,19 @@ pub struct Config {
     /// Most rooms one connection may be in at once (client joins); past it
     /// `rpc.join` answers -32006. Default 100.
     pub max_rooms_per_connection: usize,
+    /// Most rooms in memory at once in the whole server; rooms with no
+    /// members (kept only for their history) are dropped first to make
+    /// room, and past it creating a room is refused with -32006. Default
+    /// 100000.
+    pub max_rooms: usize,
+    /// Bytes of room history kept in the whole server. Past it, the
+    /// history of rooms with no members goes first, then the publishing
+    /// room's oldest messages. Default 64 MiB.
+    pub max_history_bytes: usize,
+    /// Most rooms one connection may bring into existence per minute
+    /// (joins, client or server-side, of a room that does not exist yet);
+    /// past it `rpc.join` answers -32004. Default 100.
+    pub max_room_creations_per_minute: u32,
     /// Deadline for an action that sets none itself, in milliseconds.
     /// Default 30000.
     pub call_timeout_ms: u64,
@@ -155,6 +186,10 @@ pub struct Config {
     pub max_inflight_per_connection: usize,
     /// Frames queued for one connection's writer. Default 1024.
     pub outbound_queue: usize,
+    /// Bytes queued for one connection's writer; a push past it closes
+    /// the connection with 4008 (a slow consumer). A single frame larger
+    /// than this still goes through an empty queue. Default 1 MiB.
+    pub outbound_queue_bytes: usize,
     /// How long writing to a client may stall before the connection is
     /// dropped (a client that stopped reading), in milliseconds. Default
     /// 10000.
@@ -183,6 +218,11 @@ pub struct Config {
     /// server kept into it faults at once instead of landing in whatever
     /// is mapped there next. Costs address space, not memory. Default false.
     pub reload_protect_retired: bool,
+    /// Load plugins even from an actions folder (or shadow folder) that
+    /// others could write to, or files owned by another user, or symlinks
+    /// that leave the folder: each is then only warned about. Default
+    /// false: such folders and files are refused.
+    pub allow_unsafe_plugin_folder: bool,
 }
 
 impl Default for Config {
@@ -191,27 +231,35 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
             actions: PathBuf::from("actions"),
             jwt_secret: None,
+            jwt_secret_file: None,
             jwt_public_key: None,
             jwks_file: None,
             jwt_issuer: None,
             jwt_audience: None,
             jwt_leeway_secs: 5,
+            jwt_max_lifetime_secs: 30 * 24 * 3600,
             auth_chain: vec![AuthStep::Jwt],
             auth_plugin: None,
             auth_timeout_ms: 10_000,
             jti_cache_max: 1_000_000,
             allowed_origins: Vec::new(),
-            max_connections: 50_000,
+            max_connections: None,
+            max_anonymous_connections: None,
+            max_anonymous_per_address: 32,
             tls_cert: None,
             tls_key: None,
             rooms: Vec::new(),
             max_rooms_per_connection: 100,
+            max_rooms: 100_000,
+            max_history_bytes: 64 << 20,
+            max_room_creations_per_minute: 100,
             call_timeout_ms: 30_000,
             max_message_bytes: 1 << 20,
             max_batch: 100,
             max_inflight_calls: 1024,
             max_inflight_per_connection: 128,
             outbound_queue: 1024,
+            outbound_queue_bytes: 1 << 20,
             write_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
             shadow_dir: None,
@@ -220,6 +268,7 @@ impl Default for Config {
             max_generations: 64,
             preflight_timeout_ms: 10_000,
             reload_protect_retired: false,
+            allow_unsafe_plugin_folder: false,
         }
     }
 }
@@ -249,6 +298,13 @@ impl Config {
                 self.max_inflight_per_connection,
             ),
             ("outbound_queue", self.outbound_queue),
+            ("outbound_queue_bytes", self.outbound_queue_bytes),
+            ("max_rooms", self.max_rooms),
+            (
+                "max_room_creations_per_minute",
+                self.max_room_creations_per_minute as usize,
+            ),
+            ("max_anonymous_per_address", self.max_anonymous_per_address),
             ("write_timeout_ms", self.write_timeout_ms as usize),
             ("max_generations", self.max_generations),
             ("preflight_timeout_ms", self.preflight_timeout_ms as usize),
@@ -271,6 +327,18 @@ impl Config {
                 reason: "must be at least 16 bytes long".into(),
             });
         }
+        if self.jwt_secret.is_some() && self.jwt_secret_file.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "jwt_secret_file",
+                reason: "set jwt_secret or jwt_secret_file, not both".into(),
+            });
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::Invalid {
+                field: "max_connections",
+                reason: "must be greater than 0".into(),
+            });
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid {
                 field: "tls_cert",
@@ -286,9 +354,48 @@ impl Config {
         Ok(())
     }
 
+    /// Reads `jwt_secret_file` into `jwt_secret` (leading and trailing
+    /// whitespace, such as the newline an editor adds, is not part of it).
+    /// Returns a warning to log when users other than the owner can read
+    /// the file.
+    pub fn read_secret_file(&mut self) -> Result<Option<String>, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(path) = self.jwt_secret_file.take() else {
+            return Ok(None);
+        };
+        let read_error = |source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        };
+        let text = std::fs::read_to_string(&path).map_err(read_error)?;
+        let mode = std::fs::metadata(&path).map_err(read_error)?.permissions().mode();
+        let secret = text.trim();
+        if secret.len() < 16 {
+            return Err(ConfigError::Invalid {
+                field: "jwt_secret_file",
+                reason: format!(
+                    "{} holds {} bytes; a secret must be at least 16 bytes long",
+                    path.display(),
+                    secret.len()
+                ),
+            });
+        }
+        self.jwt_secret = Some(Secret::new(secret));
+        Ok((mode & 0o077 != 0).then(|| {
+            format!(
+                "the JWT secret file {} can be read by other users (mode {:04o}); chmod 600 it",
+                path.display(),
+                mode & 0o7777
+            )
+        }))
+    }
+
     /// Whether any JWT verification key is configured.
     pub fn has_jwt_keys(&self) -> bool {
-        self.jwt_secret.is_some() || self.jwt_public_key.is_some() || self.jwks_file.is_some()
+        self.jwt_secret.is_some()
+            || self.jwt_secret_file.is_some()
+            || self.jwt_public_key.is_some()
+            || self.jwks_file.is_some()
     }
 
     /// [`Config::auth_timeout_ms`] as a duration; `None` when disabled.

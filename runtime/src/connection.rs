@@ -9,9 +9,9 @@
 //! reading, lets its running calls finish and answers them (within the
 //! grace period), then sends Close 1001.
 
-use crate::auth::now_secs;
+use crate::auth::{ends_at_ms, now_millis, now_secs};
 use crate::dispatch::{Dispatched, dispatch};
-use crate::hub::{ConnHandle, Outgoing, outgoing};
+use crate::hub::{ConnFlow, ConnHandle, Outgoing, outgoing};
 use crate::lifecycle;
 use crate::protocol::{self, Envelope, Frame, Refusal};
 use crate::rpc_error::{ErrorCode, RpcError};
@@ -29,6 +29,7 @@ use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -36,11 +37,34 @@ use tracing::Instrument;
 /// Most frames written before a flush is forced.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 
+/// The reason sent with Close 4008.
+const SLOW_CONSUMER: &str = "slow consumer: outbound queue overflowed";
+
 /// How long before a sign-in ends the client is warned (`token.expiring`).
 const EXPIRY_WARNING: Duration = Duration::from_secs(30);
 
 /// The longest the timer is set for (a year); a later expiry re-arms then.
 const MAX_TIMER_SECS: u64 = 365 * 24 * 3600;
+
+/// Whether a read error is the client breaking the WebSocket protocol
+/// (RFC 6455: unmasked frames, reserved bits or opcodes, bad
+/// fragmentation), which is answered with Close 1002 before the connection
+/// ends; other errors (a reset, an I/O failure) leave nothing to answer.
+fn is_peer_violation(error: &ProtocolError) -> bool {
+    matches!(
+        error,
+        ProtocolError::NonZeroReservedBits
+            | ProtocolError::UnmaskedFrameFromClient
+            | ProtocolError::FragmentedControlFrame
+            | ProtocolError::ControlFrameTooBig
+            | ProtocolError::UnknownControlFrameType(_)
+            | ProtocolError::UnknownDataFrameType(_)
+            | ProtocolError::UnexpectedContinueFrame
+            | ProtocolError::ExpectedFragment(_)
+            | ProtocolError::InvalidOpcode(_)
+            | ProtocolError::InvalidCloseSequence
+    )
+}
 
 /// How a connection ended.
 #[derive(Debug)]
@@ -109,6 +133,7 @@ impl Outbound {
     ) -> Outbound {
         let (tx, rx) = mpsc::channel(state.config.outbound_queue);
         let handle = ConnHandle {
+            flow: Arc::new(ConnFlow::new(state.config.max_room_creations_per_minute)),
             conn_id,
             user,
             tx,
@@ -132,6 +157,8 @@ struct Connection<S> {
     replies_rx: mpsc::Receiver<Outgoing>,
     /// Cancelled by a push that found the queue full: close with 4008.
     kick: CancellationToken,
+    /// The queue's byte count, shared with those who push.
+    flow: Arc<ConnFlow>,
     /// Frames written since the last flush.
     unflushed: usize,
     write_timeout: Duration,
@@ -168,6 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         } = outbound;
         let replies_tx = handle.tx.clone();
         let kick = handle.kick.clone();
+        let flow = Arc::clone(&handle.flow);
         session.handle = Some(handle);
         let mut connection = Connection {
             ws,
@@ -176,6 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             replies_tx: Some(replies_tx),
             replies_rx,
             kick,
+            flow,
             unflushed: 0,
             write_timeout,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
@@ -199,21 +228,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .auth_timeout()
                 .map(|limit| (self.connected_at + limit, Timer::AuthTimeout)),
             Some(identity) => identity.expires_at.map(|exp| {
-                let now = now_secs();
-                // Capped, so an absurd expiry cannot overflow the clock; the
-                // close is armed a second past `exp + leeway`, when the
-                // whole-second expiry check is sure to agree.
-                let until = |secs: u64| {
-                    let wait = Duration::from_secs(secs.saturating_sub(now).min(MAX_TIMER_SECS));
+                let now = now_millis();
+                // Capped, so an absurd expiry cannot overflow the clock. The
+                // close is armed for `exp + leeway` to the millisecond, the
+                // moment calls start being refused.
+                let until = |ms: u64| {
+                    let wait =
+                        Duration::from_millis(ms.saturating_sub(now).min(MAX_TIMER_SECS * 1000));
                     Instant::now()
                         .checked_add(wait)
                         .unwrap_or_else(Instant::now)
                 };
-                let close_at = until(
-                    exp.saturating_add(self.state.auth.leeway())
-                        .saturating_add(1),
-                );
-                let warn_at = until(exp)
+                let close_at = until(ends_at_ms(exp, self.state.auth.leeway()));
+                let warn_at = until(ends_at_ms(exp, 0))
                     .checked_sub(EXPIRY_WARNING)
                     .unwrap_or_else(Instant::now);
                 if self.warned_sign_in != self.session.sign_ins && warn_at < close_at {
@@ -258,7 +285,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 if self
                     .session
                     .identity()
-                    .is_some_and(|i| i.expired_at(now_secs(), self.state.auth.leeway())) =>
+                    .is_some_and(|i| i.expired_at(now_millis(), self.state.auth.leeway())) =>
             {
                 tracing::info!("closing: the token expired and was not refreshed");
                 Next::Close(
@@ -288,7 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => Next::Shutdown,
-                    () = self.kick.cancelled() => Next::Close(CloseCode::from(4008), "slow consumer: outbound queue overflowed"),
+                    () = self.kick.cancelled() => Next::Close(CloseCode::from(4008), SLOW_CONSUMER),
                     Some(first) = self.replies_rx.recv() => self.write_burst(first).await,
                     incoming = self.ws.next() => self.on_incoming(incoming).await,
                     () = &mut self.timer, if self.timer_for.is_some() => self.on_timer().await,
@@ -343,7 +370,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     async fn flush(&mut self) -> Next {
         self.unflushed = 0;
-        match timeout(self.write_timeout, self.ws.flush()).await {
+        let flush = timeout(self.write_timeout, self.ws.flush());
+        let outcome = tokio::select! {
+            biased;
+            outcome = flush => outcome,
+            () = self.kick.cancelled() => return Next::Close(CloseCode::from(4008), SLOW_CONSUMER),
+        };
+        match outcome {
             Ok(Ok(())) => Next::Continue,
             Ok(Err(e)) => {
                 tracing::debug!("write failed: {e}");
@@ -354,6 +387,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     fn stalled(&self) -> Next {
+        self.state.hub.count_stalled_write();
         tracing::info!(
             "dropping the connection: the client stopped reading (a write stalled for {} ms)",
             self.write_timeout.as_millis()
@@ -371,10 +405,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Buffers `first` and whatever else is queued; the flush comes later.
     async fn write_burst(&mut self, first: Outgoing) -> Next {
-        let mut next = self.write(Arc::unwrap_or_clone(first)).await;
+        let first = self.dequeued(first);
+        let mut next = self.write(first).await;
         while matches!(next, Next::Continue) && self.unflushed < MAX_FRAMES_PER_FLUSH {
             match self.replies_rx.try_recv() {
-                Ok(reply) => next = self.write(Arc::unwrap_or_clone(reply)).await,
+                Ok(reply) => {
+                    let reply = self.dequeued(reply);
+                    next = self.write(reply).await;
+                }
                 Err(_) => break,
             }
         }
@@ -386,8 +424,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// message of that room that was queued before it.
     async fn write_ready(&mut self, reply: impl Into<Utf8Bytes>) -> Next {
         while let Ok(queued) = self.replies_rx.try_recv() {
+            let queued = self.dequeued(queued);
             if let next @ (Next::Stop(_) | Next::Close(..) | Next::Shutdown) =
-                self.write(Arc::unwrap_or_clone(queued)).await
+                self.write(queued).await
             {
                 return next;
             }
@@ -395,16 +434,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.write(reply).await
     }
 
+    /// A frame taken off the queue: its bytes no longer count against the
+    /// queue's bound.
+    fn dequeued(&self, frame: Outgoing) -> Utf8Bytes {
+        self.flow.release(frame.len());
+        Arc::unwrap_or_clone(frame)
+    }
+
+    /// Drops every frame still queued (the connection is closing), so a
+    /// slow consumer's backlog is freed at once rather than when its close
+    /// handshake ends.
+    fn drop_queued(&mut self) {
+        while let Ok(frame) = self.replies_rx.try_recv() {
+            self.flow.release(frame.len());
+        }
+    }
+
     /// Buffers one frame for the next flush (tungstenite writes through
-    /// when its buffer fills, which is where a stalled client shows).
+    /// when its buffer fills, which is where a stalled client shows). A
+    /// kick (the queue overflowed meanwhile) ends a stalled write at once.
     async fn write(&mut self, reply: impl Into<Utf8Bytes>) -> Next {
         self.unflushed += 1;
-        match timeout(
+        let feed = timeout(
             self.write_timeout,
             self.ws.feed(Message::Text(reply.into())),
-        )
-        .await
-        {
+        );
+        let outcome = tokio::select! {
+            biased;
+            outcome = feed => outcome,
+            () = self.kick.cancelled() => return Next::Close(CloseCode::from(4008), SLOW_CONSUMER),
+        };
+        match outcome {
             Ok(Ok(())) => Next::Continue,
             Ok(Err(e)) => {
                 tracing::debug!("write failed: {e}");
@@ -437,6 +497,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Some(Err(WsError::Capacity(e))) => {
                 tracing::info!("closing: {e}");
                 Next::Close(CloseCode::Size, "message too large")
+            }
+            Some(Err(WsError::Utf8(e))) => {
+                tracing::info!("closing: a text frame is not valid UTF-8 ({e})");
+                Next::Close(CloseCode::Invalid, "text frame is not valid UTF-8")
+            }
+            Some(Err(WsError::Protocol(e))) if is_peer_violation(&e) => {
+                tracing::info!("closing: WebSocket protocol error: {e}");
+                Next::Close(CloseCode::Protocol, "WebSocket protocol error")
             }
             Some(Err(e)) => {
                 tracing::debug!("read failed: {e}");
@@ -545,11 +613,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let Some(replies) = self.replies_tx.clone() else {
             return Next::Continue;
         };
+        let flow = Arc::clone(&self.flow);
         tokio::spawn(
             async move {
                 for reply in call.await {
+                    // Counted, so pushes see the queue's true size; a reply
+                    // itself waits for a free slot rather than overflowing.
+                    let len = reply.len();
+                    flow.add(len);
                     // The receiver is gone only when the connection has ended.
-                    let _ = replies.send(outgoing(reply)).await;
+                    if replies.send(outgoing(reply)).await.is_err() {
+                        flow.release(len);
+                    }
                 }
             }
             .in_current_span(),
@@ -587,6 +662,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     async fn close(&mut self, code: CloseCode, reason: &'static str) {
+        self.replies_rx.close();
+        self.drop_queued();
         let frame = CloseFrame {
             code,
             reason: reason.into(),

@@ -25,10 +25,10 @@ const MAX_QUOTED: usize = 200;
 pub fn admit(headers: &HeaderMap, state: &ServerState) -> Result<(), Box<Response<Body>>> {
     check_origin(headers, &state.config.allowed_origins)?;
     let open = state.connections();
-    if open >= state.config.max_connections {
+    if open >= state.limits.max_connections {
         tracing::debug!(
             open,
-            max_connections = state.config.max_connections,
+            max_connections = state.limits.max_connections,
             "upgrade refused: connection limit reached"
         );
         return Err(Box::new(at_capacity()));
@@ -43,6 +43,16 @@ pub fn at_capacity() -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE,
         "the server has reached its connection limit; retry in a moment\n",
     );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// The 503 for an upgrade without a token when the connections that have
+/// not signed in are at their bound (in all, or from this address).
+pub fn anonymous_full(full: &crate::anonymous::SlotsFull) -> Response<Body> {
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("{full}\n"));
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -1,7 +1,7 @@
 //! The HTTP side of the one port: routes (`/ws`, `/healthz`, `/status`)
 //! and the WebSocket upgrade, including the token check on the handshake.
 
-use crate::auth::Handshake;
+use crate::auth::{Handshake, TokenError};
 use crate::config::AuthStep;
 use crate::connection::{self, Outbound};
 use crate::lifecycle;
@@ -106,12 +106,16 @@ impl Routes {
             query: req.uri().query().map(str::to_owned),
             remote_addr: self.remote.map(|a| a.to_string()).unwrap_or_default(),
         });
-        let token = bearer_token(headers).or_else(|| query_token(req.uri().query()));
-        let verdict = self
-            .state
-            .auth
-            .authenticate(token, &handshake, conn_id, &self.state.registry)
-            .await;
+        let verdict = match bearer_token(headers) {
+            Ok(header_token) => {
+                let token = header_token.or_else(|| query_token(req.uri().query()));
+                self.state
+                    .auth
+                    .authenticate(token, &handshake, conn_id, &self.state.registry)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let identity = match verdict {
             Ok(identity) => identity,
             Err(e) => {
@@ -132,6 +136,16 @@ impl Routes {
                     body,
                 ));
             }
+        };
+        let anonymous = match identity {
+            Some(_) => None,
+            None => match self.state.anonymous.take(self.remote.map(|a| a.ip())) {
+                Ok(slot) => Some(slot),
+                Err(full) => {
+                    tracing::debug!(conn = conn_id, "upgrade refused: {full}");
+                    return refused_handshake(crate::handshake::anonymous_full(&full));
+                }
+            },
         };
         let accept = derive_accept_key(key.as_bytes());
         let outbound = Outbound::open(
@@ -184,6 +198,7 @@ impl Routes {
             let session = Session::new(
                 conn_id,
                 identity,
+                anonymous,
                 handshake,
                 state.config.max_inflight_per_connection,
                 state.auth.leeway(),
@@ -279,20 +294,50 @@ fn check_upgrade(headers: &HeaderMap) -> Result<String, Box<Response<Body>>> {
         );
         return Err(Box::new(response));
     }
-    headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .ok_or_else(|| Box::new(text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n")))
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "send exactly one Sec-WebSocket-Key header\n",
+        )));
+    };
+    match key.to_str() {
+        Ok(key) if is_valid_key(key) => Ok(key.to_owned()),
+        _ => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "invalid Sec-WebSocket-Key: it must be 16 random bytes in base64 (24 characters)\n",
+        ))),
+    }
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+/// RFC 6455 section 4.1: the key is a random 16-byte value, base64-encoded.
+fn is_valid_key(key: &str) -> bool {
+    use base64::Engine;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|bytes| bytes.len() == 16)
+}
+
+/// The token of an `Authorization: Bearer <token>` header; `Ok(None)`
+/// without the header. Any other `Authorization` (another scheme, no
+/// token, several headers) is refused rather than ignored: a client that
+/// sent credentials must never end up anonymous without being told.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, TokenError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let token = match (values.next(), value.to_str()) {
+        (None, Ok(value)) => value.split_once(' ').and_then(|(scheme, token)| {
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim())
+                .filter(|t| !t.is_empty())
+        }),
+        _ => None,
+    };
+    token.map(Some).ok_or(TokenError::BadAuthorizationHeader)
 }
 
 /// The `token` query parameter. JWTs use only URL-safe characters, so no

@@ -1,14 +1,17 @@
 //! [`Hub`]: every open connection's outbound queue, by connection id and
 //! by user, so that pushes (room messages, sends from actions) reach them.
 //!
-//! A push never waits: it is a `try_send` into the connection's bounded
-//! queue, and a connection whose queue is full is a slow consumer: it is
-//! told to close with 4008 and counted, so one client that does not read
-//! never grows the server's memory. Frames are [`Outgoing`], reference-
-//! counted: a message for a thousand connections is serialized once.
+//! A push never waits: it is a `try_send` into the connection's queue,
+//! which is bounded in frames and in bytes ([`ConnFlow`]). A connection
+//! whose queue is full is a slow consumer: it is told to close with 4008
+//! and counted, so one client that does not read never grows the server's
+//! memory, whatever the size of the messages. Frames are [`Outgoing`],
+//! reference-counted: a message for a thousand connections is serialized
+//! once.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::rate::TokenBucket;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -29,6 +32,67 @@ pub fn outgoing(text: impl Into<Utf8Bytes>) -> Outgoing {
 /// Shards of the connection map; a power of two.
 const SHARDS: usize = 32;
 
+/// What everything acting on one connection shares besides its queue:
+/// the bytes waiting in the queue, and the rooms it created lately.
+#[derive(Debug)]
+pub struct ConnFlow {
+    queued_bytes: AtomicUsize,
+    room_creations: Mutex<TokenBucket>,
+}
+
+impl ConnFlow {
+    /// A connection that may create `rooms_per_minute` rooms a minute.
+    pub fn new(rooms_per_minute: u32) -> ConnFlow {
+        ConnFlow {
+            queued_bytes: AtomicUsize::new(0),
+            room_creations: Mutex::new(TokenBucket::new(
+                rooms_per_minute,
+                std::time::Duration::from_secs(60),
+            )),
+        }
+    }
+
+    /// Counts `len` bytes into the queue if they fit under `max` (a frame
+    /// always fits an empty queue); `false` if they do not.
+    fn reserve(&self, len: usize, max: usize) -> bool {
+        self.queued_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                (queued == 0 || queued.saturating_add(len) <= max).then(|| queued + len)
+            })
+            .is_ok()
+    }
+
+    /// Counts `len` bytes into the queue whatever it holds (the
+    /// connection's own replies, which wait for room instead).
+    pub fn add(&self, len: usize) {
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// Counts `len` bytes out of the queue (written, or dropped).
+    pub fn release(&self, len: usize) {
+        // Never below zero, even if a caller miscounts.
+        let _ = self
+            .queued_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                Some(queued.saturating_sub(len))
+            });
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Takes one room creation from the connection's allowance; `false`
+    /// when it created its limit of rooms in the last minute.
+    pub fn take_room_creation(&self) -> bool {
+        self.room_creations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_take(std::time::Instant::now())
+    }
+}
+
 /// How to reach one connection.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
@@ -46,6 +110,8 @@ pub struct ConnHandle {
     pub remote_addr: Arc<str>,
     /// Per-connection data set by actions (JSON by key), gone with it.
     pub data: Arc<Mutex<HashMap<String, String>>>,
+    /// Bytes queued, rooms created.
+    pub flow: Arc<ConnFlow>,
 }
 
 /// All open connections.
@@ -53,7 +119,10 @@ pub struct ConnHandle {
 pub struct Hub {
     shards: Vec<Mutex<HashMap<u64, ConnHandle>>>,
     users: Mutex<HashMap<Arc<str>, HashSet<u64>>>,
+    /// Most bytes queued for one connection.
+    max_queue_bytes: usize,
     slow_consumers: AtomicU64,
+    stalled_writes: AtomicU64,
     /// Server-to-client calls awaiting an answer, by call id.
     pending_calls: Mutex<HashMap<String, PendingCall>>,
     next_call: AtomicU64,
@@ -85,12 +154,15 @@ pub enum CallOutcome {
     Gone,
 }
 
-impl Default for Hub {
-    fn default() -> Hub {
+impl Hub {
+    /// No connections yet; each may have `max_queue_bytes` queued.
+    pub fn new(max_queue_bytes: usize) -> Hub {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             users: Mutex::new(HashMap::new()),
+            max_queue_bytes,
             slow_consumers: AtomicU64::new(0),
+            stalled_writes: AtomicU64::new(0),
             pending_calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             event_subscribers: Mutex::new(HashMap::new()),
@@ -168,24 +240,61 @@ impl Hub {
         lock(self.shard(conn_id)).get(&conn_id).cloned()
     }
 
-    /// Queues `frame` for one connection without waiting. A full queue
-    /// closes the connection with 4008; returns whether it was queued.
+    /// Queues `frame` for one connection without waiting. A queue full in
+    /// frames or in bytes closes the connection with 4008; returns whether
+    /// it was queued.
     pub fn push(&self, handle: &ConnHandle, frame: Outgoing) -> bool {
+        if handle.kick.is_cancelled() {
+            // Closing as a slow consumer: nothing more is queued for it.
+            return false;
+        }
+        let len = frame.len();
+        if !handle.flow.reserve(len, self.max_queue_bytes) {
+            self.kick(handle, "bytes");
+            return false;
+        }
         match handle.tx.try_send(frame) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                if !handle.kick.is_cancelled() {
-                    self.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        conn = handle.conn_id,
-                        "slow consumer: its outbound queue is full; closing with 4008"
-                    );
-                    handle.kick.cancel();
-                }
+                handle.flow.release(len);
+                self.kick(handle, "frames");
                 false
             }
-            Err(TrySendError::Closed(_)) => false,
+            Err(TrySendError::Closed(_)) => {
+                handle.flow.release(len);
+                false
+            }
         }
+    }
+
+    /// Tells a connection whose queue overflowed to close with 4008, and
+    /// counts it once.
+    fn kick(&self, handle: &ConnHandle, full_in: &'static str) {
+        if !handle.kick.is_cancelled() {
+            self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                conn = handle.conn_id,
+                queued_bytes = handle.flow.queued_bytes(),
+                "slow consumer: its outbound queue is full in {full_in}; closing with 4008"
+            );
+            handle.kick.cancel();
+        }
+    }
+
+    /// Counts a connection dropped because a write to it stalled past
+    /// `write_timeout_ms`.
+    pub fn count_stalled_write(&self) {
+        self.stalled_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections dropped because a write stalled, since start.
+    pub fn stalled_writes(&self) -> u64 {
+        self.stalled_writes.load(Ordering::Relaxed)
+    }
+
+    /// Most bytes queued for one connection.
+    pub fn max_queue_bytes(&self) -> usize {
+        self.max_queue_bytes
     }
 
     /// Subscribes a connection to a server event; `false` if `event` is

@@ -8,7 +8,8 @@
 //! - [`server`]: the TCP listener and shutdown; [`tls`]: optional TLS
 //!   (`https://`, `wss://`) from PEM files; [`http`]: the routes
 //!   (`/ws`, `/healthz`, `/status`) and the WebSocket upgrade with its
-//!   admission checks ([`handshake`]) and token check ([`auth`]).
+//!   admission checks ([`handshake`]: origins, connection bounds from
+//!   [`limits`], [`anonymous`] slots) and token check ([`auth`]).
 //! - [`connection`]: one task per connection: reads frames, writes
 //!   replies in bursts.
 //! - [`protocol`]: JSON-RPC envelopes, parsed lazily, replies spliced.
@@ -29,6 +30,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod action_threads;
+pub mod anonymous;
 pub mod auth;
 pub mod bench;
 pub mod builtins;
@@ -41,8 +43,10 @@ pub mod handshake;
 pub mod http;
 pub mod hub;
 pub mod lifecycle;
+pub mod limits;
 pub mod plugins;
 pub mod protocol;
+pub mod rate;
 pub mod room_calls;
 pub mod rooms;
 pub mod rpc_error;
@@ -50,4 +54,5 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod status;
+pub mod sys;
 pub mod tls;

@@ -3,7 +3,8 @@
 //! config file are merged here; everything else lives in the library.
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use switchboard::auth::mint::NewToken;
 use switchboard::auth::{Authenticator, JwtVerifier, TokenMinter, random_secret};
 use switchboard::config::Config;
 use switchboard::config::{AuthStep, Secret};
+use switchboard::limits::ConnectionLimits;
 use switchboard::plugins::{Registry, ReloadSettings, ShadowDir};
 use switchboard::state::ServerState;
 use tracing_subscriber::EnvFilter;
@@ -55,7 +57,9 @@ struct BenchArgs {
     /// The server's WebSocket URL.
     #[arg(long, default_value = "ws://127.0.0.1:7800/ws", global = true)]
     url: String,
-    /// Sign each connection in with a token minted from this secret.
+    /// Sign each connection in with a token minted from this secret
+    /// (prefer the environment variable or --jwt-secret-file: a flag is
+    /// visible to every local user).
     #[arg(
         long,
         env = "SWITCHBOARD_JWT_SECRET",
@@ -63,6 +67,15 @@ struct BenchArgs {
         global = true
     )]
     jwt_secret: Option<String>,
+    /// A file holding the secret to mint tokens with.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_JWT_SECRET_FILE",
+        value_name = "FILE",
+        global = true,
+        conflicts_with = "jwt_secret"
+    )]
+    jwt_secret_file: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -164,7 +177,9 @@ struct ConfigArgs {
     /// TOML config file (see the README's configuration reference).
     #[arg(long, short = 'c', env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// HS256 secret for client tokens (at least 16 bytes).
+    /// HS256 secret for client tokens (at least 16 bytes). Prefer
+    /// --jwt-secret-file or the environment variable: a flag is visible to
+    /// every local user in the process list.
     #[arg(
         long,
         env = "SWITCHBOARD_JWT_SECRET",
@@ -172,6 +187,14 @@ struct ConfigArgs {
         value_name = "SECRET"
     )]
     jwt_secret: Option<String>,
+    /// A file holding the HS256 secret (e.g. created with mode 0600).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_JWT_SECRET_FILE",
+        value_name = "FILE",
+        conflicts_with = "jwt_secret"
+    )]
+    jwt_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +216,10 @@ struct ServeArgs {
     /// Seconds of clock skew tolerated on exp/nbf [default: 5].
     #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY_SECS", value_name = "SECS")]
     jwt_leeway_secs: Option<u64>,
+    /// Refuse tokens whose exp is further away than this, in seconds; 0
+    /// allows any [default: 2592000, 30 days].
+    #[arg(long, env = "SWITCHBOARD_JWT_MAX_LIFETIME_SECS", value_name = "SECS")]
+    jwt_max_lifetime_secs: Option<u64>,
     /// Authenticators tried in order, comma-separated: jwt, plugin [default: jwt].
     #[arg(
         long,
@@ -216,9 +243,31 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     allowed_origins: Option<Vec<String>>,
-    /// Most open WebSocket connections; more get HTTP 503 [default: 50000].
+    /// Most open WebSocket connections; more get HTTP 503 [default: what
+    /// the open-file limit allows, less headroom].
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
+    /// Most open connections that have not signed in [default: a quarter
+    /// of max_connections].
+    #[arg(long, env = "SWITCHBOARD_MAX_ANONYMOUS_CONNECTIONS", value_name = "N")]
+    max_anonymous_connections: Option<usize>,
+    /// Most connections that have not signed in from one address (IPv6:
+    /// one /64) [default: 32].
+    #[arg(long, env = "SWITCHBOARD_MAX_ANONYMOUS_PER_ADDRESS", value_name = "N")]
+    max_anonymous_per_address: Option<usize>,
+    /// Bytes queued for one connection before it is closed as a slow
+    /// consumer (4008) [default: 1048576].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE_BYTES", value_name = "BYTES")]
+    outbound_queue_bytes: Option<usize>,
+    /// Most rooms in memory in the whole server [default: 100000].
+    #[arg(long, env = "SWITCHBOARD_MAX_ROOMS", value_name = "N")]
+    max_rooms: Option<usize>,
+    /// Bytes of room history kept in the whole server [default: 67108864].
+    #[arg(long, env = "SWITCHBOARD_MAX_HISTORY_BYTES", value_name = "BYTES")]
+    max_history_bytes: Option<usize>,
+    /// Most rooms one connection may create per minute [default: 100].
+    #[arg(long, env = "SWITCHBOARD_MAX_ROOM_CREATIONS_PER_MINUTE", value_name = "N")]
+    max_room_creations_per_minute: Option<u32>,
     /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
     #[arg(long, env = "SWITCHBOARD_TLS_CERT", value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -280,6 +329,11 @@ struct ServeArgs {
     /// it faults at once [default: false].
     #[arg(long, env = "SWITCHBOARD_RELOAD_PROTECT_RETIRED", value_name = "BOOL")]
     reload_protect_retired: Option<bool>,
+    /// Load plugins even from a folder others can write to, files owned
+    /// by another user, or symlinks leaving the folder (each is warned
+    /// about) [default: false: refused].
+    #[arg(long, env = "SWITCHBOARD_ALLOW_UNSAFE_PLUGIN_FOLDER", value_name = "BOOL")]
+    allow_unsafe_plugin_folder: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -349,7 +403,8 @@ struct CheckArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -357,6 +412,13 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    if secret_on_command_line(&matches) {
+        tracing::warn!(
+            "the JWT secret was given with --jwt-secret: every user of this machine can read it in the \
+             process list (/proc/<pid>/cmdline). Use --jwt-secret-file FILE (mode 0600) or \
+             SWITCHBOARD_JWT_SECRET instead"
+        );
+    }
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Dev(args) => dev(*args),
@@ -366,15 +428,40 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Whether the subcommand's `--jwt-secret` came from the command line
+/// (not from the environment or a file).
+fn secret_on_command_line(matches: &ArgMatches) -> bool {
+    matches.subcommand().is_some_and(|(_, sub)| {
+        sub.try_get_raw("jwt_secret").is_ok()
+            && sub.value_source("jwt_secret") == Some(ValueSource::CommandLine)
+    })
+}
+
 fn base_config(common: &ConfigArgs) -> anyhow::Result<Config> {
     let mut config = match &common.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
+    // A secret given here (flag or environment) replaces the file's, in
+    // either form.
     if let Some(secret) = &common.jwt_secret {
         config.jwt_secret = Some(Secret::new(secret.clone()));
+        config.jwt_secret_file = None;
+    }
+    if let Some(file) = &common.jwt_secret_file {
+        config.jwt_secret_file = Some(file.clone());
+        config.jwt_secret = None;
     }
     Ok(config)
+}
+
+/// Reads `jwt_secret_file` into `jwt_secret`, warning when other users
+/// can read the file.
+fn read_secret_file(config: &mut Config) -> anyhow::Result<()> {
+    if let Some(warning) = config.read_secret_file()? {
+        tracing::warn!("{warning}");
+    }
+    Ok(())
 }
 
 fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
@@ -396,19 +483,27 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
         reload_debounce_ms,
         max_generations,
         preflight_timeout_ms,
-        reload_protect_retired
+        reload_protect_retired,
+        allow_unsafe_plugin_folder
     );
     set!(
         jwt_leeway_secs,
+        jwt_max_lifetime_secs,
         auth_chain,
         auth_timeout_ms,
         allowed_origins,
-        max_connections
+        max_anonymous_per_address,
+        outbound_queue_bytes,
+        max_rooms,
+        max_history_bytes,
+        max_room_creations_per_minute
     );
     macro_rules! set_optional {
         ($($field:ident),*) => { $(if args.$field.is_some() { config.$field = args.$field; })* };
     }
     set_optional!(
+        max_connections,
+        max_anonymous_connections,
         shadow_dir,
         jwt_public_key,
         jwks_file,
@@ -419,6 +514,7 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
         tls_key
     );
     config.validate()?;
+    read_secret_file(&mut config)?;
     Ok(config)
 }
 
@@ -475,7 +571,26 @@ fn serve_with(mut config: Config) -> anyhow::Result<()> {
             "auth_chain includes the plugin step but allowed_origins is empty: if the plugin trusts cookies, \
              any web page can open a signed-in WebSocket for its visitors; list your sites in allowed_origins"
         );
+    } else if config.allowed_origins.is_empty() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "allowed_origins is empty and the server listens beyond this machine: a web page on any \
+             site can open a WebSocket to it from its visitors' browsers; list your sites in \
+             allowed_origins (or \"*\" to allow any and silence this warning)"
+        );
     }
+    let open_files = switchboard::sys::raise_open_file_limit();
+    let (limits, warnings) = ConnectionLimits::resolve(&config, open_files);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        max_connections = limits.max_connections,
+        max_anonymous = limits.max_anonymous,
+        max_anonymous_per_address = limits.max_anonymous_per_address,
+        open_files = ?limits.open_files,
+        "connection limits"
+    );
     let verifier = JwtVerifier::from_config(&config)?;
     let auth = Authenticator::new(&config, Some(verifier));
     let shadow_base = config
@@ -535,7 +650,7 @@ fn serve_with(mut config: Config) -> anyhow::Result<()> {
         let watch = config.watch;
         let debounce = Duration::from_millis(config.reload_debounce_ms);
         let actions_dir = config.actions.clone();
-        let state = Arc::new(ServerState::new(config, registry, auth));
+        let state = Arc::new(ServerState::new(config, registry, auth, limits));
         switchboard::plugins::services::install(&state);
         let _watch = if watch {
             let watch = switchboard::plugins::watch::start(Arc::clone(&state), &actions_dir, debounce)?;
@@ -602,11 +717,13 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("{}", path.display()))?
         }
         None => {
-            let config = base_config(&args.common)?;
+            let mut config = base_config(&args.common)?;
             config.validate()?;
+            read_secret_file(&mut config)?;
             let Some(secret) = config.jwt_secret else {
                 bail!(
-                    "no secret: pass --jwt-secret, set SWITCHBOARD_JWT_SECRET, set jwt_secret in the config file, or sign with --key"
+                    "no secret: pass --jwt-secret-file FILE, set SWITCHBOARD_JWT_SECRET, set jwt_secret_file \
+                     in the config file, or sign with --key"
                 );
             };
             TokenMinter::hs256(secret.expose().as_bytes())
@@ -660,9 +777,20 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use switchboard::bench::{client::Target, conns, fanout, rpc};
+    let secret = match (&args.jwt_secret, &args.jwt_secret_file) {
+        (_, Some(file)) => {
+            let mut config = Config {
+                jwt_secret_file: Some(file.clone()),
+                ..Config::default()
+            };
+            read_secret_file(&mut config)?;
+            config.jwt_secret.map(|s| s.expose().to_owned())
+        }
+        (secret, None) => secret.clone(),
+    };
     let target = Target {
         url: args.url,
-        secret: args.jwt_secret,
+        secret,
     };
     // One thread: the load generator is pinned to its own core.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -141,7 +141,7 @@ pub fn publish(
     }
     let (offset, _) = state
         .rooms
-        .publish(&state.hub, &p.room, &rule, p.data.get());
+        .publish(&state.hub, &p.room, &rule, p.data.get())?;
     Ok(format!(r#"{{"offset":{offset}}}"#))
 }
 
@@ -159,6 +159,15 @@ pub fn presence(
         return Err(RpcError::new(
             ErrorCode::Forbidden,
             format!("presence is off for room '{}'", p.room),
+        ));
+    }
+    if !rule.presence_public && !state.rooms.is_member(&p.room, session.conn_id) {
+        return Err(RpcError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "only members may see who is in room '{}': join it first",
+                p.room
+            ),
         ));
     }
     Ok(to_json(

@@ -143,12 +143,28 @@ where
     }
 }
 
-/// Every 30 s, forgets rooms with no members whose history has expired.
+/// How often expired history is dropped and empty rooms forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Freed history past which memory is handed back to the OS after a sweep.
+const RELEASE_AFTER_BYTES: usize = 4 << 20;
+
+/// Every [`SWEEP_EVERY`], drops expired history and forgets rooms with no
+/// members and no history left; once a lot of history was freed, hands
+/// the memory back to the OS.
 async fn sweep_rooms(state: Arc<ServerState>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(30));
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    let mut released = 0usize;
     loop {
         tokio::select! {
-            _ = every.tick() => state.rooms.sweep(),
+            _ = every.tick() => {
+                state.rooms.sweep();
+                released += state.rooms.take_released_history_bytes();
+                if released >= RELEASE_AFTER_BYTES {
+                    released = 0;
+                    tokio::task::spawn_blocking(crate::sys::release_free_memory);
+                }
+            }
             () = shutdown.cancelled() => return,
         }
     }

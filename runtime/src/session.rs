@@ -2,7 +2,8 @@
 //! signed in and until when, the handshake it came with, and its share of
 //! the call limits.
 
-use crate::auth::{Handshake, Identity, now_secs};
+use crate::anonymous::AnonymousSlot;
+use crate::auth::{Handshake, Identity, now_millis};
 use crate::hub::ConnHandle;
 use crate::rpc_error::{ErrorCode, RpcError};
 use std::sync::Arc;
@@ -32,13 +33,18 @@ pub struct Session {
     pub sign_ins: u64,
     /// How pushes reach this connection (set when its task starts).
     pub handle: Option<ConnHandle>,
+    /// Its place among the connections that have not signed in, until it
+    /// signs in.
+    anonymous: Option<AnonymousSlot>,
 }
 
 impl Session {
-    /// A new session, signed in if the handshake carried a valid token.
+    /// A new session, signed in if the handshake carried a valid token;
+    /// otherwise holding its `anonymous` slot until it signs in.
     pub fn new(
         conn_id: u64,
         identity: Option<Identity>,
+        anonymous: Option<AnonymousSlot>,
         handshake: Arc<Handshake>,
         max_inflight: usize,
         leeway: u64,
@@ -51,6 +57,7 @@ impl Session {
             inflight: Arc::new(Semaphore::new(max_inflight)),
             leeway,
             handle: None,
+            anonymous,
         }
     }
 
@@ -63,13 +70,14 @@ impl Session {
     pub fn live_identity(&self) -> Option<&Arc<Identity>> {
         self.identity
             .as_ref()
-            .filter(|i| !i.expired_at(now_secs(), self.leeway))
+            .filter(|i| !i.expired_at(now_millis(), self.leeway))
     }
 
     /// Signs the connection in, or refreshes its sign-in.
     pub fn sign_in(&mut self, identity: Identity) {
         self.identity = Some(Arc::new(identity));
         self.sign_ins += 1;
+        self.anonymous = None;
     }
 
     /// The identity a non-public action runs for, or why there is none.
@@ -81,7 +89,7 @@ impl Session {
                     "action '{action}' needs a signed-in connection: send a token (Authorization: Bearer, ?token=, or rpc.auth)"
                 ),
             )),
-            Some(identity) if identity.expired_at(now_secs(), self.leeway) => Err(RpcError::new(
+            Some(identity) if identity.expired_at(now_millis(), self.leeway) => Err(RpcError::new(
                 ErrorCode::Unauthenticated,
                 format!(
                     "your sign-in expired at {} (Unix time); call rpc.auth with a fresh token",

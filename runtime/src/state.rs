@@ -2,11 +2,13 @@
 //! registry, token keys, limits and counters.
 
 use crate::action_threads::ActionThreads;
+use crate::anonymous::AnonymousSlots;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::ConnectionLimits;
 use crate::plugins::Registry;
-use crate::rooms::Rooms;
+use crate::rooms::{RoomLimits, Rooms};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -32,22 +34,44 @@ pub struct ServerState {
     pub action_threads: ActionThreads,
     /// When the server started.
     pub started: Instant,
+    /// The bounds on connections in force (settings checked against the
+    /// open-file limit).
+    pub limits: ConnectionLimits,
+    /// Connections that have not signed in, in all and per address.
+    pub anonymous: Arc<AnonymousSlots>,
     connections: AtomicUsize,
 }
 
 impl ServerState {
-    /// State for a server with these settings, plugins and authenticators.
-    pub fn new(config: Config, registry: Registry, auth: Authenticator) -> ServerState {
+    /// State for a server with these settings, plugins, authenticators and
+    /// connection bounds.
+    pub fn new(
+        config: Config,
+        registry: Registry,
+        auth: Authenticator,
+        limits: ConnectionLimits,
+    ) -> ServerState {
         ServerState {
+            anonymous: Arc::new(AnonymousSlots::new(
+                limits.max_anonymous,
+                limits.max_anonymous_per_address,
+            )),
+            limits,
             inflight: Arc::new(Semaphore::new(config.max_inflight_calls)),
             // One per call slot: a call never waits for a thread while
             // another slot's call blocks.
             action_threads: ActionThreads::new(config.max_inflight_calls),
-            rooms: Rooms::new(&config.rooms),
+            rooms: Rooms::new(
+                &config.rooms,
+                RoomLimits {
+                    max_rooms: config.max_rooms,
+                    max_history_bytes: config.max_history_bytes,
+                },
+            ),
+            hub: Hub::new(config.outbound_queue_bytes),
             config,
             registry,
             auth,
-            hub: Hub::default(),
             started: Instant::now(),
             connections: AtomicUsize::new(0),
         }
@@ -59,13 +83,13 @@ impl ServerState {
     }
 
     /// Counts a connection until the returned guard drops, but only if
-    /// fewer than `max_connections` are counted; `None` when full. The check
+    /// fewer than the connection limit are counted; `None` when full. The check
     /// and the count are one atomic step, so a burst of upgrades cannot
     /// pass the limit: take this guard before answering an upgrade and hold
     /// it in the connection's task (dropping it, if the upgrade fails,
     /// frees the slot).
     pub fn reserve_connection(self: &Arc<Self>) -> Option<ConnectionCount> {
-        increment_below(&self.connections, self.config.max_connections)
+        increment_below(&self.connections, self.limits.max_connections)
             .then(|| ConnectionCount(Arc::clone(self)))
     }
 }

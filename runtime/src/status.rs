@@ -1,6 +1,6 @@
 //! The `/status` document: plugins (file, version, generation, actions),
 //! files that were refused and why, every plugin generation and its state,
-//! connection count, uptime.
+//! connection count, uptime, and every bound beside its use.
 
 use crate::plugins::GenerationView;
 use crate::state::ServerState;
@@ -17,6 +17,8 @@ struct Status<'a> {
     inflight_calls: usize,
     rooms: usize,
     slow_consumers_closed: u64,
+    /// Each bound a client can push against, beside its use.
+    bounds: serde_json::Value,
     plugins: Vec<PluginStatus<'a>>,
     refused: Vec<Refused<'a>>,
     /// Every generation: serving, draining, retired but mapped, unmapped.
@@ -45,6 +47,54 @@ struct ActionStatus<'a> {
 struct Refused<'a> {
     file: &'a Path,
     reason: &'a str,
+}
+
+/// Every bound with its use now.
+fn bounds(state: &ServerState) -> serde_json::Value {
+    let config = &state.config;
+    let limits = &state.limits;
+    let rooms = state.rooms.usage();
+    serde_json::json!({
+        "connections": {
+            "open": state.connections(),
+            "max": limits.max_connections,
+            "open_file_limit": limits.open_files,
+        },
+        "anonymous_connections": {
+            "open": state.anonymous.count(),
+            "max": state.anonymous.max_total(),
+            "max_per_address": limits.max_anonymous_per_address,
+        },
+        "rooms": {
+            "open": rooms.rooms,
+            "max": rooms.max_rooms,
+            "idle_evicted": rooms.idle_rooms_evicted,
+            "refused": rooms.rooms_refused,
+            "max_per_connection": config.max_rooms_per_connection,
+            "max_creations_per_connection_per_minute": config.max_room_creations_per_minute,
+            "creations_rate_limited": rooms.creations_rate_limited,
+        },
+        "history_bytes": {
+            "used": rooms.history_bytes,
+            "max": rooms.max_history_bytes,
+            "messages_evicted": rooms.history_messages_evicted,
+        },
+        "outbound_queue": {
+            "max_frames": config.outbound_queue,
+            "max_bytes": state.hub.max_queue_bytes(),
+            "slow_consumers_closed": state.hub.slow_consumers(),
+            "stalled_writes_dropped": state.hub.stalled_writes(),
+        },
+        "inflight_calls": {
+            "running": config
+                .max_inflight_calls
+                .saturating_sub(state.inflight.available_permits()),
+            "max": config.max_inflight_calls,
+            "max_per_connection": config.max_inflight_per_connection,
+        },
+        "max_message_bytes": config.max_message_bytes,
+        "max_batch": config.max_batch,
+    })
 }
 
 /// Renders `/status` as JSON.
@@ -92,6 +142,7 @@ pub fn render(state: &ServerState) -> String {
         connections: state.connections(),
         rooms: state.rooms.count(),
         slow_consumers_closed: state.hub.slow_consumers(),
+        bounds: bounds(state),
         inflight_calls: state
             .config
             .max_inflight_calls

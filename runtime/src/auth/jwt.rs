@@ -7,7 +7,7 @@
 //! any other algorithm is refused before any signature check.
 
 use super::jwks::{JwksError, JwksFile};
-use super::{Identity, TokenError};
+use super::{Identity, TokenError, ends_at_ms, now_millis, now_secs};
 use crate::config::{AuthStep, Config};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -79,6 +79,8 @@ pub struct JwtVerifier {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
+    /// The furthest `exp` may be from now, in seconds; `None`: no limit.
+    max_lifetime: Option<u64>,
 }
 
 impl JwtVerifier {
@@ -103,6 +105,7 @@ impl JwtVerifier {
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
             leeway: config.jwt_leeway_secs,
+            max_lifetime: (config.jwt_max_lifetime_secs > 0).then_some(config.jwt_max_lifetime_secs),
         })
     }
 
@@ -138,6 +141,9 @@ impl JwtVerifier {
             }
             _ => TokenError::Malformed(clip(&e.to_string())),
         })?;
+        if header.crit.is_some() {
+            return Err(TokenError::CriticalExtension);
+        }
         let wrong = || TokenError::WrongAlgorithm(format!("{:?}", header.alg), self.accepted());
         let key: Arc<DecodingKey>;
         let key_ref: &DecodingKey = match header.alg {
@@ -202,6 +208,17 @@ impl JwtVerifier {
         let expires_at = claims
             .exp
             .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
+        // The library compares whole seconds with the leeway; a sign-in
+        // ends at `exp + leeway` to the millisecond, as the live check does.
+        if now_millis() >= ends_at_ms(expires_at, self.leeway) {
+            return Err(TokenError::Expired);
+        }
+        if let Some(max) = self.max_lifetime {
+            let left = expires_at.saturating_sub(now_secs());
+            if left > max {
+                return Err(TokenError::LifetimeTooLong(left, max));
+            }
+        }
         let mut scopes: Vec<String> = match claims.scopes {
             Some(ScopeList::List(list)) => list,
             Some(ScopeList::Text(text)) => text.split_whitespace().map(str::to_owned).collect(),

@@ -55,6 +55,20 @@ pub enum TokenError {
     /// The one-time-token cache is full.
     #[error("too many one-time tokens are live; retry when some expire")]
     ReplayCacheFull,
+    /// An `Authorization` header that is not one `Bearer <token>`.
+    #[error(
+        "the Authorization header must be exactly one 'Bearer <token>' (send the token that way, as ?token=, or with rpc.auth)"
+    )]
+    BadAuthorizationHeader,
+    /// The token's header lists extensions in `crit`, which this server
+    /// does not implement (RFC 7515 section 4.1.11 says to refuse it).
+    #[error("the token's header has a 'crit' parameter; this server understands no JWT extensions")]
+    CriticalExtension,
+    /// `exp` is further away than the server accepts.
+    #[error(
+        "the token is valid for too long: it expires in {0} s, and this server accepts at most {1} s (jwt_max_lifetime_secs)"
+    )]
+    LifetimeTooLong(u64, u64),
     /// Not a JWT at all.
     #[error("the token is malformed: {0}")]
     Malformed(String),
@@ -88,10 +102,13 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Whether the sign-in has ended at `now_secs`, allowing `leeway` seconds.
-    pub fn expired_at(&self, now_secs: u64, leeway: u64) -> bool {
+    /// Whether the sign-in has ended at `now_ms` (milliseconds since the
+    /// Unix epoch), allowing `leeway` seconds: it ends at `exp + leeway`
+    /// exactly, to the millisecond (a token is not accepted on or after
+    /// its `exp`, RFC 7519 section 4.1.4).
+    pub fn expired_at(&self, now_ms: u64, leeway: u64) -> bool {
         self.expires_at
-            .is_some_and(|exp| now_secs > exp.saturating_add(leeway))
+            .is_some_and(|exp| now_ms >= ends_at_ms(exp, leeway))
     }
 
     /// Whether the identity carries every scope in `required`.
@@ -100,6 +117,19 @@ impl Identity {
             .iter()
             .all(|r| self.scopes.split_whitespace().any(|s| s == r))
     }
+}
+
+/// When a sign-in with expiry `exp` (seconds) and `leeway` seconds ends,
+/// in milliseconds since the Unix epoch.
+pub fn ends_at_ms(exp: u64, leeway: u64) -> u64 {
+    exp.saturating_add(leeway).saturating_mul(1000)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Seconds since the Unix epoch, now.

@@ -55,7 +55,7 @@ unsafe extern "C" fn log_line(host_ctx: *const c_void, level: u32, conn_id: u64,
         let plugin = ctx.map_or("?", PluginLogContext::label);
         let generation = ctx.map_or(0, |c| c.generation);
         // SAFETY: the plugin passes bytes that live for this call.
-        let text = String::from_utf8_lossy(unsafe { msg.as_slice() });
+        let text = log_safe(&String::from_utf8_lossy(unsafe { msg.as_slice() }));
         let conn = (conn_id != 0).then_some(conn_id);
         match level {
             log_level::ERROR => {
@@ -69,6 +69,28 @@ unsafe extern "C" fn log_line(host_ctx: *const c_void, level: u32, conn_id: u64,
             _ => tracing::trace!(target: "plugin", plugin, generation, conn, "{text}"),
         }
     }));
+}
+
+/// The longest plugin log message kept, in characters.
+const MAX_LOG_CHARS: usize = 4096;
+
+/// A plugin's log message made safe for a line-based log: control
+/// characters (newlines above all) escaped, so text a client passed to a
+/// plugin cannot forge log lines, and cut to [`MAX_LOG_CHARS`].
+fn log_safe(text: &str) -> String {
+    let mut safe = String::with_capacity(text.len().min(MAX_LOG_CHARS));
+    for (count, c) in text.chars().enumerate() {
+        if count == MAX_LOG_CHARS {
+            safe.push_str("... (cut)");
+            break;
+        }
+        if c.is_control() {
+            safe.extend(c.escape_default());
+        } else {
+            safe.push(c);
+        }
+    }
+    safe
 }
 
 /// How a plugin ended one call: an [`action_api::abi::status`] code and its
@@ -132,4 +154,18 @@ unsafe extern "C" fn complete_call(reply: *mut c_void, status: u32, body: ByteVi
         // passed, connection closed): the late answer is dropped.
         let _ = pending.tx.send(Completion { status, body });
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_messages_cannot_carry_line_breaks_and_are_bounded() {
+        assert_eq!(log_safe("k\nFORGED line"), "k\\nFORGED line");
+        assert_eq!(log_safe("a\r\x1b[31m\u{7}b"), "a\\r\\u{1b}[31m\\u{7}b");
+        assert_eq!(log_safe("héllo, wörld"), "héllo, wörld");
+        let long = "x".repeat(10_000);
+        assert_eq!(log_safe(&long).chars().count(), MAX_LOG_CHARS + 9);
+    }
 }

@@ -118,7 +118,13 @@ pub(crate) unsafe extern "C" fn publish(
     }
     with_server(0, |s| {
         let rule = Arc::clone(s.rooms.rule(room));
-        s.rooms.publish(&s.hub, room, &rule, data).0
+        match s.rooms.publish(&s.hub, room, &rule, data) {
+            Ok((offset, _)) => offset,
+            Err(e) => {
+                tracing::warn!(room, "a plugin's publish was refused: {}", e.message);
+                0
+            }
+        }
     })
 }
 

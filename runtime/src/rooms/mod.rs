@@ -1,7 +1,17 @@
 //! Rooms: membership, fan-out, history with recovery, and presence.
 //!
 //! - [`policy`]: the `[[rooms]]` rules and their name patterns.
+//! - [`history`]: each room's kept messages, and the server-wide budget
+//!   of history bytes they share.
+//! - `idle`: rooms with no members left that still hold history, oldest
+//!   first: the first to go when the server needs room.
 //! - [`Rooms`]: every room by name (sharded), and every connection's rooms.
+//!
+//! Bounded by default: rooms in all (`max_rooms`; idle rooms make way
+//! before a new room is refused), history bytes in all
+//! (`max_history_bytes`; idle rooms' history goes first, then the
+//! publishing room's oldest messages), rooms a connection may create per
+//! minute (its [`ConnFlow`]), members per room, rooms per connection.
 //!
 //! A message is turned into its `rpc.message` frame once, under the room's
 //! lock (which also assigns its offset and stores it in the history), and
@@ -10,16 +20,23 @@
 //! replay under the same lock, so replayed messages always come before
 //! live ones and none is lost or doubled in between.
 
+pub mod history;
+mod idle;
 pub mod policy;
 
 use crate::auth::Identity;
 use crate::hub::{ConnHandle, Hub, Outgoing, outgoing};
+#[cfg(doc)]
+use crate::hub::ConnFlow;
 use crate::rpc_error::{ErrorCode, RpcError};
+use history::{History, HistoryBudget};
+use idle::IdleQueue;
 use policy::{JoinPolicy, RoomRule, check_name, matches, matches_any_user};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Shards of the room map and the membership index.
 const SHARDS: usize = 32;
@@ -39,12 +56,34 @@ fn shard_of(key: &str) -> usize {
     (hash as usize) & (SHARDS - 1)
 }
 
-/// One message kept for recovery.
-#[derive(Debug)]
-struct Stored {
-    offset: u64,
-    at: Instant,
-    frame: Outgoing,
+/// The server-wide bounds on rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimits {
+    /// Most rooms in memory at once.
+    pub max_rooms: usize,
+    /// Most bytes of history kept in all rooms together.
+    pub max_history_bytes: usize,
+}
+
+/// What `/status` shows of the rooms against their bounds.
+#[derive(Debug, Serialize)]
+pub struct RoomsUsage {
+    /// Rooms in memory now.
+    pub rooms: usize,
+    /// Their bound.
+    pub max_rooms: usize,
+    /// Bytes of history kept now.
+    pub history_bytes: usize,
+    /// Their bound.
+    pub max_history_bytes: usize,
+    /// Idle rooms dropped (history and all) to make room, since start.
+    pub idle_rooms_evicted: u64,
+    /// Messages dropped from history early to stay under the byte bound.
+    pub history_messages_evicted: u64,
+    /// Room creations refused at `max_rooms`.
+    pub rooms_refused: u64,
+    /// Room creations refused by a connection's per-minute allowance.
+    pub creations_rate_limited: u64,
 }
 
 #[derive(Debug)]
@@ -59,10 +98,11 @@ struct RoomState {
     removed: bool,
     epoch: String,
     last_offset: u64,
-    history: VecDeque<Stored>,
-    /// Bytes of the frames in `history`.
-    history_bytes: usize,
+    history: History,
     members: HashMap<u64, Member>,
+    /// Non-zero while the room has no members but keeps history: its
+    /// number in the idle queue.
+    idle: u64,
 }
 
 /// One room.
@@ -74,18 +114,9 @@ struct Room {
 }
 
 impl RoomState {
-    /// Drops messages past the rule's size or age.
-    fn trim(&mut self, rule: &RoomRule) {
-        let ttl = Duration::from_secs(rule.history_ttl_secs);
-        while self.history.len() > rule.history_size
-            || self.history_bytes > rule.history_max_bytes
-            || self.history.front().is_some_and(|m| m.at.elapsed() > ttl)
-        {
-            match self.history.pop_front() {
-                Some(dropped) => self.history_bytes -= dropped.frame.len(),
-                None => break,
-            }
-        }
+    /// Whether the room should be in the idle queue but is not yet.
+    fn needs_idle_mark(&self) -> bool {
+        self.idle == 0 && self.members.is_empty() && !self.history.is_empty() && !self.removed
     }
 }
 
@@ -119,6 +150,14 @@ pub struct Rooms {
     default_rule: Arc<RoomRule>,
     rooms: Vec<Mutex<HashMap<String, Arc<Room>>>>,
     memberships: Vec<Mutex<HashMap<u64, HashSet<String>>>>,
+    max_rooms: usize,
+    /// Rooms in `rooms` now.
+    count: AtomicUsize,
+    history: HistoryBudget,
+    idle: IdleQueue<Room>,
+    idle_evicted: AtomicU64,
+    rooms_refused: AtomicU64,
+    creations_rate_limited: AtomicU64,
 }
 
 fn new_epoch() -> String {
@@ -129,6 +168,15 @@ fn new_epoch() -> String {
             (Instant::now().elapsed().as_nanos() as u64 ^ crate::auth::now_secs()).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Adds one to `counter` if it is below `max`, in one atomic step.
+fn increment_below(counter: &AtomicUsize, max: usize) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
 }
 
 /// The `rpc.message` frame for one message: built once, shared by all.
@@ -148,13 +196,21 @@ pub fn event_frame(event: &str, data: &serde_json::Value) -> Outgoing {
 }
 
 impl Rooms {
-    /// Rooms governed by `rules` (first match wins; the defaults after).
-    pub fn new(rules: &[RoomRule]) -> Rooms {
+    /// Rooms governed by `rules` (first match wins; the defaults after),
+    /// within `limits`.
+    pub fn new(rules: &[RoomRule], limits: RoomLimits) -> Rooms {
         Rooms {
             rules: rules.iter().cloned().map(Arc::new).collect(),
             default_rule: Arc::new(RoomRule::default()),
             rooms: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             memberships: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            max_rooms: limits.max_rooms,
+            count: AtomicUsize::new(0),
+            history: HistoryBudget::new(limits.max_history_bytes),
+            idle: IdleQueue::new(),
+            idle_evicted: AtomicU64::new(0),
+            rooms_refused: AtomicU64::new(0),
+            creations_rate_limited: AtomicU64::new(0),
         }
     }
 
@@ -214,22 +270,134 @@ impl Rooms {
         Ok(Arc::clone(rule))
     }
 
-    fn room(&self, name: &str, rule: &Arc<RoomRule>) -> Arc<Room> {
-        let mut shard = lock(&self.rooms[shard_of(name)]);
-        Arc::clone(shard.entry(name.to_owned()).or_insert_with(|| {
-            Arc::new(Room {
-                name: name.to_owned(),
-                rule: Arc::clone(rule),
-                state: Mutex::new(RoomState {
-                    removed: false,
-                    epoch: new_epoch(),
-                    last_offset: 0,
-                    history: VecDeque::new(),
-                    history_bytes: 0,
-                    members: HashMap::new(),
-                }),
-            })
-        }))
+    /// The room `name`, created if it does not exist: within `max_rooms`
+    /// (an idle room makes way first) and, when a connection's join
+    /// creates it, within that connection's allowance of creations.
+    fn room(
+        &self,
+        name: &str,
+        rule: &Arc<RoomRule>,
+        creator: Option<&ConnHandle>,
+    ) -> Result<Arc<Room>, RpcError> {
+        loop {
+            {
+                let mut shard = lock(&self.rooms[shard_of(name)]);
+                if let Some(room) = shard.get(name) {
+                    return Ok(Arc::clone(room));
+                }
+                if increment_below(&self.count, self.max_rooms) {
+                    if let Some(creator) = creator
+                        && !creator.flow.take_room_creation()
+                    {
+                        self.count.fetch_sub(1, Ordering::Relaxed);
+                        self.creations_rate_limited.fetch_add(1, Ordering::Relaxed);
+                        return Err(RpcError::new(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "room '{name}' does not exist, and this connection has created its limit \
+                                 of new rooms for now (max_room_creations_per_minute); join an existing \
+                                 room or retry in a minute"
+                            ),
+                        ));
+                    }
+                    let room = Arc::new(Room {
+                        name: name.to_owned(),
+                        rule: Arc::clone(rule),
+                        state: Mutex::new(RoomState {
+                            removed: false,
+                            epoch: new_epoch(),
+                            last_offset: 0,
+                            history: History::default(),
+                            members: HashMap::new(),
+                            idle: 0,
+                        }),
+                    });
+                    shard.insert(name.to_owned(), Arc::clone(&room));
+                    return Ok(room);
+                }
+            }
+            // At the bound: the oldest idle room makes way, if there is one.
+            if !self.evict_idle_room() {
+                self.rooms_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(RpcError::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "room '{name}' cannot be created: the server holds its maximum of {} rooms \
+                         (max_rooms); retry later",
+                        self.max_rooms
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Drops the idle room that has been idle longest (history and all);
+    /// `false` if there is none.
+    fn evict_idle_room(&self) -> bool {
+        while let Some((number, room)) = self.idle.pop() {
+            let Some(room) = room.upgrade() else {
+                continue;
+            };
+            let mut shard = lock(&self.rooms[shard_of(&room.name)]);
+            let mut state = lock(&room.state);
+            if state.idle == number && state.members.is_empty() && !state.removed {
+                self.drop_room(&mut shard, &room, &mut state);
+                self.idle_evicted.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Removes a room from its shard (both locked by the caller): its
+    /// history and epoch go with it.
+    fn drop_room(
+        &self,
+        shard: &mut HashMap<String, Arc<Room>>,
+        room: &Arc<Room>,
+        state: &mut RoomState,
+    ) {
+        state.removed = true;
+        state.history.clear(&self.history);
+        if shard
+            .get(&room.name)
+            .is_some_and(|held| Arc::ptr_eq(held, room))
+        {
+            shard.remove(&room.name);
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Puts a room that became idle (no members, some history) in the idle
+    /// queue, with the number its state was given. Called with no room
+    /// lock held.
+    fn queue_idle(&self, room: &Arc<Room>, number: u64) {
+        let limit = 2 * self.count.load(Ordering::Relaxed) + 64;
+        self.idle
+            .push(number, Arc::downgrade(room), limit, |number, room: &Room| {
+                let state = lock(&room.state);
+                state.idle == number && !state.removed
+            });
+    }
+
+    /// Marks a room idle if it has become so; returns the number to queue
+    /// it under once its lock is released.
+    fn mark_idle(&self, state: &mut RoomState) -> Option<u64> {
+        state.needs_idle_mark().then(|| {
+            state.idle = self.idle.next_number();
+            state.idle
+        })
+    }
+
+    /// Keeps the server's history under its byte bound after `publishing`
+    /// stored a message: idle rooms go first, oldest first; then the
+    /// publishing room's own oldest messages.
+    fn reclaim_history(&self, publishing: &Arc<Room>) {
+        while self.history.over() && self.evict_idle_room() {}
+        if self.history.over() {
+            let mut state = lock(&publishing.state);
+            while self.history.over() && state.history.evict_oldest(&self.history) {}
+        }
     }
 
     fn existing(&self, name: &str) -> Option<Arc<Room>> {
@@ -247,7 +415,7 @@ impl Rooms {
         handle: &ConnHandle,
         since: Option<(u64, Option<&str>)>,
     ) -> Result<Joined, RpcError> {
-        let target = self.room(room, rule);
+        let target = self.room(room, rule, Some(handle))?;
         let mut state = lock(&target.state);
         if state.removed {
             // Dropped between the check and now: start again.
@@ -265,17 +433,17 @@ impl Rooms {
                 ),
             ));
         }
-        state.trim(&target.rule);
+        state.history.trim(&target.rule, &self.history);
         let already_member = state.members.contains_key(&handle.conn_id);
         let recovered = since.map(|(since, epoch)| {
             // Offsets mean nothing across epochs: no epoch, no recovery.
             let same_epoch = epoch.is_some_and(|e| e == state.epoch);
             let oldest_kept = state
                 .history
-                .front()
-                .map_or(state.last_offset + 1, |m| m.offset);
+                .oldest_offset()
+                .unwrap_or(state.last_offset + 1);
             let gap_filled = since <= state.last_offset && since + 1 >= oldest_kept;
-            let missed = state.history.iter().filter(|m| m.offset > since).count();
+            let missed = state.history.after(since).count();
             // A member already receives every message: nothing to replay.
             // A replay larger than the free queue would only get the client
             // closed as a slow consumer, again at every reconnect: say the
@@ -283,7 +451,7 @@ impl Rooms {
             if already_member {
                 same_epoch && gap_filled
             } else if same_epoch && gap_filled && missed <= handle.tx.capacity() {
-                for message in state.history.iter().filter(|m| m.offset > since) {
+                for message in state.history.after(since) {
                     hub.push(handle, message.frame.clone());
                 }
                 true
@@ -291,6 +459,7 @@ impl Rooms {
                 false
             }
         });
+        state.idle = 0;
         let fresh = state
             .members
             .insert(
@@ -358,9 +527,13 @@ impl Rooms {
             }
         }
         let empty = state.members.is_empty() && state.history.is_empty();
+        let idle = self.mark_idle(&mut state);
         drop(state);
         if empty {
             self.remove_if_idle(&target);
+        }
+        if let Some(number) = idle {
+            self.queue_idle(&target, number);
         }
         true
     }
@@ -379,11 +552,18 @@ impl Rooms {
         rooms
     }
 
-    /// Publishes raw JSON `data` to a room: assigns the next offset, keeps
-    /// it in the history, and queues it for every member. Returns the offset
-    /// and how many members it was queued for.
-    pub fn publish(&self, hub: &Hub, room: &str, rule: &Arc<RoomRule>, data: &str) -> (u64, usize) {
-        let target = self.room(room, rule);
+    /// Publishes raw JSON `data` to a room (created if it does not exist,
+    /// within `max_rooms`): assigns the next offset, keeps it in the
+    /// history, and queues it for every member. Returns the offset and how
+    /// many members it was queued for.
+    pub fn publish(
+        &self,
+        hub: &Hub,
+        room: &str,
+        rule: &Arc<RoomRule>,
+        data: &str,
+    ) -> Result<(u64, usize), RpcError> {
+        let target = self.room(room, rule, None)?;
         let mut state = lock(&target.state);
         if state.removed {
             drop(state);
@@ -393,13 +573,8 @@ impl Rooms {
         let offset = state.last_offset;
         let frame = message_frame(room, offset, data);
         if target.rule.history_size > 0 {
-            state.history_bytes += frame.len();
-            state.history.push_back(Stored {
-                offset,
-                at: Instant::now(),
-                frame: frame.clone(),
-            });
-            state.trim(&target.rule);
+            state.history.push(offset, frame.clone(), &self.history);
+            state.history.trim(&target.rule, &self.history);
         }
         let mut delivered = 0;
         for member in state.members.values() {
@@ -407,7 +582,15 @@ impl Rooms {
                 delivered += 1;
             }
         }
-        (offset, delivered)
+        let idle = self.mark_idle(&mut state);
+        drop(state);
+        if let Some(number) = idle {
+            self.queue_idle(&target, number);
+        }
+        if self.history.over() {
+            self.reclaim_history(&target);
+        }
+        Ok((offset, delivered))
     }
 
     /// The members of a room.
@@ -457,10 +640,9 @@ impl Rooms {
     fn remove_if_idle(&self, room: &Arc<Room>) {
         let mut shard = lock(&self.rooms[shard_of(&room.name)]);
         let mut state = lock(&room.state);
-        state.trim(&room.rule);
+        state.history.trim(&room.rule, &self.history);
         if state.members.is_empty() && state.history.is_empty() && !state.removed {
-            state.removed = true;
-            shard.remove(&room.name);
+            self.drop_room(&mut shard, room, &mut state);
         }
     }
 
@@ -477,6 +659,25 @@ impl Rooms {
 
     /// Rooms in memory now.
     pub fn count(&self) -> usize {
-        self.rooms.iter().map(|s| lock(s).len()).sum()
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The rooms and their history against their bounds.
+    pub fn usage(&self) -> RoomsUsage {
+        RoomsUsage {
+            rooms: self.count(),
+            max_rooms: self.max_rooms,
+            history_bytes: self.history.used(),
+            max_history_bytes: self.history.max(),
+            idle_rooms_evicted: self.idle_evicted.load(Ordering::Relaxed),
+            history_messages_evicted: self.history.evicted(),
+            rooms_refused: self.rooms_refused.load(Ordering::Relaxed),
+            creations_rate_limited: self.creations_rate_limited.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes of history freed since the last call.
+    pub fn take_released_history_bytes(&self) -> usize {
+        self.history.take_released()
     }
 }

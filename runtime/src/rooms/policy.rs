@@ -43,6 +43,9 @@ pub struct RoomRule {
     pub history_max_bytes: usize,
     /// Whether `rpc.presence` lists members. Default true.
     pub presence: bool,
+    /// Whether connections that may join the room but are not in it may
+    /// read its presence too. Default false: members only.
+    pub presence_public: bool,
     /// Whether joins and leaves are pushed to the room's members as
     /// `rpc.event` `presence.join` / `presence.leave`. Default true.
     pub presence_events: bool,
@@ -60,6 +63,7 @@ impl Default for RoomRule {
             history_ttl_secs: 300,
             history_max_bytes: 1 << 20,
             presence: true,
+            presence_public: false,
             presence_events: true,
             max_members: 100_000,
         }

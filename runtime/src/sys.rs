@@ -1,0 +1,49 @@
+//! The server's few direct calls into the C library, outside plugin
+//! loading: the open-file limit, and handing freed memory back to the OS.
+//! Each `unsafe` block here says why it is sound.
+
+/// Raises this process's soft open-file limit to its hard limit (which an
+/// unprivileged process may do) and returns the limit then in force, or
+/// `None` if it cannot be read.
+pub fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` through the pointer, which
+    // points to a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `setrlimit` only reads the `rlimit` it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::debug!(
+                from = limit.rlim_cur,
+                to = limit.rlim_max,
+                "raised the open-file limit"
+            );
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    // RLIM_INFINITY is u64::MAX: any count of connections fits.
+    Some(limit.rlim_cur)
+}
+
+/// Hands memory the allocator holds free back to the OS. glibc keeps
+/// freed heap for reuse: without this, a server that once held a burst of
+/// large messages (history, slow consumers' queues) would stay at that
+/// peak after freeing them. Takes a few milliseconds on a large heap: call
+/// it after freeing a lot, not on every free.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes no pointers; it only walks the
+    // allocator's own free lists, under the allocator's locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
