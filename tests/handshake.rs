@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
-use switchboard_tests::{Client, SECRET, Server, ServerConfig, WAIT, binary, plugin};
+use switchboard_tests::{Client, SECRET, Server, ServerConfig, WAIT, binary, plugin, token};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -158,12 +158,13 @@ async fn past_max_connections_upgrades_get_503_until_a_slot_frees() {
         .arg("--max-connections")
         .arg("2")
         .start();
-    let first = server.connect().await;
-    let mut second = server.connect().await;
+    let first = server.connect_as("ann").await;
+    let mut second = server.connect_as("bob").await;
     wait_for_connections(&server, 2);
 
+    let url = format!("{}?token={}", server.ws_url(), token("cy", 3600));
     let (status, retry_after, body) =
-        refusal(Client::try_connect(server.ws_url().into_client_request().unwrap()).await);
+        refusal(Client::try_connect(url.into_client_request().unwrap()).await);
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert!(body.contains("connection limit"), "{body}");
@@ -172,7 +173,7 @@ async fn past_max_connections_upgrades_get_503_until_a_slot_frees() {
 
     first.close().await;
     wait_for_connections(&server, 1);
-    let mut third = server.connect().await;
+    let mut third = server.connect_as("cy").await;
     assert_eq!(third.call("echo", json!([3])).await["result"], json!([3]));
     assert_eq!(second.call("echo", json!([2])).await["result"], json!([2]));
 }

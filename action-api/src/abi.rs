@@ -242,6 +242,17 @@ pub struct HostTable {
             sink_ctx: *mut c_void,
         ) -> u32,
     >,
+    /// Appended in revision 4 (absent in older hosts): like `broadcast`,
+    /// but reaching only connections that are signed in.
+    pub broadcast_signed_in: Option<
+        unsafe extern "C" fn(
+            host_ctx: *const c_void,
+            event: ByteView,
+            data: ByteView,
+            except: *const u64,
+            except_len: usize,
+        ) -> u64,
+    >,
 }
 
 /// What [`HostTable::query`] can read.

@@ -177,6 +177,34 @@ impl Host {
         })
     }
 
+    /// Pushes an event to every signed-in connection except `except`;
+    /// returns how many. Anonymous connections never see it: use this for
+    /// anything meant for your users rather than for the world.
+    pub fn broadcast_signed_in(
+        &self,
+        event: &str,
+        data: impl Serialize,
+        except: &[u64],
+    ) -> Result<u64, HostError> {
+        let f = self
+            .table
+            .broadcast_signed_in
+            .ok_or(HostError::Unsupported(
+                "broadcasts to signed-in connections",
+            ))?;
+        let data = json(&data)?;
+        // SAFETY: as in `send`; `except` lives for the call.
+        Ok(unsafe {
+            f(
+                self.table.host_ctx,
+                ByteView::of(event.as_bytes()),
+                ByteView::of(&data),
+                except.as_ptr(),
+                except.len(),
+            )
+        })
+    }
+
     /// Publishes to a room (kept in its history like a client's publish);
     /// returns the message's offset.
     pub fn publish(&self, room: &str, data: impl Serialize) -> Result<u64, HostError> {

@@ -368,7 +368,10 @@ impl Config {
             source,
         };
         let text = std::fs::read_to_string(&path).map_err(read_error)?;
-        let mode = std::fs::metadata(&path).map_err(read_error)?.permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .map_err(read_error)?
+            .permissions()
+            .mode();
         let secret = text.trim();
         if secret.len() < 16 {
             return Err(ConfigError::Invalid {

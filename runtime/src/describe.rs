@@ -64,7 +64,7 @@ pub fn check(file: &Path, shadow_base: Option<&Path>) -> PluginReport {
     };
     let loaded = match shadow_base {
         None => LoadedPlugin::load_in_place(file).map_err(|e| e.to_string()),
-        Some(base) => ShadowDir::create(base)
+        Some(base) => ShadowDir::create(base, false)
             .map_err(|e| format!("could not create the shadow folder {}: {e}", base.display()))
             .and_then(|shadow| {
                 let result = LoadedPlugin::load(file, &shadow).map_err(|e| e.to_string());

@@ -9,8 +9,8 @@
 //! reference-counted: a message for a thousand connections is serialized
 //! once.
 
-use std::collections::{HashMap, HashSet};
 use crate::rate::TokenBucket;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -344,14 +344,15 @@ impl Hub {
             .count()
     }
 
-    /// Sends to every connection except those in `except`; returns how
-    /// many got it.
-    pub fn broadcast(&self, frame: &Outgoing, except: &[u64]) -> usize {
+    /// Sends to every connection (or, with `signed_in_only`, every
+    /// signed-in one) except those in `except`; returns how many got it.
+    pub fn broadcast(&self, frame: &Outgoing, except: &[u64], signed_in_only: bool) -> usize {
         let mut sent = 0;
         for shard in &self.shards {
             let handles: Vec<ConnHandle> = lock(shard)
                 .values()
                 .filter(|h| !except.contains(&h.conn_id))
+                .filter(|h| !signed_in_only || h.user.is_some())
                 .cloned()
                 .collect();
             sent += handles

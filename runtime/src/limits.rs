@@ -59,7 +59,7 @@ impl ConnectionLimits {
         };
         let max_anonymous = config
             .max_anonymous_connections
-            .unwrap_or(max_connections / 4)
+            .unwrap_or(max_connections.div_ceil(4))
             .min(max_connections);
         let limits = ConnectionLimits {
             max_connections: max_connections.max(1),

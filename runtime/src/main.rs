@@ -15,6 +15,7 @@ use switchboard::auth::{Authenticator, JwtVerifier, TokenMinter, random_secret};
 use switchboard::config::Config;
 use switchboard::config::{AuthStep, Secret};
 use switchboard::limits::ConnectionLimits;
+use switchboard::plugins::trust::FolderTrust;
 use switchboard::plugins::{Registry, ReloadSettings, ShadowDir};
 use switchboard::state::ServerState;
 use tracing_subscriber::EnvFilter;
@@ -266,7 +267,11 @@ struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_MAX_HISTORY_BYTES", value_name = "BYTES")]
     max_history_bytes: Option<usize>,
     /// Most rooms one connection may create per minute [default: 100].
-    #[arg(long, env = "SWITCHBOARD_MAX_ROOM_CREATIONS_PER_MINUTE", value_name = "N")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_ROOM_CREATIONS_PER_MINUTE",
+        value_name = "N"
+    )]
     max_room_creations_per_minute: Option<u32>,
     /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
     #[arg(long, env = "SWITCHBOARD_TLS_CERT", value_name = "FILE")]
@@ -332,7 +337,11 @@ struct ServeArgs {
     /// Load plugins even from a folder others can write to, files owned
     /// by another user, or symlinks leaving the folder (each is warned
     /// about) [default: false: refused].
-    #[arg(long, env = "SWITCHBOARD_ALLOW_UNSAFE_PLUGIN_FOLDER", value_name = "BOOL")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ALLOW_UNSAFE_PLUGIN_FOLDER",
+        value_name = "BOOL"
+    )]
     allow_unsafe_plugin_folder: Option<bool>,
 }
 
@@ -597,13 +606,26 @@ fn serve_with(mut config: Config) -> anyhow::Result<()> {
         .shadow_dir
         .clone()
         .unwrap_or_else(ShadowDir::default_base);
-    let shadow = ShadowDir::create(&shadow_base).with_context(|| {
-        format!(
-            "could not create the plugin shadow folder under {}",
-            shadow_base.display()
-        )
-    })?;
+    let trust = FolderTrust::new(&config.actions, config.allow_unsafe_plugin_folder)?;
+    match trust.check_folder() {
+        Ok(()) => {}
+        Err(problem) if config.allow_unsafe_plugin_folder => {
+            tracing::warn!("loading plugins anyway (allow_unsafe_plugin_folder = true): {problem}");
+        }
+        Err(problem) => bail!(
+            "refusing to load plugins from {}: {problem} (or set allow_unsafe_plugin_folder = true to accept it)",
+            config.actions.display()
+        ),
+    }
+    let shadow =
+        ShadowDir::create(&shadow_base, config.allow_unsafe_plugin_folder).with_context(|| {
+            format!(
+                "could not use the plugin shadow folder {}",
+                shadow_base.display()
+            )
+        })?;
     let settings = ReloadSettings {
+        trust: Some(trust),
         default_timeout: config.call_timeout(),
         max_generations: config.max_generations,
         protect_retired: config.reload_protect_retired,
@@ -749,7 +771,10 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     if args.in_place {
         switchboard::plugins::preflight::become_preflight_child();
     }
-    let shadow_base = std::env::temp_dir().join("switchboard-check");
+    let shadow_base = std::env::temp_dir().join(format!(
+        "switchboard-check-{}",
+        switchboard::sys::effective_uid()
+    ));
     let report = switchboard::describe::check(
         &args.file,
         (!args.in_place).then_some(shadow_base.as_path()),

@@ -1,5 +1,6 @@
 //! The server's few direct calls into the C library, outside plugin
-//! loading: the open-file limit, and handing freed memory back to the OS.
+//! loading: the open-file limit, handing freed memory back to the OS, and
+//! who the server runs as.
 //! Each `unsafe` block here says why it is sound.
 
 /// Raises this process's soft open-file limit to its hard limit (which an
@@ -46,4 +47,10 @@ pub fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// The user id this process acts as (which owns the files it creates).
+pub fn effective_uid() -> u32 {
+    // SAFETY: `geteuid` takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
 }

@@ -138,6 +138,9 @@ pub struct ServerConfig {
     /// Use this shadow base (`--shadow-dir`) instead of a fresh temporary
     /// one; it outlives the server.
     pub shadow: Option<PathBuf>,
+    /// A command the server is started through (e.g. `prlimit
+    /// --nofile=512 --`), which must exec it in place.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -150,6 +153,7 @@ impl Default for ServerConfig {
             env: Vec::new(),
             actions: None,
             shadow: None,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -188,6 +192,11 @@ impl ServerConfig {
     /// Copies a plugin file (any path) into the actions folder under `name`.
     pub fn plugin_file(mut self, name: &str, from: &Path) -> Self {
         self.files.push((name.into(), std::fs::read(from).unwrap()));
+        self
+    }
+    /// Starts the server through `command` (which execs it in place).
+    pub fn wrapper(mut self, command: &[&str]) -> Self {
+        self.wrapper = command.iter().map(|c| c.to_string()).collect();
         self
     }
     pub fn no_secret(mut self) -> Self {
@@ -251,11 +260,19 @@ impl Server {
         for (name, bytes) in &config.files {
             std::fs::write(actions_dir.path().join(name), bytes).unwrap();
         }
-        let mut cmd = Command::new(binary());
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--actions")
+        let mut cmd = match config.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
+        cmd.arg("serve");
+        if !config.args.iter().any(|a| a == "--listen") {
+            cmd.arg("--listen").arg("127.0.0.1:0");
+        }
+        cmd.arg("--actions")
             .arg(config.actions.as_deref().unwrap_or(actions_dir.path()))
             .arg("--shadow-dir")
             .arg(config.shadow.as_deref().unwrap_or(shadow_dir.path()))
@@ -270,7 +287,9 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(secret) = &config.secret {
-            cmd.arg("--jwt-secret").arg(secret);
+            // Through the environment, as the README says to: a flag is
+            // visible to every local user in the process list.
+            cmd.env("SWITCHBOARD_JWT_SECRET", secret);
         }
         for (key, value) in &config.env {
             match value {
@@ -630,3 +649,59 @@ pub async fn identity(client: &mut Client) -> Value {
     assert!(reply.get("error").is_none(), "{reply}");
     reply["result"].clone()
 }
+
+/// Waits until `done` holds (or fails after [`WAIT`], saying `what`).
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A WebSocket upgrade request sent over a raw TCP socket, with `headers`
+/// (each `Name: value`) after the usual ones. Returns the status, the
+/// response head and body read so far, and the socket.
+pub fn raw_upgrade(addr: &str, headers: &[&str]) -> (u16, String, std::net::TcpStream) {
+    let mut request = String::from(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\n",
+    );
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte up to the end of the head: the frames after it are the
+    // caller's to read.
+    while !response.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => response.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&response).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut text = head;
+    if status != 101 {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut body = String::new();
+        let _ = stream.read_to_string(&mut body);
+        text.push_str(&body);
+    }
+    (status, text, stream)
+}
+
+/// A valid `Sec-WebSocket-Key` header.
+pub const KEY_HEADER: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";

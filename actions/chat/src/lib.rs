@@ -8,10 +8,14 @@
 //!   `rpc.join {since, epoch}` gets what it missed); returns the offset.
 //! - `chat/nick {nick}`: sets the caller's display name (connection data).
 //! - `chat/dm {to, text}`: a direct message to every connection of a user.
-//! - `chat/whois {conn}`: what the server knows of a connection.
-//! - `chat/announce {text}`: a `chat.announcement` push to every other connection.
-//! - `chat/ask {conn, question, timeout_ms?}`: asks a client to confirm
-//!   (`chat/confirm` on the client) and returns its answer.
+//! - `chat/whois {conn}`: who is on a connection that shares a chat room
+//!   with the caller (user, nick, the chat rooms you share); never its
+//!   address.
+//! - `chat/announce {text}`: a `chat.announcement` push to every other
+//!   signed-in connection (never to connections that have not signed in).
+//! - `chat/ask {conn, question, timeout_ms?}`: asks a client that shares a
+//!   chat room with the caller to confirm (`chat/confirm` on the client)
+//!   and returns its answer.
 //! - A join hook for `chat:*` rooms joined with `rpc.join`: `chat:staff-*`
 //!   rooms admit only users named `staff-*`; everyone admitted gets a
 //!   `chat.welcome` push.
@@ -153,11 +157,12 @@ struct AnnounceParams {
     text: String,
 }
 
-/// Pushes `chat.announcement` to every connection but the caller's.
+/// Pushes `chat.announcement` to every signed-in connection but the
+/// caller's.
 fn announce(ctx: &Context<'_>, p: AnnounceParams) -> Result<Value, ActionError> {
     checked_text(&p.text)?;
     let from = display_name(ctx)?;
-    let reached = ctx.host().broadcast(
+    let reached = ctx.host().broadcast_signed_in(
         "chat.announcement",
         serde_json::json!({"from": from, "text": p.text}),
         &[ctx.conn_id()],
@@ -171,10 +176,57 @@ struct ConnParams {
     conn: u64,
 }
 
+/// The chat rooms a connection is in, from the host's connection info.
+fn chat_rooms(info: &Value) -> Vec<String> {
+    info["rooms"]
+        .as_array()
+        .map(|rooms| {
+            rooms
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|room| room.starts_with("chat:"))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The chat rooms the caller shares with connection `conn`, with that
+/// connection's info; refused alike whether `conn` does not exist or
+/// shares no room, so a caller learns nothing of connections outside its
+/// rooms.
+fn shared_rooms(ctx: &Context<'_>, conn: u64) -> Result<(Value, Vec<String>), ActionError> {
+    let host = ctx.host();
+    let not_near = || {
+        ActionError::new(
+            2002,
+            format!("no connection {conn} in a chat room with you"),
+        )
+    };
+    let mine = host
+        .connection_info(ctx.conn_id())?
+        .map(|info| chat_rooms(&info))
+        .unwrap_or_default();
+    let theirs = host.connection_info(conn)?.ok_or_else(not_near)?;
+    let shared: Vec<String> = chat_rooms(&theirs)
+        .into_iter()
+        .filter(|room| mine.contains(room))
+        .collect();
+    if shared.is_empty() {
+        return Err(not_near());
+    }
+    Ok((theirs, shared))
+}
+
 fn whois(ctx: &Context<'_>, p: ConnParams) -> Result<Value, ActionError> {
-    ctx.host()
-        .connection_info(p.conn)?
-        .ok_or_else(|| ActionError::new(2002, format!("no connection {}", p.conn)))
+    let (info, shared) = shared_rooms(ctx, p.conn)?;
+    let nick: Option<String> = ctx.host().data(p.conn, "nick")?;
+    Ok(serde_json::json!({
+        "conn": p.conn,
+        "user": info["user"],
+        "nick": nick,
+        "rooms": shared,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -187,6 +239,8 @@ struct AskParams {
 }
 
 fn ask(ctx: &Context<'_>, p: AskParams) -> Result<Value, ActionError> {
+    checked_text(&p.question)?;
+    shared_rooms(ctx, p.conn)?;
     let timeout = Duration::from_millis(p.timeout_ms.unwrap_or(2_000).min(10_000));
     let asker = display_name(ctx)?;
     let answer = ctx.host().call_client(

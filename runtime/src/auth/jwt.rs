@@ -105,7 +105,8 @@ impl JwtVerifier {
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
             leeway: config.jwt_leeway_secs,
-            max_lifetime: (config.jwt_max_lifetime_secs > 0).then_some(config.jwt_max_lifetime_secs),
+            max_lifetime: (config.jwt_max_lifetime_secs > 0)
+                .then_some(config.jwt_max_lifetime_secs),
         })
     }
 

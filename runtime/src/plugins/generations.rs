@@ -39,6 +39,9 @@ pub struct ReloadSettings {
     /// Keep an unmapped generation's address range reserved with no
     /// access (a debugging aid: stale pointers into it fault at once).
     pub protect_retired: bool,
+    /// Who may put code in the actions folder: files others could have
+    /// written are refused. `None` checks nothing (`switchboard check`).
+    pub trust: Option<super::trust::FolderTrust>,
 }
 
 /// Where a generation is in its life.
@@ -188,6 +191,19 @@ impl Refusal {
         }
     }
 
+    /// The file or its folder could be written by someone other than the
+    /// server's user: tried again when the file changes (a `chmod` or
+    /// `chown` counts) or anything in the folder does.
+    fn unsafe_place(reason: String) -> Refusal {
+        Refusal {
+            hash: None,
+            reason: format!(
+                "refused: {reason}; the file is tried again when it changes (chmod and chown count)"
+            ),
+            retry_with_others: false,
+        }
+    }
+
     /// Caused by another file or the generations still retained: tried
     /// again by itself when those change.
     fn waiting(reason: String) -> Refusal {
@@ -286,6 +302,12 @@ impl Generations {
                 return self.refuse(file, Refusal::transient(format!("could not stat it: {e}")));
             }
         };
+        if let Some(trust) = &self.settings.trust
+            && let Err(problem) = trust.enforce(trust.check_file(file))
+        {
+            tracing::error!(file = %file.display(), "plugin file refused: {problem}");
+            return self.refuse(file, Refusal::unsafe_place(problem.to_string()));
+        }
         if let Some(slot) = self.files.get(file)
             && slot.serving.is_some()
             && slot.refused.is_none()

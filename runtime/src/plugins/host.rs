@@ -44,6 +44,7 @@ pub(crate) fn host_table(ctx: &PluginLogContext) -> HostTable {
         query: Some(super::services::query),
         set_conn_data: Some(super::services::set_conn_data),
         call_client: Some(super::services::call_client),
+        broadcast_signed_in: Some(super::services::broadcast_signed_in),
     }
 }
 

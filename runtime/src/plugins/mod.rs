@@ -1,6 +1,7 @@
 //! The host side of the plugin ABI: loading files ([`loader`]) after a
 //! structural check ([`elf`]), the private
-//! copies they are loaded from ([`shadow`]), the callback table
+//! copies they are loaded from ([`shadow`]), who may put code where the
+//! server loads it ([`trust`]), the callback table
 //! ([`host`], with the server's services in [`services`]), and the snapshot of callable actions ([`registry`]).
 
 pub(crate) mod descriptor;
@@ -14,6 +15,7 @@ pub mod preflight;
 pub mod registry;
 pub mod services;
 pub mod shadow;
+pub mod trust;
 pub mod watch;
 
 pub use generations::{Applied, GenerationState, GenerationView, ReloadSettings};

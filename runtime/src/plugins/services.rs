@@ -82,11 +82,36 @@ pub(crate) unsafe extern "C" fn send_to_user(
 }
 
 pub(crate) unsafe extern "C" fn broadcast(
+    ctx: *const c_void,
+    name: ByteView,
+    data: ByteView,
+    except: *const u64,
+    except_len: usize,
+) -> u64 {
+    // SAFETY: the caller's contract is this function's.
+    unsafe { broadcast_to(ctx, name, data, except, except_len, false) }
+}
+
+pub(crate) unsafe extern "C" fn broadcast_signed_in(
+    ctx: *const c_void,
+    name: ByteView,
+    data: ByteView,
+    except: *const u64,
+    except_len: usize,
+) -> u64 {
+    // SAFETY: the caller's contract is this function's.
+    unsafe { broadcast_to(ctx, name, data, except, except_len, true) }
+}
+
+/// # Safety
+/// The views and `except` (`except_len` ids, or null) live for the call.
+unsafe fn broadcast_to(
     _ctx: *const c_void,
     name: ByteView,
     data: ByteView,
     except: *const u64,
     except_len: usize,
+    signed_in_only: bool,
 ) -> u64 {
     // SAFETY: as above; `except` points to `except_len` ids for this call.
     let (name, data, except) = unsafe {
@@ -100,7 +125,9 @@ pub(crate) unsafe extern "C" fn broadcast(
     let (Some(name), Some(data)) = (name, data) else {
         return 0;
     };
-    with_server(0, |s| s.hub.broadcast(&event(name, data), except) as u64)
+    with_server(0, |s| {
+        s.hub.broadcast(&event(name, data), except, signed_in_only) as u64
+    })
 }
 
 pub(crate) unsafe extern "C" fn publish(

@@ -5,10 +5,16 @@
 //! inode that is still mapped returns the old code. Each load therefore
 //! copies the file (a new inode) to a name never used before in this
 //! process: `<stem>.<pid>.<counter>.<ext>`, under `<base>/<pid>/`.
+//!
+//! Whoever can write to that folder can swap a copy between its check and
+//! its load: the folder is created private (0700) and checked by the same
+//! rules as the actions folder ([`super::trust`]).
 
 use super::elf::{ElfError, check_complete_file};
-use std::fs::{self, File, OpenOptions};
+use super::trust::{Unsafe, check_private_folder};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,29 +25,55 @@ pub struct ShadowDir {
     counter: AtomicU64,
 }
 
+/// Why the shadow folder could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ShadowError {
+    /// Creating or reading it failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// Others could write to it (see [`super::trust`]).
+    #[error("{0} (or set allow_unsafe_plugin_folder = true to accept it)")]
+    Unsafe(#[from] Unsafe),
+}
+
 impl ShadowDir {
-    /// Creates `<base>/<pid>/`, first removing the folders of processes
-    /// that no longer run (copies left by a crash).
-    pub fn create(base: &Path) -> io::Result<ShadowDir> {
-        fs::create_dir_all(base)?;
+    /// Creates `<base>/<pid>/` (folders it creates are 0700), first
+    /// removing the folders of processes that no longer run (copies left
+    /// by a crash). A base that others could write to is refused unless
+    /// `allow_unsafe`, which only warns.
+    pub fn create(base: &Path, allow_unsafe: bool) -> Result<ShadowDir, ShadowError> {
+        private_folder(base)?;
         // Resolved, as `/proc/self/maps` names mapped files: the unload
         // check compares the two.
         let base = &base.canonicalize()?;
+        match check_private_folder(base) {
+            Ok(()) => {}
+            Err(problem) if allow_unsafe => {
+                tracing::warn!(
+                    "using the shadow folder anyway (allow_unsafe_plugin_folder = true): {problem}"
+                );
+            }
+            Err(problem) => return Err(problem.into()),
+        }
         remove_stale(base);
         let dir = base.join(std::process::id().to_string());
         if dir.exists() {
             fs::remove_dir_all(&dir)?;
         }
-        fs::create_dir_all(&dir)?;
+        private_folder(&dir)?;
         Ok(ShadowDir {
             dir,
             counter: AtomicU64::new(0),
         })
     }
 
-    /// The default base: `$TMPDIR/switchboard-shadow`.
+    /// The default base: `$TMPDIR/switchboard-shadow-<uid>`, one per user,
+    /// so servers of different users never share (or fight over) one.
     pub fn default_base() -> PathBuf {
-        std::env::temp_dir().join("switchboard-shadow")
+        std::env::temp_dir().join(format!(
+            "switchboard-shadow-{}",
+            crate::sys::effective_uid()
+        ))
     }
 
     /// Copies `source` to a fresh, never-reused name, hashing the content
@@ -109,6 +141,11 @@ impl ShadowDir {
             tracing::debug!(dir = %self.dir.display(), "could not remove the shadow folder: {e}");
         }
     }
+}
+
+/// Creates `dir` and any missing parents with mode 0700.
+fn private_folder(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// Bytes read and written at a time when copying a plugin file.

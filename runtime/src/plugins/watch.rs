@@ -107,6 +107,12 @@ pub fn start(state: Arc<ServerState>, dir: &Path, debounce: Duration) -> Result<
                     }
                     Ok(Ok(event)) => {
                         for path in event.paths {
+                            // The folder itself changed (its mode, say):
+                            // files refused for it may be loadable now.
+                            if same_dir(&path, &dir, &canonical_dir) {
+                                queue_all(&dir, &mut pending);
+                                continue;
+                            }
                             // Only direct children: editors' temp folders
                             // and the like are not plugins. Named as the
                             // registry names them (`dir` + file name).

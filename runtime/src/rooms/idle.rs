@@ -98,6 +98,10 @@ mod tests {
                 left.push(*room);
             }
         }
-        assert_eq!(left, [0, 2, 4, 6, 8], "only rooms still idle remain, in order");
+        assert_eq!(
+            left,
+            [0, 2, 4, 6, 8],
+            "only rooms still idle remain, in order"
+        );
     }
 }

@@ -25,9 +25,9 @@ mod idle;
 pub mod policy;
 
 use crate::auth::Identity;
-use crate::hub::{ConnHandle, Hub, Outgoing, outgoing};
 #[cfg(doc)]
 use crate::hub::ConnFlow;
+use crate::hub::{ConnHandle, Hub, Outgoing, outgoing};
 use crate::rpc_error::{ErrorCode, RpcError};
 use history::{History, HistoryBudget};
 use idle::IdleQueue;
@@ -373,11 +373,15 @@ impl Rooms {
     /// lock held.
     fn queue_idle(&self, room: &Arc<Room>, number: u64) {
         let limit = 2 * self.count.load(Ordering::Relaxed) + 64;
-        self.idle
-            .push(number, Arc::downgrade(room), limit, |number, room: &Room| {
+        self.idle.push(
+            number,
+            Arc::downgrade(room),
+            limit,
+            |number, room: &Room| {
                 let state = lock(&room.state);
                 state.idle == number && !state.removed
-            });
+            },
+        );
     }
 
     /// Marks a room idle if it has become so; returns the number to queue
