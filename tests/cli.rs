@@ -302,3 +302,85 @@ fn the_floor_server_answers_echo_join_and_publish() {
     let _ = floor.kill();
     let _ = floor.wait();
 }
+
+/// Issue #13, finding 4: the secret can come from a file, and a secret
+/// given as a flag (readable by every local user in `/proc/<pid>/cmdline`)
+/// is warned about.
+#[tokio::test]
+async fn the_secret_comes_from_a_file_and_a_secret_flag_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwt.secret");
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = file.to_str().unwrap();
+    // `token` reads it too; the server accepts what it mints.
+    let (ok, stdout, stderr) = run(&["token", "--sub", "fay", "--jwt-secret-file", path]);
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    let minted = stdout.trim().to_owned();
+    let server = ServerConfig::default()
+        .no_secret()
+        .arg("--jwt-secret-file")
+        .arg(path)
+        .start();
+    let mut c = Client::connect(&format!("{}?token={minted}", server.ws_url())).await;
+    assert_eq!(
+        c.call("echo/whoami", Value::Null).await["result"]["user"],
+        "fay"
+    );
+    assert!(!server.log().contains("WARN"), "{}", server.log());
+    assert!(!server.log().contains(SECRET));
+    drop(server);
+    // A file others can read is used, with a warning.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = ServerConfig::default()
+        .no_secret()
+        .arg("--jwt-secret-file")
+        .arg(path)
+        .start();
+    server.wait_for_log("can be read by other users (mode 0644); chmod 600 it");
+    drop(server);
+    // The flag works, with a warning; the environment does not warn.
+    let flagged = ServerConfig::default()
+        .no_secret()
+        .arg("--jwt-secret")
+        .arg(SECRET)
+        .start();
+    flagged.wait_for_log("the JWT secret was given with --jwt-secret");
+    let (ok, _, stderr) = run(&["token", "--sub", "x", "--jwt-secret", SECRET]);
+    assert!(ok && stderr.contains("--jwt-secret-file"), "{stderr}");
+    let quiet = ServerConfig::default().start();
+    assert_eq!(quiet.http_get("/healthz").0, 200);
+    assert!(!quiet.log().contains("was given with --jwt-secret"));
+    // Not both; and a short secret in a file is refused like any other.
+    let (ok, _, stderr) = run(&[
+        "token",
+        "--sub",
+        "x",
+        "--jwt-secret",
+        SECRET,
+        "--jwt-secret-file",
+        path,
+    ]);
+    assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
+    std::fs::write(&file, "short\n").unwrap();
+    let (ok, _, stderr) = run(&["token", "--sub", "x", "--jwt-secret-file", path]);
+    assert!(!ok && stderr.contains("at least 16 bytes long"), "{stderr}");
+}
+
+/// The README's examples keep secrets off the command line.
+#[test]
+fn the_readme_never_passes_a_secret_as_a_flag() {
+    let readme =
+        std::fs::read_to_string(switchboard_tests::workspace_root().join("README.md")).unwrap();
+    let flagged: Vec<&str> = readme
+        .lines()
+        .filter(|l| {
+            l.contains("--jwt-secret ")
+                || l.contains("--jwt-secret=")
+                || l.contains("--jwt-secret S")
+        })
+        .collect();
+    assert!(flagged.is_empty(), "{flagged:#?}");
+}

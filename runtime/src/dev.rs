@@ -23,6 +23,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -466,8 +467,11 @@ pub fn install(artifact: &Path, actions_dir: &Path) -> Result<Installed, BuildEr
     staged_name.push(format!(".{}.dev-staged", std::process::id()));
     let staged = actions_dir.join(staged_name);
     let written = std::fs::write(&staged, &new).and_then(|()| {
-        let permissions = std::fs::metadata(artifact)?.permissions();
-        std::fs::set_permissions(&staged, permissions)?;
+        use std::os::unix::fs::PermissionsExt;
+        // Never writable by group or others: the server refuses such a
+        // plugin file (whatever the umask gave cargo's artifact).
+        let mode = std::fs::metadata(artifact)?.permissions().mode() & 0o755;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(&staged, &dest)
     });
     if let Err(e) = written {
@@ -556,10 +560,16 @@ impl DevWatch {
         actions_dir: &Path,
         options: DevOptions,
     ) -> Result<DevWatch, DevError> {
-        std::fs::create_dir_all(actions_dir).map_err(|source| DevError::ActionsDir {
-            dir: actions_dir.to_path_buf(),
-            source,
-        })?;
+        // 0755 whatever the umask: the server refuses a folder that group
+        // or others may write to.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(actions_dir)
+            .map_err(|source| DevError::ActionsDir {
+                dir: actions_dir.to_path_buf(),
+                source,
+            })?;
         let (tx, rx) = channel();
         let mut watcher = notify::recommended_watcher(move |event| {
             let _ = tx.send(event);

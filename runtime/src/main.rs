@@ -593,6 +593,14 @@ fn serve_with(mut config: Config) -> anyhow::Result<()> {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    if config.auth_timeout_ms == 0 {
+        tracing::info!(
+            "auth_timeout_ms = 0: connections may stay without signing in, at most {} at once \
+             ({} per address; max_anonymous_connections, max_anonymous_per_address)",
+            limits.max_anonymous,
+            limits.max_anonymous_per_address
+        );
+    }
     tracing::info!(
         max_connections = limits.max_connections,
         max_anonymous = limits.max_anonymous,

@@ -11,7 +11,8 @@
 
 use super::generations::FileStat;
 use crate::state::ServerState;
-use notify::{RecursiveMode, Watcher};
+use notify::event::ModifyKind;
+use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -106,11 +107,16 @@ pub fn start(state: Arc<ServerState>, dir: &Path, debounce: Duration) -> Result<
                         queue_all(&dir, &mut pending);
                     }
                     Ok(Ok(event)) => {
+                        let metadata =
+                            matches!(event.kind, EventKind::Modify(ModifyKind::Metadata(_)));
                         for path in event.paths {
-                            // The folder itself changed (its mode, say):
-                            // files refused for it may be loadable now.
+                            // The folder's own mode or owner changed: files
+                            // refused for it may be loadable now. (Only
+                            // that: reading the folder is an event too.)
                             if same_dir(&path, &dir, &canonical_dir) {
-                                queue_all(&dir, &mut pending);
+                                if metadata {
+                                    queue_all(&dir, &mut pending);
+                                }
                                 continue;
                             }
                             // Only direct children: editors' temp folders

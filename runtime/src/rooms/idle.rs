@@ -9,41 +9,36 @@
 //! answers to it. The queue is compacted when stale entries pile up.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
 
 /// Rooms that became idle, oldest first, each with its idle number.
+///
+/// Lock order: the queue's lock may be held while a room's lock is taken
+/// (compaction), never the other way round; idle numbers come from an
+/// atomic, so a room's lock holder can take one without the queue's lock.
 #[derive(Debug)]
 pub(super) struct IdleQueue<T> {
-    inner: Mutex<Inner<T>>,
-}
-
-#[derive(Debug)]
-struct Inner<T> {
-    queue: VecDeque<(u64, Weak<T>)>,
-    next: u64,
+    queue: Mutex<VecDeque<(u64, Weak<T>)>>,
+    next: AtomicU64,
 }
 
 impl<T> IdleQueue<T> {
     pub(super) fn new() -> IdleQueue<T> {
         IdleQueue {
-            inner: Mutex::new(Inner {
-                queue: VecDeque::new(),
-                next: 1,
-            }),
+            queue: Mutex::new(VecDeque::new()),
+            next: AtomicU64::new(1),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<(u64, Weak<T>)>> {
         // Each critical section is one queue operation: poison is harmless.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A fresh idle number (never 0).
+    /// A fresh idle number (never 0). Takes no lock.
     pub(super) fn next_number(&self) -> u64 {
-        let mut inner = self.lock();
-        let number = inner.next;
-        inner.next += 1;
-        number
+        self.next.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Adds a room that became idle with `number`. When the queue holds
@@ -56,24 +51,22 @@ impl<T> IdleQueue<T> {
         limit: usize,
         still_idle: impl Fn(u64, &T) -> bool,
     ) {
-        let mut inner = self.lock();
-        inner.queue.push_back((number, room));
-        if inner.queue.len() > limit {
-            inner
-                .queue
-                .retain(|(n, weak)| weak.upgrade().is_some_and(|room| still_idle(*n, &room)));
+        let mut queue = self.lock();
+        queue.push_back((number, room));
+        if queue.len() > limit {
+            queue.retain(|(n, weak)| weak.upgrade().is_some_and(|room| still_idle(*n, &room)));
         }
     }
 
     /// Takes the oldest entry (which may be stale: check it).
     pub(super) fn pop(&self) -> Option<(u64, Weak<T>)> {
-        self.lock().queue.pop_front()
+        self.lock().pop_front()
     }
 
     /// Entries held now, stale ones included.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.lock().queue.len()
+        self.lock().len()
     }
 }
 
@@ -89,7 +82,7 @@ mod tests {
         for room in &rooms {
             let n = queue.next_number();
             // Only even rooms are still idle.
-            queue.push(n, Arc::downgrade(room), 5, |_, r: &u64| r % 2 == 0);
+            queue.push(n, Arc::downgrade(room), 5, |_, r: &u64| r.is_multiple_of(2));
         }
         assert!(queue.len() <= 5, "compacted: {}", queue.len());
         let mut left = Vec::new();
