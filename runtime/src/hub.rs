@@ -11,7 +11,7 @@
 
 use crate::rate::TokenBucket;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -37,6 +37,10 @@ const SHARDS: usize = 32;
 #[derive(Debug)]
 pub struct ConnFlow {
     queued_bytes: AtomicUsize,
+    /// Set once the connection is told to close as a slow consumer: no
+    /// more is queued for it (an atomic, read on every push; the kick
+    /// token's own check takes a lock).
+    kicked: AtomicBool,
     room_creations: Mutex<TokenBucket>,
 }
 
@@ -45,6 +49,7 @@ impl ConnFlow {
     pub fn new(rooms_per_minute: u32) -> ConnFlow {
         ConnFlow {
             queued_bytes: AtomicUsize::new(0),
+            kicked: AtomicBool::new(false),
             room_creations: Mutex::new(TokenBucket::new(
                 rooms_per_minute,
                 std::time::Duration::from_secs(60),
@@ -244,7 +249,7 @@ impl Hub {
     /// frames or in bytes closes the connection with 4008; returns whether
     /// it was queued.
     pub fn push(&self, handle: &ConnHandle, frame: Outgoing) -> bool {
-        if handle.kick.is_cancelled() {
+        if handle.flow.kicked.load(Ordering::Relaxed) {
             // Closing as a slow consumer: nothing more is queued for it.
             return false;
         }
@@ -270,7 +275,7 @@ impl Hub {
     /// Tells a connection whose queue overflowed to close with 4008, and
     /// counts it once.
     fn kick(&self, handle: &ConnHandle, full_in: &'static str) {
-        if !handle.kick.is_cancelled() {
+        if !handle.flow.kicked.swap(true, Ordering::Relaxed) {
             self.slow_consumers.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 conn = handle.conn_id,
