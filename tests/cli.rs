@@ -309,6 +309,18 @@ fn the_floor_server_answers_echo_join_and_publish() {
 #[tokio::test]
 async fn the_secret_comes_from_a_file_and_a_secret_flag_is_warned_about() {
     use std::os::unix::fs::PermissionsExt;
+    // The flag works, with a warning; the environment does not warn.
+    let flagged = ServerConfig::default()
+        .no_secret()
+        .arg("--jwt-secret")
+        .arg(SECRET)
+        .start();
+    flagged.wait_for_log("the JWT secret was given with --jwt-secret");
+    let (ok, _, stderr) = run(&["token", "--sub", "x", "--jwt-secret", SECRET]);
+    assert!(ok && stderr.contains("--jwt-secret-file"), "{stderr}");
+    let quiet = ServerConfig::default().start();
+    assert_eq!(quiet.http_get("/healthz").0, 200);
+    assert!(!quiet.log().contains("was given with --jwt-secret"));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("jwt.secret");
     std::fs::write(&file, format!("{SECRET}\n")).unwrap();
@@ -341,18 +353,6 @@ async fn the_secret_comes_from_a_file_and_a_secret_flag_is_warned_about() {
         .start();
     server.wait_for_log("can be read by other users (mode 0644); chmod 600 it");
     drop(server);
-    // The flag works, with a warning; the environment does not warn.
-    let flagged = ServerConfig::default()
-        .no_secret()
-        .arg("--jwt-secret")
-        .arg(SECRET)
-        .start();
-    flagged.wait_for_log("the JWT secret was given with --jwt-secret");
-    let (ok, _, stderr) = run(&["token", "--sub", "x", "--jwt-secret", SECRET]);
-    assert!(ok && stderr.contains("--jwt-secret-file"), "{stderr}");
-    let quiet = ServerConfig::default().start();
-    assert_eq!(quiet.http_get("/healthz").0, 200);
-    assert!(!quiet.log().contains("was given with --jwt-secret"));
     // Not both; and a short secret in a file is refused like any other.
     let (ok, _, stderr) = run(&[
         "token",
