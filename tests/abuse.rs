@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use switchboard_tests::{
-    Client, KEY_HEADER, SECRET, Server, ServerConfig, WAIT, error_code, raw_upgrade, token,
-    token_with, wait_until,
+    Client, KEY_HEADER, SECRET, Server, ServerConfig, WAIT, error_code, raw_upgrade,
+    raw_upgrade_to, token, token_with, wait_until,
 };
 
 fn bounds(server: &Server) -> Value {
@@ -111,6 +111,51 @@ async fn past_max_rooms_idle_rooms_make_way_then_new_rooms_are_refused() {
         )
         .await;
     assert_eq!(reply["result"]["recovered"], false, "{reply}");
+}
+
+/// A connection past its allowance of new rooms cannot make idle rooms
+/// (and the history their users would recover) go by asking for more.
+#[tokio::test]
+async fn a_connection_past_its_allowance_cannot_evict_idle_rooms() {
+    let server = ServerConfig::default()
+        .arg("--max-rooms")
+        .arg("2")
+        .arg("--max-room-creations-per-minute")
+        .arg("1")
+        .start();
+    let mut owner = server.connect_as("owner").await;
+    let joined = owner.call("rpc.join", json!({"room": "kept"})).await;
+    let epoch = joined["result"]["epoch"].clone();
+    owner
+        .call(
+            "rpc.publish",
+            json!({"room": "kept", "data": "remember me"}),
+        )
+        .await;
+    owner.call("rpc.leave", json!({"room": "kept"})).await;
+    // Two rooms: "kept" (idle, with history) and the flood's one.
+    let mut flood = server.connect_as("flood").await;
+    let reply = flood.call("rpc.join", json!({"room": "mine"})).await;
+    assert_eq!(reply["result"]["room"], "mine", "{reply}");
+    for i in 0..5 {
+        let reply = flood
+            .call("rpc.join", json!({"room": format!("more-{i}")}))
+            .await;
+        assert_eq!(error_code(&reply), Some(-32004), "{reply}");
+    }
+    let rooms = &bounds(&server)["rooms"];
+    assert_eq!(
+        (&rooms["open"], &rooms["idle_evicted"]),
+        (&json!(2), &json!(0)),
+        "{rooms}"
+    );
+    let reply = owner
+        .call(
+            "rpc.join",
+            json!({"room": "kept", "since": 0, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
 }
 
 /// The attack of finding 1: connections join a new room, publish 900 KB
@@ -253,6 +298,55 @@ async fn a_reader_that_stops_is_closed_with_4008_when_its_queue_passes_its_bytes
     let queue = &bounds(&server)["outbound_queue"];
     assert_eq!(queue["slow_consumers_closed"], 1, "{queue}");
     assert_eq!(queue["max_bytes"], 1_048_576);
+}
+
+/// A rejoin whose replay would not fit the connection's free queue in
+/// bytes answers `recovered: false` rather than getting the client closed
+/// as a slow consumer (again at every reconnect).
+#[tokio::test]
+async fn a_replay_larger_than_the_free_queue_in_bytes_is_not_recovered() {
+    let (_dir, config) = config_file(
+        r#"
+[[rooms]]
+pattern = "big-*"
+history_max_bytes = 8388608
+"#,
+    );
+    let server = ServerConfig::default().arg("--config").arg(&config).start();
+    let mut publisher = server.connect_as("pub").await;
+    let joined = publisher
+        .call("rpc.join", json!({"room": "big-news"}))
+        .await;
+    let epoch = joined["result"]["epoch"].clone();
+    let payload = "p".repeat(600_000);
+    for _ in 0..3 {
+        publisher
+            .call("rpc.publish", json!({"room": "big-news", "data": payload}))
+            .await;
+    }
+    // 1.8 MB to replay: more than the 1 MiB queue takes at once.
+    let mut late = server.connect_as("late").await;
+    let reply = late
+        .call(
+            "rpc.join",
+            json!({"room": "big-news", "since": 0, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(reply["result"]["recovered"], false, "{reply}");
+    assert_eq!(late.call("rpc.ping", Value::Null).await["result"], "pong");
+    // The last two (1.2 MB) fit: the first is taken into an empty queue.
+    let mut later = server.connect_as("later").await;
+    let reply = later
+        .call(
+            "rpc.join",
+            json!({"room": "big-news", "since": 1, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    assert_eq!(
+        bounds(&server)["outbound_queue"]["slow_consumers_closed"],
+        0
+    );
 }
 
 /// A client that stops reading while its queue stays within bounds is
@@ -574,6 +668,14 @@ fn jwt_edge_cases_are_refused() {
     assert_eq!(status, 401, "two Authorization headers: {text}");
     let (status, text) = handshake(&server, &[&format!("Authorization: bearer {good}")]);
     assert_eq!(status, 101, "the scheme is case-insensitive: {text}");
+    // Another scheme is fine when the connection signs in anyway (a proxy's
+    // Basic credentials beside a `?token=`): nothing is left unread.
+    let (status, text, _) = raw_upgrade_to(
+        &server.addr,
+        &format!("/ws?token={good}"),
+        &[KEY_HEADER, "Authorization: Basic dXNlcjpwYXNz"],
+    );
+    assert_eq!(status, 101, "{text}");
 }
 
 // ---- Finding 9: plugin log lines cannot be forged --------------------------

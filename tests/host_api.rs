@@ -45,11 +45,19 @@ async fn joining_through_an_action_pushes_a_welcome_and_announces_the_arrival() 
     assert_eq!(members.as_array().unwrap().len(), 1);
     let mut ben = server.connect_as("ben").await;
     ben.call("chat/nick", json!({"nick": "Benny"})).await;
+    // Only members send (issue #13: a send must not create rooms).
+    let outside = ben
+        .call("chat/send", json!({"room": "lounge", "text": "hello"}))
+        .await;
+    assert_eq!(error_code(&outside), Some(2006), "{outside}");
+    ben.call("chat/join", json!({"room": "lounge"})).await;
     let sent = ben
         .call("chat/send", json!({"room": "lounge", "text": "hello"}))
         .await;
     let offset = sent["result"]["offset"].as_u64().unwrap();
-    let (message, _) = ann.recv_until(|v| v["method"] == "rpc.message").await;
+    let (message, _) = ann
+        .recv_until(|v| v["method"] == "rpc.message" && v["params"]["data"]["from"].is_string())
+        .await;
     assert_eq!(
         message["params"]["data"],
         json!({"from": "Benny", "text": "hello"})

@@ -188,7 +188,8 @@ pub struct HostTable {
         ) -> u64,
     >,
     /// Publishes JSON `data` to a room (as `rpc.message`, kept in its
-    /// history); returns the message's offset, or 0 for a bad room name.
+    /// history); returns the message's offset, or 0 when it was refused (a
+    /// bad room name, or a new room past the server's `max_rooms`).
     pub publish: Option<
         unsafe extern "C" fn(host_ctx: *const c_void, room: ByteView, data: ByteView) -> u64,
     >,

@@ -222,7 +222,8 @@ impl Host {
             )
         } {
             0 => Err(HostError::Refused(format!(
-                "'{room}' is not a valid room name"
+                "publishing to '{room}' was refused: not a valid room name, or a new room past \
+                 the server's max_rooms (see its log)"
             ))),
             offset => Ok(offset),
         }

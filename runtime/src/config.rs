@@ -136,8 +136,9 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Most open WebSocket connections; past it upgrades get HTTP 503.
     /// Default: what the process's open-file limit allows, less headroom
-    /// for everything else the server opens (see [`crate::limits`]); a
-    /// larger setting is lowered to that, with a warning.
+    /// for everything else the server opens, at most 100000 (see
+    /// [`crate::limits`]); a setting larger than the limit allows is
+    /// lowered to that, with a warning.
     pub max_connections: Option<usize>,
     /// Most open connections that have not signed in (no token on the
     /// upgrade, no `rpc.auth` yet); past it anonymous upgrades get HTTP

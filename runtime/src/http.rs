@@ -106,15 +106,25 @@ impl Routes {
             query: req.uri().query().map(str::to_owned),
             remote_addr: self.remote.map(|a| a.to_string()).unwrap_or_default(),
         });
-        let verdict = match bearer_token(headers) {
-            Ok(header_token) => {
-                let token = header_token.or_else(|| query_token(req.uri().query()));
-                self.state
-                    .auth
-                    .authenticate(token, &handshake, conn_id, &self.state.registry)
-                    .await
-            }
-            Err(e) => Err(e),
+        let header = bearer_token(headers);
+        let token = header
+            .as_ref()
+            .ok()
+            .copied()
+            .flatten()
+            .or_else(|| query_token(req.uri().query()));
+        let verdict = self
+            .state
+            .auth
+            .authenticate(token, &handshake, conn_id, &self.state.registry)
+            .await;
+        // An `Authorization` header that is not a bearer token is fine if
+        // the connection signs in anyway (with `?token=`, or an auth plugin
+        // that reads that scheme); otherwise the client sent credentials
+        // nobody took, and is told so rather than left anonymous.
+        let verdict = match (header, verdict) {
+            (Err(unreadable), Ok(None)) => Err(unreadable),
+            (_, verdict) => verdict,
         };
         let identity = match verdict {
             Ok(identity) => identity,
@@ -321,8 +331,9 @@ fn is_valid_key(key: &str) -> bool {
 
 /// The token of an `Authorization: Bearer <token>` header; `Ok(None)`
 /// without the header. Any other `Authorization` (another scheme, no
-/// token, several headers) is refused rather than ignored: a client that
-/// sent credentials must never end up anonymous without being told.
+/// token, several headers) is an error, which refuses the upgrade unless
+/// the connection signs in another way: a client that sent credentials
+/// must never end up anonymous without being told.
 fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, TokenError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {

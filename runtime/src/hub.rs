@@ -57,12 +57,13 @@ impl ConnFlow {
         }
     }
 
-    /// Counts `len` bytes into the queue if they fit under `max` (a frame
-    /// always fits an empty queue); `false` if they do not.
+    /// Counts `len` bytes into the queue unless it already holds more
+    /// than `max`: the queue holds at most `max` plus one frame, and a
+    /// burst of a few large frames to a reader that keeps up passes.
     fn reserve(&self, len: usize, max: usize) -> bool {
         self.queued_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
-                (queued == 0 || queued.saturating_add(len) <= max).then(|| queued + len)
+                (queued <= max).then(|| queued.saturating_add(len))
             })
             .is_ok()
     }
@@ -95,6 +96,14 @@ impl ConnFlow {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .try_take(std::time::Instant::now())
+    }
+
+    /// Gives back a creation taken for a room that was not made after all.
+    pub fn give_back_room_creation(&self) {
+        self.room_creations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .give_back();
     }
 }
 
@@ -300,6 +309,16 @@ impl Hub {
     /// Most bytes queued for one connection.
     pub fn max_queue_bytes(&self) -> usize {
         self.max_queue_bytes
+    }
+
+    /// Whether frames of `lens` bytes (in order) would all be queued for
+    /// `handle` now, by the rule of [`Hub::push`]: each is taken while the
+    /// queue holds at most `outbound_queue_bytes`, and the frame slots
+    /// suffice.
+    pub fn would_take(&self, handle: &ConnHandle, lens: &[usize]) -> bool {
+        let before_last: usize = lens.iter().rev().skip(1).sum();
+        lens.len() <= handle.tx.capacity()
+            && handle.flow.queued_bytes().saturating_add(before_last) <= self.max_queue_bytes
     }
 
     /// Subscribes a connection to a server event; `false` if `event` is

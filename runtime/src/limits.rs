@@ -13,6 +13,11 @@ use crate::config::Config;
 /// least this many; see [`connections_allowed`].
 const MIN_HEADROOM: u64 = 64;
 
+/// The most connections the default allows, however high the open-file
+/// limit (containers and systemd often allow a million or more): the
+/// scale the server is measured at. A setting may go higher.
+const DEFAULT_CAP: usize = 100_000;
+
 /// The bounds on connections in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -37,7 +42,8 @@ pub fn connections_allowed(open_files: u64) -> usize {
 impl ConnectionLimits {
     /// The bounds for `config` in a process that may open `open_files`
     /// files (`None`: unknown, so the settings are taken as they are, with
-    /// 50,000 connections when none is set). Returns the warnings to log:
+    /// 50,000 connections when none is set). With no setting, what the
+    /// limit carries, at most [`DEFAULT_CAP`]. Returns the warnings to log:
     /// a `max_connections` the limit cannot carry is lowered to what it
     /// can.
     pub fn resolve(config: &Config, open_files: Option<u64>) -> (ConnectionLimits, Vec<String>) {
@@ -54,7 +60,7 @@ impl ConnectionLimits {
                 allowed
             }
             (Some(set), _) => set,
-            (None, Some(allowed)) => allowed,
+            (None, Some(allowed)) => allowed.min(DEFAULT_CAP),
             (None, None) => 50_000,
         };
         let max_anonymous = config
@@ -89,6 +95,8 @@ mod tests {
         assert_eq!(limits.max_connections, 448);
         assert_eq!(limits.max_anonymous, 112);
         assert!(warnings.is_empty());
+        let (limits, _) = ConnectionLimits::resolve(&config, Some(u64::MAX));
+        assert_eq!(limits.max_connections, DEFAULT_CAP);
         config.max_connections = Some(1000);
         let (limits, warnings) = ConnectionLimits::resolve(&config, Some(512));
         assert_eq!(limits.max_connections, 448);

@@ -759,6 +759,13 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
             TokenMinter::hs256(secret.expose().as_bytes())
         }
     };
+    if args.ttl > Duration::from_secs(30 * 24 * 3600) {
+        tracing::warn!(
+            "a token valid for {} is refused by servers with the default jwt_max_lifetime_secs \
+             (30 days); raise it on the server, or mint shorter tokens",
+            humantime::format_duration(args.ttl)
+        );
+    }
     let jti = match args.jti.as_deref() {
         Some("auto") => Some(random_secret().context("could not make a random jti")?),
         other => other.map(str::to_owned),

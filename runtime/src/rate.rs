@@ -39,6 +39,13 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// Returns one token taken for something that did not happen after all.
+    pub fn give_back(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.capacity);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +62,8 @@ mod tests {
         let later = start + Duration::from_secs(3600);
         assert!((0..3).all(|_| bucket.try_take(later)));
         assert!(!bucket.try_take(later), "never more than its capacity");
+        bucket.give_back();
+        assert!(bucket.try_take(later));
+        assert!(!bucket.try_take(later));
     }
 }

@@ -663,9 +663,18 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 /// (each `Name: value`) after the usual ones. Returns the status, the
 /// response head and body read so far, and the socket.
 pub fn raw_upgrade(addr: &str, headers: &[&str]) -> (u16, String, std::net::TcpStream) {
-    let mut request = String::from(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\n",
+    raw_upgrade_to(addr, "/ws", headers)
+}
+
+/// [`raw_upgrade`] to `path` (which may carry a query).
+pub fn raw_upgrade_to(
+    addr: &str,
+    path: &str,
+    headers: &[&str],
+) -> (u16, String, std::net::TcpStream) {
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\n"
     );
     for header in headers {
         request.push_str(header);

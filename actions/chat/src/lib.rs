@@ -3,9 +3,10 @@
 //! - `chat/join {room}`: joins the caller to `chat:<room>` server-side,
 //!   sends it a `chat.welcome` event with who is there and the room's
 //!   recent offset, and announces the arrival to the room.
-//! - `chat/send {room, text}`: publishes `{from, text}` to `chat:<room>`
-//!   (kept in the room's history, so a client that reconnects with
-//!   `rpc.join {since, epoch}` gets what it missed); returns the offset.
+//! - `chat/send {room, text}`: publishes `{from, text}` to `chat:<room>`,
+//!   which the caller must have joined (kept in the room's history, so a
+//!   client that reconnects with `rpc.join {since, epoch}` gets what it
+//!   missed); returns the offset.
 //! - `chat/nick {nick}`: sets the caller's display name (connection data).
 //! - `chat/dm {to, text}`: a direct message to every connection of a user.
 //! - `chat/whois {conn}`: who is on a connection that shares a chat room
@@ -105,10 +106,26 @@ fn checked_text(text: &str) -> Result<(), ActionError> {
     Ok(())
 }
 
+/// The code for a send to a room the caller is not in.
+const NOT_A_MEMBER: i64 = 2006;
+
 fn send(ctx: &Context<'_>, p: SendParams) -> Result<Sent, ActionError> {
     let room = room_name(&p.room)?;
     enter(ctx, &room)?;
     checked_text(&p.text)?;
+    // Like `rpc.publish`: only members speak, so a send can never bring a
+    // room into existence (nor fill the server's history with rooms nobody
+    // is in).
+    let member = ctx
+        .host()
+        .connection_info(ctx.conn_id())?
+        .is_some_and(|info| chat_rooms(&info).contains(&room));
+    if !member {
+        return Err(ActionError::new(
+            NOT_A_MEMBER,
+            format!("join {room} first (chat/join)"),
+        ));
+    }
     let from = display_name(ctx)?;
     let offset = ctx
         .host()

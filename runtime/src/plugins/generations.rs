@@ -326,6 +326,12 @@ impl Generations {
                 );
             }
         };
+        if let Some(trust) = &self.settings.trust
+            && let Err(problem) = trust.enforce(trust.check_opened(file, copy.source_metadata()))
+        {
+            tracing::error!(file = %file.display(), "plugin file refused: {problem}");
+            return self.refuse(file, Refusal::unsafe_place(problem.to_string()));
+        }
         let hash = copy.hash().to_owned();
         let slot = self.files.entry(file.to_path_buf()).or_default();
         if slot.serving.as_ref().is_some_and(|s| s.hash == hash) {

@@ -176,7 +176,18 @@ pub(crate) unsafe extern "C" fn set_membership(
             return 0;
         };
         let rule = Arc::clone(s.rooms.rule(room));
-        u32::from(s.rooms.join(&s.hub, room, &rule, &handle, None).is_ok())
+        match s.rooms.join(&s.hub, room, &rule, &handle, None) {
+            Ok(_) => 1,
+            Err(e) => {
+                tracing::info!(
+                    conn = conn_id,
+                    room,
+                    "a plugin's join was refused: {}",
+                    e.message
+                );
+                0
+            }
+        }
     })
 }
 

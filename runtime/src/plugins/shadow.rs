@@ -83,6 +83,8 @@ impl ShadowDir {
     /// the working set of the calls it runs beside).
     pub fn copy_hashed(&self, source: &Path) -> io::Result<Copied> {
         let mut from = File::open(source)?;
+        // The file as opened: what the trust check vouches for.
+        let source_metadata = from.metadata()?;
         let path = self.fresh_name(source);
         let to = OpenOptions::new()
             .read(true)
@@ -94,6 +96,7 @@ impl ShadowDir {
             file: Some(to),
             hash: String::new(),
             len: 0,
+            source_metadata,
         };
         let mut hasher = blake3::Hasher::new();
         let mut chunk = vec![0u8; COPY_CHUNK];
@@ -159,6 +162,7 @@ pub struct Copied {
     file: Option<File>,
     hash: String,
     len: u64,
+    source_metadata: std::fs::Metadata,
 }
 
 impl Copied {
@@ -172,6 +176,12 @@ impl Copied {
     /// is recognised.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// The metadata of the source file as it was opened for the copy (its
+    /// owner and mode, from the open descriptor).
+    pub fn source_metadata(&self) -> &std::fs::Metadata {
+        &self.source_metadata
     }
 
     /// Checks that the copy is a complete ELF object for this machine.

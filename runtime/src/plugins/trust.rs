@@ -3,7 +3,9 @@
 //! code where the server loads from.
 //!
 //! Refused (unless the operator accepts it, `allow_unsafe_plugin_folder`):
-//! - a folder or file that group or others may write to;
+//! - a folder or file that others may write to, or its group, unless that
+//!   group is its owner's private group (Debian and Ubuntu give every
+//!   user one, with a umask of 002);
 //! - a folder or file owned by a user other than the server's or root;
 //! - a symbolic link whose target is outside the actions folder;
 //! - an ancestor of the folder owned by another user, or one that others
@@ -12,8 +14,12 @@
 //!   accepted: many systems give each user a group of their own.
 //!
 //! The same rules hold for the shadow folder the copies are loaded from,
-//! which the server creates private (0700).
+//! which the server creates private (0700). A file's owner and mode are
+//! checked again on the very file the server read ([`FolderTrust::check_opened`]),
+//! so a path swapped between the check and the copy is caught.
 
+use nix::unistd::{Gid, Group, Uid, User};
+use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -86,12 +92,16 @@ fn canonical(path: &Path) -> Result<PathBuf, Unsafe> {
 /// Checks one folder or file (not its ancestors): owned by the server's
 /// user or root, and writable by neither group nor others.
 fn check_owned_and_closed(path: &Path) -> Result<(), Unsafe> {
-    let meta = metadata(path)?;
-    check_owner(path, &meta)?;
+    check_meta(path, &metadata(path)?)
+}
+
+/// [`check_owned_and_closed`] on metadata already read.
+fn check_meta(path: &Path, meta: &Metadata) -> Result<(), Unsafe> {
+    check_owner(path, meta)?;
     let mode = meta.mode() & 0o7777;
     let who = if mode & 0o002 != 0 {
         "every user"
-    } else if mode & 0o020 != 0 {
+    } else if mode & 0o020 != 0 && !private_group(meta.uid(), meta.gid()) {
         "its group"
     } else {
         return Ok(());
@@ -103,7 +113,22 @@ fn check_owned_and_closed(path: &Path) -> Result<(), Unsafe> {
     })
 }
 
-fn check_owner(path: &Path, meta: &std::fs::Metadata) -> Result<(), Unsafe> {
+/// Whether group `gid` lets nobody but `owner` in: it is the owner's
+/// primary group, named after them, with no other member listed (a
+/// "user private group").
+fn private_group(owner: u32, gid: u32) -> bool {
+    let (Ok(Some(user)), Ok(Some(group))) = (
+        User::from_uid(Uid::from_raw(owner)),
+        Group::from_gid(Gid::from_raw(gid)),
+    ) else {
+        return false;
+    };
+    user.gid.as_raw() == gid
+        && group.name == user.name
+        && group.mem.iter().all(|member| *member == user.name)
+}
+
+fn check_owner(path: &Path, meta: &Metadata) -> Result<(), Unsafe> {
     let server = crate::sys::effective_uid();
     if meta.uid() == server || meta.uid() == 0 {
         Ok(())
@@ -198,6 +223,13 @@ impl FolderTrust {
         Ok(())
     }
 
+    /// Checks the file the server actually opened (`meta` from the open
+    /// descriptor) by the same rules: if `path` was swapped after
+    /// [`FolderTrust::check_file`], the bytes read are still vouched for.
+    pub fn check_opened(&self, path: &Path, meta: &Metadata) -> Result<(), Unsafe> {
+        check_meta(path, meta)
+    }
+
     /// Applies the policy to a check's outcome: refused, or (when unsafe
     /// places are allowed) logged as a warning and accepted.
     pub fn enforce(&self, outcome: Result<(), Unsafe>) -> Result<(), Unsafe> {
@@ -245,6 +277,8 @@ mod tests {
                 ..
             })
         ));
+        // Group 100 ("users" where it exists) is nobody's private group.
+        assert!(std::os::unix::fs::chown(&file, None, Some(100)).is_ok());
         chmod(&file, 0o664);
         assert!(matches!(
             trust.check_file(&file),
@@ -283,5 +317,25 @@ mod tests {
         fs::create_dir(&dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         Ok(dir)
+    }
+
+    #[test]
+    fn a_user_private_group_may_write() {
+        // root's group is root's private group where /etc/group lists no
+        // other member for it (as on Debian and Ubuntu).
+        let groups = fs::read_to_string("/etc/group").unwrap_or_default();
+        let root_alone = groups
+            .lines()
+            .find(|l| l.starts_with("root:"))
+            .is_some_and(|l| {
+                l.rsplit(':')
+                    .next()
+                    .is_none_or(|m| m.is_empty() || m == "root")
+            });
+        assert_eq!(private_group(0, 0), root_alone);
+        assert!(
+            !private_group(0, 100),
+            "group 100 is not root's primary group"
+        );
     }
 }

@@ -62,27 +62,40 @@ impl Rooms {
         rule: &Arc<RoomRule>,
         creator: Option<&ConnHandle>,
     ) -> Result<Arc<Room>, RpcError> {
+        if let Some(room) = self.existing(name) {
+            return Ok(room);
+        }
+        // The creator's allowance is taken before anything is evicted for
+        // the new room: a connection past its allowance cannot push other
+        // rooms out by asking for new ones. Given back if no room is made.
+        let allowance = creator.map(|c| &c.flow);
+        if let Some(flow) = allowance
+            && !flow.take_room_creation()
+        {
+            self.creations_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(RpcError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "room '{name}' does not exist, and this connection has created its limit of new \
+                     rooms for now (max_room_creations_per_minute); join an existing room or retry \
+                     in a minute"
+                ),
+            ));
+        }
+        let give_back = || {
+            if let Some(flow) = allowance {
+                flow.give_back_room_creation();
+            }
+        };
         loop {
             {
                 let mut shard = lock(&self.rooms[shard_of(name)]);
                 if let Some(room) = shard.get(name) {
+                    // Made by someone else meanwhile.
+                    give_back();
                     return Ok(Arc::clone(room));
                 }
                 if increment_below(&self.count, self.max_rooms) {
-                    if let Some(creator) = creator
-                        && !creator.flow.take_room_creation()
-                    {
-                        self.count.fetch_sub(1, Ordering::Relaxed);
-                        self.creations_rate_limited.fetch_add(1, Ordering::Relaxed);
-                        return Err(RpcError::new(
-                            ErrorCode::RateLimited,
-                            format!(
-                                "room '{name}' does not exist, and this connection has created its limit \
-                                 of new rooms for now (max_room_creations_per_minute); join an existing \
-                                 room or retry in a minute"
-                            ),
-                        ));
-                    }
                     let room = Arc::new(Room {
                         name: name.to_owned(),
                         rule: Arc::clone(rule),
@@ -101,6 +114,7 @@ impl Rooms {
             }
             // At the bound: the oldest idle room makes way, if there is one.
             if !self.evict_idle_room() {
+                give_back();
                 self.rooms_refused.fetch_add(1, Ordering::Relaxed);
                 return Err(RpcError::new(
                     ErrorCode::Overloaded,

@@ -279,14 +279,14 @@ impl Rooms {
                 .oldest_offset()
                 .unwrap_or(state.last_offset + 1);
             let gap_filled = since <= state.last_offset && since + 1 >= oldest_kept;
-            let missed = state.history.after(since).count();
+            let missed: Vec<usize> = state.history.after(since).map(|m| m.frame.len()).collect();
             // A member already receives every message: nothing to replay.
-            // A replay larger than the free queue would only get the client
-            // closed as a slow consumer, again at every reconnect: say the
-            // gap could not be filled instead.
+            // A replay larger than the free queue (in frames or bytes) would
+            // only get the client closed as a slow consumer, again at every
+            // reconnect: say the gap could not be filled instead.
             if already_member {
                 same_epoch && gap_filled
-            } else if same_epoch && gap_filled && missed <= handle.tx.capacity() {
+            } else if same_epoch && gap_filled && hub.would_take(handle, &missed) {
                 for message in state.history.after(since) {
                     hub.push(handle, message.frame.clone());
                 }
