@@ -219,8 +219,15 @@ async fn a_connection_that_never_signs_in_is_closed_with_4001() {
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     assert_eq!(signed.call("rpc.ping", Value::Null).await["result"], "pong");
     assert_eq!(late.call("rpc.ping", Value::Null).await["result"], "pong");
-    // 0 lets anonymous connections stay.
+    // 0 lets anonymous connections stay: here it overrides a config file's
+    // 300 ms, so were 0 not honoured the connection would be gone by the
+    // ping, 600 ms on.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(&config, "auth_timeout_ms = 300\n").unwrap();
     let server = ServerConfig::default()
+        .arg("--config")
+        .arg(config.to_str().unwrap())
         .arg("--auth-timeout-ms")
         .arg("0")
         .start();

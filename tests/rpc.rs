@@ -419,9 +419,13 @@ async fn calls_past_the_server_limit_are_shed() {
         .start();
     let mut a = server.connect_as("alice").await;
     let mut b = server.connect_as("bob").await;
-    a.request(1, "echo/sleep", json!({"ms": 400})).await;
-    a.request(2, "echo/sleep", json!({"ms": 400})).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Long enough to be running whatever the machine's load; the check
+    // waits for both to hold their slots rather than guessing a delay.
+    a.request(1, "echo/sleep", json!({"ms": 1900})).await;
+    a.request(2, "echo/sleep", json!({"ms": 1900})).await;
+    switchboard_tests::wait_until("two calls running", || {
+        server.status()["inflight_calls"] == 2
+    });
     // (echo runs inline and takes no slot; a pool action is shed.)
     let reply = b.call("kv/get", json!({"key": "k"})).await;
     assert_eq!(error_code(&reply), Some(-32006), "{reply}");

@@ -271,6 +271,17 @@ pub mod host_query {
 /// The size of the first revision of [`HostTable`] (up to `complete`).
 pub const HOST_TABLE_MIN_SIZE: usize = std::mem::offset_of!(HostTable, send_to_conn);
 
+/// The sizes of [`HostTable`]'s revisions, oldest first: 1 ends at
+/// `complete`, 2 adds the services up to `call_client`, 4 adds
+/// `broadcast_signed_in`. A plugin takes the largest revision a host's
+/// `size` covers, whole, and nothing past it: a field cut in two by an odd
+/// `size` must never read as a function pointer.
+pub const HOST_TABLE_REVISIONS: [usize; 3] = [
+    HOST_TABLE_MIN_SIZE,
+    std::mem::offset_of!(HostTable, broadcast_signed_in),
+    std::mem::size_of::<HostTable>(),
+];
+
 // SAFETY: the table is immutable after construction, and the host promises
 // that `host_ctx` and both callbacks may be used from any thread.
 unsafe impl Send for HostTable {}

@@ -1,5 +1,8 @@
 //! The glue behind [`export_plugin!`](crate::export_plugin): the plugin's
-//! side of the C ABI. All of this crate's `unsafe` lives here.
+//! side of the C ABI. The crate's `unsafe` lives here (the exported entry
+//! points and the reading of what the host passes), in [`crate::host_api`]
+//! (each call through the host's table) and in [`crate::abi`] (`Send` and
+//! `Sync` for the C structs, and reading a byte view).
 //!
 //! Every function the host can call catches panics: since Rust 1.81 a panic
 //! that unwinds out of an `extern "C"` function aborts the whole server.
@@ -7,8 +10,8 @@
 use crate::abi::JoinRequest as RawJoinRequest;
 use crate::abi::{
     ABI_VERSION, ActionDescriptor, AuthRequest as RawAuthRequest, ByteView, CallInfo,
-    ConnectionEvent, HOST_TABLE_MIN_SIZE, HostTable, PluginDescriptor, StateSink, action_flags,
-    log_level, state_status, status,
+    ConnectionEvent, HOST_TABLE_MIN_SIZE, HOST_TABLE_REVISIONS, HostTable, PluginDescriptor,
+    StateSink, action_flags, log_level, state_status, status,
 };
 use crate::action::{Plugin, Reply};
 use crate::context::{Context, Logger};
@@ -92,22 +95,9 @@ pub unsafe fn entry(host: *const HostTable, build: fn() -> Plugin) -> *const Plu
     if abi_version != ABI_VERSION || size < HOST_TABLE_MIN_SIZE {
         return std::ptr::null();
     }
-    // An older host's table is shorter: copy what it has, and the
-    // callbacks it lacks read as `None`.
-    let host = HOST.get_or_init(|| {
-        let mut copy = std::mem::MaybeUninit::<HostTable>::zeroed();
-        // SAFETY: the host's table has `size` readable bytes; we copy at
-        // most our own size. Fields past the first revision are optional
-        // function pointers, for which zero bytes are `None`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                host.cast::<u8>(),
-                copy.as_mut_ptr().cast::<u8>(),
-                size.min(std::mem::size_of::<HostTable>()),
-            );
-            copy.assume_init()
-        }
-    });
+    // SAFETY: the host's table has `size` readable bytes (this function's
+    // contract), and `size` is at least the first revision.
+    let host = HOST.get_or_init(|| unsafe { copy_host_table(host, size) });
     let outcome = catch_unwind(|| {
         REGISTERED.get_or_init(|| {
             install_panic_hook();
@@ -129,6 +119,30 @@ pub unsafe fn entry(host: *const HostTable, build: fn() -> Plugin) -> *const Plu
             std::ptr::null()
         }
         (Ok(()), None) => std::ptr::null(),
+    }
+}
+
+/// A copy of the host's table: the largest whole revision its `size`
+/// covers ([`HOST_TABLE_REVISIONS`]); an older host's table is shorter,
+/// and the callbacks it lacks read as `None`.
+///
+/// # Safety
+/// `host` points to at least `size` readable bytes, and `size` is at least
+/// [`HOST_TABLE_MIN_SIZE`].
+unsafe fn copy_host_table(host: *const HostTable, size: usize) -> HostTable {
+    let whole = HOST_TABLE_REVISIONS
+        .iter()
+        .rev()
+        .copied()
+        .find(|revision| *revision <= size)
+        .unwrap_or(HOST_TABLE_MIN_SIZE);
+    let mut copy = std::mem::MaybeUninit::<HostTable>::zeroed();
+    // SAFETY: per this function's contract, `whole` <= `size` bytes are
+    // readable, and `whole` <= our own size. Fields past a revision are
+    // optional function pointers, for which zero bytes are `None`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(host.cast::<u8>(), copy.as_mut_ptr().cast::<u8>(), whole);
+        copy.assume_init()
     }
 }
 
@@ -550,4 +564,66 @@ macro_rules! export_plugin {
             unsafe { $crate::__private::entry(host, $build) }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::c_void;
+
+    unsafe extern "C" fn log(_: *const c_void, _: u32, _: u64, _: ByteView) {}
+    unsafe extern "C" fn complete(_: *mut c_void, _: u32, _: ByteView) {}
+    unsafe extern "C" fn send(_: *const c_void, _: u64, _: ByteView, _: ByteView) -> u32 {
+        1
+    }
+    unsafe extern "C" fn broadcast(
+        _: *const c_void,
+        _: ByteView,
+        _: ByteView,
+        _: *const u64,
+        _: usize,
+    ) -> u64 {
+        1
+    }
+
+    /// A table with every callback set and `size` as given.
+    fn full_table(size: usize) -> HostTable {
+        HostTable {
+            abi_version: ABI_VERSION,
+            size: size as u32,
+            host_ctx: std::ptr::null(),
+            log,
+            complete,
+            send_to_conn: Some(send),
+            send_to_user: None,
+            broadcast: Some(broadcast),
+            publish: None,
+            set_membership: None,
+            query: None,
+            set_conn_data: None,
+            call_client: None,
+            broadcast_signed_in: Some(broadcast),
+        }
+    }
+
+    #[test]
+    fn only_whole_revisions_of_the_host_table_are_taken() {
+        // A size that ends inside `send_to_conn`: the first revision only.
+        let table = full_table(HOST_TABLE_MIN_SIZE + 4);
+        // SAFETY: the table is a whole `HostTable`, larger than any size used.
+        let copy = unsafe { copy_host_table(&table, HOST_TABLE_MIN_SIZE + 4) };
+        assert!(copy.send_to_conn.is_none(), "half a pointer was taken");
+        assert!(copy.broadcast.is_none());
+        // Revision 2, and half of `broadcast_signed_in`.
+        let size = HOST_TABLE_REVISIONS[1] + 4;
+        // SAFETY: as above.
+        let copy = unsafe { copy_host_table(&full_table(size), size) };
+        assert!(copy.send_to_conn.is_some() && copy.broadcast.is_some());
+        assert!(copy.broadcast_signed_in.is_none());
+        // Everything.
+        let size = std::mem::size_of::<HostTable>();
+        // SAFETY: as above.
+        let copy = unsafe { copy_host_table(&full_table(size), size) };
+        assert!(copy.broadcast_signed_in.is_some());
+    }
 }

@@ -1,19 +1,21 @@
-//! From a parsed request to its reply: built-ins inline, actions on a
-//! blocking-capable thread under a deadline, every failure mapped to a
-//! protocol code.
+//! From a parsed request to its reply: built-ins inline, actions on the
+//! action pool under a deadline, every failure mapped to a protocol code.
 //!
-//! An action never runs on a runtime worker: a plugin's `call` may sleep
-//! or spin, so it runs on the [`ActionThreads`] pool, and the connection
-//! only awaits its completion (with a timeout). A slow call therefore never
-//! delays other calls, on its connection or any other.
+//! An ordinary action never runs on a runtime worker: a plugin's `call`
+//! may sleep or spin, so it runs on the [`ActionThreads`] pool, and the
+//! connection only awaits its completion (with a timeout); a slow call
+//! never delays other calls, on its connection or any other. An action its
+//! author marked inline (it never blocks, and finishes in microseconds)
+//! runs on the connection's own task instead, with no hand-off and no
+//! deadline.
 
 use crate::action_threads::ActionThreads;
 use crate::auth::Identity;
 use crate::builtins::Builtin;
 use crate::lifecycle;
 use crate::plugins::ActionEntry;
-use crate::plugins::host::{Completion, PendingReply};
 use crate::plugins::loader::CallArgs;
+use crate::plugins::replies::{Completion, PendingReply};
 use crate::protocol::{self, Answer, Envelope, share};
 use crate::rpc_error::{ErrorCode, RpcError};
 use crate::session::Session;
@@ -364,13 +366,29 @@ struct ActionErrorObject<'a> {
 /// Maps a plugin's completion to a result or an error.
 fn interpret(path: &str, done: Completion) -> Result<String, CallError> {
     match done.status {
-        status::OK => String::from_utf8(done.body).map_err(|_| {
-            RpcError::new(
-                ErrorCode::Internal,
-                format!("action '{path}' returned a result that is not UTF-8"),
-            )
-            .into()
-        }),
+        status::OK => {
+            let result = String::from_utf8(done.body).map_err(|_| {
+                RpcError::new(
+                    ErrorCode::Internal,
+                    format!("action '{path}' returned a result that is not UTF-8"),
+                )
+            })?;
+            // Spliced into the reply as it is: one malformed result must
+            // not corrupt the client's stream. One linear pass, no values
+            // built.
+            if serde_json::from_str::<serde::de::IgnoredAny>(&result).is_err() {
+                tracing::error!(
+                    action = path,
+                    "an action returned a result that is not JSON"
+                );
+                return Err(RpcError::new(
+                    ErrorCode::Internal,
+                    format!("action '{path}' returned a result that is not valid JSON"),
+                )
+                .into());
+            }
+            Ok(result)
+        }
         status::ACTION_ERROR => Err(action_error(path, done.body)),
         status::PANICKED => Err(RpcError::new(
             ErrorCode::ActionFailed,

@@ -654,6 +654,10 @@ fn serve_with(mut config: Config) -> anyhow::Result<()> {
             "plugins loaded"
         );
     }
+    // Actions run on the server's own action pool; tokio's blocking pool
+    // runs the plugins' join hooks (each holds one of `max_inflight_calls`
+    // permits), auth plugin calls (at most MAX_PLUGIN_CALLS), and a few
+    // housekeeping jobs.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(

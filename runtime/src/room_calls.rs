@@ -1,8 +1,8 @@
 //! The room built-ins (`rpc.join`, `rpc.leave`, `rpc.leave_all`,
 //! `rpc.publish`, `rpc.presence`): params, policy checks, and results.
 
-use crate::plugins::host::PendingReply;
 use crate::plugins::loader::JoinArgs;
+use crate::plugins::replies::PendingReply;
 use crate::rooms::policy::{JoinPolicy, matches};
 use crate::rpc_error::{ErrorCode, RpcError};
 use crate::session::Session;

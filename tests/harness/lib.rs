@@ -37,6 +37,7 @@ const PACKAGES: &[&str] = &[
     "path-thief",
     "not-a-plugin",
     "auth-probe",
+    "raw-rogue",
 ];
 
 pub fn workspace_root() -> PathBuf {
@@ -87,6 +88,13 @@ pub fn probe_variant(name: &str, vars: &[(&str, &str)]) -> PathBuf {
         return path.clone();
     }
     artifacts();
+    // Test binaries may run at once (each in its own process): the build
+    // of one variant and its copy must not interleave with another's, or
+    // one could copy the other's artifact. A file lock spans processes.
+    let dir = artifacts().join("probe-variants");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join(".build.lock")).unwrap();
+    lock.lock().unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
@@ -100,8 +108,6 @@ pub fn probe_variant(name: &str, vars: &[(&str, &str)]) -> PathBuf {
         status.success(),
         "cargo build of reload-probe variant {name} failed"
     );
-    let dir = artifacts().join("probe-variants");
-    std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.{}", std::env::consts::DLL_EXTENSION));
     let staged = dir.join(format!(".{name}.{}", std::process::id()));
     std::fs::copy(
@@ -113,6 +119,7 @@ pub fn probe_variant(name: &str, vars: &[(&str, &str)]) -> PathBuf {
     )
     .unwrap();
     std::fs::rename(&staged, &path).unwrap();
+    drop(lock);
     built.insert(name.to_owned(), path.clone());
     path
 }

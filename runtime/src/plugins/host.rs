@@ -1,5 +1,6 @@
-//! The host's side of the callback table ([`HostTable`]): the log line
-//! and call-completion callbacks every plugin gets.
+//! The host's side of the callback table ([`HostTable`]): the table
+//! itself, and the log-line callback every plugin gets (completions are in
+//! [`super::replies`], the server's services in [`super::services`]).
 //!
 //! Both callbacks are `extern "C"` functions that plugins call from any
 //! thread; both catch panics, since a panic unwinding into plugin code
@@ -8,7 +9,6 @@
 use action_api::abi::{ABI_VERSION, ByteView, HostTable, log_level};
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use tokio::sync::oneshot;
 
 /// What the log callback knows about the plugin writing, for the `plugin`
 /// field of each line: its file stem until its descriptor has been read,
@@ -27,15 +27,18 @@ impl PluginLogContext {
     }
 }
 
-/// Builds the callback table for one plugin. `ctx` must outlive the
-/// plugin's library (the loader keeps both together, and never unloads).
-pub(crate) fn host_table(ctx: &PluginLogContext) -> HostTable {
+/// Builds the callback table for one plugin. The table hands `ctx` to the
+/// plugin as a raw pointer it may use for as long as its library is
+/// mapped, so `ctx` is `'static` (the loader leaks one per generation:
+/// a few dozen bytes, and a generation may stay mapped for the life of the
+/// process anyway).
+pub(crate) fn host_table(ctx: &'static PluginLogContext) -> HostTable {
     HostTable {
         abi_version: ABI_VERSION,
         size: std::mem::size_of::<HostTable>() as u32,
         host_ctx: (ctx as *const PluginLogContext).cast(),
         log: log_line,
-        complete: complete_call,
+        complete: super::replies::complete_call,
         send_to_conn: Some(super::services::send_to_conn),
         send_to_user: Some(super::services::send_to_user),
         broadcast: Some(super::services::broadcast),
@@ -92,69 +95,6 @@ fn log_safe(text: &str) -> String {
         }
     }
     safe
-}
-
-/// How a plugin ended one call: an [`action_api::abi::status`] code and its
-/// body, copied into host memory.
-#[derive(Debug)]
-pub(crate) struct Completion {
-    pub(crate) status: u32,
-    pub(crate) body: Vec<u8>,
-}
-
-/// The state behind one call's `reply` pointer: where its completion goes.
-///
-/// It also holds the generation the call runs on: a plugin may answer
-/// from its own thread long after the host stopped waiting (a deadline
-/// passed, the client left), and until it does, its code may still run,
-/// so its generation must not be closed.
-#[derive(Debug)]
-pub(crate) struct PendingReply {
-    tx: oneshot::Sender<Completion>,
-    generation: Option<std::sync::Arc<super::LoadedPlugin>>,
-}
-
-impl PendingReply {
-    /// A pending reply and the receiver its completion arrives on.
-    pub(crate) fn new() -> (PendingReply, oneshot::Receiver<Completion>) {
-        let (tx, rx) = oneshot::channel();
-        (
-            PendingReply {
-                tx,
-                generation: None,
-            },
-            rx,
-        )
-    }
-
-    /// Keeps `generation` from being closed until the plugin completes
-    /// this reply.
-    pub(crate) fn holding(mut self, generation: std::sync::Arc<super::LoadedPlugin>) -> Self {
-        self.generation = Some(generation);
-        self
-    }
-
-    /// Turns the reply into the opaque handle passed to the plugin. It is
-    /// freed by [`complete_call`], which the plugin calls exactly once.
-    pub(crate) fn into_handle(self) -> *mut c_void {
-        Box::into_raw(Box::new(self)).cast()
-    }
-}
-
-unsafe extern "C" fn complete_call(reply: *mut c_void, status: u32, body: ByteView) {
-    if reply.is_null() {
-        return;
-    }
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `reply` came from `PendingReply::into_handle` and the
-        // plugin completes each call once, so we own the box again here.
-        let pending = unsafe { Box::from_raw(reply.cast::<PendingReply>()) };
-        // SAFETY: the plugin passes bytes that live for this call; we copy.
-        let body = unsafe { body.as_slice() }.to_vec();
-        // The receiver is gone when the caller stopped waiting (deadline
-        // passed, connection closed): the late answer is dropped.
-        let _ = pending.tx.send(Completion { status, body });
-    }));
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 
 use super::descriptor::{RestoreStateFn, SaveStateFn};
 use super::descriptor::{read_actions, read_descriptor, utf8};
-use super::host::{PendingReply, PluginLogContext, host_table};
+use super::host::{PluginLogContext, host_table};
+use super::replies::{InPlugin, PendingReply};
 use super::shadow::ShadowDir;
 use action_api::abi::{
     ABI_VERSION, AuthRequest, ByteView, CallInfo, ENTRY_SYMBOL, ENTRY_SYMBOL_PREFIX, EntryFn,
@@ -357,6 +358,7 @@ impl LoadedPlugin {
             scopes: view(call.scopes),
             conn_data: view(call.conn_data),
         };
+        let _inside = InPlugin::enter();
         // SAFETY: `call` is the plugin's own, `index` is within its action
         // list (the registry only holds indices it read from it), and
         // `info` with everything it points to outlives the call.
@@ -384,6 +386,7 @@ impl LoadedPlugin {
             conn_id: request.conn_id,
             reply: reply.holding(Arc::clone(self)).into_handle(),
         };
+        let _inside = InPlugin::enter();
         // SAFETY: the plugin's own hook; `raw` and what it points to
         // outlive the call; the plugin completes `reply` once.
         unsafe { hook(&raw) };
@@ -407,6 +410,7 @@ impl LoadedPlugin {
                 .map_or(ByteView::ABSENT, |u| ByteView::of(u.as_bytes())),
             reply: reply.holding(Arc::clone(self)).into_handle(),
         };
+        let _inside = InPlugin::enter();
         // SAFETY: the plugin's own hook; `raw` and what it points to
         // outlive the call; the plugin completes `reply` once.
         unsafe { hook(&raw) };

@@ -2,8 +2,10 @@
 //! structural check ([`elf`]), the private
 //! copies they are loaded from ([`shadow`]), who may put code where the
 //! server loads it ([`trust`]), the callback table
-//! ([`host`], with the server's services in [`services`]), and the snapshot of callable actions ([`registry`]).
+//! ([`host`], with the server's services in [`services`] and reply handles
+//! in [`replies`]), and the snapshot of callable actions ([`registry`]).
 
+mod check_process;
 pub(crate) mod descriptor;
 pub mod elf;
 pub mod events;
@@ -13,6 +15,7 @@ pub mod loader;
 pub mod maps;
 pub mod preflight;
 pub mod registry;
+pub mod replies;
 pub mod services;
 pub mod shadow;
 pub mod trust;

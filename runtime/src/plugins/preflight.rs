@@ -11,10 +11,11 @@
 //! server's calls come first; one starved for [`STARVED_GRACE`] runs
 //! again at the server's priority.
 
+use super::check_process::{end, finish_if_exited};
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -161,7 +162,7 @@ fn run_check(
     };
     let started = Instant::now();
     let status = loop {
-        match child.try_wait() {
+        match finish_if_exited(&mut child) {
             Ok(Some(status)) => break status,
             Ok(None) => {}
             Err(e) => {
@@ -186,32 +187,11 @@ fn run_check(
         }
         std::thread::sleep(POLL);
     };
-    kill_group(&child);
     Ok(Finished::Ran(report_of(
         status,
         stdout.collect(),
         stderr.collect(),
     )))
-}
-
-/// Kills `child` and whatever is left in its process group, and reaps
-/// it; its exit status, if it could be read.
-fn end(child: &mut Child) -> Option<std::process::ExitStatus> {
-    let _ = child.kill();
-    let status = child.wait().ok();
-    kill_group(child);
-    status
-}
-
-/// Kills what is left in `child`'s process group (processes its
-/// constructors started), so none outlives the check or holds its pipes.
-/// The group's number cannot be reused while any member lives.
-fn kill_group(child: &Child) {
-    if let Ok(group) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: a plain system call; a group with no members left is
-        // an error that is ignored.
-        let _ = unsafe { libc::kill(-group, libc::SIGKILL) };
-    }
 }
 
 /// What a child that exited said, from its status and its pipes.

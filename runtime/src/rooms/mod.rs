@@ -41,7 +41,6 @@ use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
 
 /// Shards of the room map and the membership index.
 const SHARDS: usize = 32;
@@ -135,14 +134,30 @@ pub struct Rooms {
     creations_rate_limited: AtomicU64,
 }
 
+/// A fresh epoch: 8 random bytes in hex.
 fn new_epoch() -> String {
     let mut bytes = [0u8; 8];
-    // A clock-based fallback keeps epochs distinct if the OS RNG fails.
     if getrandom::fill(&mut bytes).is_err() {
-        bytes =
-            (Instant::now().elapsed().as_nanos() as u64 ^ crate::auth::now_secs()).to_le_bytes();
+        bytes = fallback_epoch().to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An epoch for when the OS random source fails: the wall clock in
+/// nanoseconds, the process id and a counter, mixed (SplitMix64), so two
+/// epochs of this process never repeat and a restarted process starts
+/// elsewhere.
+fn fallback_epoch() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut z =
+        nanos ^ (u64::from(std::process::id()) << 32) ^ count.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The `rpc.message` frame for one message: built once, shared by all.
@@ -491,5 +506,17 @@ impl Rooms {
                 self.remove_if_idle(&room);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_epochs_never_repeat() {
+        let epochs: HashSet<u64> = (0..10_000).map(|_| fallback_epoch()).collect();
+        assert_eq!(epochs.len(), 10_000);
+        assert!(epochs.iter().all(|e| e.count_ones() > 8), "well mixed");
     }
 }

@@ -1,0 +1,156 @@
+//! How a plugin answers: the reply handles it completes calls and hooks
+//! with, and the pins that keep its generation mapped while it may still
+//! run.
+//!
+//! - A handle is a generation-checked key in a host-side table
+//!   (`sharded_slab`), never a pointer the plugin could free twice: a
+//!   second completion, or one with a made-up handle, finds nothing and is
+//!   refused with a log line.
+//! - The generation a call runs on is pinned until the plugin completes it
+//!   (a deferred answer may come much later, from a thread of the
+//!   plugin's). The completion does not drop that pin inside the plugin's
+//!   call, where the plugin's frames are still on the stack: on a thread
+//!   the host called into the plugin with, the pin is dropped when that
+//!   call returns; on a thread of the plugin's own, it is kept until the
+//!   thread exits.
+
+use super::LoadedPlugin;
+use action_api::abi::ByteView;
+use sharded_slab::Slab;
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, LazyLock};
+use tokio::sync::oneshot;
+
+/// How a plugin ended one call: an [`action_api::abi::status`] code and its
+/// body, copied into host memory.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) status: u32,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Where one call's completion goes, and the generation it pins.
+#[derive(Debug)]
+pub(crate) struct PendingReply {
+    tx: oneshot::Sender<Completion>,
+    generation: Option<Arc<LoadedPlugin>>,
+}
+
+/// Every reply handle a plugin holds now.
+static HANDLES: LazyLock<Slab<PendingReply>> = LazyLock::new(Slab::new);
+
+impl PendingReply {
+    /// A pending reply and the receiver its completion arrives on.
+    pub(crate) fn new() -> (PendingReply, oneshot::Receiver<Completion>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            PendingReply {
+                tx,
+                generation: None,
+            },
+            rx,
+        )
+    }
+
+    /// Keeps `generation` from being closed until the plugin completes
+    /// this reply, and has left the code that completed it.
+    pub(crate) fn holding(mut self, generation: Arc<LoadedPlugin>) -> Self {
+        self.generation = Some(generation);
+        self
+    }
+
+    /// Turns the reply into the opaque handle passed to the plugin, which
+    /// it completes once with [`complete_call`]. Null (which a plugin must
+    /// treat as "no reply expected") only if the table is full, when the
+    /// reply is dropped and the caller hears nothing.
+    pub(crate) fn into_handle(self) -> *mut c_void {
+        match HANDLES.insert(self) {
+            // Offset by one: a key of 0 must not read as a null handle.
+            Some(key) => (key + 1) as *mut c_void,
+            None => {
+                tracing::error!("the reply-handle table is full; a call gets no answer");
+                std::ptr::null_mut()
+            }
+        }
+    }
+}
+
+/// The host's `complete` callback: hands a plugin's answer to whoever
+/// waits for it. A handle completed before, or never handed out, is
+/// refused with a log line.
+pub(crate) unsafe extern "C" fn complete_call(reply: *mut c_void, status: u32, body: ByteView) {
+    if reply.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let Some(mut pending) = HANDLES.take((reply as usize) - 1) else {
+            tracing::error!(
+                target: "plugin",
+                "a plugin completed a call twice, or with a handle it was never given; ignored"
+            );
+            return;
+        };
+        // SAFETY: the plugin passes bytes that live for this call; we copy.
+        let body = unsafe { body.as_slice() }.to_vec();
+        let pin = pending.generation.take();
+        // The receiver is gone when the caller stopped waiting (deadline
+        // passed, connection closed): the late answer is dropped.
+        let _ = pending.tx.send(Completion { status, body });
+        if let Some(pin) = pin {
+            park(pin);
+        }
+    }));
+}
+
+thread_local! {
+    /// How deep this thread is in host-to-plugin calls.
+    static IN_PLUGIN: Cell<u32> = const { Cell::new(0) };
+    /// Pins released during those calls, dropped when the outermost ends.
+    static DEFERRED: RefCell<Vec<Arc<LoadedPlugin>>> = const { RefCell::new(Vec::new()) };
+    /// Pins released on a thread of the plugin's own, one per generation,
+    /// dropped when the thread exits (its frames are all gone then).
+    static THREAD_PINS: RefCell<Vec<Arc<LoadedPlugin>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keeps a released pin until no plugin frame of this thread can need it.
+fn park(pin: Arc<LoadedPlugin>) {
+    if IN_PLUGIN.with(Cell::get) > 0 {
+        DEFERRED.with(|deferred| deferred.borrow_mut().push(pin));
+        return;
+    }
+    let _ = THREAD_PINS.try_with(|pins| {
+        let mut pins = pins.borrow_mut();
+        if !pins.iter().any(|held| Arc::ptr_eq(held, &pin)) {
+            pins.push(pin);
+        }
+    });
+}
+
+/// Marks this thread as inside a call into a plugin until dropped; then
+/// the pins its completions released are dropped, outside the plugin.
+#[derive(Debug)]
+pub(crate) struct InPlugin(());
+
+impl InPlugin {
+    /// Enters a call into plugin code.
+    pub(crate) fn enter() -> InPlugin {
+        IN_PLUGIN.with(|depth| depth.set(depth.get() + 1));
+        InPlugin(())
+    }
+}
+
+impl Drop for InPlugin {
+    fn drop(&mut self) {
+        let depth = IN_PLUGIN.with(|depth| {
+            let left = depth.get().saturating_sub(1);
+            depth.set(left);
+            left
+        });
+        if depth == 0 {
+            let released = DEFERRED.with(|deferred| std::mem::take(&mut *deferred.borrow_mut()));
+            drop(released);
+        }
+    }
+}
