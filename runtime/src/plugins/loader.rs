@@ -455,6 +455,19 @@ pub fn collect_if_unpinned(image: &Path) {
     }
 }
 
+/// A loader reference to `image`, a library that is loaded now, so it
+/// stays mapped until the reference is dropped even if the host closes its
+/// own handle; `None` if it is not loaded. Nothing is loaded or run.
+pub(crate) fn hold_image(image: &Path) -> Option<libloading::os::unix::Library> {
+    // SAFETY: RTLD_NOLOAD never maps or initialises a library; it hands
+    // back (and counts) one that is loaded already, whose constructors ran
+    // long ago. Dropping the handle is a `dlclose`, which unloads the image
+    // only when nothing else holds it.
+    unsafe {
+        libloading::os::unix::Library::open(Some(image), libc::RTLD_NOLOAD | libc::RTLD_LAZY).ok()
+    }
+}
+
 /// The [`action_api::abi::StateSink`] the host passes: appends the
 /// plugin's bytes to the `Vec<u8>` behind `ctx`.
 unsafe extern "C" fn collect(ctx: *mut c_void, bytes: ByteView) {

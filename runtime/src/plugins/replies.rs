@@ -8,11 +8,14 @@
 //!   refused with a log line.
 //! - The generation a call runs on is pinned until the plugin completes it
 //!   (a deferred answer may come much later, from a thread of the
-//!   plugin's). The completion does not drop that pin inside the plugin's
-//!   call, where the plugin's frames are still on the stack: on a thread
-//!   the host called into the plugin with, the pin is dropped when that
-//!   call returns; on a thread of the plugin's own, it is kept until the
-//!   thread exits.
+//!   plugin's). The completion does not let the library be unmapped while
+//!   the plugin's frames are still on the completing thread's stack: on a
+//!   thread the host called into the plugin with, the pin is dropped when
+//!   that call returns; on a thread of the plugin's own, the generation
+//!   may drain and close (its shutdown hook usually stops that thread),
+//!   but the thread holds a loader reference to the image (`RTLD_NOLOAD`,
+//!   as glibc's own thread-local destructors do) until it exits, so the
+//!   image is unmapped only after the thread has left it.
 
 use super::LoadedPlugin;
 use action_api::abi::ByteView;
@@ -109,9 +112,27 @@ thread_local! {
     static IN_PLUGIN: Cell<u32> = const { Cell::new(0) };
     /// Pins released during those calls, dropped when the outermost ends.
     static DEFERRED: RefCell<Vec<Arc<LoadedPlugin>>> = const { RefCell::new(Vec::new()) };
-    /// Pins released on a thread of the plugin's own, one per generation,
-    /// dropped when the thread exits (its frames are all gone then).
-    static THREAD_PINS: RefCell<Vec<Arc<LoadedPlugin>>> = const { RefCell::new(Vec::new()) };
+    /// Loader references to the images of generations whose calls this
+    /// thread (one of a plugin's own) completed, one per image, closed
+    /// when the thread exits (its frames are all gone then).
+    static THREAD_PINS: RefCell<Vec<ImagePin>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A loader reference to one mapped image, by the path it was loaded from.
+#[derive(Debug)]
+struct ImagePin {
+    image: std::path::PathBuf,
+    _held: ImageHold,
+}
+
+/// What keeps the image mapped: a loader reference, or (if the loader
+/// could not give one) the generation itself.
+#[derive(Debug)]
+enum ImageHold {
+    /// Held for its `Drop` (a `dlclose`), never read.
+    Loader(#[allow(dead_code)] libloading::os::unix::Library),
+    /// Held for its `Drop`, never read.
+    Generation(#[allow(dead_code)] Arc<LoadedPlugin>),
 }
 
 /// Keeps a released pin until no plugin frame of this thread can need it.
@@ -122,10 +143,21 @@ fn park(pin: Arc<LoadedPlugin>) {
     }
     let _ = THREAD_PINS.try_with(|pins| {
         let mut pins = pins.borrow_mut();
-        if !pins.iter().any(|held| Arc::ptr_eq(held, &pin)) {
-            pins.push(pin);
+        if pins.iter().any(|held| held.image == pin.shadow) {
+            return;
         }
+        let held = match super::loader::hold_image(&pin.shadow) {
+            Some(library) => ImageHold::Loader(library),
+            None => ImageHold::Generation(Arc::clone(&pin)),
+        };
+        pins.push(ImagePin {
+            image: pin.shadow.clone(),
+            _held: held,
+        });
     });
+    // The generation itself may go now: draining and its shutdown hook do
+    // not wait for this thread, only the unmapping does.
+    drop(pin);
 }
 
 /// Marks this thread as inside a call into a plugin until dropped; then
