@@ -491,7 +491,7 @@ async fn rpc_actions_lists_what_the_caller_may_call() {
         .iter()
         .map(|a| a["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, vec!["echo", "echo/whoami"]);
+    assert_eq!(paths, vec!["echo", "echo/count", "echo/whoami"]);
     assert_eq!(listed[0]["version"], "0.1.0");
     assert_eq!(listed[0]["plugin"], "echo");
 
@@ -507,7 +507,33 @@ async fn rpc_actions_lists_what_the_caller_may_call() {
         paths.contains(&"kv/set") && paths.contains(&"echo/sleep"),
         "{paths:?}"
     );
-    assert_eq!(paths.len(), 13);
+    assert_eq!(paths.len(), 14);
+}
+
+/// The action trait: `echo/count` is a type implementing `Handler`, with
+/// its path and policy (public, inline) from the trait and its count in
+/// `&self`.
+#[tokio::test]
+async fn an_action_may_be_a_type_that_keeps_its_own_state() {
+    let server = ServerConfig::default().start();
+    let mut anon = server.connect().await;
+    for expected in 1..=3 {
+        let reply = anon.call("echo/count", Value::Null).await;
+        assert_eq!(reply["result"], expected, "{reply}");
+    }
+    let mut other = server.connect_as("bo").await;
+    assert_eq!(other.call("echo/count", Value::Null).await["result"], 4);
+    let reply = other.call("echo/count", json!({"unexpected": 1})).await;
+    assert_eq!(error_code(&reply), Some(-32602), "{reply}");
+    let listed = anon.call("rpc.actions", Value::Null).await["result"].clone();
+    let count = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["path"] == "echo/count")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(count["public"], true, "{listed}");
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 use crate::context::Context;
 use crate::error::ActionError;
 use crate::export::RawReply;
+use crate::handler::{FnHandler, Handler, Policy};
 use crate::hooks::{AuthRequest, Authenticated, Event, EventKind, JoinRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,14 +15,11 @@ use std::time::Duration;
 /// takes the [`Reply`] out of it and answers later.
 pub(crate) type ErasedHandler = Box<dyn Fn(&Context<'_>, &[u8], &mut Option<Reply>) + Send + Sync>;
 
-/// One action: a method path, its policy, and the function that runs it.
+/// One action as the plugin exports it: a method path, its [`Policy`], and
+/// what runs it (a [`Handler`], or a function: [`Action::new`]).
 pub struct Action {
     pub(crate) path: String,
-    pub(crate) public: bool,
-    pub(crate) inline: bool,
-    /// Required scopes, space-separated (as the descriptor carries them).
-    pub(crate) scopes: String,
-    pub(crate) timeout: Option<Duration>,
+    pub(crate) policy: Policy,
     pub(crate) handler: ErasedHandler,
 }
 
@@ -29,9 +27,7 @@ impl std::fmt::Debug for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Action")
             .field("path", &self.path)
-            .field("public", &self.public)
-            .field("scopes", &self.scopes)
-            .field("timeout", &self.timeout)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -50,19 +46,36 @@ impl Action {
     ///
     /// The host runs actions on threads where blocking is fine, under a
     /// deadline (see [`Action::timeout`]).
+    ///
+    /// Sugar for a [`Handler`] made of `path` and `handler`.
     pub fn new<P, R, F>(path: impl Into<String>, handler: F) -> Action
     where
-        P: DeserializeOwned,
-        R: Serialize,
+        P: DeserializeOwned + 'static,
+        R: Serialize + 'static,
         F: Fn(&Context<'_>, P) -> Result<R, ActionError> + Send + Sync + 'static,
     {
+        Action::from_handler(FnHandler::new(path.into(), handler))
+    }
+
+    /// An action of a type that implements the action trait, [`Handler`]:
+    /// its path and policy come from it, and every call runs its
+    /// [`Handler::call`] with `&self`. The builder methods below may still
+    /// change the policy.
+    pub fn from_handler<H: Handler>(handler: H) -> Action {
+        let path = handler.path().to_owned();
+        let policy = handler.policy();
         let erased: ErasedHandler = Box::new(move |ctx, raw, slot| {
-            let result = parse_params::<P>(raw).and_then(|params| handler(ctx, params));
+            let result =
+                parse_params::<H::Params>(raw).and_then(|params| handler.call(ctx, params));
             if let Some(reply) = slot.take() {
                 reply.send(result);
             }
         });
-        Action::with_handler(path.into(), erased)
+        Action {
+            path,
+            policy,
+            handler: erased,
+        }
     }
 
     /// A deferred action: `handler` gets typed params and a [`Reply`] it
@@ -92,10 +105,7 @@ impl Action {
     fn with_handler(path: String, handler: ErasedHandler) -> Action {
         Action {
             path,
-            public: false,
-            inline: false,
-            scopes: String::new(),
-            timeout: None,
+            policy: Policy::default(),
             handler,
         }
     }
@@ -103,7 +113,7 @@ impl Action {
     /// Lets connections that have not signed in call this action.
     /// By default an action needs a signed-in caller.
     pub fn public(mut self) -> Action {
-        self.public = true;
+        self.policy.public = true;
         self
     }
 
@@ -113,7 +123,7 @@ impl Action {
     /// gets no deadline: one that breaks the promise stalls every
     /// connection on that thread. Leave it off when in doubt.
     pub fn inline(mut self) -> Action {
-        self.inline = true;
+        self.policy = self.policy.inline();
         self
     }
 
@@ -121,22 +131,14 @@ impl Action {
     /// `scopes` claim); a signed-in caller without them gets -32002, and
     /// `rpc.actions` does not list the action for it.
     pub fn require_scopes<S: AsRef<str>>(mut self, scopes: impl IntoIterator<Item = S>) -> Action {
-        for scope in scopes {
-            let scope = scope.as_ref().trim();
-            if !scope.is_empty() {
-                if !self.scopes.is_empty() {
-                    self.scopes.push(' ');
-                }
-                self.scopes.push_str(scope);
-            }
-        }
+        self.policy = self.policy.require_scopes(scopes);
         self
     }
 
     /// Sets this action's deadline; past it the caller gets -32003. The
     /// default is the server's `call_timeout`.
     pub fn timeout(mut self, deadline: Duration) -> Action {
-        self.timeout = Some(deadline);
+        self.policy = self.policy.timeout(deadline);
         self
     }
 }

@@ -172,22 +172,22 @@ fn register(plugin: Plugin) -> Registered {
         .iter()
         .map(|action| ActionDescriptor {
             path: ByteView::of(action.path.as_bytes()),
-            flags: if action.public {
+            flags: if action.policy.public {
                 action_flags::PUBLIC
             } else {
                 0
-            } | if action.inline {
+            } | if action.policy.inline {
                 action_flags::INLINE
             } else {
                 0
             },
-            timeout_ms: action.timeout.map_or(0, |t| {
+            timeout_ms: action.policy.timeout.map_or(0, |t| {
                 u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
             }),
-            scopes: if action.scopes.is_empty() {
+            scopes: if action.policy.scopes.is_empty() {
                 ByteView::ABSENT
             } else {
-                ByteView::of(action.scopes.as_bytes())
+                ByteView::of(action.policy.scopes.as_bytes())
             },
         })
         .collect();
@@ -280,7 +280,7 @@ unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
     };
     // A host too old to pass scopes cannot have checked them either: refuse
     // rather than run an action that needs scopes for any signed-in caller.
-    if !has_rev2 && !action.scopes.is_empty() {
+    if !has_rev2 && !action.policy.scopes.is_empty() {
         if let Some(reply) = slot.take() {
             reply.send::<()>(Err(ActionError::new(
                 -32002,

@@ -24,8 +24,11 @@
 //! The pieces:
 //! - [`abi`]: the stable C ABI (`#[repr(C)]` types, the entry symbol). You
 //!   need it only to write a plugin without this crate's help.
-//! - [`Plugin`], [`Action`]: what a plugin offers, with per-action policy
-//!   (public or signed-in, deadline).
+//! - [`Plugin`], [`Action`]: what a plugin offers, with per-action
+//!   [`Policy`] (public or signed-in, scopes, inline, deadline).
+//! - [`Handler`]: the action trait. An action may be a type of its own
+//!   (its path, policy, typed params and output, and `&self` for state it
+//!   carries); a plain function is sugar for the same trait.
 //! - [`Context`]: the caller (connection id, user) and a [`Logger`] into
 //!   the host's log.
 //! - [`Reply`]: the handle a deferred action answers through, from any
@@ -52,12 +55,14 @@ mod action;
 mod context;
 mod error;
 mod export;
+mod handler;
 mod hooks;
 mod host_api;
 
 pub use action::{Action, Plugin, Reply};
 pub use context::{Context, Logger};
 pub use error::ActionError;
+pub use handler::{Handler, Policy};
 pub use hooks::{AuthRequest, Authenticated, Event, EventKind, JoinRequest};
 pub use host_api::{ClientCallError, Host, HostError};
 

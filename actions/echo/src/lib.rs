@@ -9,9 +9,15 @@
 //! - `echo/panic`: panics (the caller gets -32005; the server carries on).
 //! - `echo/whoami` (public): the caller's user and connection id.
 //! - `echo/later` `{ms}`: a deferred reply, sent from another thread.
+//! - `echo/count` (public): how many times it has been called in this
+//!   build, counting this call; an action written as a type of its own
+//!   (the action trait, [`Handler`]) that keeps its count in `&self`.
 
-use action_api::{Action, ActionError, Context, Plugin, RawValue, Reply, Value, export_plugin};
+use action_api::{
+    Action, ActionError, Context, Handler, Plugin, Policy, RawValue, Reply, Value, export_plugin,
+};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Params of the actions that take a duration.
@@ -112,8 +118,33 @@ fn later(ctx: &Context<'_>, p: Millis, reply: Reply) {
     }
 }
 
+/// `echo/count`: an action with state of its own.
+struct Count {
+    calls: AtomicU64,
+}
+
+impl Handler for Count {
+    type Params = ();
+    type Output = u64;
+
+    fn path(&self) -> &str {
+        "echo/count"
+    }
+
+    fn policy(&self) -> Policy {
+        Policy::public().inline()
+    }
+
+    fn call(&self, _ctx: &Context<'_>, (): ()) -> Result<u64, ActionError> {
+        Ok(self.calls.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
 fn plugin() -> Plugin {
     Plugin::new("echo", env!("CARGO_PKG_VERSION"))
+        .action(Action::from_handler(Count {
+            calls: AtomicU64::new(0),
+        }))
         .action(Action::new("echo", echo).public().inline())
         .action(Action::new("echo/sleep", sleep).timeout(Duration::from_secs(2)))
         .action(Action::new("echo/spin", spin).timeout(Duration::from_secs(2)))
