@@ -143,6 +143,13 @@ async fn unsafe_plugin_files_are_refused_with_the_reason_and_load_once_fixed() {
     }
     let server = ServerConfig::default().actions_folder(dir).start();
     let status = server.status();
+    let kinds: Vec<&str> = status["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.iter().all(|k| *k == "unsafe_place"), "{kinds:?}");
     let kv = refusal(&status, "libkv.so").expect("libkv.so refused");
     assert!(
         kv.contains("can be written by every user (mode 0666)"),

@@ -7,6 +7,18 @@
 use serde_json::{Value, json};
 use switchboard_tests::{ServerConfig, error_code, plugin};
 
+/// The machine-readable kind `/status` gives a refused file.
+fn refused_kind(status: &Value, file_name: &str) -> String {
+    status["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["file"].as_str().unwrap().ends_with(file_name))
+        .and_then(|r| r["kind"].as_str())
+        .unwrap_or_else(|| panic!("{file_name} has no refusal kind in {status}"))
+        .to_owned()
+}
+
 fn refused_reason(status: &Value, file_name: &str) -> String {
     status["refused"]
         .as_array()
@@ -46,6 +58,10 @@ async fn non_plugins_are_skipped_or_refused_and_the_rest_loads() {
         refused_reason(&status, "libnot_a_plugin.so")
             .contains("exports no `switchboard_plugin_v1` symbol")
     );
+    // Each refusal also says its kind, for programs.
+    assert_eq!(refused_kind(&status, "garbage.so"), "not_a_library");
+    assert_eq!(refused_kind(&status, "truncated.so"), "not_a_library");
+    assert_eq!(refused_kind(&status, "libnot_a_plugin.so"), "not_a_plugin");
     for name in ["garbage.so", "truncated.so", "libnot_a_plugin.so"] {
         let line = log
             .lines()
@@ -75,6 +91,7 @@ async fn an_abi_mismatch_is_refused_naming_both_versions() {
         .start();
     let status = server.status();
     let reason = refused_reason(&status, "libfuture_abi.so");
+    assert_eq!(refused_kind(&status, "libfuture_abi.so"), "abi_mismatch");
     assert!(
         reason.contains("ABI version 2") && reason.contains("speaks version 1"),
         "{reason}"
@@ -97,6 +114,7 @@ async fn two_plugins_claiming_one_path_refuse_the_second_whole() {
         .start();
     let status = server.status();
     let reason = refused_reason(&status, "libpath_thief.so");
+    assert_eq!(refused_kind(&status, "libpath_thief.so"), "path_conflict");
     for part in ["path-thief 0.9.0", "'echo'", "echo 0.1.0", "libecho.so"] {
         assert!(reason.contains(part), "{part:?} missing from {reason:?}");
     }

@@ -121,6 +121,16 @@ fn refusal(server: &Server, name: &str) -> Option<String> {
         .map(|r| r["reason"].as_str().unwrap().to_owned())
 }
 
+/// The kind of `/status`'s refusal of `name`, if it is refused.
+fn refusal_kind(server: &Server, name: &str) -> Option<String> {
+    server.status()["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["file"].as_str().unwrap().ends_with(name))
+        .map(|r| r["kind"].as_str().unwrap().to_owned())
+}
+
 /// Waits until `/status` refuses `name` with a reason containing `needle`.
 fn wait_refused(server: &Server, name: &str, needle: &str) -> String {
     let start = Instant::now();
@@ -472,35 +482,56 @@ async fn every_kind_of_bad_file_is_refused_while_the_old_generation_answers_ever
         std::fs::write(&path, bytes).unwrap();
         path
     };
-    let bad: Vec<(&str, PathBuf, &str)> = vec![
+    // What each is, the file, words of its reason, its kind on /status.
+    let bad: Vec<(&str, PathBuf, &str, &str)> = vec![
         (
             "not a library",
             write("garbage", b"not an ELF file at all"),
             "not an ELF file",
+            "not_a_library",
         ),
         (
             "truncated",
             write("truncated", &v2_bytes[..v2_bytes.len() / 2]),
             "truncated",
+            "not_a_library",
         ),
         (
             "wrong architecture",
             write("arm", &other_architecture(&v2)),
             "another architecture",
+            "not_a_library",
         ),
         (
             "no entry symbol",
             plugin("not_a_plugin"),
             "exports no `switchboard_plugin_v1` symbol",
+            "not_a_plugin",
         ),
-        ("wrong ABI", plugin("future_abi"), "ABI version"),
-        ("panicking init", init_panics, "entry function failed"),
-        ("crashing constructor", segv, "SIGSEGV"),
-        ("hanging constructor", hang, "did not finish within"),
+        (
+            "wrong ABI",
+            plugin("future_abi"),
+            "ABI version",
+            "abi_mismatch",
+        ),
+        (
+            "panicking init",
+            init_panics,
+            "entry function failed",
+            "init_failed",
+        ),
+        ("crashing constructor", segv, "SIGSEGV", "preflight_crashed"),
+        (
+            "hanging constructor",
+            hang,
+            "did not finish within",
+            "preflight_hung",
+        ),
         (
             "a path another plugin owns",
             plugin("path_thief"),
             "already provides",
+            "path_conflict",
         ),
     ];
     for backtrace in BACKTRACE_MODES {
@@ -527,10 +558,15 @@ async fn every_kind_of_bad_file_is_refused_while_the_old_generation_answers_ever
                 }
             })
         };
-        for (kind, file, reason) in &bad {
+        for (kind, file, reason, code) in &bad {
             server.install(PROBE, file);
             let said = wait_refused(&server, PROBE, reason);
             assert!(said.len() > 20, "{kind}: {said}");
+            assert_eq!(
+                refusal_kind(&server, PROBE).as_deref(),
+                Some(*code),
+                "{kind}"
+            );
             assert_eq!(
                 identity(&mut control).await["instance"],
                 v1_identity["instance"],

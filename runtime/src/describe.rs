@@ -1,5 +1,6 @@
 //! What `switchboard check FILE` reports about one plugin file.
 
+use crate::plugins::refusal::RefusalKind;
 use crate::plugins::{LoadedPlugin, ShadowDir};
 use action_api::abi::ABI_VERSION;
 use serde::Serialize;
@@ -30,6 +31,9 @@ pub struct PluginReport {
     /// Why it cannot be loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The kind of that refusal (the server's preflight reads it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<RefusalKind>,
 }
 
 /// One action in a [`PluginReport`].
@@ -61,13 +65,20 @@ pub fn check(file: &Path, shadow_base: Option<&Path>) -> PluginReport {
         authenticates: false,
         events: Vec::new(),
         error: None,
+        error_kind: None,
     };
+    let failed = |e: crate::plugins::LoadError| (e.kind(), e.to_string());
     let loaded = match shadow_base {
-        None => LoadedPlugin::load_in_place(file).map_err(|e| e.to_string()),
+        None => LoadedPlugin::load_in_place(file).map_err(failed),
         Some(base) => ShadowDir::create(base, false)
-            .map_err(|e| format!("could not create the shadow folder {}: {e}", base.display()))
+            .map_err(|e| {
+                (
+                    RefusalKind::Io,
+                    format!("could not create the shadow folder {}: {e}", base.display()),
+                )
+            })
             .and_then(|shadow| {
-                let result = LoadedPlugin::load(file, &shadow).map_err(|e| e.to_string());
+                let result = LoadedPlugin::load(file, &shadow).map_err(failed);
                 shadow.remove();
                 result
             }),
@@ -106,7 +117,10 @@ pub fn check(file: &Path, shadow_base: Option<&Path>) -> PluginReport {
             report.name = Some(plugin.name);
             report.version = Some(plugin.version);
         }
-        Err(error) => report.error = Some(error),
+        Err((kind, error)) => {
+            report.error = Some(error);
+            report.error_kind = Some(kind);
+        }
     }
     report
 }

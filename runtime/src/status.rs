@@ -46,6 +46,7 @@ struct ActionStatus<'a> {
 #[derive(Serialize)]
 struct Refused<'a> {
     file: &'a Path,
+    kind: crate::plugins::RefusalKind,
     reason: &'a str,
 }
 
@@ -132,6 +133,7 @@ pub fn render(state: &ServerState) -> String {
         .iter()
         .map(|r| Refused {
             file: &r.file,
+            kind: r.kind,
             reason: &r.reason,
         })
         .collect();

@@ -15,6 +15,7 @@
 
 use super::loader::{Handoff, LoadedPlugin};
 use super::preflight::{Preflighted, preflight};
+use super::refusal::{Refusal, RefusalKind};
 use super::registry::{RefusedFile, RegistrySnapshot};
 use super::shadow::ShadowDir;
 use serde::Serialize;
@@ -158,63 +159,6 @@ impl FileStat {
     }
 }
 
-/// Why a file's last content was refused, and when to try it again.
-#[derive(Debug)]
-struct Refusal {
-    /// The content's hash when the refusal is about the content itself:
-    /// the same content is not tried again. `None` when the cause lies
-    /// elsewhere (another file, the machine): the next write retries.
-    hash: Option<String>,
-    reason: String,
-    /// Tried again whenever another file changes or a generation goes (a
-    /// path conflict, busy).
-    retry_with_others: bool,
-}
-
-impl Refusal {
-    /// About this content: not tried again until the content changes.
-    fn content(hash: String, reason: String) -> Refusal {
-        Refusal {
-            hash: Some(hash),
-            reason,
-            retry_with_others: false,
-        }
-    }
-
-    /// Caused by the machine (I/O, a killed or hung preflight): tried
-    /// again when the file is written again, whatever its content.
-    fn transient(reason: String) -> Refusal {
-        Refusal {
-            hash: None,
-            reason: format!("{reason}; write the file again to retry"),
-            retry_with_others: false,
-        }
-    }
-
-    /// The file or its folder could be written by someone other than the
-    /// server's user: tried again when the file changes (a `chmod` or
-    /// `chown` counts) or anything in the folder does.
-    fn unsafe_place(reason: String) -> Refusal {
-        Refusal {
-            hash: None,
-            reason: format!(
-                "refused: {reason}; the file is tried again when it changes (chmod and chown count)"
-            ),
-            retry_with_others: false,
-        }
-    }
-
-    /// Caused by another file or the generations still retained: tried
-    /// again by itself when those change.
-    fn waiting(reason: String) -> Refusal {
-        Refusal {
-            hash: None,
-            reason,
-            retry_with_others: true,
-        }
-    }
-}
-
 /// A generation that no longer serves.
 #[derive(Debug)]
 struct Retired {
@@ -275,6 +219,7 @@ impl Generations {
             .filter_map(|(file, slot)| {
                 slot.refused.as_ref().map(|r| RefusedFile {
                     file: file.clone(),
+                    kind: r.kind,
                     reason: r.reason.clone(),
                 })
             })
@@ -293,13 +238,20 @@ impl Generations {
             Ok(meta) if !meta.is_file() => {
                 return self.refuse(
                     file,
-                    Refusal::content(String::new(), "not a regular file".to_owned()),
+                    Refusal::content(
+                        RefusalKind::NotARegularFile,
+                        String::new(),
+                        "not a regular file".to_owned(),
+                    ),
                 );
             }
             Ok(meta) => FileStat::of(&meta),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.remove(file),
             Err(e) => {
-                return self.refuse(file, Refusal::transient(format!("could not stat it: {e}")));
+                return self.refuse(
+                    file,
+                    Refusal::transient(RefusalKind::Io, format!("could not stat it: {e}")),
+                );
             }
         };
         if let Some(trust) = &self.settings.trust
@@ -322,7 +274,10 @@ impl Generations {
             Err(e) => {
                 return self.refuse(
                     file,
-                    Refusal::transient(format!("could not copy it for loading: {e}")),
+                    Refusal::transient(
+                        RefusalKind::Io,
+                        format!("could not copy it for loading: {e}"),
+                    ),
                 );
             }
         };
@@ -358,7 +313,11 @@ impl Generations {
             };
             return self.refuse(
                 file,
-                Refusal::content(hash, format!("not a loadable library: {e}{waiting}")),
+                Refusal::content(
+                    RefusalKind::NotALibrary,
+                    hash,
+                    format!("not a loadable library: {e}{waiting}"),
+                ),
             );
         }
         let retained = self
@@ -369,7 +328,9 @@ impl Generations {
         if retained >= self.settings.max_generations {
             return self.refuse(
                 file,
-                Refusal::waiting(format!(
+                Refusal::waiting(
+                    RefusalKind::Busy,
+                    format!(
                     "busy: {retained} earlier generations of this file are still draining or mapped \
                      (max_generations = {}); reload refused, the serving generation keeps serving; it \
                      is retried by itself when one of them is gone (see /status: generations pinned \
@@ -387,9 +348,9 @@ impl Generations {
                 Ok(preflighted) => Some(preflighted),
                 Err(e) => {
                     let refusal = if e.is_transient() {
-                        Refusal::transient(e.to_string())
+                        Refusal::transient(e.kind(), e.to_string())
                     } else {
-                        Refusal::content(hash, e.to_string())
+                        Refusal::content(e.kind(), hash, e.to_string())
                     };
                     return self.refuse(file, refusal);
                 }
@@ -397,13 +358,13 @@ impl Generations {
             (None, None) => None,
         };
         if let Some(conflict) = paths.and_then(|p| self.conflict(file, &p.paths, &p.label)) {
-            return self.refuse(file, Refusal::waiting(conflict));
+            return self.refuse(file, Refusal::waiting(RefusalKind::PathConflict, conflict));
         }
         let copy = copy.keep();
         let loaded = on_short_thread(|| LoadedPlugin::load_prepared(file, &copy, hash.clone()));
         let mut plugin = match loaded {
             Ok(plugin) => plugin,
-            Err(e) => return self.refuse(file, Refusal::content(hash, e.to_string())),
+            Err(e) => return self.refuse(file, Refusal::content(e.kind(), hash, e.to_string())),
         };
         if self.is_live_image(plugin.code_address()) {
             // Never expected (fresh name, fresh inode, RTLD_LOCAL), but
@@ -413,6 +374,7 @@ impl Generations {
             return self.refuse(
                 file,
                 Refusal::transient(
+                    RefusalKind::StaleImage,
                     "stale image: the dynamic loader returned a library that is already loaded, so \
                      the new code would not run; reload refused"
                         .to_owned(),
@@ -423,7 +385,7 @@ impl Generations {
         let claimant = format!("plugin {} {}", plugin.name, plugin.version);
         if let Some(conflict) = self.conflict(file, &paths, &claimant) {
             close_unused(plugin);
-            return self.refuse(file, Refusal::waiting(conflict));
+            return self.refuse(file, Refusal::waiting(RefusalKind::PathConflict, conflict));
         }
         let previous = self.files.get(file).and_then(|s| s.serving.clone());
         if let Some(old) = &previous {
@@ -431,7 +393,10 @@ impl Generations {
                 Ok(handoff) => plugin.handoff = handoff,
                 Err(reason) => {
                     close_unused(plugin);
-                    return self.refuse(file, Refusal::content(hash, reason));
+                    return self.refuse(
+                        file,
+                        Refusal::content(RefusalKind::HandoffRefused, hash, reason),
+                    );
                 }
             }
         }

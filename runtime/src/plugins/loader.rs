@@ -9,6 +9,7 @@
 use super::descriptor::{RestoreStateFn, SaveStateFn};
 use super::descriptor::{read_actions, read_descriptor, utf8};
 use super::host::{PluginLogContext, host_table};
+use super::refusal::RefusalKind;
 use super::replies::{InPlugin, PendingReply};
 use super::shadow::ShadowDir;
 use action_api::abi::{
@@ -57,6 +58,20 @@ pub enum LoadError {
     /// The descriptor is malformed.
     #[error("bad descriptor: {0}")]
     BadDescriptor(String),
+}
+
+impl LoadError {
+    /// The kind of refusal, for `/status`.
+    pub fn kind(&self) -> RefusalKind {
+        match self {
+            LoadError::Copy(_) => RefusalKind::Io,
+            LoadError::Incomplete(_) | LoadError::NotALibrary(_) => RefusalKind::NotALibrary,
+            LoadError::NotAPlugin => RefusalKind::NotAPlugin,
+            LoadError::AbiMismatch { .. } => RefusalKind::AbiMismatch,
+            LoadError::InitFailed => RefusalKind::InitFailed,
+            LoadError::BadDescriptor(_) => RefusalKind::BadDescriptor,
+        }
+    }
 }
 
 /// One action as the host keeps it (copied out of the plugin).

@@ -14,6 +14,7 @@ pub mod host;
 pub mod loader;
 pub mod maps;
 pub mod preflight;
+pub mod refusal;
 pub mod registry;
 pub mod replies;
 pub mod services;
@@ -23,5 +24,6 @@ pub mod watch;
 
 pub use generations::{Applied, GenerationState, GenerationView, ReloadSettings};
 pub use loader::{ActionMeta, Handoff, LoadError, LoadedPlugin};
+pub use refusal::RefusalKind;
 pub use registry::{ActionEntry, RefusedFile, Registry, RegistrySnapshot};
 pub use shadow::ShadowDir;

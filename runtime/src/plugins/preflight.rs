@@ -12,6 +12,7 @@
 //! again at the server's priority.
 
 use super::check_process::{end, finish_if_exited};
+use super::refusal::RefusalKind;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -25,9 +26,9 @@ const POLL: Duration = Duration::from_millis(2);
 /// Why a preflight refused a file.
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
-    /// The check ran and refused the file.
-    #[error("{0}")]
-    Refused(String),
+    /// The check ran and refused the file: its kind and reason.
+    #[error("{1}")]
+    Refused(RefusalKind, String),
     /// The child died of a signal: a constructor or the entry crashed
     /// (or something outside killed it).
     #[error(
@@ -46,11 +47,21 @@ pub enum PreflightError {
 }
 
 impl PreflightError {
+    /// The kind of refusal, for `/status`.
+    pub fn kind(&self) -> RefusalKind {
+        match self {
+            PreflightError::Refused(kind, _) => *kind,
+            PreflightError::Crashed(_) => RefusalKind::PreflightCrashed,
+            PreflightError::Hung(_) => RefusalKind::PreflightHung,
+            PreflightError::Broken(_) => RefusalKind::PreflightFailed,
+        }
+    }
+
     /// Whether the cause may lie outside the file (a killed, starved or
     /// unstartable child), so the same content deserves another try.
     pub fn is_transient(&self) -> bool {
         match self {
-            PreflightError::Refused(_) => false,
+            PreflightError::Refused(..) => false,
             PreflightError::Crashed(signal) => *signal == 9,
             PreflightError::Hung(_) | PreflightError::Broken(_) => true,
         }
@@ -229,7 +240,10 @@ fn report_of(
             paths,
         });
     }
+    let kind =
+        serde_json::from_value(report["error_kind"].clone()).unwrap_or(RefusalKind::InitFailed);
     Err(PreflightError::Refused(
+        kind,
         report["error"]
             .as_str()
             .unwrap_or("refused without a reason")

@@ -42,7 +42,9 @@ pub struct ActionEntry {
 pub struct RefusedFile {
     /// The file.
     pub file: PathBuf,
-    /// Why, in a sentence.
+    /// What kind of refusal, for programs.
+    pub kind: super::refusal::RefusalKind,
+    /// Why, in a sentence, for people.
     pub reason: String,
 }
 
