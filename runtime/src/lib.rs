@@ -5,7 +5,9 @@
 //! that the server loads from a folder.
 //!
 //! The components, in the order a call meets them:
-//! - [`server`]: the TCP listener and shutdown; [`tls`]: optional TLS
+//! - [`server`]: [`server::Server`], a whole server built from its
+//!   settings (what the binary runs, and what a program may embed), the
+//!   TCP listener and shutdown; [`tls`]: optional TLS
 //!   (`https://`, `wss://`) from PEM files; [`http`]: the routes
 //!   (`/ws`, `/healthz`, `/status`) and the WebSocket upgrade with its
 //!   admission checks ([`handshake`]: origins, connection bounds from

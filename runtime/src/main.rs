@@ -8,16 +8,12 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use switchboard::auth::mint::NewToken;
-use switchboard::auth::{Authenticator, JwtVerifier, TokenMinter, random_secret};
+use switchboard::auth::{TokenMinter, random_secret};
 use switchboard::config::Config;
-use switchboard::config::{AuthStep, Secret};
-use switchboard::limits::ConnectionLimits;
-use switchboard::plugins::trust::FolderTrust;
-use switchboard::plugins::{Registry, ReloadSettings, ShadowDir};
-use switchboard::state::ServerState;
+use switchboard::config::Secret;
+use switchboard::server::Server;
 use tracing_subscriber::EnvFilter;
 
 /// Switchboard: call native Rust actions over a WebSocket, in JSON-RPC 2.0.
@@ -558,143 +554,30 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
 }
 
 /// Serves an already merged config (`serve` and `dev`).
-fn serve_with(mut config: Config) -> anyhow::Result<()> {
-    if !config.actions.is_dir() {
-        bail!(
-            "the actions folder {} does not exist (set it with --actions DIR)",
-            config.actions.display()
-        );
-    }
-    // With no key at all for a chain that verifies JWTs, make a secret up
-    // for this run so the quickstart works with no setup.
-    let dev_minter = if !config.has_jwt_keys() && config.auth_chain.contains(&AuthStep::Jwt) {
-        let secret = random_secret().context("could not make a random development secret")?;
-        let minter = TokenMinter::hs256(secret.as_bytes());
-        config.jwt_secret = Some(Secret::new(secret));
-        Some(minter)
-    } else {
-        None
-    };
-    if config.auth_chain.contains(&AuthStep::Plugin) && config.allowed_origins.is_empty() {
-        tracing::warn!(
-            "auth_chain includes the plugin step but allowed_origins is empty: if the plugin trusts cookies, \
-             any web page can open a signed-in WebSocket for its visitors; list your sites in allowed_origins"
-        );
-    } else if config.allowed_origins.is_empty() && !config.listen.ip().is_loopback() {
-        tracing::warn!(
-            listen = %config.listen,
-            "allowed_origins is empty and the server listens beyond this machine: a web page on any \
-             site can open a WebSocket to it from its visitors' browsers; list your sites in \
-             allowed_origins (or \"*\" to allow any and silence this warning)"
-        );
-    }
-    let open_files = switchboard::sys::raise_open_file_limit();
-    let (limits, warnings) = ConnectionLimits::resolve(&config, open_files);
-    for warning in warnings {
-        tracing::warn!("{warning}");
-    }
-    if config.auth_timeout_ms == 0 {
-        tracing::info!(
-            "auth_timeout_ms = 0: connections may stay without signing in, at most {} at once \
-             ({} per address; max_anonymous_connections, max_anonymous_per_address)",
-            limits.max_anonymous,
-            limits.max_anonymous_per_address
-        );
-    }
-    tracing::info!(
-        max_connections = limits.max_connections,
-        max_anonymous = limits.max_anonymous,
-        max_anonymous_per_address = limits.max_anonymous_per_address,
-        open_files = ?limits.open_files,
-        "connection limits"
-    );
-    let verifier = JwtVerifier::from_config(&config)?;
-    let auth = Authenticator::new(&config, Some(verifier));
-    let shadow_base = config
-        .shadow_dir
-        .clone()
-        .unwrap_or_else(ShadowDir::default_base);
-    let trust = FolderTrust::new(&config.actions, config.allow_unsafe_plugin_folder)?;
-    match trust.check_folder() {
-        Ok(()) => {}
-        Err(problem) if config.allow_unsafe_plugin_folder => {
-            tracing::warn!("loading plugins anyway (allow_unsafe_plugin_folder = true): {problem}");
-        }
-        Err(problem) => bail!(
-            "refusing to load plugins from {}: {problem} (or set allow_unsafe_plugin_folder = true to accept it)",
-            config.actions.display()
-        ),
-    }
-    let shadow =
-        ShadowDir::create(&shadow_base, config.allow_unsafe_plugin_folder).with_context(|| {
-            format!(
-                "could not use the plugin shadow folder {}",
-                shadow_base.display()
-            )
-        })?;
-    let settings = ReloadSettings {
-        trust: Some(trust),
-        default_timeout: config.call_timeout(),
-        max_generations: config.max_generations,
-        protect_retired: config.reload_protect_retired,
-        preflight_timeout: Some(Duration::from_millis(config.preflight_timeout_ms)),
-    };
-    let registry = Registry::load(&config.actions, shadow, settings).with_context(|| {
-        format!(
-            "could not read the actions folder {}",
-            config.actions.display()
-        )
-    })?;
-    {
-        let snapshot = registry.snapshot();
-        tracing::info!(
-            plugins = snapshot.plugins.len(),
-            refused = snapshot.refused.len(),
-            folder = %config.actions.display(),
-            "plugins loaded"
-        );
-    }
+fn serve_with(config: Config) -> anyhow::Result<()> {
+    let server = Server::builder(config).build()?;
+    let blocking =
+        server.config().max_inflight_calls + switchboard::auth::chain::MAX_PLUGIN_CALLS + 16;
+    let listen = server.config().listen;
     // Actions run on the server's own action pool; tokio's blocking pool
     // runs the plugins' join hooks (each holds one of `max_inflight_calls`
     // permits), auth plugin calls (at most MAX_PLUGIN_CALLS), and a few
     // housekeeping jobs.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(
-            config.max_inflight_calls + switchboard::auth::chain::MAX_PLUGIN_CALLS + 16,
-        )
+        .max_blocking_threads(blocking)
         .thread_name("switchboard")
         .build()
         .context("could not start the async runtime")?;
     let result = runtime.block_on(async {
-        let tls = switchboard::tls::from_config(&config)?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("could not listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let (http, ws) = if tls.is_some() {
-            ("https", "wss")
-        } else {
-            ("http", "ws")
-        };
-        tracing::info!("listening on {http}://{addr} (WebSocket: {ws}://{addr}/ws)");
-        if let Some(minter) = &dev_minter {
-            print_dev_banner(minter, ws, addr)?;
+            .with_context(|| format!("could not listen on {listen}"))?;
+        if let Some(minter) = server.dev_minter() {
+            let ws = if server.is_tls() { "wss" } else { "ws" };
+            print_dev_banner(minter, ws, listener.local_addr()?)?;
         }
-        let watch = config.watch;
-        let debounce = Duration::from_millis(config.reload_debounce_ms);
-        let actions_dir = config.actions.clone();
-        let state = Arc::new(ServerState::new(config, registry, auth, limits));
-        switchboard::plugins::services::install(&state);
-        let _watch = if watch {
-            let watch = switchboard::plugins::watch::start(Arc::clone(&state), &actions_dir, debounce)?;
-            tracing::info!(folder = %actions_dir.display(), "watching for plugin changes (hot reload)");
-            Some(watch)
-        } else {
-            None
-        };
-        switchboard::server::run(listener, Arc::clone(&state), tls, shutdown_signal()).await;
-        state.registry.remove_shadow();
+        server.serve(listener, shutdown_signal()).await?;
         anyhow::Ok(())
     });
     // Plugin calls past their deadline may still be running on blocking

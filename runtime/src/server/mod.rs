@@ -1,7 +1,13 @@
-//! The listener: accepts TCP connections, serves HTTP/1.1 with upgrades on
-//! each (over TLS when an acceptor is given), and shuts down cleanly when
-//! the injected shutdown future resolves (Close 1001 to every connection, a
-//! grace period, then plugin shutdown hooks).
+//! The server: [`Server`] assembles one from its settings
+//! ([`builder`]); [`run`] is the listener: it accepts TCP connections,
+//! serves HTTP/1.1 with upgrades on each (over TLS when an acceptor is
+//! given), and shuts down cleanly when the injected shutdown future
+//! resolves (Close 1001 to every connection, a grace period, then plugin
+//! shutdown hooks).
+
+pub mod builder;
+
+pub use builder::{Server, ServerBuilder, StartError};
 
 use crate::http::Routes;
 use crate::state::ServerState;
