@@ -25,21 +25,20 @@
 //!   membership, fan-out, history and recovery, presence.
 //! - [`config`]: settings from file, environment and flags; [`state`]: what
 //!   connections share; [`session`]: what one connection knows;
-//!   [`status`]: the `/status` document; [`describe`]: `switchboard check`;
-//!   [`bench`]: `switchboard bench`, the load generator; [`dev`]:
-//!   `switchboard dev`, rebuilding and installing plugins on save.
+//!   [`status`]: the `/status` document; [`describe`]: `switchboard check`.
+//!
+//! The command line and the tools (`switchboard dev`, `switchboard bench`,
+//! the floor server) live with the binaries in `src/bin/`, not here.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod action_threads;
 pub mod anonymous;
 pub mod auth;
-pub mod bench;
 pub mod builtins;
 pub mod config;
 pub mod connection;
 pub mod describe;
-pub mod dev;
 pub mod dispatch;
 pub mod handshake;
 pub mod http;

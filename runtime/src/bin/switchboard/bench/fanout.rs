@@ -12,17 +12,17 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The `fanout` scenario's settings.
 #[derive(Debug, Clone)]
-pub struct FanoutScenario {
+pub(crate) struct FanoutScenario {
     /// Rooms.
-    pub rooms: usize,
+    pub(crate) rooms: usize,
     /// Subscribers per room.
-    pub subscribers: usize,
+    pub(crate) subscribers: usize,
     /// Messages per second, over all rooms.
-    pub rate: u64,
+    pub(crate) rate: u64,
     /// Bytes of padding in each message.
-    pub payload: usize,
+    pub(crate) payload: usize,
     /// How long to measure (after a 1 s warm-up).
-    pub duration: Duration,
+    pub(crate) duration: Duration,
 }
 
 fn join(room: usize) -> Message {
@@ -45,7 +45,7 @@ async fn joined(ws: &mut super::client::BenchSocket) -> anyhow::Result<()> {
 }
 
 /// Runs the scenario against `target`.
-pub async fn run(target: &Target, scenario: &FanoutScenario) -> anyhow::Result<Report> {
+pub(crate) async fn run(target: &Target, scenario: &FanoutScenario) -> anyhow::Result<Report> {
     let progress = Arc::new(Progress::default());
     let mut subscribers = Vec::new();
     let mut n = 0;

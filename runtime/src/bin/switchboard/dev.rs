@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 /// How long source edits must be quiet before a build starts, unless
 /// [`DevOptions::debounce`] says otherwise.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(150);
+pub(crate) const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// How often the watch thread looks at settled edits, and a running
 /// build at the stop flag.
@@ -41,7 +41,7 @@ const TICK: Duration = Duration::from_millis(10);
 
 /// Why `dev` could not start (or a crate could not be read).
 #[derive(Debug, thiserror::Error)]
-pub enum DevError {
+pub(crate) enum DevError {
     /// `--src` named a folder with no `Cargo.toml`.
     #[error("{dir} has no Cargo.toml: --src takes a plugin crate's folder")]
     NotACrate {
@@ -106,7 +106,7 @@ pub enum DevError {
 
 /// Why one build (or its install) did not put a new library in place.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub(crate) enum BuildError {
     /// cargo could not be started.
     #[error("could not run {cargo:?}: {source}")]
     Spawn {
@@ -154,16 +154,16 @@ pub enum BuildError {
 
 /// One watched plugin crate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginCrate {
+pub(crate) struct PluginCrate {
     /// Its folder, canonical.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Its package name (`[package] name`), as `cargo build -p` takes it.
-    pub package: String,
+    pub(crate) package: String,
 }
 
 impl PluginCrate {
     /// Reads the crate in `dir` (its `Cargo.toml`'s package name).
-    pub fn open(dir: &Path) -> Result<PluginCrate, DevError> {
+    pub(crate) fn open(dir: &Path) -> Result<PluginCrate, DevError> {
         let manifest = dir.join("Cargo.toml");
         if !manifest.is_file() {
             return Err(DevError::NotACrate {
@@ -196,14 +196,14 @@ impl PluginCrate {
     }
 
     /// Its `Cargo.toml`.
-    pub fn manifest(&self) -> PathBuf {
+    pub(crate) fn manifest(&self) -> PathBuf {
         self.dir.join("Cargo.toml")
     }
 }
 
 /// The Cargo workspace that `from` is in: the nearest folder at or above
 /// it whose `Cargo.toml` has a `[workspace]` table.
-pub fn workspace_root(from: &Path) -> Option<PathBuf> {
+pub(crate) fn workspace_root(from: &Path) -> Option<PathBuf> {
     from.ancestors()
         .find(|dir| {
             std::fs::read_to_string(dir.join("Cargo.toml"))
@@ -215,7 +215,7 @@ pub fn workspace_root(from: &Path) -> Option<PathBuf> {
 }
 
 /// Every `actions/*` folder of `workspace` that holds a crate, by name.
-pub fn workspace_crates(workspace: &Path) -> Result<Vec<PluginCrate>, DevError> {
+pub(crate) fn workspace_crates(workspace: &Path) -> Result<Vec<PluginCrate>, DevError> {
     let actions = workspace.join("actions");
     let entries = std::fs::read_dir(&actions).map_err(|source| DevError::Read {
         path: actions.clone(),
@@ -235,7 +235,7 @@ pub fn workspace_crates(workspace: &Path) -> Result<Vec<PluginCrate>, DevError> 
 
 /// The crates to watch: the `--src` folders if any were given, else the
 /// `actions/*` crates of the workspace around `cwd`.
-pub fn resolve_crates(src: &[PathBuf], cwd: &Path) -> Result<Vec<PluginCrate>, DevError> {
+pub(crate) fn resolve_crates(src: &[PathBuf], cwd: &Path) -> Result<Vec<PluginCrate>, DevError> {
     if src.is_empty() {
         let root = workspace_root(cwd).ok_or_else(|| DevError::NoWorkspace {
             from: cwd.to_path_buf(),
@@ -256,7 +256,7 @@ pub fn resolve_crates(src: &[PathBuf], cwd: &Path) -> Result<Vec<PluginCrate>, D
 /// `switchboard-dev/actions` in cargo's target folder (`CARGO_TARGET_DIR`,
 /// or `target` in the workspace around `cwd`, or in `cwd`), so a folder of
 /// deployed plugins is never overwritten.
-pub fn default_actions_dir(cwd: &Path) -> PathBuf {
+pub(crate) fn default_actions_dir(cwd: &Path) -> PathBuf {
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => cwd.join(dir),
         _ => workspace_root(cwd)
@@ -268,15 +268,15 @@ pub fn default_actions_dir(cwd: &Path) -> PathBuf {
 
 /// How `dev` builds.
 #[derive(Debug, Clone)]
-pub struct DevOptions {
+pub(crate) struct DevOptions {
     /// Build with `--release`.
-    pub release: bool,
+    pub(crate) release: bool,
     /// How long edits must be quiet before a build starts.
-    pub debounce: Duration,
+    pub(crate) debounce: Duration,
     /// The cargo to run: `$CARGO` if set, else `cargo`.
-    pub cargo: OsString,
+    pub(crate) cargo: OsString,
     /// Ask cargo for colored errors (when stderr is a terminal).
-    pub color: bool,
+    pub(crate) color: bool,
 }
 
 impl Default for DevOptions {
@@ -292,19 +292,19 @@ impl Default for DevOptions {
 
 /// A successful build.
 #[derive(Debug, Clone)]
-pub struct Built {
+pub(crate) struct Built {
     /// The library cargo made.
-    pub artifact: PathBuf,
+    pub(crate) artifact: PathBuf,
     /// How long `cargo build` took.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// cargo's stderr (warnings, if any).
-    pub output: String,
+    pub(crate) output: String,
 }
 
 /// Runs `cargo build -p <package>` for `krate` and returns the library it
 /// made. Kills cargo and returns [`BuildError::Stopped`] if `stop` is set
 /// meanwhile.
-pub fn build(
+pub(crate) fn build(
     krate: &PluginCrate,
     options: &DevOptions,
     stop: &AtomicBool,
@@ -435,7 +435,7 @@ fn find_artifact(messages: &str, manifest: &Path) -> Option<PathBuf> {
 
 /// What [`install`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Installed {
+pub(crate) enum Installed {
     /// The file was replaced (or created): the server will reload it.
     Replaced(PathBuf),
     /// The served file already had exactly this content.
@@ -445,7 +445,7 @@ pub enum Installed {
 /// Puts `artifact` into `actions_dir` under its own file name, atomically:
 /// copied to a hidden name there that the server ignores (it does not end
 /// in the library extension), then renamed over the served file.
-pub fn install(artifact: &Path, actions_dir: &Path) -> Result<Installed, BuildError> {
+pub(crate) fn install(artifact: &Path, actions_dir: &Path) -> Result<Installed, BuildError> {
     let fail = |to: &Path, source| BuildError::Install {
         from: artifact.to_path_buf(),
         to: to.to_path_buf(),
@@ -536,7 +536,7 @@ fn build_and_install(
 /// The running source watch; dropping it stops the thread (and kills a
 /// build in progress).
 #[derive(Debug)]
-pub struct DevWatch {
+pub(crate) struct DevWatch {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -555,7 +555,7 @@ impl DevWatch {
     /// into `actions_dir` (created if missing), then returns with a thread
     /// rebuilding and installing whichever crate changes. A crate whose
     /// first build fails is reported and watched like the others.
-    pub fn start(
+    pub(crate) fn start(
         crates: Vec<PluginCrate>,
         actions_dir: &Path,
         options: DevOptions,

@@ -3,9 +3,9 @@
 //! ephemeral ports are possible, each optionally signed in with a token
 //! minted from the server's secret.
 
-use crate::auth::TokenMinter;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
+use switchboard::auth::TokenMinter;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -14,20 +14,20 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 const SOURCES: usize = 250;
 
 /// A benchmark client connection.
-pub type BenchSocket = WebSocketStream<TcpStream>;
+pub(crate) type BenchSocket = WebSocketStream<TcpStream>;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// `ws://host:port/ws` (or `/` for the floor).
-    pub url: String,
+    pub(crate) url: String,
     /// Signs each connection in with a token for `bench-<n>`, if given.
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
 }
 
 impl Target {
     /// Opens connection number `n`.
-    pub async fn connect(&self, n: usize) -> anyhow::Result<BenchSocket> {
+    pub(crate) async fn connect(&self, n: usize) -> anyhow::Result<BenchSocket> {
         let mut url = self.url.clone();
         if let Some(secret) = &self.secret {
             let token = TokenMinter::hs256(secret.as_bytes())

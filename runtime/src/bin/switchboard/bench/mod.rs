@@ -7,13 +7,13 @@
 //! load during a reload storm). Each prints a live progress line on
 //! stderr and a final table, or JSON with `--json`.
 
-pub mod client;
-pub mod conns;
-pub mod fanout;
-pub mod reload;
-pub mod rpc;
-pub mod stats;
-pub mod storm;
+pub(crate) mod client;
+pub(crate) mod conns;
+pub(crate) mod fanout;
+pub(crate) mod reload;
+pub(crate) mod rpc;
+pub(crate) mod stats;
+pub(crate) mod storm;
 
 use serde::Serialize;
 use stats::Latencies;
@@ -22,18 +22,18 @@ use std::time::{Duration, Instant};
 
 /// Counts completed operations for the progress line.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     done: AtomicU64,
 }
 
 impl Progress {
     /// Adds `n` completed operations.
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Prints `scenario: rate unit` on stderr every second until `end`.
-    pub fn start_ticker(
+    pub(crate) fn start_ticker(
         self: &std::sync::Arc<Self>,
         scenario: &'static str,
         unit: &'static str,
@@ -57,28 +57,28 @@ impl Progress {
 
 /// The result of a throughput scenario.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// The scenario.
-    pub scenario: &'static str,
+    pub(crate) scenario: &'static str,
     /// What is counted per second.
-    pub unit: &'static str,
+    pub(crate) unit: &'static str,
     /// Operations per second over the measured period.
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Median latency, µs.
-    pub p50_us: u64,
+    pub(crate) p50_us: u64,
     /// 99th percentile latency, µs.
-    pub p99_us: u64,
+    pub(crate) p99_us: u64,
     /// 99.9th percentile latency, µs.
-    pub p999_us: u64,
+    pub(crate) p999_us: u64,
     /// Operations measured.
-    pub count: u64,
+    pub(crate) count: u64,
     /// Error replies among them.
-    pub errors: u64,
+    pub(crate) errors: u64,
 }
 
 impl Report {
     /// A report from a latency histogram over `duration`.
-    pub fn new(
+    pub(crate) fn new(
         scenario: &'static str,
         unit: &'static str,
         latencies: Latencies,

@@ -8,7 +8,7 @@ const BUCKETS: usize = 64 + 32 * 40;
 
 /// A latency histogram.
 #[derive(Debug, Clone)]
-pub struct Latencies {
+pub(crate) struct Latencies {
     counts: Vec<u64>,
     total: u64,
 }
@@ -44,13 +44,13 @@ fn bucket_value(index: usize) -> u64 {
 
 impl Latencies {
     /// Records one latency in microseconds.
-    pub fn record(&mut self, us: u64) {
+    pub(crate) fn record(&mut self, us: u64) {
         self.counts[bucket(us)] += 1;
         self.total += 1;
     }
 
     /// Adds another histogram's counts.
-    pub fn merge(&mut self, other: &Latencies) {
+    pub(crate) fn merge(&mut self, other: &Latencies) {
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }
@@ -58,12 +58,12 @@ impl Latencies {
     }
 
     /// How many were recorded.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.total
     }
 
     /// The latency at quantile `q` (0..=1), in microseconds.
-    pub fn quantile(&self, q: f64) -> u64 {
+    pub(crate) fn quantile(&self, q: f64) -> u64 {
         if self.total == 0 {
             return 0;
         }

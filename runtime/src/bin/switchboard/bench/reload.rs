@@ -30,47 +30,47 @@ const SWAP_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The `reload` scenario's settings.
 #[derive(Debug, Clone)]
-pub struct ReloadScenario {
+pub(crate) struct ReloadScenario {
     /// The plugin file in the server's actions folder that is replaced.
-    pub target: PathBuf,
+    pub(crate) target: PathBuf,
     /// The two builds swapped in turn.
-    pub builds: [PathBuf; 2],
+    pub(crate) builds: [PathBuf; 2],
     /// The method whose result tells the builds apart.
-    pub method: String,
+    pub(crate) method: String,
     /// Swaps timed for latency.
-    pub swaps: usize,
+    pub(crate) swaps: usize,
     /// Connections for the storm's load.
-    pub conns: usize,
+    pub(crate) conns: usize,
     /// Calls in flight per connection for the storm's load.
-    pub inflight: usize,
+    pub(crate) inflight: usize,
     /// How long each half of the storm (steady, swapping) measures in all.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Steady and storm windows alternate this many times, splitting
     /// `duration`, so a drift of the machine falls on both alike.
-    pub windows: usize,
+    pub(crate) windows: usize,
 }
 
 /// What the `reload` scenario measured.
 #[derive(Debug, Serialize)]
-pub struct ReloadReport {
+pub(crate) struct ReloadReport {
     /// Swaps timed.
-    pub swaps: usize,
+    pub(crate) swaps: usize,
     /// Median swap latency (write to first new reply), ms.
-    pub swap_p50_ms: f64,
+    pub(crate) swap_p50_ms: f64,
     /// 99th percentile swap latency, ms.
-    pub swap_p99_ms: f64,
+    pub(crate) swap_p99_ms: f64,
     /// Slowest swap, ms.
-    pub swap_max_ms: f64,
+    pub(crate) swap_max_ms: f64,
     /// The load in the windows with no swaps.
-    pub steady: Report,
+    pub(crate) steady: Report,
     /// The same load in the windows with back-to-back swaps.
-    pub storm: Report,
+    pub(crate) storm: Report,
     /// Swaps completed during the storm.
-    pub storm_swaps: u64,
+    pub(crate) storm_swaps: u64,
     /// Calls per second in each steady window, in order.
-    pub steady_windows: Vec<f64>,
+    pub(crate) steady_windows: Vec<f64>,
     /// Calls per second in each storm window, in order.
-    pub storm_windows: Vec<f64>,
+    pub(crate) storm_windows: Vec<f64>,
 }
 
 impl std::fmt::Display for ReloadReport {
@@ -103,7 +103,10 @@ impl std::fmt::Display for ReloadReport {
 }
 
 /// Runs the scenario against `target`.
-pub async fn run(target: &Target, scenario: &ReloadScenario) -> anyhow::Result<ReloadReport> {
+pub(crate) async fn run(
+    target: &Target,
+    scenario: &ReloadScenario,
+) -> anyhow::Result<ReloadReport> {
     let mut swapper = Swapper::start(target, scenario).await?;
     let mut latencies_us = Vec::with_capacity(scenario.swaps);
     for n in 0..scenario.swaps {

@@ -28,36 +28,36 @@ const SETTLE: Duration = Duration::from_millis(150);
 
 /// The load's shape.
 #[derive(Debug, Clone)]
-pub struct StormLoad {
+pub(crate) struct StormLoad {
     /// Connections.
-    pub conns: usize,
+    pub(crate) conns: usize,
     /// Calls in flight per connection.
-    pub inflight: usize,
+    pub(crate) inflight: usize,
     /// The method called.
-    pub method: String,
+    pub(crate) method: String,
     /// Steady/storm window pairs.
-    pub pairs: usize,
+    pub(crate) pairs: usize,
     /// Length of each window.
-    pub window: Duration,
+    pub(crate) window: Duration,
 }
 
 /// Asks the swapper to swap back to back until the instant given, and to
 /// answer with the number of swaps done once its last one has finished.
-pub type StormRequest = (Instant, oneshot::Sender<anyhow::Result<u64>>);
+pub(crate) type StormRequest = (Instant, oneshot::Sender<anyhow::Result<u64>>);
 
 /// What the interleaved load measured.
 #[derive(Debug, Serialize)]
-pub struct StormReport {
+pub(crate) struct StormReport {
     /// All steady windows together.
-    pub steady: Report,
+    pub(crate) steady: Report,
     /// All storm windows together.
-    pub storm: Report,
+    pub(crate) storm: Report,
     /// Calls per second in each steady window, in order.
-    pub steady_windows: Vec<f64>,
+    pub(crate) steady_windows: Vec<f64>,
     /// Calls per second in each storm window, in order.
-    pub storm_windows: Vec<f64>,
+    pub(crate) storm_windows: Vec<f64>,
     /// Swaps completed during the storm windows.
-    pub swaps: u64,
+    pub(crate) swaps: u64,
 }
 
 /// Counts shared between the controller and the load's connections.
@@ -71,7 +71,7 @@ struct Shared {
 
 /// Runs the load, driving the swapper through `swapper` in the storm
 /// windows.
-pub async fn run(
+pub(crate) async fn run(
     target: &Target,
     load: &StormLoad,
     swapper: std::sync::mpsc::Sender<StormRequest>,

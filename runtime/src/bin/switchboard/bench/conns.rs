@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 const PING_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The server's resident memory in KiB, from `/proc/<pid>/status`.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -22,23 +22,23 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// What `conns` measured.
 #[derive(Debug, serde::Serialize)]
-pub struct ConnsReport {
+pub(crate) struct ConnsReport {
     /// Connections held.
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// Server RSS before, KiB.
-    pub rss_before_kib: Option<u64>,
+    pub(crate) rss_before_kib: Option<u64>,
     /// Server RSS with all connections open, KiB.
-    pub rss_after_kib: Option<u64>,
+    pub(crate) rss_after_kib: Option<u64>,
     /// (after - before) / connections, bytes.
-    pub bytes_per_connection: Option<u64>,
+    pub(crate) bytes_per_connection: Option<u64>,
     /// Seconds to open them all.
-    pub open_secs: f64,
+    pub(crate) open_secs: f64,
     /// With `--hold`: how many answered a ping after the hold.
-    pub alive_after_hold: Option<usize>,
+    pub(crate) alive_after_hold: Option<usize>,
 }
 
 /// Opens `count` connections, waits for the server to settle, measures.
-pub async fn run(
+pub(crate) async fn run(
     target: &Target,
     count: usize,
     pid: Option<u32>,

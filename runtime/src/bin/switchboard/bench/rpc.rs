@@ -12,21 +12,21 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The `rpc` scenario's settings.
 #[derive(Debug, Clone)]
-pub struct RpcScenario {
+pub(crate) struct RpcScenario {
     /// Connections.
-    pub conns: usize,
+    pub(crate) conns: usize,
     /// Calls in flight per connection.
-    pub inflight: usize,
+    pub(crate) inflight: usize,
     /// The method called.
-    pub method: String,
+    pub(crate) method: String,
     /// Bytes of payload in each call's params.
-    pub payload: usize,
+    pub(crate) payload: usize,
     /// How long to measure (after a 1 s warm-up).
-    pub duration: Duration,
+    pub(crate) duration: Duration,
 }
 
 /// Runs the scenario against `target`.
-pub async fn run(target: &Target, scenario: &RpcScenario) -> anyhow::Result<Report> {
+pub(crate) async fn run(target: &Target, scenario: &RpcScenario) -> anyhow::Result<Report> {
     let mut sockets = Vec::with_capacity(scenario.conns);
     for n in 0..scenario.conns {
         sockets.push(target.connect(n).await?);

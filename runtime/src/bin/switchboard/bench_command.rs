@@ -1,0 +1,123 @@
+//! `switchboard bench`: runs one load scenario ([`crate::bench`]) on a
+//! one-thread runtime and prints its report.
+
+use crate::args::{BenchArgs, BenchScenario};
+use crate::settings::read_secret_file;
+use anyhow::Context;
+use switchboard::config::Config;
+
+pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use crate::bench::{client::Target, conns, fanout, rpc};
+    let secret = match (&args.jwt_secret, &args.jwt_secret_file) {
+        (_, Some(file)) => {
+            let mut config = Config {
+                jwt_secret_file: Some(file.clone()),
+                ..Config::default()
+            };
+            read_secret_file(&mut config)?;
+            config.jwt_secret.map(|s| s.expose().to_owned())
+        }
+        (secret, None) => secret.clone(),
+    };
+    let target = Target {
+        url: args.url,
+        secret,
+    };
+    // One thread: the load generator is pinned to its own core.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    let json = args.json;
+    runtime.block_on(async move {
+        match args.scenario {
+            BenchScenario::Rpc {
+                conns,
+                inflight,
+                method,
+                payload,
+                duration,
+            } => {
+                let scenario = rpc::RpcScenario {
+                    conns,
+                    inflight,
+                    method,
+                    payload,
+                    duration,
+                };
+                let report = rpc::run(&target, &scenario).await?;
+                print_report(&report, json)
+            }
+            BenchScenario::Fanout {
+                rooms,
+                subscribers,
+                rate,
+                payload,
+                duration,
+            } => {
+                let scenario = fanout::FanoutScenario {
+                    rooms,
+                    subscribers,
+                    rate,
+                    payload,
+                    duration,
+                };
+                let report = fanout::run(&target, &scenario).await?;
+                print_report(&report, json)
+            }
+            BenchScenario::Reload {
+                target: file,
+                a,
+                b,
+                method,
+                swaps,
+                conns,
+                inflight,
+                duration,
+                windows,
+            } => {
+                let scenario = crate::bench::reload::ReloadScenario {
+                    target: file,
+                    builds: [a, b],
+                    method,
+                    swaps,
+                    conns,
+                    inflight,
+                    duration,
+                    windows,
+                };
+                let report = crate::bench::reload::run(&target, &scenario).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print!("{report}");
+                }
+                Ok(())
+            }
+            BenchScenario::Conns { count, pid, hold } => {
+                let report = conns::run(&target, count, pid, hold).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!(
+                        "connections {}  rss before {:?} KiB  after {:?} KiB  per connection {:?} bytes  opened in {:.1} s",
+                        report.connections, report.rss_before_kib, report.rss_after_kib, report.bytes_per_connection, report.open_secs
+                    );
+                    if let Some(alive) = report.alive_after_hold {
+                        println!("after holding: {alive} of {} still answered", report.connections);
+                    }
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+pub(crate) fn print_report(report: &crate::bench::Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! `switchboard serve` and `switchboard dev`: the server from its merged
+//! settings (the library's [`Server`]) on a tokio runtime of its own,
+//! with the development banner and the shutdown signals.
+
+use crate::args::{DevArgs, ServeArgs};
+use crate::settings::serve_config;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::time::Duration;
+use switchboard::auth::TokenMinter;
+use switchboard::config::Config;
+use switchboard::server::Server;
+
+pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    serve_with(serve_config(args)?)
+}
+
+/// `serve` plus a watch on plugin sources that rebuilds and installs them.
+pub(crate) fn dev(args: DevArgs) -> anyhow::Result<()> {
+    use crate::dev::{DevOptions, DevWatch, default_actions_dir, resolve_crates};
+    let DevArgs {
+        mut serve,
+        src,
+        release,
+    } = args;
+    let cwd = std::env::current_dir().context("could not read the current folder")?;
+    let crates = resolve_crates(&src, &cwd)?;
+    if serve.actions.is_none() {
+        serve.actions = Some(default_actions_dir(&cwd));
+    }
+    let mut config = serve_config(serve)?;
+    if !config.watch {
+        tracing::warn!("dev needs the actions folder watch to hot-reload; ignoring watch = false");
+        config.watch = true;
+    }
+    let options = DevOptions {
+        release,
+        ..DevOptions::default()
+    };
+    let _watch = DevWatch::start(crates, &config.actions, options)?;
+    serve_with(config)
+}
+
+/// Serves an already merged config (`serve` and `dev`).
+pub(crate) fn serve_with(config: Config) -> anyhow::Result<()> {
+    let server = Server::builder(config).build()?;
+    let blocking =
+        server.config().max_inflight_calls + switchboard::auth::chain::MAX_PLUGIN_CALLS + 16;
+    let listen = server.config().listen;
+    // Actions run on the server's own action pool; tokio's blocking pool
+    // runs the plugins' join hooks (each holds one of `max_inflight_calls`
+    // permits), auth plugin calls (at most MAX_PLUGIN_CALLS), and a few
+    // housekeeping jobs.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(blocking)
+        .thread_name("switchboard")
+        .build()
+        .context("could not start the async runtime")?;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("could not listen on {listen}"))?;
+        if let Some(minter) = server.dev_minter() {
+            let ws = if server.is_tls() { "wss" } else { "ws" };
+            print_dev_banner(minter, ws, listener.local_addr()?)?;
+        }
+        server.serve(listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    });
+    // Plugin calls past their deadline may still be running on blocking
+    // threads; do not wait for them.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+pub(crate) fn print_dev_banner(
+    minter: &TokenMinter,
+    ws: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<()> {
+    let token = minter.mint_for("dev", Duration::from_secs(24 * 3600))?;
+    tracing::warn!("no jwt_secret configured: using a random secret for this run only");
+    println!("Development token (user \"dev\", valid 24 h):\n  {token}");
+    println!("Connect:  {ws}://{addr}/ws?token={token}");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
