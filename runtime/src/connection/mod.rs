@@ -1,0 +1,295 @@
+//! One WebSocket connection: a single task that reads frames, dispatches
+//! the calls in them, and writes replies in bursts (feed every frame that
+//! is ready, then flush once).
+//!
+//! Replies of running actions come back through a bounded queue, in
+//! whatever order the actions finish. Every write has a deadline
+//! (`write_timeout_ms`): a client that stops reading is disconnected
+//! instead of holding its task for ever. On shutdown the connection stops
+//! reading, lets its running calls finish and answers them (within the
+//! grace period), then sends Close 1001.
+//!
+//! Here: the task's loop and its shutdown; `reader`: frames in, parsed and
+//! dispatched; `writer`: frames out, in bursts, under deadlines;
+//! `timers`: the auth timeout and the token's expiry.
+
+mod reader;
+mod timers;
+mod writer;
+
+use crate::auth::{ends_at_ms, now_millis, now_secs};
+use crate::dispatch::{Dispatched, dispatch};
+use crate::hub::{ConnFlow, ConnHandle, Outgoing, outgoing};
+use crate::lifecycle;
+use crate::protocol::{self, Envelope, Frame, Refusal};
+use crate::rpc_error::{ErrorCode, RpcError};
+use crate::session::Session;
+use crate::state::ServerState;
+use bytes::Bytes;
+use futures_util::future::{self, Either};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use timers::Timer;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Most frames written before a flush is forced.
+const MAX_FRAMES_PER_FLUSH: usize = 256;
+
+/// The reason sent with Close 4008.
+const SLOW_CONSUMER: &str = "slow consumer: outbound queue overflowed";
+
+/// How long before a sign-in ends the client is warned (`token.expiring`).
+const EXPIRY_WARNING: Duration = Duration::from_secs(30);
+
+/// The longest the timer is set for (a year); a later expiry re-arms then.
+const MAX_TIMER_SECS: u64 = 365 * 24 * 3600;
+
+/// How a connection ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// Why, in a few words.
+    pub reason: &'static str,
+    /// Who was signed in at the end, if anyone.
+    pub user: Option<Arc<str>>,
+}
+
+/// Serves one upgraded connection until it closes or the server stops.
+///
+/// Not an `async fn`: the connection is built here, so the future holds
+/// it once (an `async fn` would also keep its arguments). An idle
+/// connection costs the size of this future's largest state; spawn it as
+/// a task of its own rather than await it inside another.
+pub fn serve<S>(
+    ws: WebSocketStream<S>,
+    state: Arc<ServerState>,
+    session: Session,
+    outbound: Outbound,
+    shutdown: CancellationToken,
+) -> impl Future<Output = Ended>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let span = tracing::info_span!(
+        "conn",
+        id = session.conn_id,
+        user = session.identity().map(|i| &*i.user)
+    );
+    Connection::new(ws, state, session, outbound)
+        .run(shutdown)
+        .instrument(span)
+}
+
+/// A connection's outbound queue, registered in the hub (so pushes reach
+/// it) before the upgrade is answered: a client that has its `101` can be
+/// sent to at once.
+#[derive(Debug)]
+pub struct Outbound {
+    /// How pushes reach the connection.
+    pub handle: ConnHandle,
+    /// The queue's receiving end, drained by the connection's task.
+    pub rx: mpsc::Receiver<Outgoing>,
+}
+
+impl Outbound {
+    /// Creates the queue and registers it in the hub.
+    pub fn open(
+        state: &ServerState,
+        conn_id: u64,
+        user: Option<Arc<str>>,
+        remote_addr: &str,
+    ) -> Outbound {
+        let (tx, rx) = mpsc::channel(state.config.outbound_queue);
+        let handle = ConnHandle {
+            flow: Arc::new(ConnFlow::new(state.config.max_room_creations_per_minute)),
+            conn_id,
+            user,
+            tx,
+            kick: CancellationToken::new(),
+            connected_at: now_secs(),
+            remote_addr: Arc::from(remote_addr),
+            data: Arc::default(),
+        };
+        state.hub.register(handle.clone());
+        Outbound { handle, rx }
+    }
+}
+
+struct Connection<S> {
+    ws: WebSocketStream<S>,
+    state: Arc<ServerState>,
+    session: Session,
+    /// Handed to running calls; dropped at shutdown so the queue ends when
+    /// the last running call has answered.
+    replies_tx: Option<mpsc::Sender<Outgoing>>,
+    replies_rx: mpsc::Receiver<Outgoing>,
+    /// Cancelled by a push that found the queue full: close with 4008.
+    kick: CancellationToken,
+    /// The queue's byte count, shared with those who push.
+    flow: Arc<ConnFlow>,
+    /// Frames written since the last flush.
+    unflushed: usize,
+    write_timeout: Duration,
+    /// The one timer (auth timeout or token expiry), reset rather than
+    /// recreated so the read loop registers no timer per frame.
+    timer: Pin<Box<Sleep>>,
+    timer_for: Option<Timer>,
+    /// `session.sign_ins` when the timer was last armed.
+    armed_at_sign_in: u64,
+    /// The sign-in (by count) whose expiry warning was already sent.
+    warned_sign_in: u64,
+    connected_at: Instant,
+}
+
+/// What one step of the loop decided.
+enum Next {
+    Continue,
+    Close(CloseCode, &'static str),
+    Shutdown,
+    Stop(&'static str),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    fn new(
+        ws: WebSocketStream<S>,
+        state: Arc<ServerState>,
+        mut session: Session,
+        outbound: Outbound,
+    ) -> Self {
+        let write_timeout = state.config.write_timeout();
+        let Outbound {
+            handle,
+            rx: replies_rx,
+        } = outbound;
+        let replies_tx = handle.tx.clone();
+        let kick = handle.kick.clone();
+        let flow = Arc::clone(&handle.flow);
+        session.handle = Some(handle);
+        let mut connection = Connection {
+            ws,
+            state,
+            session,
+            replies_tx: Some(replies_tx),
+            replies_rx,
+            kick,
+            flow,
+            unflushed: 0,
+            write_timeout,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_for: None,
+            armed_at_sign_in: 0,
+            warned_sign_in: 0,
+            connected_at: Instant::now(),
+        };
+        connection.arm_timer();
+        connection
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) -> Ended {
+        tracing::debug!("connected");
+        let why = loop {
+            let next = if shutdown.is_cancelled() {
+                Next::Shutdown
+            } else if self.timer_for.is_some() && self.timer.deadline() <= Instant::now() {
+                // Checked here too: a client that keeps frames queued must
+                // not starve its own auth timeout or expiry.
+                self.on_timer().await
+            } else if self.unflushed > 0 {
+                self.step_before_flush().await
+            } else {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => Next::Shutdown,
+                    () = self.kick.cancelled() => Next::Close(CloseCode::from(4008), SLOW_CONSUMER),
+                    Some(first) = self.replies_rx.recv() => self.write_burst(first).await,
+                    incoming = self.ws.next() => self.on_incoming(incoming).await,
+                    () = &mut self.timer, if self.timer_for.is_some() => self.on_timer().await,
+                }
+            };
+            if self.session.sign_ins != self.armed_at_sign_in {
+                self.arm_timer();
+            }
+            match next {
+                Next::Continue => {}
+                Next::Close(code, reason) => {
+                    self.close(code, reason).await;
+                    break reason;
+                }
+                Next::Shutdown => {
+                    self.finish_running_calls().await;
+                    self.close(CloseCode::Away, "the server is shutting down")
+                        .await;
+                    break "server shutdown";
+                }
+                Next::Stop(why) => break why,
+            }
+        };
+        tracing::debug!(why, "disconnected");
+        // Out of the hub first: a plugin thread that looks the connection
+        // up from now on cannot join it to a room it would never leave.
+        self.state.hub.unregister(self.session.conn_id);
+        self.state
+            .rooms
+            .leave_all(&self.state.hub, self.session.conn_id);
+        Ended {
+            reason: why,
+            user: self.session.identity().map(|i| Arc::clone(&i.user)),
+        }
+    }
+
+    /// At shutdown: read nothing more, but answer the calls still running,
+    /// until the last one has answered or the grace period ends.
+    async fn finish_running_calls(&mut self) {
+        // Stop pushes first: rooms and the hub hold senders to the queue,
+        // which must end when the last running call has answered.
+        // Out of the hub first: a plugin thread that looks the connection
+        // up from now on cannot join it to a room it would never leave.
+        self.state.hub.unregister(self.session.conn_id);
+        self.state
+            .rooms
+            .leave_all(&self.state.hub, self.session.conn_id);
+        self.session.handle = None;
+        self.replies_tx = None;
+        let deadline = Instant::now() + self.state.config.shutdown_grace();
+        loop {
+            let next = tokio::select! {
+                reply = self.replies_rx.recv() => match reply {
+                    Some(reply) => self.write_burst(reply).await,
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            };
+            if !matches!(next, Next::Continue) || !matches!(self.flush().await, Next::Continue) {
+                return;
+            }
+        }
+        let _ = self.flush().await;
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &'static str) {
+        self.replies_rx.close();
+        self.drop_queued();
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let grace = self.state.config.shutdown_grace();
+        let _ = timeout(grace, async {
+            if self.ws.send(Message::Close(Some(frame))).await.is_ok() {
+                // Wait for the client's close reply (or the end of the stream).
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        })
+        .await;
+    }
+}

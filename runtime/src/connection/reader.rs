@@ -1,0 +1,160 @@
+//! Reading from the client: each frame parsed as JSON-RPC and dispatched
+//! (batches in order, one reply array), and protocol errors answered with
+//! their close codes (1002, 1007, 1009).
+
+use super::*;
+
+/// Whether a read error is the client breaking the WebSocket protocol
+/// (RFC 6455: unmasked frames, reserved bits or opcodes, bad
+/// fragmentation), which is answered with Close 1002 before the connection
+/// ends; other errors (a reset, an I/O failure) leave nothing to answer.
+fn is_peer_violation(error: &ProtocolError) -> bool {
+    matches!(
+        error,
+        ProtocolError::NonZeroReservedBits
+            | ProtocolError::UnmaskedFrameFromClient
+            | ProtocolError::FragmentedControlFrame
+            | ProtocolError::ControlFrameTooBig
+            | ProtocolError::UnknownControlFrameType(_)
+            | ProtocolError::UnknownDataFrameType(_)
+            | ProtocolError::UnexpectedContinueFrame
+            | ProtocolError::ExpectedFragment(_)
+            | ProtocolError::InvalidOpcode(_)
+            | ProtocolError::InvalidCloseSequence
+    )
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub(super) async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Next {
+        match incoming {
+            Some(Ok(Message::Text(text))) => self.on_text(text).await,
+            Some(Ok(Message::Binary(_))) => {
+                let error = RpcError::new(
+                    ErrorCode::InvalidRequest,
+                    "invalid request: send JSON-RPC as text frames, not binary",
+                );
+                self.write_ready(protocol::reply_error(None, &error)).await
+            }
+            Some(Ok(Message::Close(_))) => {
+                // Keep polling so tungstenite can send the close reply.
+                let grace = self.state.config.shutdown_grace();
+                let _ = timeout(grace, async {
+                    while let Some(Ok(_)) = self.ws.next().await {}
+                })
+                .await;
+                Next::Stop("closed by the client")
+            }
+            Some(Ok(_)) => Next::Continue, // ping/pong: tungstenite answers pings itself
+            Some(Err(WsError::Capacity(e))) => {
+                tracing::info!("closing: {e}");
+                Next::Close(CloseCode::Size, "message too large")
+            }
+            Some(Err(WsError::Utf8(e))) => {
+                tracing::info!("closing: a text frame is not valid UTF-8 ({e})");
+                Next::Close(CloseCode::Invalid, "text frame is not valid UTF-8")
+            }
+            Some(Err(WsError::Protocol(e))) if is_peer_violation(&e) => {
+                tracing::info!("closing: WebSocket protocol error: {e}");
+                Next::Close(CloseCode::Protocol, "WebSocket protocol error")
+            }
+            Some(Err(e)) => {
+                tracing::debug!("read failed: {e}");
+                Next::Stop("read failed")
+            }
+            None => Next::Stop("connection ended"),
+        }
+    }
+
+    pub(super) async fn on_text(&mut self, text: Utf8Bytes) -> Next {
+        // Both views share one buffer, so ids and params are sliced from it.
+        let frame: Bytes = text.clone().into();
+        let text = text.as_str();
+        match protocol::parse_frame(text, self.state.config.max_batch) {
+            Frame::Refused(error) => self.write_ready(protocol::reply_error(None, &error)).await,
+            Frame::Single(Err(refusal)) => {
+                self.write_ready(protocol::reply_error(refusal.id.as_deref(), &refusal.error))
+                    .await
+            }
+            Frame::Single(Ok(envelope)) => {
+                match dispatch(&self.state, &mut self.session, &envelope, &frame, text).await {
+                    Dispatched::Ready(Some(reply)) => self.write_ready(reply).await,
+                    Dispatched::Ready(None) => Next::Continue,
+                    Dispatched::Running(call) => {
+                        self.spawn_reply(call.map(|reply| reply.into_iter().collect()))
+                    }
+                }
+            }
+            // Boxed: batches are rare, and their state would otherwise
+            // make every connection's task larger.
+            Frame::Batch(items) => Box::pin(self.on_batch(items, &frame, text)).await,
+        }
+    }
+
+    /// Dispatches a batch's calls in order and answers with one array.
+    pub(super) async fn on_batch(
+        &mut self,
+        items: Vec<Result<Envelope<'_>, Refusal>>,
+        frame: &Bytes,
+        text: &str,
+    ) -> Next {
+        let mut answers = Vec::with_capacity(items.len());
+        let mut all_ready = true;
+        let mut signed_in_here = false;
+        for item in items {
+            let answer = match item {
+                Err(refusal) => Dispatched::Ready(Some(protocol::reply_error(
+                    refusal.id.as_deref(),
+                    &refusal.error,
+                ))),
+                // One sign-in per batch: each may wait on an auth
+                // plugin, and the connection reads nothing meanwhile.
+                Ok(envelope) if envelope.method == "rpc.auth" && signed_in_here => {
+                    let error = RpcError::new(
+                        ErrorCode::InvalidRequest,
+                        "invalid request: at most one rpc.auth per batch",
+                    );
+                    let id = envelope.id.map(|id| id.get().as_bytes());
+                    Dispatched::Ready(
+                        envelope
+                            .id
+                            .is_some()
+                            .then(|| protocol::reply_error(id, &error)),
+                    )
+                }
+                Ok(envelope) => {
+                    signed_in_here |= envelope.method == "rpc.auth";
+                    dispatch(&self.state, &mut self.session, &envelope, frame, text).await
+                }
+            };
+            all_ready &= matches!(answer, Dispatched::Ready(_));
+            answers.push(answer);
+        }
+        if all_ready {
+            let replies: Vec<String> = answers
+                .into_iter()
+                .filter_map(|a| match a {
+                    Dispatched::Ready(reply) => reply,
+                    Dispatched::Running(_) => None,
+                })
+                .collect();
+            return if replies.is_empty() {
+                Next::Continue
+            } else {
+                self.write_ready(protocol::join_batch(&replies)).await
+            };
+        }
+        // Resolve in request order, so the array lists replies as the calls came.
+        let pending = answers.into_iter().map(|a| match a {
+            Dispatched::Ready(reply) => Either::Left(future::ready(reply)),
+            Dispatched::Running(call) => Either::Right(call),
+        });
+        let batch = future::join_all(pending).map(|replies| {
+            let replies: Vec<String> = replies.into_iter().flatten().collect();
+            (!replies.is_empty())
+                .then(|| protocol::join_batch(&replies))
+                .into_iter()
+                .collect()
+        });
+        self.spawn_reply(batch)
+    }
+}
