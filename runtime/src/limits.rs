@@ -32,7 +32,7 @@ pub struct ConnectionLimits {
 }
 
 /// How many connections `open_files` descriptors can carry with headroom
-/// to spare: a twentieth of them, and at least [`MIN_HEADROOM`], stay free
+/// to spare: a twentieth of them, and at least `MIN_HEADROOM`, stay free
 /// (19,000 connections of 20,000 files; 448 of 512).
 pub fn connections_allowed(open_files: u64) -> usize {
     let headroom = (open_files / 20).max(MIN_HEADROOM);
@@ -43,7 +43,7 @@ impl ConnectionLimits {
     /// The bounds for `config` in a process that may open `open_files`
     /// files (`None`: unknown, so the settings are taken as they are, with
     /// 50,000 connections when none is set). With no setting, what the
-    /// limit carries, at most [`DEFAULT_CAP`]. Returns the warnings to log:
+    /// limit carries, at most `DEFAULT_CAP`. Returns the warnings to log:
     /// a `max_connections` the limit cannot carry is lowered to what it
     /// can.
     pub fn resolve(config: &Config, open_files: Option<u64>) -> (ConnectionLimits, Vec<String>) {

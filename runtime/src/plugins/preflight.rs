@@ -84,7 +84,7 @@ pub struct Preflighted {
 /// Runs `switchboard check --json --in-place copy` in a child process
 /// (this same executable) under `timeout`; says what loaded there.
 ///
-/// The child starts at nice [`BACKGROUND_NICE`]; one that has been off
+/// The child starts at nice `BACKGROUND_NICE`; one that has been off
 /// the CPU for [`STARVED_GRACE`] without finishing is killed and the
 /// check runs again at the server's own priority, so a reload waits for
 /// a saturated core a bounded time, never indefinitely.
@@ -109,7 +109,7 @@ pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, Prefligh
 /// The priority a preflight child runs at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Priority {
-    /// Nice [`BACKGROUND_NICE`]: the first try of every check.
+    /// Nice `BACKGROUND_NICE`: the first try of every check.
     Background,
     /// The server's own (inherited) priority: the second try of a check
     /// that was starved in the background.
@@ -290,7 +290,7 @@ const STARVED_LIMIT: u32 = 10;
 /// at nice 19 (2.2 ms with no preflight at all).
 const BACKGROUND_NICE: libc::c_int = 19;
 
-/// How long a check at nice [`BACKGROUND_NICE`] may be off the CPU
+/// How long a check at nice `BACKGROUND_NICE` may be off the CPU
 /// (its lifetime less its CPU time) before it is run again at the
 /// server's priority. At nice 19 a child gets about 1.5% of a core that
 /// one busy thread holds, and that share divided among more; without

@@ -1,6 +1,6 @@
 //! Why a plugin file was not loaded: a [`RefusalKind`] a program can act
 //! on (shown on `/status` beside the sentence for people), and the
-//! [`Refusal`] the reload table keeps, which also says when the file is
+//! `Refusal` the reload table keeps, which also says when the file is
 //! worth another try.
 
 use serde::{Deserialize, Serialize};

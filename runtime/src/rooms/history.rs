@@ -1,8 +1,8 @@
-//! Room history: each room's recent messages ([`History`]), kept for
+//! Room history: each room's recent messages (`History`), kept for
 //! recovery, and the server-wide byte budget they all share
 //! ([`HistoryBudget`]).
 //!
-//! Every change to a room's history goes through [`History`], which
+//! Every change to a room's history goes through `History`, which
 //! keeps the budget's count exact: bytes are counted in when a message is
 //! stored and out when it is trimmed, evicted or its room dropped.
 

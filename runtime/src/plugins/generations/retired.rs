@@ -101,7 +101,7 @@ impl Generations {
 
     /// With `recheck_mapped`, checks `/proc/self/maps` again for closed
     /// generations that stayed mapped, and forgets the oldest unmapped
-    /// ones past [`UNMAPPED_KEPT`]. Returns whether anything changed.
+    /// ones past `UNMAPPED_KEPT`. Returns whether anything changed.
     pub fn sweep(&mut self, recheck_mapped: bool) -> bool {
         if self.frozen {
             return false;
