@@ -1,10 +1,12 @@
 //! What `switchboard check FILE` reports about one plugin file.
 
 use crate::plugins::refusal::RefusalKind;
+use crate::plugins::services::NoServer;
 use crate::plugins::{LoadedPlugin, ShadowDir};
 use action_api::abi::ABI_VERSION;
 use serde::Serialize;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A plugin's identity and actions, as `check` prints them.
 #[derive(Debug, Serialize)]
@@ -69,7 +71,7 @@ pub fn check(file: &Path, shadow_base: Option<&Path>) -> PluginReport {
     };
     let failed = |e: crate::plugins::LoadError| (e.kind(), e.to_string());
     let loaded = match shadow_base {
-        None => LoadedPlugin::load_in_place(file).map_err(failed),
+        None => LoadedPlugin::load_in_place(file, Arc::new(NoServer)).map_err(failed),
         Some(base) => ShadowDir::create(base, false)
             .map_err(|e| {
                 (
@@ -78,7 +80,7 @@ pub fn check(file: &Path, shadow_base: Option<&Path>) -> PluginReport {
                 )
             })
             .and_then(|shadow| {
-                let result = LoadedPlugin::load(file, &shadow).map_err(failed);
+                let result = LoadedPlugin::load(file, &shadow, Arc::new(NoServer)).map_err(failed);
                 shadow.remove();
                 result
             }),

@@ -41,6 +41,7 @@ pub mod connection;
 pub mod describe;
 pub mod dispatch;
 pub mod handshake;
+pub mod host_services;
 pub mod http;
 pub mod hub;
 pub mod lifecycle;

@@ -1,6 +1,8 @@
 //! The host's side of the callback table ([`HostTable`]): the table
 //! itself, and the log-line callback every plugin gets (completions are in
-//! [`super::replies`], the server's services in [`super::services`]).
+//! [`super::replies`], the shims of the server's services in
+//! [`super::services`]). The table's `host_ctx` is the plugin's
+//! [`PluginLogContext`], which also leads to its server's services.
 //!
 //! Both callbacks are `extern "C"` functions that plugins call from any
 //! thread; both catch panics, since a panic unwinding into plugin code
@@ -19,6 +21,8 @@ pub(crate) struct PluginLogContext {
     pub(crate) name: std::sync::OnceLock<String>,
     /// The generation this library is, on every line it logs.
     pub(crate) generation: u64,
+    /// The services of the server that loaded it.
+    pub(crate) services: std::sync::Arc<dyn super::services::HostServices>,
 }
 
 impl PluginLogContext {

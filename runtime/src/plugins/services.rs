@@ -1,36 +1,111 @@
-//! The server's services to plugins: the callbacks of the host table's
-//! second revision (push to connections, users and everyone; publish;
+//! The services the host offers plugins (the callbacks of the host table's
+//! second revision: push to connections, users and everyone; publish;
 //! server-side joins; connection info and data; calls to clients).
 //!
-//! Plugins call these from their own threads. They reach the running
-//! server through [`install`], a process-wide handle set when `serve`
-//! starts (plugins loaded by `switchboard check` have no server: every
-//! service reports failure). Each callback catches panics.
+//! [`HostServices`] is what a server provides; the server implements it
+//! outside this module tree (`crate::host_services`), so plugin loading
+//! knows nothing of connections or rooms. The `extern "C"` shims here
+//! decode a plugin's arguments, check that what it sends is text and
+//! valid JSON, and call the services of the plugin's own server, found
+//! through the `host_ctx` of its table: there is no process-wide global,
+//! and two servers in one process each serve their own plugins. Each shim
+//! catches panics.
 
-use crate::hub::{CallOutcome, Outgoing};
-use crate::rooms::event_frame;
-use crate::rooms::policy::check_name;
-use crate::state::ServerState;
-use action_api::abi::{ByteView, host_query};
+use super::host::PluginLogContext;
+use action_api::abi::ByteView;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-static SERVER: OnceLock<Weak<ServerState>> = OnceLock::new();
-
-/// Makes `state` the server plugins' services act on (once per process).
-pub fn install(state: &Arc<ServerState>) {
-    let _ = SERVER.set(Arc::downgrade(state));
+/// How a call to a client ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCall {
+    /// It answered: `Ok(result)` or `Err(error object)`, as JSON text.
+    Answered(Result<String, String>),
+    /// No answer in time.
+    TimedOut,
+    /// No such connection, or it could not take the call.
+    Gone,
 }
 
-/// Runs `f` with the server, catching panics; `fallback` when there is no
-/// server or `f` panicked.
-fn with_server<T>(fallback: T, f: impl FnOnce(&ServerState) -> T) -> T {
-    let Some(state) = SERVER.get().and_then(Weak::upgrade) else {
+/// What a server does for its plugins. Every argument has been checked:
+/// names and keys are text, and `data`, `params` and values are valid JSON.
+pub trait HostServices: Send + Sync + std::fmt::Debug {
+    /// Pushes an event to one connection; whether it was queued.
+    fn send_to_conn(&self, conn_id: u64, event: &str, data: &str) -> bool;
+    /// Pushes an event to every connection of `user`; how many got it.
+    fn send_to_user(&self, user: &str, event: &str, data: &str) -> u64;
+    /// Pushes an event to every connection (or every signed-in one) but
+    /// those in `except`; how many got it.
+    fn broadcast(&self, event: &str, data: &str, except: &[u64], signed_in_only: bool) -> u64;
+    /// Publishes to a room; the message's offset, or 0 if refused.
+    fn publish(&self, room: &str, data: &str) -> u64;
+    /// Joins (or leaves) a connection to (or from) a room; whether it did.
+    fn set_membership(&self, conn_id: u64, room: &str, join: bool) -> bool;
+    /// Reads a [`action_api::abi::host_query`] item, as JSON.
+    fn query(&self, what: u32, conn_id: u64, key: &str) -> Option<String>;
+    /// Stores (or with `None` deletes) a connection's value under `key`;
+    /// whether the connection exists.
+    fn set_conn_data(&self, conn_id: u64, key: &str, value: Option<&str>) -> bool;
+    /// Calls `method` on a client and blocks the calling thread (a
+    /// plugin's) until it answers or `timeout` passes.
+    fn call_client(
+        &self,
+        conn_id: u64,
+        method: &str,
+        params: &str,
+        timeout: Duration,
+    ) -> ClientCall;
+}
+
+/// The services of no server (`switchboard check`, the preflight child):
+/// every one fails.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoServer;
+
+impl HostServices for NoServer {
+    fn send_to_conn(&self, _: u64, _: &str, _: &str) -> bool {
+        false
+    }
+    fn send_to_user(&self, _: &str, _: &str, _: &str) -> u64 {
+        0
+    }
+    fn broadcast(&self, _: &str, _: &str, _: &[u64], _: bool) -> u64 {
+        0
+    }
+    fn publish(&self, _: &str, _: &str) -> u64 {
+        0
+    }
+    fn set_membership(&self, _: u64, _: &str, _: bool) -> bool {
+        false
+    }
+    fn query(&self, _: u32, _: u64, _: &str) -> Option<String> {
+        None
+    }
+    fn set_conn_data(&self, _: u64, _: &str, _: Option<&str>) -> bool {
+        false
+    }
+    fn call_client(&self, _: u64, _: &str, _: &str, _: Duration) -> ClientCall {
+        ClientCall::Gone
+    }
+}
+
+/// Runs `f` with the services of the plugin whose table carries `ctx`,
+/// catching panics; `fallback` when there are none or `f` panicked.
+///
+/// # Safety
+/// `ctx` is null or the `host_ctx` of a table built by
+/// [`super::host::host_table`] (a `'static` [`PluginLogContext`]).
+unsafe fn with_services<T>(
+    ctx: *const c_void,
+    fallback: T,
+    f: impl FnOnce(&dyn HostServices) -> T,
+) -> T {
+    // SAFETY: per this function's contract.
+    let Some(context) = (unsafe { ctx.cast::<PluginLogContext>().as_ref() }) else {
         return fallback;
     };
-    catch_unwind(AssertUnwindSafe(|| f(&state))).unwrap_or(fallback)
+    catch_unwind(AssertUnwindSafe(|| f(&*context.services))).unwrap_or(fallback)
 }
 
 /// # Safety
@@ -46,39 +121,35 @@ fn valid_json(data: Option<&str>) -> Option<&str> {
     data.filter(|d| serde_json::from_str::<serde::de::IgnoredAny>(d).is_ok())
 }
 
-fn event(event: &str, data: &str) -> Outgoing {
-    let data: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
-    event_frame(event, &data)
-}
-
 pub(crate) unsafe extern "C" fn send_to_conn(
-    _ctx: *const c_void,
+    ctx: *const c_void,
     conn_id: u64,
     name: ByteView,
     data: ByteView,
 ) -> u32 {
-    // SAFETY: the plugin's views live for this call.
-    let (name, data) = unsafe { (text(name), valid_json(text(data))) };
-    let (Some(name), Some(data)) = (name, data) else {
-        return 0;
-    };
-    with_server(0, |s| {
-        u32::from(s.hub.send_to_conn(conn_id, event(name, data)))
-    })
+    // SAFETY: the plugin's views live for this call; `ctx` is its table's.
+    unsafe {
+        let (Some(name), Some(data)) = (text(name), valid_json(text(data))) else {
+            return 0;
+        };
+        with_services(ctx, 0, |s| u32::from(s.send_to_conn(conn_id, name, data)))
+    }
 }
 
 pub(crate) unsafe extern "C" fn send_to_user(
-    _ctx: *const c_void,
+    ctx: *const c_void,
     user: ByteView,
     name: ByteView,
     data: ByteView,
 ) -> u64 {
     // SAFETY: as above.
-    let (user, name, data) = unsafe { (text(user), text(name), valid_json(text(data))) };
-    let (Some(user), Some(name), Some(data)) = (user, name, data) else {
-        return 0;
-    };
-    with_server(0, |s| s.hub.send_to_user(user, &event(name, data)) as u64)
+    unsafe {
+        let (Some(user), Some(name), Some(data)) = (text(user), text(name), valid_json(text(data)))
+        else {
+            return 0;
+        };
+        with_services(ctx, 0, |s| s.send_to_user(user, name, data))
+    }
 }
 
 pub(crate) unsafe extern "C" fn broadcast(
@@ -104,95 +175,59 @@ pub(crate) unsafe extern "C" fn broadcast_signed_in(
 }
 
 /// # Safety
-/// The views and `except` (`except_len` ids, or null) live for the call.
+/// The views and `except` (`except_len` ids, or null) live for the call;
+/// `ctx` is the plugin's table's.
 unsafe fn broadcast_to(
-    _ctx: *const c_void,
+    ctx: *const c_void,
     name: ByteView,
     data: ByteView,
     except: *const u64,
     except_len: usize,
     signed_in_only: bool,
 ) -> u64 {
-    // SAFETY: as above; `except` points to `except_len` ids for this call.
-    let (name, data, except) = unsafe {
+    // SAFETY: per this function's contract.
+    unsafe {
         let except = if except.is_null() {
             &[][..]
         } else {
             std::slice::from_raw_parts(except, except_len)
         };
-        (text(name), valid_json(text(data)), except)
-    };
-    let (Some(name), Some(data)) = (name, data) else {
-        return 0;
-    };
-    with_server(0, |s| {
-        s.hub.broadcast(&event(name, data), except, signed_in_only) as u64
-    })
+        let (Some(name), Some(data)) = (text(name), valid_json(text(data))) else {
+            return 0;
+        };
+        with_services(ctx, 0, |s| s.broadcast(name, data, except, signed_in_only))
+    }
 }
 
-pub(crate) unsafe extern "C" fn publish(
-    _ctx: *const c_void,
-    room: ByteView,
-    data: ByteView,
-) -> u64 {
+pub(crate) unsafe extern "C" fn publish(ctx: *const c_void, room: ByteView, data: ByteView) -> u64 {
     // SAFETY: as above.
-    let (room, data) = unsafe { (text(room), valid_json(text(data))) };
-    let (Some(room), Some(data)) = (room, data) else {
-        return 0;
-    };
-    if check_name(room).is_err() {
-        return 0;
+    unsafe {
+        let (Some(room), Some(data)) = (text(room), valid_json(text(data))) else {
+            return 0;
+        };
+        with_services(ctx, 0, |s| s.publish(room, data))
     }
-    with_server(0, |s| {
-        let rule = Arc::clone(s.rooms.rule(room));
-        match s.rooms.publish(&s.hub, room, &rule, data) {
-            Ok((offset, _)) => offset,
-            Err(e) => {
-                tracing::warn!(room, "a plugin's publish was refused: {}", e.message);
-                0
-            }
-        }
-    })
 }
 
 pub(crate) unsafe extern "C" fn set_membership(
-    _ctx: *const c_void,
+    ctx: *const c_void,
     conn_id: u64,
     room: ByteView,
     join: u32,
 ) -> u32 {
     // SAFETY: as above.
-    let Some(room) = (unsafe { text(room) }) else {
-        return 0;
-    };
-    if check_name(room).is_err() {
-        return 0;
-    }
-    with_server(0, |s| {
-        if join == 0 {
-            return u32::from(s.rooms.leave(&s.hub, room, conn_id));
-        }
-        let Some(handle) = s.hub.get(conn_id) else {
+    unsafe {
+        let Some(room) = text(room) else {
             return 0;
         };
-        let rule = Arc::clone(s.rooms.rule(room));
-        match s.rooms.join(&s.hub, room, &rule, &handle, None) {
-            Ok(_) => 1,
-            Err(e) => {
-                tracing::info!(
-                    conn = conn_id,
-                    room,
-                    "a plugin's join was refused: {}",
-                    e.message
-                );
-                0
-            }
-        }
-    })
+        with_services(ctx, 0, |s| {
+            u32::from(s.set_membership(conn_id, room, join != 0))
+        })
+    }
 }
 
 pub(crate) unsafe extern "C" fn query(
-    _ctx: *const c_void,
+    ctx: *const c_void,
     what: u32,
     conn_id: u64,
     key: ByteView,
@@ -200,27 +235,10 @@ pub(crate) unsafe extern "C" fn query(
     sink_ctx: *mut c_void,
 ) -> u32 {
     // SAFETY: as above.
-    let key = unsafe { text(key) }.unwrap_or("");
-    let answer = with_server(None, |s| {
-        if what == host_query::ROOM_MEMBERS {
-            return serde_json::to_string(&s.rooms.presence(key)).ok();
-        }
-        let handle = s.hub.get(conn_id)?;
-        match what {
-            host_query::CONN_INFO => Some(
-                serde_json::json!({
-                    "conn": conn_id,
-                    "user": handle.user.as_deref(),
-                    "connected_at": handle.connected_at,
-                    "remote_addr": &*handle.remote_addr,
-                    "rooms": s.rooms.rooms_of(conn_id),
-                })
-                .to_string(),
-            ),
-            host_query::CONN_DATA => handle.data.lock().ok()?.get(key).cloned(),
-            _ => None,
-        }
-    });
+    let answer = unsafe {
+        let key = text(key).unwrap_or("");
+        with_services(ctx, None, |s| s.query(what, conn_id, key))
+    };
     match answer {
         Some(json) => {
             // SAFETY: the plugin's sink and context, called once, with bytes
@@ -233,36 +251,27 @@ pub(crate) unsafe extern "C" fn query(
 }
 
 pub(crate) unsafe extern "C" fn set_conn_data(
-    _ctx: *const c_void,
+    ctx: *const c_void,
     conn_id: u64,
     key: ByteView,
     value: ByteView,
 ) -> u32 {
     // SAFETY: as above.
-    let (key, absent, value) = unsafe { (text(key), value.is_absent(), valid_json(text(value))) };
-    let Some(key) = key else { return 0 };
-    with_server(0, |s| {
-        let Some(handle) = s.hub.get(conn_id) else {
+    unsafe {
+        let (Some(key), absent) = (text(key), value.is_absent()) else {
             return 0;
         };
-        let Ok(mut data) = handle.data.lock() else {
-            return 0;
-        };
-        match (absent, value) {
-            (true, _) => {
-                data.remove(key);
-            }
-            (false, Some(value)) => {
-                data.insert(key.to_owned(), value.to_owned());
-            }
+        let value = match (absent, valid_json(text(value))) {
+            (true, _) => None,
+            (false, Some(value)) => Some(value),
             (false, None) => return 0,
-        }
-        1
-    })
+        };
+        with_services(ctx, 0, |s| u32::from(s.set_conn_data(conn_id, key, value)))
+    }
 }
 
 pub(crate) unsafe extern "C" fn call_client(
-    _ctx: *const c_void,
+    ctx: *const c_void,
     conn_id: u64,
     method: ByteView,
     params: ByteView,
@@ -271,19 +280,19 @@ pub(crate) unsafe extern "C" fn call_client(
     sink_ctx: *mut c_void,
 ) -> u32 {
     // SAFETY: as above.
-    let (method, params) = unsafe { (text(method), valid_json(text(params))) };
-    let (Some(method), Some(params)) = (method, params) else {
-        return 3;
+    let outcome = unsafe {
+        let (Some(method), Some(params)) = (text(method), valid_json(text(params))) else {
+            return 3;
+        };
+        with_services(ctx, ClientCall::Gone, |s| {
+            s.call_client(conn_id, method, params, Duration::from_millis(timeout_ms))
+        })
     };
-    let outcome = with_server(CallOutcome::Gone, |s| {
-        s.hub
-            .call_client(conn_id, method, params, Duration::from_millis(timeout_ms))
-    });
     let (status, body) = match outcome {
-        CallOutcome::Answered(Ok(result)) => (0, result),
-        CallOutcome::Answered(Err(error)) => (1, error),
-        CallOutcome::TimedOut => return 2,
-        CallOutcome::Gone => return 3,
+        ClientCall::Answered(Ok(result)) => (0, result),
+        ClientCall::Answered(Err(error)) => (1, error),
+        ClientCall::TimedOut => return 2,
+        ClientCall::Gone => return 3,
     };
     // SAFETY: as in `query`.
     unsafe { sink(sink_ctx, ByteView::of(body.as_bytes())) };

@@ -23,6 +23,7 @@
 
 use crate::auth::{Authenticator, JwtVerifier, TokenMinter, random_secret};
 use crate::config::{AuthStep, Config, Secret};
+use crate::host_services::ServerServices;
 use crate::limits::ConnectionLimits;
 use crate::plugins::shadow::ShadowError;
 use crate::plugins::trust::{FolderTrust, Unsafe};
@@ -93,6 +94,7 @@ pub struct ServerBuilder {
 /// A server ready to serve: settings checked, plugins loaded.
 pub struct Server {
     config: Config,
+    services: Arc<ServerServices>,
     registry: Registry,
     auth: Authenticator,
     limits: ConnectionLimits,
@@ -160,7 +162,7 @@ impl Server {
             self.auth,
             self.limits,
         ));
-        crate::plugins::services::install(&state);
+        self.services.connect(&state);
         let _watch = if watch {
             let watch = crate::plugins::watch::start(Arc::clone(&state), &actions_dir, debounce)?;
             tracing::info!(folder = %actions_dir.display(), "watching for plugin changes (hot reload)");
@@ -199,8 +201,10 @@ impl ServerBuilder {
                 source,
             },
         )?;
+        let services = ServerServices::new();
         let settings = ReloadSettings {
             trust: Some(trust),
+            services: Arc::clone(&services) as Arc<dyn crate::plugins::services::HostServices>,
             default_timeout: config.call_timeout(),
             max_generations: config.max_generations,
             protect_retired: config.reload_protect_retired,
@@ -223,6 +227,7 @@ impl ServerBuilder {
         }
         Ok(Server {
             config,
+            services,
             registry,
             auth,
             limits,

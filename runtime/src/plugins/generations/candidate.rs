@@ -145,7 +145,14 @@ impl Generations {
             return self.refuse(file, Refusal::waiting(RefusalKind::PathConflict, conflict));
         }
         let copy = copy.keep();
-        let loaded = on_short_thread(|| LoadedPlugin::load_prepared(file, &copy, hash.clone()));
+        let loaded = on_short_thread(|| {
+            LoadedPlugin::load_prepared(
+                file,
+                &copy,
+                hash.clone(),
+                Arc::clone(&self.settings.services),
+            )
+        });
         let mut plugin = match loaded {
             Ok(plugin) => plugin,
             Err(e) => return self.refuse(file, Refusal::content(e.kind(), hash, e.to_string())),

@@ -47,6 +47,8 @@ pub struct ReloadSettings {
     /// Who may put code in the actions folder: files others could have
     /// written are refused. `None` checks nothing (`switchboard check`).
     pub trust: Option<super::trust::FolderTrust>,
+    /// The services of the server the plugins are loaded into.
+    pub services: Arc<dyn super::services::HostServices>,
 }
 
 /// Where a generation is in its life.

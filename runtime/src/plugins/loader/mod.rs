@@ -15,6 +15,7 @@ pub(crate) use calls::{AuthArgs, CallArgs, JoinArgs};
 use super::host::{PluginLogContext, host_table};
 use super::refusal::RefusalKind;
 use super::replies::{InPlugin, PendingReply};
+use super::services::HostServices;
 use super::shadow::ShadowDir;
 use action_api::abi::{
     ABI_VERSION, AuthRequest, ByteView, CallInfo, ENTRY_SYMBOL, ENTRY_SYMBOL_PREFIX, EntryFn,
@@ -165,26 +166,38 @@ impl std::fmt::Debug for LoadedPlugin {
 
 impl LoadedPlugin {
     /// Loads `file` through a fresh copy in `shadow`.
-    pub fn load(file: &Path, shadow: &ShadowDir) -> Result<LoadedPlugin, LoadError> {
+    pub fn load(
+        file: &Path,
+        shadow: &ShadowDir,
+        services: Arc<dyn HostServices>,
+    ) -> Result<LoadedPlugin, LoadError> {
         let copy = shadow.copy_hashed(file).map_err(LoadError::Copy)?;
+        copy.check_elf()?;
         let hash = copy.hash().to_owned();
-        Self::load_prepared(file, &copy.keep(), hash)
+        Self::load_prepared(file, &copy.keep(), hash, services)
     }
 
     /// Loads `file` itself, without a copy: only for a file nobody else
     /// writes (the server's private copy, opened by the preflight child).
-    pub fn load_in_place(file: &Path) -> Result<LoadedPlugin, LoadError> {
-        Self::load_copy(file, file, String::new())
+    pub fn load_in_place(
+        file: &Path,
+        services: Arc<dyn HostServices>,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let bytes = std::fs::read(file).map_err(LoadError::Copy)?;
+        super::elf::check_complete(&bytes)?;
+        Self::load_copy(file, file, String::new(), services)
     }
 
     /// Loads `copy`, a private copy of `file` whose content hashes to
-    /// `hash`; removes the copy's name if the load fails.
+    /// `hash` and that the caller checked as a complete ELF object;
+    /// removes the copy's name if the load fails.
     pub fn load_prepared(
         file: &Path,
         copy: &Path,
         hash: String,
+        services: Arc<dyn HostServices>,
     ) -> Result<LoadedPlugin, LoadError> {
-        let result = Self::load_copy(file, copy, hash);
+        let result = Self::load_copy(file, copy, hash, services);
         if result.is_err() {
             // The copy may still be mapped (a failed entry is never
             // closed); unlinking its name is safe either way.
@@ -194,11 +207,14 @@ impl LoadedPlugin {
     }
 
     /// Loads an already-private copy; `file` is only for reporting.
-    fn load_copy(file: &Path, copy: &Path, hash: String) -> Result<LoadedPlugin, LoadError> {
-        if cfg!(target_os = "linux") {
-            let bytes = std::fs::read(copy).map_err(LoadError::Copy)?;
-            super::elf::check_complete(&bytes)?;
-        }
+    /// Opens `copy`, already checked as a complete ELF object by the
+    /// caller (once: the candidate pipeline checks its copy as it is made).
+    fn load_copy(
+        file: &Path,
+        copy: &Path,
+        hash: String,
+        services: Arc<dyn HostServices>,
+    ) -> Result<LoadedPlugin, LoadError> {
         let generation = GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1;
         // SAFETY: opening a library runs its constructors. The file is a
         // private copy nobody else writes, which a child process opened
@@ -230,6 +246,7 @@ impl LoadedPlugin {
                 .to_owned(),
             name: std::sync::OnceLock::new(),
             generation,
+            services,
         }));
         let host_table: &'static HostTable = Box::leak(Box::new(host_table(log_ctx)));
         // SAFETY: `entry` has the ABI 1 entry signature (it was found under
