@@ -3,9 +3,9 @@
 
 use crate::context::Context;
 use crate::error::ActionError;
-use crate::export::RawReply;
 use crate::handler::{FnHandler, Handler, Policy};
 use crate::hooks::{AuthRequest, Authenticated, Event, EventKind, JoinRequest};
+use crate::raw_reply::RawReply;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;

@@ -99,11 +99,11 @@ impl Logger {
     /// The plugin-wide logger (no connection), available once the host has
     /// loaded the plugin; `None` before that.
     pub fn global() -> Option<Logger> {
-        crate::export::host().map(|host| Logger::new(host, 0))
+        crate::host_ref::host().map(|host| Logger::new(host, 0))
     }
 
     fn write(&self, level: u32, msg: impl Display) {
-        crate::export::host_log(self.host, level, self.conn_id, &msg.to_string())
+        crate::host_ref::host_log(self.host, level, self.conn_id, &msg.to_string())
     }
 
     /// Logs at error level.

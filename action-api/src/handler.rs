@@ -1,7 +1,7 @@
 //! [`Handler`]: the action trait. An action is a type that says its path
 //! and its [`Policy`], takes typed params and returns a typed output; it
 //! runs with `&self`, so it can carry its own state (a pool, a cache, a
-//! counter). The function form, [`Action::new`], is sugar that
+//! counter). The function form, [`Action::new`](crate::Action::new), is sugar that
 //! implements the same trait.
 //!
 //! ```
@@ -38,8 +38,6 @@
 //! # let _ = plugin();
 //! ```
 
-#[cfg(doc)]
-use crate::action::Action;
 use crate::context::Context;
 use crate::error::ActionError;
 use serde::Serialize;
@@ -73,14 +71,14 @@ impl Policy {
         }
     }
 
-    /// Runs on the connection's own thread: see [`Action::inline`].
+    /// Runs on the connection's own thread: see [`Action::inline`](crate::Action::inline).
     pub fn inline(mut self) -> Policy {
         self.inline = true;
         self
     }
 
     /// Requires the caller's token to carry every one of `scopes`: see
-    /// [`Action::require_scopes`].
+    /// [`Action::require_scopes`](crate::Action::require_scopes).
     pub fn require_scopes<S: AsRef<str>>(mut self, scopes: impl IntoIterator<Item = S>) -> Policy {
         for scope in scopes {
             let scope = scope.as_ref().trim();
@@ -94,7 +92,7 @@ impl Policy {
         self
     }
 
-    /// Sets the deadline: see [`Action::timeout`].
+    /// Sets the deadline: see [`Action::timeout`](crate::Action::timeout).
     pub fn timeout(mut self, deadline: Duration) -> Policy {
         self.timeout = Some(deadline);
         self
@@ -129,7 +127,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// A function and its path: the function form of an action, as a
-/// [`Handler`] (what [`Action::new`] builds).
+/// [`Handler`] (what [`Action::new`](crate::Action::new) builds).
 pub(crate) struct FnHandler<P, R, F> {
     path: String,
     function: F,

@@ -107,7 +107,7 @@ impl Host {
 
     /// The host of the running plugin, once the server has loaded it.
     pub fn get() -> Option<Host> {
-        crate::export::host().map(Host::new)
+        crate::host_ref::host().map(Host::new)
     }
 
     /// Pushes `{"method": "rpc.event", "params": {"event", "data"}}` to one

@@ -58,6 +58,8 @@ mod export;
 mod handler;
 mod hooks;
 mod host_api;
+mod host_ref;
+mod raw_reply;
 
 pub use action::{Action, Plugin, Reply};
 pub use context::{Context, Logger};

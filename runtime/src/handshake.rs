@@ -7,7 +7,7 @@
 //! `Origin` come from non-browser clients, which no page can drive, so they
 //! pass.
 
-use crate::http::{Body, text};
+use crate::response::{Body, text};
 use crate::state::ServerState;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};

@@ -5,6 +5,8 @@ use crate::auth::{Handshake, TokenError};
 use crate::config::AuthStep;
 use crate::connection::{self, Outbound};
 use crate::lifecycle;
+pub use crate::response::Body;
+use crate::response::{respond, text};
 use crate::session::Session;
 use crate::session::next_conn_id;
 use crate::state::ServerState;
@@ -22,9 +24,6 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The body type of every response.
-pub type Body = Full<Bytes>;
-
 /// What a request handler needs besides the request.
 #[derive(Debug, Clone)]
 pub struct Routes {
@@ -36,23 +35,6 @@ pub struct Routes {
     pub tracker: TaskTracker,
     /// The peer of the TCP connection these routes serve, once known.
     pub remote: Option<SocketAddr>,
-}
-
-fn respond(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    respond(status, "text/plain; charset=utf-8", body)
 }
 
 impl Routes {

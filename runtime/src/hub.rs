@@ -344,7 +344,7 @@ impl Hub {
         if conns.is_empty() {
             return 0;
         }
-        let frame = crate::rooms::event_frame(event, data);
+        let frame = outgoing(crate::protocol::event_push(event, data));
         conns
             .into_iter()
             .filter(|c| self.send_to_conn(*c, Arc::clone(&frame)))

@@ -49,6 +49,7 @@ pub mod limits;
 pub mod plugins;
 pub mod protocol;
 pub mod rate;
+pub mod response;
 pub mod room_calls;
 pub mod rooms;
 pub mod rpc_error;

@@ -243,6 +243,12 @@ pub fn share(frame: &Bytes, frame_str: &str, part: &str) -> Bytes {
 
 const OK_HEAD: &str = r#"{"jsonrpc":"2.0","id":"#;
 
+/// A server push: `{"jsonrpc":"2.0","method":"rpc.event","params":{"event","data"}}`.
+pub fn event_push(event: &str, data: &serde_json::Value) -> String {
+    serde_json::json!({"jsonrpc": "2.0", "method": "rpc.event", "params": {"event": event, "data": data}})
+        .to_string()
+}
+
 /// A success reply: `result` is spliced in as it is (it must be JSON).
 pub fn reply_ok(id: &[u8], result: &str) -> String {
     let mut out = String::with_capacity(OK_HEAD.len() + id.len() + result.len() + 12);

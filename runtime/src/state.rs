@@ -94,6 +94,25 @@ impl ServerState {
     }
 }
 
+impl crate::plugins::watch::Watched for ServerState {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Tells subscribed clients about each change (`actions.changed`).
+    fn changed(&self, changes: Vec<crate::plugins::generations::ActionsChanged>) {
+        for change in changes {
+            match serde_json::to_value(&change) {
+                Ok(data) => {
+                    let told = self.hub.notify_event("actions.changed", &data);
+                    tracing::debug!(clients = told, "actions.changed sent");
+                }
+                Err(e) => tracing::warn!("could not describe the change: {e}"),
+            }
+        }
+    }
+}
+
 /// Holds one connection in [`ServerState`]'s count until dropped.
 #[derive(Debug)]
 pub struct ConnectionCount(Arc<ServerState>);

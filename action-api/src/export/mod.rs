@@ -13,19 +13,18 @@ use crate::abi::JoinRequest as RawJoinRequest;
 use crate::abi::{
     ABI_VERSION, ActionDescriptor, AuthRequest as RawAuthRequest, ByteView, CallInfo,
     ConnectionEvent, HOST_TABLE_MIN_SIZE, HOST_TABLE_REVISIONS, HostTable, PluginDescriptor,
-    StateSink, action_flags, log_level, state_status, status,
+    StateSink, action_flags, log_level, state_status,
 };
 use crate::action::{Plugin, Reply};
 use crate::context::{Context, Logger};
 use crate::error::ActionError;
 use crate::hooks::{AuthRequest, Event, EventKind, JoinRequest};
+use crate::host_ref::{HOST, host_log};
+pub(crate) use crate::raw_reply::RawReply;
 use hooks::{authenticate, on_event, restore_state, room_join, save_state, shutdown_plugin};
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
-
-/// The host's callback table, copied at entry.
-static HOST: OnceLock<HostTable> = OnceLock::new();
 
 /// The plugin as built by the author, and the descriptor that points into it.
 static REGISTERED: OnceLock<Registered> = OnceLock::new();
@@ -42,18 +41,6 @@ struct Registered {
 unsafe impl Send for Registered {}
 // SAFETY: see `Send`.
 unsafe impl Sync for Registered {}
-
-pub(crate) fn host() -> Option<&'static HostTable> {
-    HOST.get()
-}
-
-/// Writes `text` to the host's log. Never panics.
-pub(crate) fn host_log(host: &HostTable, level: u32, conn_id: u64, text: &str) {
-    // SAFETY: the host promises `log` is callable from any thread with its
-    // own `host_ctx`, for as long as the library is loaded; `text` outlives
-    // the call and the host copies what it keeps.
-    unsafe { (host.log)(host.host_ctx, level, conn_id, ByteView::of(text.as_bytes())) }
-}
 
 /// The text of a view, or `None` when it is absent or not UTF-8.
 ///
@@ -320,37 +307,6 @@ unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
                 ),
             ),
         }
-    }
-}
-
-/// The host's reply handle for one call, plus the table to complete it with.
-#[derive(Debug)]
-pub(crate) struct RawReply {
-    host: &'static HostTable,
-    handle: *mut c_void,
-}
-
-// SAFETY: the host promises `complete` may be called from any thread, once,
-// with this handle.
-unsafe impl Send for RawReply {}
-
-impl RawReply {
-    fn complete(self, status: u32, body: &[u8]) {
-        // SAFETY: `handle` came from the host for this call and `self` is
-        // consumed, so it is completed exactly once; the host copies `body`.
-        unsafe { (self.host.complete)(self.handle, status, ByteView::of(body)) }
-    }
-
-    pub(crate) fn ok(self, json: &[u8]) {
-        self.complete(status::OK, json)
-    }
-
-    pub(crate) fn error(self, err: &ActionError) {
-        self.complete(status::ACTION_ERROR, &err.to_json_bytes())
-    }
-
-    pub(crate) fn panicked(self, message: &str) {
-        self.complete(status::PANICKED, message.as_bytes())
     }
 }
 

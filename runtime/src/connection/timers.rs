@@ -69,16 +69,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .identity()
                     .and_then(|i| i.expires_at)
                     .unwrap_or_default();
-                let push = serde_json::json!({
-                    "jsonrpc": "2.0",
-                    "method": "rpc.event",
-                    "params": {"event": "token.expiring", "data": {
+                let push = protocol::event_push(
+                    "token.expiring",
+                    &serde_json::json!({
                         "expires_at": expires_at,
                         "in_secs": expires_at.saturating_sub(now_secs()),
-                    }},
-                });
+                    }),
+                );
                 self.arm_timer();
-                self.write(push.to_string()).await
+                self.write(push).await
             }
             Some(Timer::Expiry)
                 if self

@@ -6,7 +6,7 @@
 //! pointers are read as `Option`s, so a null one is refused rather than
 //! being undefined behaviour.
 
-use super::loader::{ActionMeta, LoadError};
+use super::load_error::{ActionMeta, LoadError};
 use action_api::abi::{
     ABI_VERSION, ACTION_DESCRIPTOR_MIN_SIZE, ActionDescriptor, AuthRequest, ByteView, CallInfo,
     ConnectionEvent, JoinRequest, PLUGIN_DESCRIPTOR_MIN_SIZE, PLUGIN_DESCRIPTOR_REVISIONS,

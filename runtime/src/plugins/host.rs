@@ -2,34 +2,16 @@
 //! itself, and the log-line callback every plugin gets (completions are in
 //! [`super::replies`], the shims of the server's services in
 //! [`super::services`]). The table's `host_ctx` is the plugin's
-//! [`PluginLogContext`], which also leads to its server's services.
+//! `PluginLogContext`, which also leads to its server's services.
 //!
 //! Both callbacks are `extern "C"` functions that plugins call from any
 //! thread; both catch panics, since a panic unwinding into plugin code
 //! would abort the server.
 
+use super::context::PluginLogContext;
 use action_api::abi::{ABI_VERSION, ByteView, HostTable, log_level};
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-
-/// What the log callback knows about the plugin writing, for the `plugin`
-/// field of each line: its file stem until its descriptor has been read,
-/// then its name. Lives as long as the plugin's library.
-#[derive(Debug)]
-pub(crate) struct PluginLogContext {
-    pub(crate) file_stem: String,
-    pub(crate) name: std::sync::OnceLock<String>,
-    /// The generation this library is, on every line it logs.
-    pub(crate) generation: u64,
-    /// The services of the server that loaded it.
-    pub(crate) services: std::sync::Arc<dyn super::services::HostServices>,
-}
-
-impl PluginLogContext {
-    fn label(&self) -> &str {
-        self.name.get().unwrap_or(&self.file_stem)
-    }
-}
 
 /// Builds the callback table for one plugin. The table hands `ctx` to the
 /// plugin as a raw pointer it may use for as long as its library is
@@ -43,15 +25,15 @@ pub(crate) fn host_table(ctx: &'static PluginLogContext) -> HostTable {
         host_ctx: (ctx as *const PluginLogContext).cast(),
         log: log_line,
         complete: super::replies::complete_call,
-        send_to_conn: Some(super::services::send_to_conn),
-        send_to_user: Some(super::services::send_to_user),
-        broadcast: Some(super::services::broadcast),
-        publish: Some(super::services::publish),
-        set_membership: Some(super::services::set_membership),
-        query: Some(super::services::query),
-        set_conn_data: Some(super::services::set_conn_data),
-        call_client: Some(super::services::call_client),
-        broadcast_signed_in: Some(super::services::broadcast_signed_in),
+        send_to_conn: Some(super::shims::send_to_conn),
+        send_to_user: Some(super::shims::send_to_user),
+        broadcast: Some(super::shims::broadcast),
+        publish: Some(super::shims::publish),
+        set_membership: Some(super::shims::set_membership),
+        query: Some(super::shims::query),
+        set_conn_data: Some(super::shims::set_conn_data),
+        call_client: Some(super::shims::call_client),
+        broadcast_signed_in: Some(super::shims::broadcast_signed_in),
     }
 }
 

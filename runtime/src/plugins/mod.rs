@@ -6,11 +6,14 @@
 //! in [`replies`]), and the snapshot of callable actions ([`registry`]).
 
 mod check_process;
+pub(crate) mod context;
 pub(crate) mod descriptor;
 pub mod elf;
 pub mod events;
 pub mod generations;
 pub mod host;
+pub mod images;
+mod load_error;
 pub mod loader;
 pub mod maps;
 pub mod preflight;
@@ -19,11 +22,12 @@ pub mod registry;
 pub mod replies;
 pub mod services;
 pub mod shadow;
+mod shims;
 pub mod trust;
 pub mod watch;
 
 pub use generations::{Applied, GenerationState, GenerationView, ReloadSettings};
 pub use loader::{ActionMeta, Handoff, LoadError, LoadedPlugin};
-pub use refusal::RefusalKind;
-pub use registry::{ActionEntry, RefusedFile, Registry, RegistrySnapshot};
+pub use refusal::{RefusalKind, RefusedFile};
+pub use registry::{ActionEntry, Registry, RegistrySnapshot};
 pub use shadow::ShadowDir;

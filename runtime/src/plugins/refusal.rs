@@ -4,6 +4,7 @@
 //! worth another try.
 
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// What kind of refusal: machine-readable, stable names on `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +41,17 @@ pub enum RefusalKind {
     StaleImage,
     /// Its state restore refused its predecessor's state.
     HandoffRefused,
+}
+
+/// A file in the actions folder that was not loaded, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedFile {
+    /// The file.
+    pub file: PathBuf,
+    /// What kind of refusal, for programs.
+    pub kind: RefusalKind,
+    /// Why, in a sentence, for people.
+    pub reason: String,
 }
 
 /// Why a file's last content was refused, and when to try it again.

@@ -10,9 +10,9 @@ use super::generations::{
     on_short_thread,
 };
 use super::loader::LoadedPlugin;
+use super::refusal::RefusedFile;
 use super::shadow::ShadowDir;
 use arc_swap::ArcSwap;
-use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -35,17 +35,6 @@ pub struct ActionEntry {
     pub scopes: Vec<String>,
     /// Runs on the connection's task (the author promises it never blocks).
     pub inline: bool,
-}
-
-/// A file in the actions folder that was not loaded, and why.
-#[derive(Debug, Clone, Serialize)]
-pub struct RefusedFile {
-    /// The file.
-    pub file: PathBuf,
-    /// What kind of refusal, for programs.
-    pub kind: super::refusal::RefusalKind,
-    /// Why, in a sentence, for people.
-    pub reason: String,
 }
 
 /// Everything callable at one moment. Never changed after it is built.
@@ -147,7 +136,7 @@ impl Registry {
             table.apply(&file);
         }
         Ok(Registry {
-            current: ArcSwap::from_pointee(table.snapshot()),
+            current: ArcSwap::from_pointee(snapshot_of(&table)),
             views: ArcSwap::from_pointee(table.views()),
             table: Mutex::new(table),
         })
@@ -214,7 +203,7 @@ impl Registry {
             // runs its destructors.
             let pinned = self.table().retired_mapped_images();
             for image in pinned {
-                on_short_thread(|| super::loader::collect_if_unpinned(&image));
+                on_short_thread(|| super::images::collect_if_unpinned(&image));
             }
         }
         let mut table = self.table();
@@ -246,7 +235,7 @@ impl Registry {
 
     /// Makes the table's current state what new calls and `/status` see.
     fn publish(&self, table: &Generations) {
-        self.current.store(Arc::new(table.snapshot()));
+        self.current.store(Arc::new(snapshot_of(table)));
         self.views.store(Arc::new(table.views()));
     }
 
@@ -258,6 +247,12 @@ impl Registry {
     fn table(&self) -> MutexGuard<'_, Generations> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// What is callable now in `table`.
+fn snapshot_of(table: &Generations) -> RegistrySnapshot {
+    let (plugins, refused) = table.snapshot();
+    RegistrySnapshot::build(plugins, refused, table.default_timeout())
 }
 
 /// Applies again every file whose last refusal another change may have

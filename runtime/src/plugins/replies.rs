@@ -17,12 +17,12 @@
 //!   as glibc's own thread-local destructors do) until it exits, so the
 //!   image is unmapped only after the thread has left it.
 
-use super::LoadedPlugin;
 use action_api::abi::ByteView;
 use sharded_slab::Slab;
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use tokio::sync::oneshot;
 
@@ -34,11 +34,18 @@ pub(crate) struct Completion {
     pub(crate) body: Vec<u8>,
 }
 
+/// A generation as a reply's pin sees it: code that must stay mapped,
+/// loaded from `image` (its private copy).
+pub(crate) trait Pinned: Send + Sync + std::fmt::Debug {
+    /// The file its image was loaded from.
+    fn image(&self) -> &Path;
+}
+
 /// Where one call's completion goes, and the generation it pins.
 #[derive(Debug)]
 pub(crate) struct PendingReply {
     tx: oneshot::Sender<Completion>,
-    generation: Option<Arc<LoadedPlugin>>,
+    generation: Option<Arc<dyn Pinned>>,
 }
 
 /// Every reply handle a plugin holds now.
@@ -59,7 +66,7 @@ impl PendingReply {
 
     /// Keeps `generation` from being closed until the plugin completes
     /// this reply, and has left the code that completed it.
-    pub(crate) fn holding(mut self, generation: Arc<LoadedPlugin>) -> Self {
+    pub(crate) fn holding(mut self, generation: Arc<dyn Pinned>) -> Self {
         self.generation = Some(generation);
         self
     }
@@ -111,7 +118,7 @@ thread_local! {
     /// How deep this thread is in host-to-plugin calls.
     static IN_PLUGIN: Cell<u32> = const { Cell::new(0) };
     /// Pins released during those calls, dropped when the outermost ends.
-    static DEFERRED: RefCell<Vec<Arc<LoadedPlugin>>> = const { RefCell::new(Vec::new()) };
+    static DEFERRED: RefCell<Vec<Arc<dyn Pinned>>> = const { RefCell::new(Vec::new()) };
     /// Loader references to the images of generations whose calls this
     /// thread (one of a plugin's own) completed, one per image, closed
     /// when the thread exits (its frames are all gone then).
@@ -132,26 +139,26 @@ enum ImageHold {
     /// Held for its `Drop` (a `dlclose`), never read.
     Loader(#[allow(dead_code)] libloading::os::unix::Library),
     /// Held for its `Drop`, never read.
-    Generation(#[allow(dead_code)] Arc<LoadedPlugin>),
+    Generation(#[allow(dead_code)] Arc<dyn Pinned>),
 }
 
 /// Keeps a released pin until no plugin frame of this thread can need it.
-fn park(pin: Arc<LoadedPlugin>) {
+fn park(pin: Arc<dyn Pinned>) {
     if IN_PLUGIN.with(Cell::get) > 0 {
         DEFERRED.with(|deferred| deferred.borrow_mut().push(pin));
         return;
     }
     let _ = THREAD_PINS.try_with(|pins| {
         let mut pins = pins.borrow_mut();
-        if pins.iter().any(|held| held.image == pin.shadow) {
+        if pins.iter().any(|held| held.image == pin.image()) {
             return;
         }
-        let held = match super::loader::hold_image(&pin.shadow) {
+        let held = match super::images::hold_image(pin.image()) {
             Some(library) => ImageHold::Loader(library),
             None => ImageHold::Generation(Arc::clone(&pin)),
         };
         pins.push(ImagePin {
-            image: pin.shadow.clone(),
+            image: pin.image().to_path_buf(),
             _held: held,
         });
     });

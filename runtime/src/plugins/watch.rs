@@ -9,8 +9,9 @@
 //! an incomplete ELF (a later write brings it back). Removed files take
 //! their actions with them.
 
+use super::generations::ActionsChanged;
 use super::generations::FileStat;
-use crate::state::ServerState;
+use super::registry::Registry;
 use notify::event::ModifyKind;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::HashMap;
@@ -70,9 +71,13 @@ pub enum WatchError {
 }
 
 /// Starts watching `dir`: every plugin file that changes and then stays
-/// unchanged for `debounce` is applied to `state.registry`, and clients
+/// unchanged for `debounce` is applied to `target`'s registry, and clients
 /// that subscribed hear `actions.changed`. Also closes drained generations.
-pub fn start(state: Arc<ServerState>, dir: &Path, debounce: Duration) -> Result<Watch, WatchError> {
+pub fn start(
+    target: Arc<dyn Watched>,
+    dir: &Path,
+    debounce: Duration,
+) -> Result<Watch, WatchError> {
     let (tx, rx) = channel();
     let mut watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
@@ -149,9 +154,9 @@ pub fn start(state: Arc<ServerState>, dir: &Path, debounce: Duration) -> Result<
                 // not end hot reload for the life of the server.
                 let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     for path in ready {
-                        announce(&state, state.registry.apply(&path));
+                        target.changed(target.registry().apply(&path));
                     }
-                    announce(&state, state.registry.sweep(recheck));
+                    target.changed(target.registry().sweep(recheck));
                 }));
                 if step.is_err() {
                     tracing::error!("a reload step panicked; watching goes on");
@@ -214,15 +219,11 @@ fn settled(pending: &mut HashMap<PathBuf, Pending>, debounce: Duration) -> Vec<P
     ready
 }
 
-/// Tells subscribed clients about each change.
-fn announce(state: &ServerState, changes: Vec<super::generations::ActionsChanged>) {
-    for change in changes {
-        match serde_json::to_value(&change) {
-            Ok(data) => {
-                let told = state.hub.notify_event("actions.changed", &data);
-                tracing::debug!(clients = told, "actions.changed sent");
-            }
-            Err(e) => tracing::warn!("could not describe the change: {e}"),
-        }
-    }
+/// What the watch acts on: the registry changes are applied to, and
+/// whoever is told of what changed (the server, which tells its clients).
+pub trait Watched: Send + Sync + 'static {
+    /// The registry to apply changed files to.
+    fn registry(&self) -> &Registry;
+    /// Hears every change a reload or a sweep made (maybe none).
+    fn changed(&self, changes: Vec<ActionsChanged>);
 }

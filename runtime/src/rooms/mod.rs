@@ -171,12 +171,9 @@ fn message_frame(room: &str, offset: u64, data: &str) -> Outgoing {
     ))
 }
 
-/// An `rpc.event` push.
+/// An `rpc.event` push, ready to queue.
 pub fn event_frame(event: &str, data: &serde_json::Value) -> Outgoing {
-    outgoing(
-        serde_json::json!({"jsonrpc": "2.0", "method": "rpc.event", "params": {"event": event, "data": data}})
-            .to_string(),
-    )
+    outgoing(crate::protocol::event_push(event, data))
 }
 
 impl Rooms {

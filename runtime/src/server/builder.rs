@@ -164,7 +164,11 @@ impl Server {
         ));
         self.services.connect(&state);
         let _watch = if watch {
-            let watch = crate::plugins::watch::start(Arc::clone(&state), &actions_dir, debounce)?;
+            let watch = crate::plugins::watch::start(
+                Arc::clone(&state) as Arc<dyn crate::plugins::watch::Watched>,
+                &actions_dir,
+                debounce,
+            )?;
             tracing::info!(folder = %actions_dir.display(), "watching for plugin changes (hot reload)");
             Some(watch)
         } else {

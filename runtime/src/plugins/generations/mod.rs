@@ -18,8 +18,8 @@ mod retired;
 
 use super::loader::{Handoff, LoadedPlugin};
 use super::preflight::{Preflighted, preflight};
+use super::refusal::RefusedFile;
 use super::refusal::{Refusal, RefusalKind};
-use super::registry::{RefusedFile, RegistrySnapshot};
 use super::shadow::ShadowDir;
 use retired::Retired;
 use serde::Serialize;
@@ -199,7 +199,7 @@ impl Generations {
     }
 
     /// The snapshot of what is callable now.
-    pub fn snapshot(&self) -> RegistrySnapshot {
+    pub fn snapshot(&self) -> (Vec<Arc<LoadedPlugin>>, Vec<RefusedFile>) {
         let plugins = self
             .files
             .values()
@@ -216,7 +216,12 @@ impl Generations {
                 })
             })
             .collect();
-        RegistrySnapshot::build(plugins, refused, self.settings.default_timeout)
+        (plugins, refused)
+    }
+
+    /// The deadline of actions that set none.
+    pub fn default_timeout(&self) -> Duration {
+        self.settings.default_timeout
     }
 
     /// Files whose last content was refused for a reason that another

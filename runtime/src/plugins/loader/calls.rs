@@ -67,7 +67,9 @@ impl LoadedPlugin {
             params: ByteView::of(call.params),
             conn_id: call.conn_id,
             user: view(call.user),
-            reply: reply.holding(Arc::clone(self)).into_handle(),
+            reply: reply
+                .holding(Arc::clone(self) as Arc<dyn Pinned>)
+                .into_handle(),
             scopes: view(call.scopes),
             conn_data: view(call.conn_data),
         };
@@ -97,7 +99,9 @@ impl LoadedPlugin {
             query: view(request.query),
             remote_addr: ByteView::of(request.remote_addr.as_bytes()),
             conn_id: request.conn_id,
-            reply: reply.holding(Arc::clone(self)).into_handle(),
+            reply: reply
+                .holding(Arc::clone(self) as Arc<dyn Pinned>)
+                .into_handle(),
         };
         let _inside = InPlugin::enter();
         // SAFETY: the plugin's own hook; `raw` and what it points to
@@ -121,7 +125,9 @@ impl LoadedPlugin {
             user: request
                 .user
                 .map_or(ByteView::ABSENT, |u| ByteView::of(u.as_bytes())),
-            reply: reply.holding(Arc::clone(self)).into_handle(),
+            reply: reply
+                .holding(Arc::clone(self) as Arc<dyn Pinned>)
+                .into_handle(),
         };
         let _inside = InPlugin::enter();
         // SAFETY: the plugin's own hook; `raw` and what it points to

@@ -12,8 +12,10 @@ mod calls;
 
 pub(crate) use calls::{AuthArgs, CallArgs, JoinArgs};
 
-use super::host::{PluginLogContext, host_table};
-use super::refusal::RefusalKind;
+use super::context::PluginLogContext;
+use super::host::host_table;
+pub use super::load_error::{ActionMeta, LoadError};
+use super::replies::Pinned;
 use super::replies::{InPlugin, PendingReply};
 use super::services::HostServices;
 use super::shadow::ShadowDir;
@@ -27,72 +29,10 @@ use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// The last generation number handed out (they start at 1).
 static GENERATIONS: AtomicU64 = AtomicU64::new(0);
-
-/// Why a file could not be loaded as a plugin.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The file could not be copied into the shadow folder.
-    #[error("could not copy it for loading: {0}")]
-    Copy(#[source] std::io::Error),
-    /// The file is not a complete library for this machine.
-    #[error("not a loadable library: {0}")]
-    Incomplete(#[from] super::elf::ElfError),
-    /// The dynamic loader refused the file.
-    #[error("not a loadable library: {0}")]
-    NotALibrary(String),
-    /// A library, but without any Switchboard entry symbol.
-    #[error("not a Switchboard plugin: it exports no `switchboard_plugin_v1` symbol")]
-    NotAPlugin,
-    /// Built for another ABI version.
-    #[error(
-        "built for plugin ABI version {found}, but this server speaks version {expected}; rebuild it against action-api {expected}"
-    )]
-    AbiMismatch {
-        /// The plugin's version.
-        found: u32,
-        /// The host's version.
-        expected: u32,
-    },
-    /// The entry function returned no descriptor.
-    #[error("its entry function failed (returned no descriptor); its log lines above say why")]
-    InitFailed,
-    /// The descriptor is malformed.
-    #[error("bad descriptor: {0}")]
-    BadDescriptor(String),
-}
-
-impl LoadError {
-    /// The kind of refusal, for `/status`.
-    pub fn kind(&self) -> RefusalKind {
-        match self {
-            LoadError::Copy(_) => RefusalKind::Io,
-            LoadError::Incomplete(_) | LoadError::NotALibrary(_) => RefusalKind::NotALibrary,
-            LoadError::NotAPlugin => RefusalKind::NotAPlugin,
-            LoadError::AbiMismatch { .. } => RefusalKind::AbiMismatch,
-            LoadError::InitFailed => RefusalKind::InitFailed,
-            LoadError::BadDescriptor(_) => RefusalKind::BadDescriptor,
-        }
-    }
-}
-
-/// One action as the host keeps it (copied out of the plugin).
-#[derive(Debug, Clone)]
-pub struct ActionMeta {
-    /// The method path.
-    pub path: String,
-    /// Callable without a token.
-    pub public: bool,
-    /// The plugin's own deadline, if it set one.
-    pub timeout: Option<Duration>,
-    /// Scopes the caller's token must all carry.
-    pub scopes: Vec<String>,
-    /// Runs on the connection's task: the author promises it never blocks.
-    pub inline: bool,
-}
 
 /// One generation of a plugin: a library loaded into the server, with
 /// everything the host needs to call it.
@@ -330,43 +270,6 @@ impl LoadedPlugin {
     }
 }
 
-/// Lets the dynamic loader unload `image`, a closed generation it kept
-/// mapped, if nothing pins it any more. glibc keeps an image whose
-/// thread-local destructors were pending at `dlclose`, and when the last
-/// thread holding them exits it only marks the image free: the unmap
-/// happens at the next `dlclose` of anything. This is that `dlclose`: it
-/// reopens the image without loading anything (`RTLD_NOLOAD`; no code
-/// runs) and closes it again. An image that is not loaded is left alone.
-/// If the image is unloaded, its destructors run on the calling thread.
-pub fn collect_if_unpinned(image: &Path) {
-    // SAFETY: RTLD_NOLOAD never maps or initialises a library; it only
-    // hands back (and counts) one that is loaded already, whose
-    // constructors ran long ago. Closing that handle unloads the image
-    // only if glibc finds nothing pinning it, running its destructors as
-    // the deferred unload would have; call it off the table's lock.
-    let reopened = unsafe {
-        libloading::os::unix::Library::open(Some(image), libc::RTLD_NOLOAD | libc::RTLD_LAZY)
-    };
-    if let Ok(library) = reopened
-        && let Err(e) = library.close()
-    {
-        tracing::debug!(image = %image.display(), "closing a reopened retired image: {e}");
-    }
-}
-
-/// A loader reference to `image`, a library that is loaded now, so it
-/// stays mapped until the reference is dropped even if the host closes its
-/// own handle; `None` if it is not loaded. Nothing is loaded or run.
-pub(crate) fn hold_image(image: &Path) -> Option<libloading::os::unix::Library> {
-    // SAFETY: RTLD_NOLOAD never maps or initialises a library; it hands
-    // back (and counts) one that is loaded already, whose constructors ran
-    // long ago. Dropping the handle is a `dlclose`, which unloads the image
-    // only when nothing else holds it.
-    unsafe {
-        libloading::os::unix::Library::open(Some(image), libc::RTLD_NOLOAD | libc::RTLD_LAZY).ok()
-    }
-}
-
 /// libloading's own text is just "dlopen failed"; the loader's reason is
 /// in the error's source. Names of the shadow copy are replaced by nothing
 /// useful to a person, so they are kept out.
@@ -399,4 +302,10 @@ fn find_entry(library: &Library) -> Result<EntryFn, LoadError> {
         }
     }
     Err(LoadError::NotAPlugin)
+}
+
+impl Pinned for LoadedPlugin {
+    fn image(&self) -> &Path {
+        &self.shadow
+    }
 }
