@@ -124,7 +124,7 @@ impl HostServices for ServerServices {
                     })
                     .to_string(),
                 ),
-                host_query::CONN_DATA => handle.data.lock().ok()?.get(key).cloned(),
+                host_query::CONN_DATA => handle.flow.data.lock().ok()?.get(key).cloned(),
                 _ => None,
             }
         })
@@ -135,7 +135,7 @@ impl HostServices for ServerServices {
             let Some(handle) = s.hub.get(conn_id) else {
                 return false;
             };
-            let Ok(mut data) = handle.data.lock() else {
+            let Ok(mut data) = handle.flow.data.lock() else {
                 return false;
             };
             match value {

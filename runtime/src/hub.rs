@@ -33,9 +33,12 @@ pub fn outgoing(text: impl Into<Utf8Bytes>) -> Outgoing {
 const SHARDS: usize = 32;
 
 /// What everything acting on one connection shares besides its queue:
-/// the bytes waiting in the queue, and the rooms it created lately.
+/// the bytes waiting in the queue, the rooms it created lately, and the
+/// data actions set on it. One allocation per connection for all three.
 #[derive(Debug)]
 pub struct ConnFlow {
+    /// Per-connection data set by actions (JSON by key), gone with it.
+    pub data: Mutex<HashMap<String, String>>,
     queued_bytes: AtomicUsize,
     /// Set once the connection is told to close as a slow consumer: no
     /// more is queued for it (an atomic, read on every push; the kick
@@ -48,6 +51,7 @@ impl ConnFlow {
     /// A connection that may create `rooms_per_minute` rooms a minute.
     pub fn new(rooms_per_minute: u32) -> ConnFlow {
         ConnFlow {
+            data: Mutex::new(HashMap::new()),
             queued_bytes: AtomicUsize::new(0),
             kicked: AtomicBool::new(false),
             room_creations: Mutex::new(TokenBucket::new(
@@ -122,9 +126,7 @@ pub struct ConnHandle {
     pub connected_at: u64,
     /// The peer's address.
     pub remote_addr: Arc<str>,
-    /// Per-connection data set by actions (JSON by key), gone with it.
-    pub data: Arc<Mutex<HashMap<String, String>>>,
-    /// Bytes queued, rooms created.
+    /// Bytes queued, rooms created, data set by actions.
     pub flow: Arc<ConnFlow>,
 }
 

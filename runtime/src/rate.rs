@@ -1,35 +1,48 @@
 //! [`TokenBucket`]: a rate limit that allows short bursts: up to
 //! `capacity` events at once, refilled at `capacity` per `period`.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A token bucket. Not shared by itself: keep it behind the owner's lock.
+/// Small (16 bytes), since every connection has one: single precision is
+/// plenty for counts of events, and times are milliseconds since the
+/// process started (wrapping after 49 days, which only shortens a
+/// refill).
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    capacity: f64,
-    per_second: f64,
-    tokens: f64,
-    last: Instant,
+    capacity: f32,
+    per_ms: f32,
+    tokens: f32,
+    last_ms: u32,
+}
+
+/// Milliseconds between the process's first use of a bucket and `at`.
+fn millis_since_start(at: Instant) -> u32 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    at.saturating_duration_since(start).as_millis() as u32
 }
 
 impl TokenBucket {
     /// A full bucket of `capacity` tokens that refills `capacity` tokens
     /// every `period`.
     pub fn new(capacity: u32, period: Duration) -> TokenBucket {
-        let capacity = f64::from(capacity);
+        let capacity = capacity as f32;
         TokenBucket {
             capacity,
-            per_second: capacity / period.as_secs_f64().max(f64::MIN_POSITIVE),
+            per_ms: capacity / (period.as_millis().max(1) as f32),
             tokens: capacity,
-            last: Instant::now(),
+            last_ms: millis_since_start(Instant::now()),
         }
     }
 
     /// Takes one token if there is one at `now`.
     pub fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
-        self.last = now;
+        let now_ms = millis_since_start(now);
+        let elapsed = now_ms.wrapping_sub(self.last_ms) as f32;
+        self.tokens = (self.tokens + elapsed * self.per_ms).min(self.capacity);
+        self.last_ms = now_ms;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true

@@ -34,8 +34,9 @@ pub struct Session {
     /// How pushes reach this connection (set when its task starts).
     pub handle: Option<ConnHandle>,
     /// Its place among the connections that have not signed in, until it
-    /// signs in.
-    anonymous: Option<AnonymousSlot>,
+    /// signs in (boxed: most connections sign in on the upgrade, and every
+    /// idle connection holds its session).
+    anonymous: Option<Box<AnonymousSlot>>,
 }
 
 impl Session {
@@ -57,7 +58,7 @@ impl Session {
             inflight: Arc::new(Semaphore::new(max_inflight)),
             leeway,
             handle: None,
-            anonymous,
+            anonymous: anonymous.map(Box::new),
         }
     }
 

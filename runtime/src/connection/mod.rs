@@ -118,7 +118,6 @@ impl Outbound {
             kick: CancellationToken::new(),
             connected_at: now_secs(),
             remote_addr: Arc::from(remote_addr),
-            data: Arc::default(),
         };
         state.hub.register(handle.clone());
         Outbound { handle, rx }

@@ -24,20 +24,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     pub(super) async fn flush(&mut self) -> Next {
         self.unflushed = 0;
-        let flush = timeout(self.write_timeout, self.ws.flush());
-        let outcome = tokio::select! {
-            biased;
-            outcome = flush => outcome,
-            () = self.kick.cancelled() => return Next::Close(CloseCode::from(4008), SLOW_CONSUMER),
-        };
-        match outcome {
-            Ok(Ok(())) => Next::Continue,
-            Ok(Err(e)) => {
-                tracing::debug!("write failed: {e}");
-                Next::Stop("write failed")
-            }
-            Err(_) => self.stalled(),
-        }
+        let outcome = bounded(self.ws.flush(), self.write_timeout, &self.kick).await;
+        self.after_write(outcome)
     }
 
     pub(super) fn stalled(&self) -> Next {
@@ -109,22 +97,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// kick (the queue overflowed meanwhile) ends a stalled write at once.
     pub(super) async fn write(&mut self, reply: impl Into<Utf8Bytes>) -> Next {
         self.unflushed += 1;
-        let feed = timeout(
-            self.write_timeout,
-            self.ws.feed(Message::Text(reply.into())),
-        );
-        let outcome = tokio::select! {
-            biased;
-            outcome = feed => outcome,
-            () = self.kick.cancelled() => return Next::Close(CloseCode::from(4008), SLOW_CONSUMER),
-        };
+        let feed = self.ws.feed(Message::Text(reply.into()));
+        let outcome = bounded(feed, self.write_timeout, &self.kick).await;
+        self.after_write(outcome)
+    }
+
+    /// What a write's outcome means for the connection.
+    fn after_write(&self, outcome: Bounded) -> Next {
         match outcome {
-            Ok(Ok(())) => Next::Continue,
-            Ok(Err(e)) => {
+            Bounded::Done(Ok(())) => Next::Continue,
+            Bounded::Done(Err(e)) => {
                 tracing::debug!("write failed: {e}");
                 Next::Stop("write failed")
             }
-            Err(_) => self.stalled(),
+            Bounded::TimedOut => self.stalled(),
+            Bounded::Kicked => Next::Close(CloseCode::from(4008), SLOW_CONSUMER),
         }
     }
 
@@ -155,4 +142,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         );
         Next::Continue
     }
+}
+
+/// How a write-side operation ended.
+enum Bounded {
+    /// It finished (well or not).
+    Done(Result<(), WsError>),
+    /// It stalled past the write deadline.
+    TimedOut,
+    /// The connection was kicked (its queue overflowed) while it stalled.
+    Kicked,
+}
+
+/// Runs a write-side operation (a feed or a flush). Usually it finishes on
+/// its first poll (the bytes fit the buffer or the socket), and then
+/// nothing else is set up: no clock read, no deadline, no kick to watch.
+/// Only an operation that has to wait gets the write deadline, and is
+/// ended early by a kick.
+async fn bounded<F>(operation: F, deadline: Duration, kick: &CancellationToken) -> Bounded
+where
+    F: Future<Output = Result<(), WsError>>,
+{
+    let mut operation = std::pin::pin!(operation);
+    let first =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(operation.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(result) = first {
+        return Bounded::Done(result);
+    }
+    // Boxed: the waiting machinery (a timer, the kick's waiter) is rare,
+    // and kept out of the state every idle connection's task carries.
+    Box::pin(async move {
+        tokio::select! {
+            biased;
+            outcome = timeout(deadline, operation) => match outcome {
+                Ok(result) => Bounded::Done(result),
+                Err(_) => Bounded::TimedOut,
+            },
+            () = kick.cancelled() => Bounded::Kicked,
+        }
+    })
+    .await
 }
