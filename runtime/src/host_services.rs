@@ -8,9 +8,9 @@
 //! [`ServerServices::connect`]ed to the state once it is built; until then,
 //! and after the server is gone, every service reports failure.
 
-use crate::hub::{CallOutcome, Outgoing};
 use crate::plugins::services::{ClientCall, HostServices};
 use crate::rooms::event_frame;
+use crate::rooms::hub::{CallOutcome, Outgoing};
 use crate::rooms::policy::check_name;
 use crate::state::ServerState;
 use action_api::abi::host_query;

@@ -4,28 +4,28 @@
 //! actions live in native plugins (`cdylib`s built against `action-api`)
 //! that the server loads from a folder.
 //!
-//! The components, in the order a call meets them:
+//! The folders, in the order a call meets them:
+//! - [`transport`]: the TCP listener and shutdown, optional TLS, the HTTP
+//!   routes and the WebSocket upgrade with its admission checks (origins,
+//!   connection bounds from [`limits`], [`anonymous`] slots) and token
+//!   check ([`auth`]), and one task per connection that reads frames and
+//!   writes replies in bursts.
+//! - [`rpc`]: JSON-RPC envelopes parsed lazily and every frame the server
+//!   sends, dispatch (built-ins inline; actions on the [`action_threads`]
+//!   pool under deadlines), the error codes, and what one connection's
+//!   calls know.
+//! - [`plugins`]: loading plugin files (who may put them there, the
+//!   preflight, the reload table), the ABI's host side, and the registry
+//!   snapshot the call path reads without a lock; [`host_services`]: what
+//!   plugins may do to the server (push, publish, join, call clients);
+//!   [`lifecycle`]: connection events for plugins that listen.
+//! - [`rooms`]: every connection's outbound queue (the hub), membership,
+//!   fan-out, history and recovery, presence, within server-wide bounds.
 //! - [`server`]: [`server::Server`], a whole server built from its
-//!   settings (what the binary runs, and what a program may embed), the
-//!   TCP listener and shutdown; [`tls`]: optional TLS
-//!   (`https://`, `wss://`) from PEM files; [`http`]: the routes
-//!   (`/ws`, `/healthz`, `/status`) and the WebSocket upgrade with its
-//!   admission checks ([`handshake`]: origins, connection bounds from
-//!   [`limits`], [`anonymous`] slots) and token check ([`auth`]).
-//! - [`connection`]: one task per connection: reads frames, writes
-//!   replies in bursts.
-//! - [`protocol`]: JSON-RPC envelopes, parsed lazily, replies spliced.
-//! - [`dispatch`]: built-ins ([`builtins`]) inline; actions on the
-//!   [`action_threads`] pool under deadlines, errors mapped to codes
-//!   ([`rpc_error`]).
-//! - [`plugins`]: loading plugin files, the ABI's host side, and the
-//!   registry snapshot the call path reads without a lock.
-//! - [`lifecycle`]: connection events for plugins that listen.
-//! - [`hub`]: every connection's outbound queue, for pushes; [`rooms`]:
-//!   membership, fan-out, history and recovery, presence.
-//! - [`config`]: settings from file, environment and flags; [`state`]: what
-//!   connections share; [`session`]: what one connection knows;
-//!   [`status`]: the `/status` document; [`describe`]: `switchboard check`.
+//!   settings (what the binary runs, and what a program may embed);
+//!   [`config`]: the settings; [`state`]: what connections share;
+//!   [`status`]: the `/status` document; [`describe`]: `switchboard check`;
+//!   [`rate`], [`sys`]: small shared pieces.
 //!
 //! The command line and the tools (`switchboard dev`, `switchboard bench`,
 //! the floor server) live with the binaries in `src/bin/`, not here.
@@ -35,27 +35,17 @@
 pub mod action_threads;
 pub mod anonymous;
 pub mod auth;
-pub mod builtins;
 pub mod config;
-pub mod connection;
 pub mod describe;
-pub mod dispatch;
-pub mod handshake;
 pub mod host_services;
-pub mod http;
-pub mod hub;
 pub mod lifecycle;
 pub mod limits;
 pub mod plugins;
-pub mod protocol;
 pub mod rate;
-pub mod response;
-pub mod room_calls;
 pub mod rooms;
-pub mod rpc_error;
+pub mod rpc;
 pub mod server;
-pub mod session;
 pub mod state;
 pub mod status;
 pub mod sys;
-pub mod tls;
+pub mod transport;

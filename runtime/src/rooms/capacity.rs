@@ -6,8 +6,8 @@
 use super::history::History;
 use super::policy::RoomRule;
 use super::{Room, RoomState, Rooms, lock, new_epoch, shard_of};
-use crate::hub::ConnHandle;
-use crate::rpc_error::{ErrorCode, RpcError};
+use crate::rooms::hub::ConnHandle;
+use crate::rpc::error::{ErrorCode, RpcError};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

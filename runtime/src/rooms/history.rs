@@ -7,7 +7,7 @@
 //! stored and out when it is trimmed, evicted or its room dropped.
 
 use super::policy::RoomRule;
-use crate::hub::Outgoing;
+use crate::rooms::hub::Outgoing;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -162,7 +162,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::outgoing;
+    use crate::rooms::hub::outgoing;
 
     #[test]
     fn the_budget_counts_every_byte_in_and_out() {

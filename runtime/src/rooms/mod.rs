@@ -1,5 +1,7 @@
 //! Rooms: membership, fan-out, history with recovery, and presence.
 //!
+//! - [`hub`]: every open connection's outbound queue, by connection id and
+//!   by user: what every push (room message, send, broadcast) goes through.
 //! - [`policy`]: the `[[rooms]]` rules and their name patterns.
 //! - [`history`]: each room's kept messages, and the server-wide budget
 //!   of history bytes they share.
@@ -26,6 +28,7 @@
 
 mod capacity;
 pub mod history;
+pub mod hub;
 mod idle;
 mod membership;
 pub mod policy;
@@ -34,9 +37,9 @@ pub use capacity::{RoomLimits, RoomsUsage};
 
 use crate::auth::Identity;
 #[cfg(doc)]
-use crate::hub::ConnFlow;
-use crate::hub::{ConnHandle, Hub, Outgoing, outgoing};
-use crate::rpc_error::{ErrorCode, RpcError};
+use crate::rooms::hub::ConnFlow;
+use crate::rooms::hub::{ConnHandle, Hub, Outgoing, outgoing};
+use crate::rpc::error::{ErrorCode, RpcError};
 use history::{History, HistoryBudget};
 use idle::IdleQueue;
 use policy::{JoinPolicy, RoomRule, check_name, matches, matches_any_user};
@@ -173,7 +176,7 @@ fn message_frame(room: &str, offset: u64, data: &str) -> Outgoing {
 
 /// An `rpc.event` push, ready to queue.
 pub fn event_frame(event: &str, data: &serde_json::Value) -> Outgoing {
-    outgoing(crate::protocol::event_push(event, data))
+    outgoing(crate::rpc::protocol::event_push(event, data))
 }
 
 impl Rooms {

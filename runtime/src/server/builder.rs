@@ -76,7 +76,7 @@ pub enum StartError {
     Keys(#[from] crate::auth::jwt::KeyError),
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::transport::tls::TlsError),
     /// The folder watch could not start.
     #[error(transparent)]
     Watch(#[from] crate::plugins::watch::WatchError),
@@ -174,7 +174,7 @@ impl Server {
         } else {
             None
         };
-        super::run(listener, Arc::clone(&state), tls, shutdown).await;
+        crate::transport::listener::run(listener, Arc::clone(&state), tls, shutdown).await;
         state.registry.remove_shadow();
         Ok(())
     }
@@ -189,7 +189,7 @@ impl ServerBuilder {
             return Err(StartError::NoActionsFolder(config.actions));
         }
         let dev_minter = dev_secret(&mut config)?;
-        let tls = crate::tls::from_config(&config)?;
+        let tls = crate::transport::tls::from_config(&config)?;
         warn_about_origins(&config);
         let limits = connection_limits(&config);
         let verifier = JwtVerifier::from_config(&config)?;

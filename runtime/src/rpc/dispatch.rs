@@ -11,14 +11,14 @@
 
 use crate::action_threads::ActionThreads;
 use crate::auth::Identity;
-use crate::builtins::Builtin;
 use crate::lifecycle;
 use crate::plugins::ActionEntry;
 use crate::plugins::loader::CallArgs;
 use crate::plugins::replies::{Completion, PendingReply};
-use crate::protocol::{self, Answer, Envelope, share};
-use crate::rpc_error::{ErrorCode, RpcError};
-use crate::session::Session;
+use crate::rpc::builtins::Builtin;
+use crate::rpc::error::{ErrorCode, RpcError};
+use crate::rpc::protocol::{self, Answer, Envelope, share};
+use crate::rpc::session::Session;
 use crate::state::ServerState;
 use action_api::abi::status;
 use bytes::Bytes;

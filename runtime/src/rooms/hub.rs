@@ -346,7 +346,7 @@ impl Hub {
         if conns.is_empty() {
             return 0;
         }
-        let frame = outgoing(crate::protocol::event_push(event, data));
+        let frame = outgoing(crate::rpc::protocol::event_push(event, data));
         conns
             .into_iter()
             .filter(|c| self.send_to_conn(*c, Arc::clone(&frame)))

@@ -18,12 +18,12 @@ mod timers;
 mod writer;
 
 use crate::auth::{ends_at_ms, now_millis, now_secs};
-use crate::dispatch::{Dispatched, dispatch};
-use crate::hub::{ConnFlow, ConnHandle, Outgoing, outgoing};
 use crate::lifecycle;
-use crate::protocol::{self, Envelope, Frame, Refusal};
-use crate::rpc_error::{ErrorCode, RpcError};
-use crate::session::Session;
+use crate::rooms::hub::{ConnFlow, ConnHandle, Outgoing, outgoing};
+use crate::rpc::dispatch::{Dispatched, dispatch};
+use crate::rpc::error::{ErrorCode, RpcError};
+use crate::rpc::protocol::{self, Envelope, Frame, Refusal};
+use crate::rpc::session::Session;
 use crate::state::ServerState;
 use bytes::Bytes;
 use futures_util::future::{self, Either};

@@ -4,8 +4,8 @@
 use crate::plugins::loader::JoinArgs;
 use crate::plugins::replies::PendingReply;
 use crate::rooms::policy::{JoinPolicy, matches};
-use crate::rpc_error::{ErrorCode, RpcError};
-use crate::session::Session;
+use crate::rpc::error::{ErrorCode, RpcError};
+use crate::rpc::session::Session;
 use crate::state::ServerState;
 use action_api::abi::status;
 use serde::Deserialize;

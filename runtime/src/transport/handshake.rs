@@ -7,8 +7,8 @@
 //! `Origin` come from non-browser clients, which no page can drive, so they
 //! pass.
 
-use crate::response::{Body, text};
 use crate::state::ServerState;
+use crate::transport::response::{Body, text};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 

@@ -3,13 +3,13 @@
 
 use crate::auth::{Handshake, TokenError};
 use crate::config::AuthStep;
-use crate::connection::{self, Outbound};
 use crate::lifecycle;
-pub use crate::response::Body;
-use crate::response::{respond, text};
-use crate::session::Session;
-use crate::session::next_conn_id;
+use crate::rpc::session::Session;
+use crate::rpc::session::next_conn_id;
 use crate::state::ServerState;
+use crate::transport::connection::{self, Outbound};
+pub use crate::transport::response::Body;
+use crate::transport::response::{respond, text};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -68,13 +68,13 @@ impl Routes {
             Ok(key) => key,
             Err(response) => return refused_handshake(*response),
         };
-        if let Err(response) = crate::handshake::admit(headers, &self.state) {
+        if let Err(response) = crate::transport::handshake::admit(headers, &self.state) {
             return refused_handshake(*response);
         }
         // Hold a connection slot from here on, so concurrent upgrades
         // cannot pass `max_connections` between the check and the upgrade.
         let Some(counted) = self.state.reserve_connection() else {
-            return refused_handshake(crate::handshake::at_capacity());
+            return refused_handshake(crate::transport::handshake::at_capacity());
         };
         let conn_id = next_conn_id();
         let handshake = Arc::new(Handshake {
@@ -135,7 +135,7 @@ impl Routes {
                 Ok(slot) => Some(slot),
                 Err(full) => {
                     tracing::debug!(conn = conn_id, "upgrade refused: {full}");
-                    return refused_handshake(crate::handshake::anonymous_full(&full));
+                    return refused_handshake(crate::transport::handshake::anonymous_full(&full));
                 }
             },
         };

@@ -4,8 +4,8 @@
 
 use crate::anonymous::AnonymousSlot;
 use crate::auth::{Handshake, Identity, now_millis};
-use crate::hub::ConnHandle;
-use crate::rpc_error::{ErrorCode, RpcError};
+use crate::rooms::hub::ConnHandle;
+use crate::rpc::error::{ErrorCode, RpcError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Semaphore;

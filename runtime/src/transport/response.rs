@@ -1,6 +1,6 @@
 //! HTTP responses the server writes itself: the body type every route
 //! answers with, and plain-text and typed responses (for the routes in
-//! [`crate::http`] and the refusals in [`crate::handshake`]).
+//! [`crate::transport::http`] and the refusals in [`crate::transport::handshake`]).
 
 use bytes::Bytes;
 use http_body_util::Full;

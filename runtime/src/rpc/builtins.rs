@@ -1,12 +1,12 @@
 //! The runtime's built-in methods (`rpc.*`), one variant each.
 //!
-//! The room built-ins live in [`crate::room_calls`].
+//! The room built-ins live in [`crate::rpc::room_calls`].
 
 use crate::auth::Identity;
 use crate::lifecycle;
-use crate::room_calls;
-use crate::rpc_error::{ErrorCode, RpcError};
-use crate::session::Session;
+use crate::rpc::error::{ErrorCode, RpcError};
+use crate::rpc::room_calls;
+use crate::rpc::session::Session;
 use crate::state::ServerState;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -126,7 +126,7 @@ fn subscribe(
             format!(
                 "no server event '{}'; events you can subscribe to: {}",
                 crate::auth::jwt::clip(&params.event),
-                crate::hub::SERVER_EVENTS.join(", ")
+                crate::rooms::hub::SERVER_EVENTS.join(", ")
             ),
         ));
     }

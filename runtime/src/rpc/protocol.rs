@@ -6,7 +6,7 @@
 //! counted slices of the frame's own buffer, so params reach a plugin
 //! without a copy.
 
-use crate::rpc_error::{ErrorCode, RpcError};
+use crate::rpc::error::{ErrorCode, RpcError};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::IgnoredAny;

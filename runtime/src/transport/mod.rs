@@ -1,0 +1,16 @@
+//! The transport: from a TCP connection to JSON-RPC frames and back.
+//!
+//! - [`listener`]: accepts TCP connections, serves HTTP/1.1 with upgrades
+//!   (over [`tls`] when configured), and shuts down cleanly;
+//! - [`http`]: the routes (`/ws`, `/healthz`, `/status`) and the WebSocket
+//!   upgrade, with its admission checks ([`handshake`]) and token check;
+//!   [`response`]: the responses the server writes itself;
+//! - [`connection`]: one task per WebSocket: reads frames, hands them to
+//!   [`crate::rpc`], writes replies and pushes in bursts.
+
+pub mod connection;
+pub mod handshake;
+pub mod http;
+pub mod listener;
+pub mod response;
+pub mod tls;
