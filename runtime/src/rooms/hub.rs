@@ -444,3 +444,95 @@ impl Hub {
         self.slow_consumers.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registered connection with `slots` frames of queue.
+    fn connect(
+        hub: &Hub,
+        conn_id: u64,
+        user: Option<&str>,
+        slots: usize,
+    ) -> mpsc::Receiver<Outgoing> {
+        let (tx, rx) = mpsc::channel(slots);
+        hub.register(ConnHandle {
+            conn_id,
+            user: user.map(Arc::from),
+            tx,
+            kick: CancellationToken::new(),
+            connected_at: 0,
+            remote_addr: Arc::from("test"),
+            flow: Arc::new(ConnFlow::new(10)),
+        });
+        rx
+    }
+
+    fn frame(len: usize) -> Outgoing {
+        outgoing("x".repeat(len))
+    }
+
+    #[test]
+    fn a_queue_past_its_bytes_is_kicked_once_and_counted() {
+        let hub = Hub::new(100);
+        let _rx = connect(&hub, 1, Some("ann"), 1024);
+        let handle = hub.get(1).unwrap_or_else(|| panic!("registered"));
+        assert!(hub.push(&handle, frame(60)));
+        // Queued 60 <= 100: taken, though it goes past the bound.
+        assert!(hub.push(&handle, frame(60)));
+        assert_eq!(handle.flow.queued_bytes(), 120);
+        assert!(!hub.push(&handle, frame(1)), "more than 100 queued");
+        assert!(handle.kick.is_cancelled());
+        assert!(!hub.push(&handle, frame(1)));
+        assert_eq!(hub.slow_consumers(), 1, "counted once");
+        assert_eq!(
+            handle.flow.queued_bytes(),
+            120,
+            "refused pushes count nothing"
+        );
+    }
+
+    #[test]
+    fn a_queue_past_its_frames_is_kicked() {
+        let hub = Hub::new(1 << 20);
+        let _rx = connect(&hub, 1, None, 2);
+        let handle = hub.get(1).unwrap_or_else(|| panic!("registered"));
+        assert!(hub.push(&handle, frame(1)) && hub.push(&handle, frame(1)));
+        assert!(!hub.push(&handle, frame(1)));
+        assert!(handle.kick.is_cancelled());
+        assert_eq!(handle.flow.queued_bytes(), 2);
+    }
+
+    #[test]
+    fn would_take_follows_the_push_rule() {
+        let hub = Hub::new(100);
+        let _rx = connect(&hub, 1, None, 3);
+        let handle = hub.get(1).unwrap_or_else(|| panic!("registered"));
+        assert!(hub.would_take(&handle, &[90, 500]), "all but the last fit");
+        assert!(!hub.would_take(&handle, &[90, 20, 1]));
+        assert!(
+            !hub.would_take(&handle, &[1, 1, 1, 1]),
+            "four frames, three slots"
+        );
+    }
+
+    #[test]
+    fn users_broadcasts_and_unregistering() {
+        let hub = Hub::new(1 << 20);
+        let mut phone = connect(&hub, 1, Some("ann"), 8);
+        let mut laptop = connect(&hub, 2, Some("ann"), 8);
+        let mut anon = connect(&hub, 3, None, 8);
+        assert_eq!(hub.send_to_user("ann", &frame(3)), 2);
+        assert!(phone.try_recv().is_ok() && laptop.try_recv().is_ok());
+        assert_eq!(hub.broadcast(&frame(3), &[1], true), 1, "laptop only");
+        assert_eq!(hub.broadcast(&frame(3), &[1], false), 2, "laptop and anon");
+        assert!(anon.try_recv().is_ok());
+        // Signing in moves the connection into the user's set.
+        assert!(hub.set_user(3, Arc::from("ann")).is_some());
+        assert_eq!(hub.send_to_user("ann", &frame(3)), 3);
+        hub.unregister(1);
+        assert_eq!(hub.send_to_user("ann", &frame(3)), 2);
+        assert!(hub.get(1).is_none());
+    }
+}

@@ -344,6 +344,137 @@ impl Rooms {
 mod tests {
     use super::*;
 
+    use crate::rooms::hub::ConnFlow;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    fn rooms(max_rooms: usize, max_history_bytes: usize) -> (Rooms, Hub) {
+        let limits = RoomLimits {
+            max_rooms,
+            max_history_bytes,
+        };
+        (Rooms::new(&[], limits), Hub::new(1 << 20))
+    }
+
+    /// A connection registered in `hub`, and its queue.
+    fn member(hub: &Hub, conn_id: u64) -> (ConnHandle, mpsc::Receiver<Outgoing>) {
+        let (tx, rx) = mpsc::channel(64);
+        let handle = ConnHandle {
+            conn_id,
+            user: Some(Arc::from(format!("user-{conn_id}"))),
+            tx,
+            kick: CancellationToken::new(),
+            connected_at: 0,
+            remote_addr: Arc::from("test"),
+            flow: Arc::new(ConnFlow::new(1000)),
+        };
+        hub.register(handle.clone());
+        (handle, rx)
+    }
+
+    /// The offsets of the `rpc.message` frames queued on `rx`.
+    fn offsets(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<u64> {
+        let mut seen = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap_or_default();
+            if value["method"] == "rpc.message" {
+                seen.extend(value["params"]["offset"].as_u64());
+            }
+        }
+        seen
+    }
+
+    fn join(
+        rooms: &Rooms,
+        hub: &Hub,
+        room: &str,
+        handle: &ConnHandle,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Joined {
+        let rule = Arc::clone(rooms.rule(room));
+        rooms
+            .join(hub, room, &rule, handle, since)
+            .unwrap_or_else(|e| panic!("join {room}: {e}"))
+    }
+
+    fn publish(rooms: &Rooms, hub: &Hub, room: &str, data: &str) -> Result<u64, RpcError> {
+        let rule = Arc::clone(rooms.rule(room));
+        rooms
+            .publish(hub, room, &rule, data)
+            .map(|(offset, _)| offset)
+    }
+
+    #[test]
+    fn members_get_every_message_in_order_and_a_rejoin_replays_the_gap() {
+        let (rooms, hub) = rooms(10, 1 << 20);
+        let (ann, mut ann_rx) = member(&hub, 1);
+        let epoch = join(&rooms, &hub, "lobby", &ann, None).epoch;
+        for n in 1..=3 {
+            assert_eq!(publish(&rooms, &hub, "lobby", "1").ok(), Some(n));
+        }
+        assert_eq!(offsets(&mut ann_rx), [1, 2, 3]);
+        let (bob, mut bob_rx) = member(&hub, 2);
+        let joined = join(&rooms, &hub, "lobby", &bob, Some((1, Some(epoch.as_str()))));
+        assert_eq!((joined.offset, joined.recovered), (3, Some(true)));
+        assert_eq!(offsets(&mut bob_rx), [2, 3], "the missed ones, in order");
+        let (cy, mut cy_rx) = member(&hub, 3);
+        let joined = join(&rooms, &hub, "lobby", &cy, Some((1, Some("another epoch"))));
+        assert_eq!(joined.recovered, Some(false));
+        assert!(offsets(&mut cy_rx).is_empty());
+    }
+
+    #[test]
+    fn idle_rooms_make_way_at_the_room_bound_and_then_rooms_are_refused() {
+        let (rooms, hub) = rooms(2, 1 << 20);
+        let (ann, _rx) = member(&hub, 1);
+        join(&rooms, &hub, "a", &ann, None);
+        assert!(publish(&rooms, &hub, "a", "1").is_ok());
+        assert!(
+            rooms.leave(&hub, "a", 1),
+            "a is idle now: no members, some history"
+        );
+        join(&rooms, &hub, "b", &ann, None);
+        join(&rooms, &hub, "c", &ann, None);
+        let usage = rooms.usage();
+        assert_eq!((usage.rooms, usage.idle_rooms_evicted), (2, 1));
+        let rule = Arc::clone(rooms.rule("d"));
+        let refused = rooms.join(&hub, "d", &rule, &ann, None);
+        assert!(
+            matches!(&refused, Err(e) if e.code == crate::rpc::error::ErrorCode::Overloaded),
+            "{refused:?}"
+        );
+        assert_eq!(rooms.usage().rooms_refused, 1);
+    }
+
+    #[test]
+    fn history_past_the_budget_drops_idle_rooms_first_then_the_oldest() {
+        let message = format!("\"{}\"", "m".repeat(1000));
+        // Room for about four messages in all.
+        let (rooms, hub) = rooms(100, 4 * 1100);
+        let (ann, _rx) = member(&hub, 1);
+        join(&rooms, &hub, "idle", &ann, None);
+        for _ in 0..2 {
+            assert!(publish(&rooms, &hub, "idle", &message).is_ok());
+        }
+        assert!(rooms.leave(&hub, "idle", 1));
+        join(&rooms, &hub, "busy", &ann, None);
+        for _ in 0..3 {
+            assert!(publish(&rooms, &hub, "busy", &message).is_ok());
+        }
+        let usage = rooms.usage();
+        assert_eq!(usage.idle_rooms_evicted, 1, "the idle room went first");
+        assert!(usage.history_bytes <= usage.max_history_bytes);
+        for _ in 0..3 {
+            assert!(publish(&rooms, &hub, "busy", &message).is_ok());
+        }
+        let usage = rooms.usage();
+        assert!(
+            usage.history_messages_evicted >= 2,
+            "then the busy room's oldest"
+        );
+        assert!(usage.history_bytes <= usage.max_history_bytes);
+    }
+
     #[test]
     fn fallback_epochs_never_repeat() {
         let epochs: HashSet<u64> = (0..10_000).map(|_| fallback_epoch()).collect();
