@@ -11,10 +11,9 @@ use super::jwt::JwtVerifier;
 use super::replay::ReplayCache;
 use super::{Identity, TokenError, now_secs};
 use crate::config::{AuthStep, Config};
+use crate::plugins::invoke::{PluginFault, Thread, invoke};
 use crate::plugins::loader::AuthArgs;
-use crate::plugins::replies::PendingReply;
 use crate::plugins::{LoadedPlugin, Registry};
-use action_api::abi::status;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,11 +49,6 @@ struct PluginVerdict {
     data: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     expires_at: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Refusal {
-    message: String,
 }
 
 /// The chain of authenticators.
@@ -170,11 +164,9 @@ impl Authenticator {
                     "the auth plugin is busy with other sign-ins; retry shortly".into(),
                 )
             })?;
-        let (pending, verdict) = PendingReply::new();
-        let token = token.map(str::to_owned);
-        let handshake = handshake.clone();
+        let (token, handshake) = (token.map(str::to_owned), handshake.clone());
         let asked = Arc::clone(&plugin);
-        tokio::task::spawn_blocking(move || {
+        let answer = invoke(Thread::Blocking, PLUGIN_TIMEOUT, move |pending| {
             let _permit = permit;
             let args = AuthArgs {
                 token: token.as_deref(),
@@ -184,62 +176,55 @@ impl Authenticator {
                 conn_id,
             };
             asked.authenticate(&args, pending);
-        });
-        let done = match tokio::time::timeout(PLUGIN_TIMEOUT, verdict).await {
-            Ok(Ok(done)) => done,
-            Ok(Err(_)) => {
+        })
+        .await;
+        let body = match answer {
+            Ok(body) => body,
+            Err(fault @ PluginFault::Refused(_)) => {
+                let reason = fault
+                    .refusal_message(200)
+                    .unwrap_or_else(|| "refused by the auth plugin".to_owned());
+                return Err(TokenError::Refused(reason));
+            }
+            Err(PluginFault::NotAsked) => {
                 return Err(TokenError::Unavailable(
                     "the auth plugin could not be asked".into(),
                 ));
             }
-            Err(_) => {
+            Err(PluginFault::TimedOut(after)) => {
                 return Err(TokenError::Unavailable(format!(
                     "the auth plugin did not answer within {} s",
-                    PLUGIN_TIMEOUT.as_secs()
+                    after.as_secs()
                 )));
             }
-        };
-        match done.status {
-            status::OK => {
-                let verdict: PluginVerdict = serde_json::from_slice(&done.body).map_err(|e| {
-                    TokenError::Unavailable(format!(
-                        "the auth plugin {} gave an unreadable answer: {e}",
-                        plugin.name
-                    ))
-                })?;
-                if verdict.user.is_empty() {
-                    return Err(TokenError::Unavailable(format!(
-                        "the auth plugin {} named no user",
-                        plugin.name
-                    )));
-                }
-                Ok(Identity {
-                    user: verdict.user.into(),
-                    expires_at: verdict.expires_at,
-                    scopes: verdict.scopes.join(" ").into(),
-                    rooms: verdict.rooms.into(),
-                    data: verdict.data.map(|d| Arc::from(d.get())),
-                    source: AuthStep::Plugin,
-                })
-            }
-            status::ACTION_ERROR => {
-                let reason = serde_json::from_slice::<Refusal>(&done.body)
-                    .map_or_else(|_| "refused by the auth plugin".to_owned(), |r| r.message);
-                let reason: String = reason.chars().take(200).collect();
-                Err(TokenError::Refused(reason))
-            }
-            _ => {
+            Err(fault) => {
                 // The detail (a panic message) is for the operator, not the
                 // unauthenticated client.
-                tracing::error!(
-                    plugin = %plugin.name,
-                    "the auth plugin failed: {}",
-                    String::from_utf8_lossy(&done.body)
-                );
-                Err(TokenError::Unavailable(
+                tracing::error!(plugin = %plugin.name, "the auth plugin failed: {fault}");
+                return Err(TokenError::Unavailable(
                     "the auth plugin failed; see the server log".into(),
-                ))
+                ));
             }
+        };
+        let verdict: PluginVerdict = serde_json::from_slice(&body).map_err(|e| {
+            TokenError::Unavailable(format!(
+                "the auth plugin {} gave an unreadable answer: {e}",
+                plugin.name
+            ))
+        })?;
+        if verdict.user.is_empty() {
+            return Err(TokenError::Unavailable(format!(
+                "the auth plugin {} named no user",
+                plugin.name
+            )));
         }
+        Ok(Identity {
+            user: verdict.user.into(),
+            expires_at: verdict.expires_at,
+            scopes: verdict.scopes.join(" ").into(),
+            rooms: verdict.rooms.into(),
+            data: verdict.data.map(|d| Arc::from(d.get())),
+            source: AuthStep::Plugin,
+        })
     }
 }

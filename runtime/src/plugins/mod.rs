@@ -13,6 +13,7 @@ pub mod events;
 pub mod generations;
 pub mod host;
 pub mod images;
+pub(crate) mod invoke;
 mod load_error;
 pub mod loader;
 pub mod maps;

@@ -13,14 +13,13 @@ use crate::action_threads::ActionThreads;
 use crate::auth::Identity;
 use crate::lifecycle;
 use crate::plugins::ActionEntry;
+use crate::plugins::invoke::{self, PluginFault, Thread, invoke};
 use crate::plugins::loader::CallArgs;
-use crate::plugins::replies::{Completion, PendingReply};
 use crate::rpc::builtins::Builtin;
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::protocol::{self, Answer, Envelope, share};
 use crate::rpc::session::Session;
 use crate::state::ServerState;
-use action_api::abi::status;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
@@ -162,15 +161,14 @@ fn run_inline(
     params: Option<&serde_json::value::RawValue>,
     id: Option<Bytes>,
 ) -> Dispatched {
-    let (pending, mut completion) = PendingReply::new();
     let params = params.map_or(b"null".as_slice(), |p| p.get().as_bytes());
     let args = call_args(params, conn_id, identity.as_deref());
-    entry.plugin.call(entry.index, &args, pending);
-    match completion.try_recv() {
-        Ok(done) => Dispatched::Ready(reply(id.as_ref(), interpret(&entry.path, done))),
-        Err(_) => Dispatched::Running(Box::pin(async move {
-            let outcome = await_completion(&entry, completion).await;
-            reply(id.as_ref(), outcome)
+    let mut asked = invoke::ask_here(|pending| entry.plugin.call(entry.index, &args, pending));
+    match asked.now() {
+        Some(answer) => Dispatched::Ready(reply(id.as_ref(), interpret(&entry, answer))),
+        None => Dispatched::Running(Box::pin(async move {
+            let answer = asked.answer(entry.timeout).await;
+            reply(id.as_ref(), interpret(&entry, answer))
         })),
     }
 }
@@ -183,33 +181,6 @@ fn call_args<'a>(params: &'a [u8], conn_id: u64, identity: Option<&'a Identity>)
         user: identity.map(|i| &*i.user),
         scopes: identity.map(|i| &*i.scopes).filter(|s| !s.is_empty()),
         conn_data: identity.and_then(|i| i.data.as_deref()),
-    }
-}
-
-/// Waits for a plugin's answer under the action's deadline.
-async fn await_completion(
-    entry: &ActionEntry,
-    completion: tokio::sync::oneshot::Receiver<Completion>,
-) -> Result<String, CallError> {
-    match tokio::time::timeout(entry.timeout, completion).await {
-        Ok(Ok(done)) => interpret(&entry.path, done),
-        Ok(Err(_)) => Err(RpcError::new(
-            ErrorCode::Internal,
-            format!(
-                "action '{}' could not be started: the server is stopping",
-                entry.path
-            ),
-        )
-        .into()),
-        Err(_) => Err(RpcError::new(
-            ErrorCode::Timeout,
-            format!(
-                "action '{}' did not answer within {} ms",
-                entry.path,
-                entry.timeout.as_millis()
-            ),
-        )
-        .into()),
     }
 }
 
@@ -327,20 +298,20 @@ impl PreparedCall {
             registry_events,
             threads,
         } = self;
-        let (pending, completion) = PendingReply::new();
         let plugin_entry = Arc::clone(&entry);
         let user = identity.as_ref().map(|i| Arc::clone(&i.user));
         // Both permits stay with the thread: a call past its deadline still
         // occupies its slots until the plugin returns, so a client calling
         // an action that hangs uses up its own connection's slots, not the
         // whole server's.
-        threads.run(move || {
+        let answer = invoke(Thread::Actions(&threads), entry.timeout, move |pending| {
             let _permits = (server_permit, connection_permit);
             let params = params.as_deref().unwrap_or(b"null");
             let args = call_args(params, conn_id, identity.as_deref());
             plugin_entry.plugin.call(plugin_entry.index, &args, pending);
-        });
-        let outcome = await_completion(&entry, completion).await;
+        })
+        .await;
+        let outcome = interpret(&entry, answer);
         if let (Some(state), Err(CallError::Rpc(error))) = (&registry_events, &outcome)
             && matches!(error.code, ErrorCode::Timeout | ErrorCode::ActionFailed)
         {
@@ -363,11 +334,15 @@ struct ActionErrorObject<'a> {
     message: std::borrow::Cow<'a, str>,
 }
 
-/// Maps a plugin's completion to a result or an error.
-fn interpret(path: &str, done: Completion) -> Result<String, CallError> {
-    match done.status {
-        status::OK => {
-            let result = String::from_utf8(done.body).map_err(|_| {
+/// Maps a plugin's answer to a result or an error.
+fn interpret(
+    entry: &ActionEntry,
+    answer: Result<Vec<u8>, PluginFault>,
+) -> Result<String, CallError> {
+    let path = &*entry.path;
+    match answer {
+        Ok(body) => {
+            let result = String::from_utf8(body).map_err(|_| {
                 RpcError::new(
                     ErrorCode::Internal,
                     format!("action '{path}' returned a result that is not UTF-8"),
@@ -389,18 +364,28 @@ fn interpret(path: &str, done: Completion) -> Result<String, CallError> {
             }
             Ok(result)
         }
-        status::ACTION_ERROR => Err(action_error(path, done.body)),
-        status::PANICKED => Err(RpcError::new(
+        Err(PluginFault::Refused(body)) => Err(action_error(path, body)),
+        Err(PluginFault::Panicked(message)) => Err(RpcError::new(
             ErrorCode::ActionFailed,
-            format!(
-                "action '{path}' failed: it panicked: {}",
-                String::from_utf8_lossy(&done.body)
-            ),
+            format!("action '{path}' failed: it panicked: {message}"),
         )
         .into()),
-        other => Err(RpcError::new(
+        Err(PluginFault::UnknownStatus { status, .. }) => Err(RpcError::new(
             ErrorCode::Internal,
-            format!("action '{path}' ended with unknown status {other}"),
+            format!("action '{path}' ended with unknown status {status}"),
+        )
+        .into()),
+        Err(PluginFault::NotAsked) => Err(RpcError::new(
+            ErrorCode::Internal,
+            format!("action '{path}' could not be started: the server is stopping"),
+        )
+        .into()),
+        Err(PluginFault::TimedOut(after)) => Err(RpcError::new(
+            ErrorCode::Timeout,
+            format!(
+                "action '{path}' did not answer within {} ms",
+                after.as_millis()
+            ),
         )
         .into()),
     }

@@ -1,13 +1,12 @@
 //! The room built-ins (`rpc.join`, `rpc.leave`, `rpc.leave_all`,
 //! `rpc.publish`, `rpc.presence`): params, policy checks, and results.
 
+use crate::plugins::invoke::{PluginFault, Thread, invoke};
 use crate::plugins::loader::JoinArgs;
-use crate::plugins::replies::PendingReply;
 use crate::rooms::policy::{JoinPolicy, matches};
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::session::Session;
 use crate::state::ServerState;
-use action_api::abi::status;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -213,9 +212,8 @@ async fn ask_join_hook(
                 "the server is at its limit of running calls; retry shortly",
             )
         })?;
-    let (pending, verdict) = PendingReply::new();
     let (asked, room_name, conn_id) = (Arc::clone(&plugin), room.to_owned(), session.conn_id);
-    tokio::task::spawn_blocking(move || {
+    let answer = invoke(Thread::Blocking, JOIN_HOOK_TIMEOUT, move |pending| {
         let _permit = permit;
         let args = JoinArgs {
             room: &room_name,
@@ -224,34 +222,24 @@ async fn ask_join_hook(
             user: user.as_deref(),
         };
         asked.ask_join(&args, pending);
-    });
-    let refused = |reason: String| {
-        RpcError::new(
-            ErrorCode::Forbidden,
-            format!("joining '{room}' refused: {reason}"),
-        )
+    })
+    .await;
+    let reason = match answer {
+        Ok(_) => return Ok(()),
+        Err(fault @ PluginFault::Refused(_)) => fault
+            .refusal_message(200)
+            .unwrap_or_else(|| "no reason given".to_owned()),
+        Err(PluginFault::NotAsked) => "the plugin deciding it could not be asked".to_owned(),
+        Err(PluginFault::TimedOut(after)) => {
+            format!("the plugin did not decide within {} s", after.as_secs())
+        }
+        Err(fault) => {
+            tracing::error!(plugin = %plugin.name, "a join hook failed: {fault}");
+            "the plugin deciding it failed".to_owned()
+        }
     };
-    match tokio::time::timeout(JOIN_HOOK_TIMEOUT, verdict).await {
-        Ok(Ok(done)) if done.status == status::OK => Ok(()),
-        Ok(Ok(done)) if done.status == status::ACTION_ERROR => {
-            #[derive(Deserialize)]
-            struct Reason {
-                message: String,
-            }
-            let reason = serde_json::from_slice::<Reason>(&done.body)
-                .map_or_else(|_| "no reason given".to_owned(), |r| r.message);
-            Err(refused(reason.chars().take(200).collect()))
-        }
-        Ok(Ok(done)) => {
-            tracing::error!(plugin = %plugin.name, "a join hook failed: {}", String::from_utf8_lossy(&done.body));
-            Err(refused("the plugin deciding it failed".to_owned()))
-        }
-        Ok(Err(_)) => Err(refused(
-            "the plugin deciding it could not be asked".to_owned(),
-        )),
-        Err(_) => Err(refused(format!(
-            "the plugin did not decide within {} s",
-            JOIN_HOOK_TIMEOUT.as_secs()
-        ))),
-    }
+    Err(RpcError::new(
+        ErrorCode::Forbidden,
+        format!("joining '{room}' refused: {reason}"),
+    ))
 }
