@@ -128,23 +128,43 @@ fn token_needs_a_secret_and_reads_the_environment_and_config() {
 }
 
 #[tokio::test]
-async fn serve_reads_a_config_file_and_flags_override_it() {
+async fn serve_reads_a_config_file_the_environment_overrides_it_and_flags_override_both() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("switchboard.toml");
-    std::fs::write(&config, "max_batch = 1\ncall_timeout_ms = 1234\n").unwrap();
+    std::fs::write(
+        &config,
+        "max_batch = 1\ncall_timeout_ms = 1234\nmax_inflight_per_connection = 3\n",
+    )
+    .unwrap();
     let server = ServerConfig::default()
         .arg("--config")
         .arg(config.to_str().unwrap())
+        .env("SWITCHBOARD_MAX_BATCH", Some("5"))
+        .env("SWITCHBOARD_MAX_INFLIGHT_PER_CONNECTION", Some("7"))
         .arg("--max-batch")
         .arg("2")
         .start();
     let mut c = server.connect().await;
-    c.send_text(r#"[{"jsonrpc":"2.0","id":1,"method":"rpc.ping"},{"jsonrpc":"2.0","id":2,"method":"rpc.ping"}]"#).await;
+    let ping = |id| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"rpc.ping"}}"#);
+    c.send_text(&format!("[{},{}]", ping(1), ping(2))).await;
     assert_eq!(
         c.recv().await.as_array().map(Vec::len),
         Some(2),
         "the flag's limit of 2 applies"
     );
+    c.send_text(&format!("[{},{},{}]", ping(1), ping(2), ping(3)))
+        .await;
+    assert_eq!(
+        c.recv().await["error"]["code"],
+        -32600,
+        "a batch of 3 is over the flag's limit, not the environment's 5"
+    );
+    let bounds = &server.status()["bounds"];
+    assert_eq!(
+        bounds["inflight_calls"]["max_per_connection"], 7,
+        "the environment's value replaces the file's"
+    );
+    assert_eq!(bounds["max_batch"], 2);
     let status = server.status();
     let kv = status["plugins"]
         .as_array()

@@ -1,11 +1,12 @@
-//! The command line: every subcommand and flag (clap). What the flags
-//! mean lives in the library's [`switchboard::config::Config`] and in the
-//! README; here they are only parsed.
+//! The command line: every subcommand and its flags (clap). The server's
+//! settings, with their flags and environment variables, are defined once
+//! in the library's [`switchboard::config::Config`]; here they are only
+//! flattened in.
 
 use clap::{Args, Parser, Subcommand};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use switchboard::config::{SecretOverrides, SettingOverrides};
 
 /// Switchboard: call native Rust actions over a WebSocket, in JSON-RPC 2.0.
 #[derive(Debug, Parser)]
@@ -158,178 +159,23 @@ pub(crate) enum BenchScenario {
     },
 }
 
-/// Where the settings come from: a TOML file, then environment variables,
-/// then flags (each overriding the one before).
+/// The TOML config file settings are read from first.
 #[derive(Debug, Args)]
-pub(crate) struct ConfigArgs {
+pub(crate) struct ConfigFile {
     /// TOML config file (see the README's configuration reference).
     #[arg(long, short = 'c', env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// HS256 secret for client tokens (at least 16 bytes). Prefer
-    /// --jwt-secret-file or the environment variable: a flag is visible to
-    /// every local user in the process list.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_JWT_SECRET",
-        hide_env_values = true,
-        value_name = "SECRET"
-    )]
-    pub(crate) jwt_secret: Option<String>,
-    /// A file holding the HS256 secret (e.g. created with mode 0600).
-    #[arg(
-        long,
-        env = "SWITCHBOARD_JWT_SECRET_FILE",
-        value_name = "FILE",
-        conflicts_with = "jwt_secret"
-    )]
-    pub(crate) jwt_secret_file: Option<PathBuf>,
 }
 
+/// Where `serve`'s settings come from: the config file, then environment
+/// variables, then flags (each overriding the one before). Every setting
+/// and its flag is defined once, in [`switchboard::config::Config`].
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     #[command(flatten)]
-    pub(crate) common: ConfigArgs,
-    /// PEM file with an RSA or EC public key for RS256/ES256 tokens.
-    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY", value_name = "FILE")]
-    pub(crate) jwt_public_key: Option<PathBuf>,
-    /// JWKS file of public keys (chosen by `kid`), re-read when it changes.
-    #[arg(long, env = "SWITCHBOARD_JWKS_FILE", value_name = "FILE")]
-    pub(crate) jwks_file: Option<PathBuf>,
-    /// Required `iss` claim.
-    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER", value_name = "ISS")]
-    pub(crate) jwt_issuer: Option<String>,
-    /// Required `aud` claim.
-    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE", value_name = "AUD")]
-    pub(crate) jwt_audience: Option<String>,
-    /// Seconds of clock skew tolerated on exp/nbf [default: 5].
-    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY_SECS", value_name = "SECS")]
-    pub(crate) jwt_leeway_secs: Option<u64>,
-    /// Refuse tokens whose exp is further away than this, in seconds; 0
-    /// allows any [default: 2592000, 30 days].
-    #[arg(long, env = "SWITCHBOARD_JWT_MAX_LIFETIME_SECS", value_name = "SECS")]
-    pub(crate) jwt_max_lifetime_secs: Option<u64>,
-    /// Authenticators tried in order, comma-separated: jwt, plugin [default: jwt].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_AUTH_CHAIN",
-        value_name = "STEPS",
-        value_delimiter = ','
-    )]
-    pub(crate) auth_chain: Option<Vec<switchboard::config::AuthStep>>,
-    /// The plugin whose authenticate hook the chain's plugin step calls.
-    #[arg(long, env = "SWITCHBOARD_AUTH_PLUGIN", value_name = "NAME")]
-    pub(crate) auth_plugin: Option<String>,
-    /// Close connections that have not signed in after this long (4001), in
-    /// milliseconds; 0 lets anonymous connections stay [default: 10000].
-    #[arg(long, env = "SWITCHBOARD_AUTH_TIMEOUT_MS", value_name = "MS")]
-    pub(crate) auth_timeout_ms: Option<u64>,
-    /// Browser origins allowed to connect, comma-separated [default: any].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_ALLOWED_ORIGINS",
-        value_name = "ORIGINS",
-        value_delimiter = ','
-    )]
-    pub(crate) allowed_origins: Option<Vec<String>>,
-    /// Most open WebSocket connections; more get HTTP 503 [default: what
-    /// the open-file limit allows, less headroom].
-    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", value_name = "N")]
-    pub(crate) max_connections: Option<usize>,
-    /// Most open connections that have not signed in [default: a quarter
-    /// of max_connections].
-    #[arg(long, env = "SWITCHBOARD_MAX_ANONYMOUS_CONNECTIONS", value_name = "N")]
-    pub(crate) max_anonymous_connections: Option<usize>,
-    /// Most connections that have not signed in from one address (IPv6:
-    /// one /64) [default: 32].
-    #[arg(long, env = "SWITCHBOARD_MAX_ANONYMOUS_PER_ADDRESS", value_name = "N")]
-    pub(crate) max_anonymous_per_address: Option<usize>,
-    /// Bytes queued for one connection before it is closed as a slow
-    /// consumer (4008) [default: 1048576].
-    #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE_BYTES", value_name = "BYTES")]
-    pub(crate) outbound_queue_bytes: Option<usize>,
-    /// Most rooms in memory in the whole server [default: 100000].
-    #[arg(long, env = "SWITCHBOARD_MAX_ROOMS", value_name = "N")]
-    pub(crate) max_rooms: Option<usize>,
-    /// Bytes of room history kept in the whole server [default: 67108864].
-    #[arg(long, env = "SWITCHBOARD_MAX_HISTORY_BYTES", value_name = "BYTES")]
-    pub(crate) max_history_bytes: Option<usize>,
-    /// Most rooms one connection may create per minute [default: 100].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_MAX_ROOM_CREATIONS_PER_MINUTE",
-        value_name = "N"
-    )]
-    pub(crate) max_room_creations_per_minute: Option<u32>,
-    /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
-    #[arg(long, env = "SWITCHBOARD_TLS_CERT", value_name = "FILE")]
-    pub(crate) tls_cert: Option<PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, env = "SWITCHBOARD_TLS_KEY", value_name = "FILE")]
-    pub(crate) tls_key: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:7800; port 0 picks one].
-    #[arg(long, short = 'l', env = "SWITCHBOARD_LISTEN", value_name = "ADDR")]
-    pub(crate) listen: Option<SocketAddr>,
-    /// Folder of plugin libraries to load [default: actions].
-    #[arg(long, short = 'a', env = "SWITCHBOARD_ACTIONS", value_name = "DIR")]
-    pub(crate) actions: Option<PathBuf>,
-    /// Deadline for actions that set none, in milliseconds [default: 30000].
-    #[arg(long, env = "SWITCHBOARD_CALL_TIMEOUT_MS", value_name = "MS")]
-    pub(crate) call_timeout_ms: Option<u64>,
-    /// Largest message accepted, in bytes [default: 1048576].
-    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", value_name = "BYTES")]
-    pub(crate) max_message_bytes: Option<usize>,
-    /// Most calls in one batch [default: 100].
-    #[arg(long, env = "SWITCHBOARD_MAX_BATCH", value_name = "N")]
-    pub(crate) max_batch: Option<usize>,
-    /// Most action calls running in the server at once [default: 1024].
-    #[arg(long, env = "SWITCHBOARD_MAX_INFLIGHT_CALLS", value_name = "N")]
-    pub(crate) max_inflight_calls: Option<usize>,
-    /// Most action calls running for one connection at once [default: 128].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_MAX_INFLIGHT_PER_CONNECTION",
-        value_name = "N"
-    )]
-    pub(crate) max_inflight_per_connection: Option<usize>,
-    /// How long a write to a client may stall before it is dropped, in
-    /// milliseconds [default: 10000].
-    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT_MS", value_name = "MS")]
-    pub(crate) write_timeout_ms: Option<u64>,
-    /// How long shutdown waits for connections, in milliseconds [default: 5000].
-    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_MS", value_name = "MS")]
-    pub(crate) shutdown_grace_ms: Option<u64>,
-    /// Folder for the private plugin copies [default: $TMPDIR/switchboard-shadow].
-    #[arg(long, env = "SWITCHBOARD_SHADOW_DIR", value_name = "DIR")]
-    pub(crate) shadow_dir: Option<PathBuf>,
-    /// Watch the actions folder and hot-reload changed plugins [default: true].
-    #[arg(long, env = "SWITCHBOARD_WATCH", value_name = "BOOL")]
-    pub(crate) watch: Option<bool>,
-    /// How long a changed plugin file must stay unchanged before it is
-    /// loaded, in milliseconds [default: 200].
-    #[arg(long, env = "SWITCHBOARD_RELOAD_DEBOUNCE_MS", value_name = "MS")]
-    pub(crate) reload_debounce_ms: Option<u64>,
-    /// Most generations of one plugin kept draining or mapped; past it a
-    /// reload is refused as busy [default: 64].
-    #[arg(long, env = "SWITCHBOARD_MAX_GENERATIONS", value_name = "N")]
-    pub(crate) max_generations: Option<usize>,
-    /// Deadline of the out-of-process preflight of a plugin file, in
-    /// milliseconds [default: 10000].
-    #[arg(long, env = "SWITCHBOARD_PREFLIGHT_TIMEOUT_MS", value_name = "MS")]
-    pub(crate) preflight_timeout_ms: Option<u64>,
-    /// Debugging aid: keep each retired generation's address range
-    /// reserved with no access once it is unmapped, so a stale pointer into
-    /// it faults at once [default: false].
-    #[arg(long, env = "SWITCHBOARD_RELOAD_PROTECT_RETIRED", value_name = "BOOL")]
-    pub(crate) reload_protect_retired: Option<bool>,
-    /// Load plugins even from a folder others can write to, files owned
-    /// by another user, or symlinks leaving the folder (each is warned
-    /// about) [default: false: refused].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_ALLOW_UNSAFE_PLUGIN_FOLDER",
-        value_name = "BOOL"
-    )]
-    pub(crate) allow_unsafe_plugin_folder: Option<bool>,
+    pub(crate) file: ConfigFile,
+    #[command(flatten)]
+    pub(crate) settings: SettingOverrides,
 }
 
 #[derive(Debug, Args)]
@@ -353,7 +199,9 @@ pub(crate) struct DevArgs {
 #[derive(Debug, Args)]
 pub(crate) struct TokenArgs {
     #[command(flatten)]
-    pub(crate) common: ConfigArgs,
+    pub(crate) file: ConfigFile,
+    #[command(flatten)]
+    pub(crate) secret: SecretOverrides,
     /// The user the token signs in (its `sub` claim).
     #[arg(long)]
     pub(crate) sub: String,

@@ -12,23 +12,23 @@ use switchboard::config::Config;
 use switchboard::server::Server;
 
 pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    serve_with(serve_config(args)?)
+    serve_with(serve_config(&args)?)
 }
 
 /// `serve` plus a watch on plugin sources that rebuilds and installs them.
 pub(crate) fn dev(args: DevArgs) -> anyhow::Result<()> {
     use crate::dev::{DevOptions, DevWatch, default_actions_dir, resolve_crates};
     let DevArgs {
-        mut serve,
+        serve,
         src,
         release,
     } = args;
     let cwd = std::env::current_dir().context("could not read the current folder")?;
     let crates = resolve_crates(&src, &cwd)?;
-    if serve.actions.is_none() {
-        serve.actions = Some(default_actions_dir(&cwd));
+    let mut config = serve_config(&serve)?;
+    if !serve.settings.gives("actions") {
+        config.actions = default_actions_dir(&cwd);
     }
-    let mut config = serve_config(serve)?;
     if !config.watch {
         tracing::warn!("dev needs the actions folder watch to hot-reload; ignoring watch = false");
         config.watch = true;

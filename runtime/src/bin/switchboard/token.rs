@@ -2,7 +2,7 @@
 //! secret or with a private key.
 
 use crate::args::TokenArgs;
-use crate::settings::{base_config, read_secret_file};
+use crate::settings::{file_config, read_secret_file};
 use anyhow::{Context, bail};
 use std::time::Duration;
 use switchboard::auth::mint::NewToken;
@@ -20,7 +20,8 @@ pub(crate) fn token(args: TokenArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("{}", path.display()))?
         }
         None => {
-            let mut config = base_config(&args.common)?;
+            let mut config = file_config(&args.file)?;
+            args.secret.apply(&mut config);
             config.validate()?;
             read_secret_file(&mut config)?;
             let Some(secret) = config.jwt_secret else {

@@ -1,0 +1,108 @@
+//! Reading a [`Config`] from its file, the checks serde cannot make, and
+//! its durations.
+
+use super::{Config, ConfigError};
+use std::path::Path;
+use std::time::Duration;
+
+impl Config {
+    /// Reads a TOML file; missing keys take their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("call_timeout_ms", self.call_timeout_ms as usize),
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_batch", self.max_batch),
+            ("max_inflight_calls", self.max_inflight_calls),
+            (
+                "max_inflight_per_connection",
+                self.max_inflight_per_connection,
+            ),
+            ("outbound_queue", self.outbound_queue),
+            ("outbound_queue_bytes", self.outbound_queue_bytes),
+            ("max_rooms", self.max_rooms),
+            (
+                "max_room_creations_per_minute",
+                self.max_room_creations_per_minute as usize,
+            ),
+            ("max_anonymous_per_address", self.max_anonymous_per_address),
+            ("write_timeout_ms", self.write_timeout_ms as usize),
+            ("max_generations", self.max_generations),
+            ("preflight_timeout_ms", self.preflight_timeout_ms as usize),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        if self
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 16)
+        {
+            return Err(ConfigError::Invalid {
+                field: "jwt_secret",
+                reason: "must be at least 16 bytes long".into(),
+            });
+        }
+        if self.jwt_secret.is_some() && self.jwt_secret_file.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "jwt_secret_file",
+                reason: "set jwt_secret or jwt_secret_file, not both".into(),
+            });
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::Invalid {
+                field: "max_connections",
+                reason: "must be greater than 0".into(),
+            });
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "tls_cert",
+                reason: "tls_cert and tls_key must be set together".into(),
+            });
+        }
+        if self.auth_chain.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "auth_chain",
+                reason: "must name at least one step (jwt, plugin)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Config::auth_timeout_ms`] as a duration; `None` when disabled.
+    pub fn auth_timeout(&self) -> Option<Duration> {
+        (self.auth_timeout_ms > 0).then(|| Duration::from_millis(self.auth_timeout_ms))
+    }
+
+    /// [`Config::call_timeout_ms`] as a duration.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+
+    /// [`Config::write_timeout_ms`] as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// [`Config::shutdown_grace_ms`] as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
