@@ -1,7 +1,11 @@
 //! [`ServerServices`]: the server's side of the plugins' host services
 //! ([`HostServices`]): pushes, publishes, server-side joins, connection
-//! info and data, calls to clients, all acting on one server's hub and
-//! rooms.
+//! info and data, calls to clients, acting on the server's broker and hub.
+//!
+//! Host services are plain calls from a plugin's thread (or, for an
+//! inline action, a runtime worker) that answer at once; a broker's answer
+//! that is not ready (a cluster broker waiting on Redis) is waited for on
+//! the server's runtime ([`wait_on`]).
 //!
 //! Plugins are loaded before the server's shared state exists (the state
 //! holds the plugin registry), so the services are made first and
@@ -14,13 +18,17 @@ use crate::rooms::hub::{CallOutcome, Outgoing};
 use crate::rooms::policy::check_name;
 use crate::state::ServerState;
 use action_api::abi::host_query;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// One server's services to its plugins.
 #[derive(Debug, Default)]
 pub struct ServerServices {
     state: OnceLock<Weak<ServerState>>,
+    runtime: OnceLock<Handle>,
 }
 
 impl ServerServices {
@@ -29,9 +37,25 @@ impl ServerServices {
         Arc::new(ServerServices::default())
     }
 
-    /// Connects the services to the server's state (once).
+    /// Connects the services to the server's state (once), and to the
+    /// runtime it runs on when called on one.
     pub fn connect(&self, state: &Arc<ServerState>) {
         let _ = self.state.set(Arc::downgrade(state));
+        if let Ok(runtime) = Handle::try_current() {
+            let _ = self.runtime.set(runtime);
+        }
+    }
+
+    /// The broker's answer, waited for if need be; `None` (logged) when it
+    /// cannot be waited for here.
+    fn wait<T>(&self, future: BoxFuture<'_, T>) -> Option<T> {
+        let answer = wait_on(self.runtime.get(), future);
+        if answer.is_none() {
+            tracing::error!(
+                "a plugin's host call needs an answer the server cannot wait for on this thread"
+            );
+        }
+        answer
     }
 
     /// Runs `f` with the server; `fallback` while there is none.
@@ -51,16 +75,19 @@ fn event(event: &str, data: &str) -> Outgoing {
 
 impl HostServices for ServerServices {
     fn send_to_conn(&self, conn_id: u64, name: &str, data: &str) -> bool {
-        self.with_server(false, |s| s.hub.send_to_conn(conn_id, event(name, data)))
+        self.with_server(false, |s| s.broker.send_to_conn(conn_id, event(name, data)))
     }
 
     fn send_to_user(&self, user: &str, name: &str, data: &str) -> u64 {
-        self.with_server(0, |s| s.hub.send_to_user(user, &event(name, data)) as u64)
+        self.with_server(0, |s| {
+            s.broker.send_to_user(user, &event(name, data)) as u64
+        })
     }
 
     fn broadcast(&self, name: &str, data: &str, except: &[u64], signed_in_only: bool) -> u64 {
         self.with_server(0, |s| {
-            s.hub.broadcast(&event(name, data), except, signed_in_only) as u64
+            s.broker
+                .broadcast(&event(name, data), except, signed_in_only) as u64
         })
     }
 
@@ -69,13 +96,14 @@ impl HostServices for ServerServices {
             return 0;
         }
         self.with_server(0, |s| {
-            let rule = Arc::clone(s.rooms.rule(room));
-            match s.rooms.publish(&s.hub, room, &rule, data) {
-                Ok((offset, _)) => offset,
-                Err(e) => {
+            let rule = s.broker.rule(room);
+            match self.wait(s.broker.publish(room, &rule, data)) {
+                Some(Ok(published)) => published.offset,
+                Some(Err(e)) => {
                     tracing::warn!(room, "a plugin's publish was refused: {}", e.message);
                     0
                 }
+                None => 0,
             }
         })
     }
@@ -86,15 +114,16 @@ impl HostServices for ServerServices {
         }
         self.with_server(false, |s| {
             if !join {
-                return s.rooms.leave(&s.hub, room, conn_id);
+                return self.wait(s.broker.leave(room, conn_id)).unwrap_or(false);
             }
             let Some(handle) = s.hub.get(conn_id) else {
                 return false;
             };
-            let rule = Arc::clone(s.rooms.rule(room));
-            match s.rooms.join(&s.hub, room, &rule, &handle, None) {
-                Ok(_) => true,
-                Err(e) => {
+            let rule = s.broker.rule(room);
+            match self.wait(s.broker.join(room, &rule, &handle, None)) {
+                Some(Ok(_)) => true,
+                None => false,
+                Some(Err(e)) => {
                     tracing::info!(
                         conn = conn_id,
                         room,
@@ -110,7 +139,8 @@ impl HostServices for ServerServices {
     fn query(&self, what: u32, conn_id: u64, key: &str) -> Option<String> {
         self.with_server(None, |s| {
             if what == host_query::ROOM_MEMBERS {
-                return serde_json::to_string(&s.rooms.presence(key)).ok();
+                let members = self.wait(s.broker.presence(key))?;
+                return serde_json::to_string(&members).ok();
             }
             let handle = s.hub.get(conn_id)?;
             match what {
@@ -120,7 +150,7 @@ impl HostServices for ServerServices {
                         "user": handle.user.as_deref(),
                         "connected_at": handle.connected_at,
                         "remote_addr": &*handle.remote_addr,
-                        "rooms": s.rooms.rooms_of(conn_id),
+                        "rooms": s.broker.rooms_of(conn_id),
                     })
                     .to_string(),
                 ),
@@ -164,5 +194,60 @@ impl HostServices for ServerServices {
                 CallOutcome::Gone => ClientCall::Gone,
             }
         })
+    }
+}
+
+/// Drives `future` to its answer from a thread that may block: at once if
+/// it is ready (always, for the in-memory broker); otherwise on `runtime`,
+/// from a plain thread (a plugin's), or from a worker of a multi-thread
+/// runtime (an inline action), which hands its other tasks to the other
+/// workers meanwhile. `None` when it cannot wait here: no runtime, or a
+/// worker of a single-thread runtime (waiting would stall it for good).
+pub(crate) fn wait_on<T>(runtime: Option<&Handle>, mut future: BoxFuture<'_, T>) -> Option<T> {
+    if let Some(answer) = (&mut future).now_or_never() {
+        return Some(answer);
+    }
+    let runtime = runtime?;
+    match Handle::try_current() {
+        Err(_) => Some(runtime.block_on(future)),
+        Ok(here) if here.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            Some(tokio::task::block_in_place(|| runtime.block_on(future)))
+        }
+        Ok(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn later(value: u32) -> BoxFuture<'static, u32> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            value
+        })
+    }
+
+    #[test]
+    fn a_ready_answer_needs_no_runtime() {
+        assert_eq!(wait_on(None, Box::pin(std::future::ready(7))), Some(7));
+        assert_eq!(wait_on(None, Box::pin(std::future::pending::<u32>())), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_thread_and_a_worker_wait_on_the_runtime() {
+        let runtime = Handle::current();
+        let on_thread = {
+            let runtime = runtime.clone();
+            tokio::task::spawn_blocking(move || wait_on(Some(&runtime), later(2)))
+        };
+        assert_eq!(on_thread.await.ok().flatten(), Some(2));
+        // Here: a worker of a multi-thread runtime (an inline action).
+        assert_eq!(wait_on(Some(&runtime), later(3)), Some(3));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_single_thread_worker_does_not_stall_itself() {
+        assert_eq!(wait_on(Some(&Handle::current()), later(4)), None);
     }
 }

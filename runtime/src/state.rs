@@ -7,6 +7,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::limits::ConnectionLimits;
 use crate::plugins::Registry;
+use crate::rooms::broker::{Broker, LocalBroker};
 use crate::rooms::hub::Hub;
 use crate::rooms::{RoomLimits, Rooms};
 use std::sync::Arc;
@@ -24,10 +25,10 @@ pub struct ServerState {
     pub registry: Registry,
     /// The chain of authenticators (JWT keys, auth plugin, replay cache).
     pub auth: Authenticator,
-    /// Every open connection's outbound queue.
-    pub hub: Hub,
-    /// Every room.
-    pub rooms: Rooms,
+    /// Every open connection of this server, with its outbound queue.
+    pub hub: Arc<Hub>,
+    /// Rooms and pushes (in memory: this server's rooms, through `hub`).
+    pub broker: Arc<dyn Broker>,
     /// Permits for action calls running in the whole server.
     pub inflight: Arc<Semaphore>,
     /// The threads actions run on.
@@ -51,7 +52,17 @@ impl ServerState {
         auth: Authenticator,
         limits: ConnectionLimits,
     ) -> ServerState {
+        let hub = Arc::new(Hub::new(config.outbound_queue_bytes));
+        let rooms = Rooms::new(
+            &config.rooms,
+            RoomLimits {
+                max_rooms: config.max_rooms,
+                max_history_bytes: config.max_history_bytes,
+            },
+        );
         ServerState {
+            broker: Arc::new(LocalBroker::new(rooms, Arc::clone(&hub))),
+            hub,
             anonymous: Arc::new(AnonymousSlots::new(
                 limits.max_anonymous,
                 limits.max_anonymous_per_address,
@@ -61,14 +72,6 @@ impl ServerState {
             // One per call slot: a call never waits for a thread while
             // another slot's call blocks.
             action_threads: ActionThreads::new(config.max_inflight_calls),
-            rooms: Rooms::new(
-                &config.rooms,
-                RoomLimits {
-                    max_rooms: config.max_rooms,
-                    max_history_bytes: config.max_history_bytes,
-                },
-            ),
-            hub: Hub::new(config.outbound_queue_bytes),
             config,
             registry,
             auth,

@@ -54,7 +54,7 @@ struct Refused<'a> {
 fn bounds(state: &ServerState) -> serde_json::Value {
     let config = &state.config;
     let limits = &state.limits;
-    let rooms = state.rooms.usage();
+    let rooms = state.broker.usage();
     serde_json::json!({
         "connections": {
             "open": state.connections(),
@@ -142,7 +142,7 @@ pub fn render(state: &ServerState) -> String {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: state.started.elapsed().as_secs(),
         connections: state.connections(),
-        rooms: state.rooms.count(),
+        rooms: state.broker.usage().rooms,
         slow_consumers_closed: state.hub.slow_consumers(),
         bounds: bounds(state),
         inflight_calls: state

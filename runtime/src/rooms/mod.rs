@@ -12,6 +12,8 @@
 //! - `membership`: joining (with recovery), leaving, and each
 //!   connection's rooms.
 //! - [`Rooms`]: every room by name (sharded), and every connection's rooms.
+//! - [`broker`]: the [`broker::Broker`] interface the rest of the server
+//!   uses, and its in-memory implementation over [`Rooms`] and [`Hub`].
 //!
 //! Bounded by default: rooms in all (`max_rooms`; idle rooms make way
 //! before a new room is refused), history bytes in all
@@ -26,6 +28,7 @@
 //! replay under the same lock, so replayed messages always come before
 //! live ones and none is lost or doubled in between.
 
+pub mod broker;
 mod capacity;
 pub mod history;
 pub mod hub;

@@ -62,15 +62,15 @@ impl Builtin {
         match self {
             Builtin::Ping => Ok("\"pong\"".to_owned()),
             Builtin::Actions => Ok(actions(state, session.live_identity().map(|i| &**i))),
-            // The two that may wait (on an auth or join hook) are boxed:
-            // every connection's task is as large as its largest await,
-            // and these are rare and large.
+            // Those that may wait (on an auth or join hook, or on the
+            // broker) are boxed: every connection's task is as large as its
+            // largest await, and these are larger than the rest.
             Builtin::Auth => Box::pin(auth(state, session, params)).await,
             Builtin::Join => Box::pin(room_calls::join(state, session, params)).await,
-            Builtin::Leave => room_calls::leave(state, session, params),
-            Builtin::LeaveAll => Ok(room_calls::leave_all(state, session)),
-            Builtin::Publish => room_calls::publish(state, session, params),
-            Builtin::Presence => room_calls::presence(state, session, params),
+            Builtin::Leave => Box::pin(room_calls::leave(state, session, params)).await,
+            Builtin::LeaveAll => Ok(Box::pin(room_calls::leave_all(state, session)).await),
+            Builtin::Publish => Box::pin(room_calls::publish(state, session, params)).await,
+            Builtin::Presence => Box::pin(room_calls::presence(state, session, params)).await,
             Builtin::Subscribe => subscribe(state, session, params),
         }
     }

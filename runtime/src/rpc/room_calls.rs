@@ -3,6 +3,7 @@
 
 use crate::plugins::invoke::{PluginFault, Thread, invoke};
 use crate::plugins::loader::JoinArgs;
+use crate::rooms::broker::Since;
 use crate::rooms::policy::{JoinPolicy, matches};
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::session::Session;
@@ -70,10 +71,10 @@ pub async fn join(
         r#"{"room": "...", "since": 41?, "epoch": "..."?}"#,
     )?;
     let identity = session.live_identity().map(|i| &**i);
-    let rule = state.rooms.check_access(&p.room, identity)?;
+    let rule = state.broker.check_access(&p.room, identity)?;
     let limit = state.config.max_rooms_per_connection;
-    if !state.rooms.is_member(&p.room, session.conn_id)
-        && state.rooms.count_of(session.conn_id) >= limit
+    if !state.broker.is_member(&p.room, session.conn_id)
+        && state.broker.room_count_of(session.conn_id) >= limit
     {
         return Err(RpcError::new(
             ErrorCode::Overloaded,
@@ -85,21 +86,22 @@ pub async fn join(
         .handle
         .as_ref()
         .ok_or_else(|| RpcError::new(ErrorCode::Internal, "this connection is closing"))?;
-    let since = p.since.map(|since| (since, p.epoch.as_deref()));
-    let joined = state
-        .rooms
-        .join(&state.hub, &p.room, &rule, handle, since)?;
+    let since = p.since.map(|offset| Since {
+        offset,
+        epoch: p.epoch.as_deref(),
+    });
+    let joined = state.broker.join(&p.room, &rule, handle, since).await?;
     Ok(to_json(&joined))
 }
 
 /// `rpc.leave {room}`.
-pub fn leave(
+pub async fn leave(
     state: &ServerState,
     session: &Session,
     raw: Option<&RawValue>,
 ) -> Result<String, RpcError> {
     let p: RoomParams = params("rpc.leave", raw, r#"{"room": "..."}"#)?;
-    if !state.rooms.leave(&state.hub, &p.room, session.conn_id) {
+    if !state.broker.leave(&p.room, session.conn_id).await {
         return Err(RpcError::new(
             ErrorCode::InvalidParams,
             format!("this connection is not in room '{}'", p.room),
@@ -109,21 +111,22 @@ pub fn leave(
 }
 
 /// `rpc.leave_all`.
-pub fn leave_all(state: &ServerState, session: &Session) -> String {
-    to_json(&serde_json::json!({"rooms": state.rooms.leave_all(&state.hub, session.conn_id)}))
+pub async fn leave_all(state: &ServerState, session: &Session) -> String {
+    let left = state.broker.leave_all(session.conn_id).await;
+    to_json(&serde_json::json!({ "rooms": left }))
 }
 
 /// `rpc.publish {room, data}`.
-pub fn publish(
+pub async fn publish(
     state: &ServerState,
     session: &Session,
     raw: Option<&RawValue>,
 ) -> Result<String, RpcError> {
     let p: PublishParams<'_> = params("rpc.publish", raw, r#"{"room": "...", "data": ...}"#)?;
     let rule = state
-        .rooms
+        .broker
         .check_access(&p.room, session.live_identity().map(|i| &**i))?;
-    if !state.rooms.is_member(&p.room, session.conn_id) {
+    if !state.broker.is_member(&p.room, session.conn_id) {
         return Err(RpcError::new(
             ErrorCode::Forbidden,
             format!("join room '{}' before publishing to it", p.room),
@@ -138,21 +141,19 @@ pub fn publish(
             ),
         ));
     }
-    let (offset, _) = state
-        .rooms
-        .publish(&state.hub, &p.room, &rule, p.data.get())?;
-    Ok(format!(r#"{{"offset":{offset}}}"#))
+    let published = state.broker.publish(&p.room, &rule, p.data.get()).await?;
+    Ok(format!(r#"{{"offset":{}}}"#, published.offset))
 }
 
 /// `rpc.presence {room}`.
-pub fn presence(
+pub async fn presence(
     state: &ServerState,
     session: &Session,
     raw: Option<&RawValue>,
 ) -> Result<String, RpcError> {
     let p: RoomParams = params("rpc.presence", raw, r#"{"room": "..."}"#)?;
     let rule = state
-        .rooms
+        .broker
         .check_access(&p.room, session.live_identity().map(|i| &**i))?;
     if !rule.presence {
         return Err(RpcError::new(
@@ -160,7 +161,7 @@ pub fn presence(
             format!("presence is off for room '{}'", p.room),
         ));
     }
-    if !rule.presence_public && !state.rooms.is_member(&p.room, session.conn_id) {
+    if !rule.presence_public && !state.broker.is_member(&p.room, session.conn_id) {
         return Err(RpcError::new(
             ErrorCode::Forbidden,
             format!(
@@ -169,9 +170,8 @@ pub fn presence(
             ),
         ));
     }
-    Ok(to_json(
-        &serde_json::json!({"members": state.rooms.presence(&p.room)}),
-    ))
+    let members = state.broker.presence(&p.room).await;
+    Ok(to_json(&serde_json::json!({ "members": members })))
 }
 
 /// Asks the plugin whose join hook covers `room` (the first plugin, and

@@ -159,7 +159,7 @@ impl Routes {
                 Err(e) => {
                     tracing::debug!("upgrade failed: {e}");
                     state.hub.unregister(conn_id);
-                    state.rooms.leave_all(&state.hub, conn_id);
+                    state.broker.leave_all(conn_id).await;
                     return;
                 }
             };

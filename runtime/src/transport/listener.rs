@@ -158,8 +158,7 @@ async fn sweep_rooms(state: Arc<ServerState>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = every.tick() => {
-                state.rooms.sweep();
-                released += state.rooms.take_released_history_bytes();
+                released += state.broker.sweep();
                 if released >= RELEASE_AFTER_BYTES {
                     released = 0;
                     tokio::task::spawn_blocking(crate::sys::release_free_memory);

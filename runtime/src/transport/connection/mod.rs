@@ -237,9 +237,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // Out of the hub first: a plugin thread that looks the connection
         // up from now on cannot join it to a room it would never leave.
         self.state.hub.unregister(self.session.conn_id);
-        self.state
-            .rooms
-            .leave_all(&self.state.hub, self.session.conn_id);
+        self.state.broker.leave_all(self.session.conn_id).await;
         Ended {
             reason: why,
             user: self.session.identity().map(|i| Arc::clone(&i.user)),
@@ -254,9 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // Out of the hub first: a plugin thread that looks the connection
         // up from now on cannot join it to a room it would never leave.
         self.state.hub.unregister(self.session.conn_id);
-        self.state
-            .rooms
-            .leave_all(&self.state.hub, self.session.conn_id);
+        self.state.broker.leave_all(self.session.conn_id).await;
         self.session.handle = None;
         self.replies_tx = None;
         let deadline = Instant::now() + self.state.config.shutdown_grace();
