@@ -10,6 +10,8 @@ pub(crate) mod context;
 pub(crate) mod descriptor;
 pub mod elf;
 pub mod events;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod generations;
 pub mod host;
 pub mod images;

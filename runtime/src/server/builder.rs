@@ -213,6 +213,7 @@ impl ServerBuilder {
             max_generations: config.max_generations,
             protect_retired: config.reload_protect_retired,
             preflight_timeout: Some(Duration::from_millis(config.preflight_timeout_ms)),
+            loader: Arc::new(crate::plugins::loader::Dlopen),
         };
         let registry = Registry::load(&config.actions, shadow, settings).map_err(|source| {
             StartError::ActionsFolder {

@@ -89,7 +89,7 @@ impl Generations {
         {
             return Applied::Unchanged;
         }
-        if let Err(e) = copy.check_elf() {
+        if let Err(e) = self.settings.loader.check(&copy) {
             let waiting = if matches!(e, super::super::elf::ElfError::Truncated { .. }) {
                 " (a writer may still be writing it: a complete file is taken when it settles)"
             } else {
@@ -147,6 +147,7 @@ impl Generations {
         let copy = copy.keep();
         let loaded = on_short_thread(|| {
             LoadedPlugin::load_prepared(
+                &*self.settings.loader,
                 file,
                 &copy,
                 hash.clone(),

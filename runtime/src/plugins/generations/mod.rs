@@ -49,6 +49,9 @@ pub struct ReloadSettings {
     pub trust: Option<super::trust::FolderTrust>,
     /// The services of the server the plugins are loaded into.
     pub services: Arc<dyn super::services::HostServices>,
+    /// How plugin files are opened ([`super::loader::Dlopen`] but in
+    /// tests).
+    pub loader: Arc<dyn super::loader::Loader>,
 }
 
 /// Where a generation is in its life.
@@ -420,3 +423,6 @@ pub fn is_plugin_file_name(file: &Path) -> bool {
 fn unix_secs(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

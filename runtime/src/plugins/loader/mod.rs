@@ -1,6 +1,6 @@
-//! Opening one plugin file: shadow copy, `dlopen`, the ABI handshake, and
-//! copying the descriptor into host memory ([`LoadedPlugin`], one
-//! generation of a plugin file).
+//! Opening one plugin file: shadow copy, opening it through a [`Loader`]
+//! (`dlopen`; see `image`), the ABI handshake, and copying the descriptor
+//! into host memory ([`LoadedPlugin`], one generation of a plugin file).
 //!
 //! Nothing the host keeps points into the plugin's memory except the
 //! function pointers it must call; names, paths and metadata are copied.
@@ -9,8 +9,10 @@
 use super::descriptor::{RestoreStateFn, SaveStateFn};
 use super::descriptor::{read_actions, read_descriptor, utf8};
 mod calls;
+mod image;
 
 pub(crate) use calls::{AuthArgs, CallArgs, JoinArgs};
+pub use image::{Dlopen, Loader, OpenImage, Opened};
 
 use super::context::PluginLogContext;
 use super::host::host_table;
@@ -19,13 +21,8 @@ use super::replies::Pinned;
 use super::replies::{InPlugin, PendingReply};
 use super::services::HostServices;
 use super::shadow::ShadowDir;
-use action_api::abi::{
-    ABI_VERSION, AuthRequest, ByteView, CallInfo, ENTRY_SYMBOL, ENTRY_SYMBOL_PREFIX, EntryFn,
-    HostTable, JoinRequest,
-};
-use libloading::Library;
+use action_api::abi::{AuthRequest, ByteView, CallInfo, HostTable, JoinRequest};
 use std::ffi::c_void;
-use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,9 +70,9 @@ pub struct LoadedPlugin {
     room_join: Option<unsafe extern "C" fn(*const JoinRequest)>,
     /// The room patterns its join hook decides.
     pub join_patterns: Vec<String>,
-    /// The library, until [`LoadedPlugin::close`]. `ManuallyDrop`: never
-    /// `dlclose`d implicitly, only by `close`, deliberately.
-    library: Option<ManuallyDrop<Library>>,
+    /// The opened image, until [`LoadedPlugin::close`]: never closed
+    /// implicitly, only by `close`, deliberately.
+    image: Option<Box<dyn OpenImage>>,
 }
 
 /// What a generation got from the one it replaced.
@@ -112,9 +109,9 @@ impl LoadedPlugin {
         services: Arc<dyn HostServices>,
     ) -> Result<LoadedPlugin, LoadError> {
         let copy = shadow.copy_hashed(file).map_err(LoadError::Copy)?;
-        copy.check_elf()?;
+        Dlopen.check(&copy)?;
         let hash = copy.hash().to_owned();
-        Self::load_prepared(file, &copy.keep(), hash, services)
+        Self::load_prepared(&Dlopen, file, &copy.keep(), hash, services)
     }
 
     /// Loads `file` itself, without a copy: only for a file nobody else
@@ -125,19 +122,20 @@ impl LoadedPlugin {
     ) -> Result<LoadedPlugin, LoadError> {
         let bytes = std::fs::read(file).map_err(LoadError::Copy)?;
         super::elf::check_complete(&bytes)?;
-        Self::load_copy(file, file, String::new(), services)
+        Self::load_copy(&Dlopen, file, file, String::new(), services)
     }
 
-    /// Loads `copy`, a private copy of `file` whose content hashes to
-    /// `hash` and that the caller checked as a complete ELF object;
-    /// removes the copy's name if the load fails.
+    /// Loads `copy` through `loader`: a private copy of `file` whose
+    /// content hashes to `hash` and that the caller checked
+    /// ([`Loader::check`]); removes the copy's name if the load fails.
     pub fn load_prepared(
+        loader: &dyn Loader,
         file: &Path,
         copy: &Path,
         hash: String,
         services: Arc<dyn HostServices>,
     ) -> Result<LoadedPlugin, LoadError> {
-        let result = Self::load_copy(file, copy, hash, services);
+        let result = Self::load_copy(loader, file, copy, hash, services);
         if result.is_err() {
             // The copy may still be mapped (a failed entry is never
             // closed); unlinking its name is safe either way.
@@ -147,34 +145,16 @@ impl LoadedPlugin {
     }
 
     /// Loads an already-private copy; `file` is only for reporting.
-    /// Opens `copy`, already checked as a complete ELF object by the
-    /// caller (once: the candidate pipeline checks its copy as it is made).
+    /// Opens `copy`, already checked by the caller (once: the candidate
+    /// pipeline checks its copy as it is made).
     fn load_copy(
+        loader: &dyn Loader,
         file: &Path,
         copy: &Path,
         hash: String,
         services: Arc<dyn HostServices>,
     ) -> Result<LoadedPlugin, LoadError> {
         let generation = GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1;
-        // SAFETY: opening a library runs its constructors. The file is a
-        // private copy nobody else writes, which a child process opened
-        // first (the preflight), and plugins are code the operator chose
-        // to run. libloading opens with RTLD_LAZY | RTLD_LOCAL: never
-        // RTLD_GLOBAL, so a generation's calls to its own exported
-        // functions never bind to an older generation's.
-        let library = unsafe { Library::new(copy) }
-            .map_err(|e| LoadError::NotALibrary(describe_dlerror(&e)))?;
-        let entry = match find_entry(&library) {
-            Ok(entry) => entry,
-            Err(e) => {
-                // Nothing of it ran but its constructors: safe to close.
-                let _ = library.close();
-                return Err(e);
-            }
-        };
-        // From here its code runs (the entry may start threads), so a
-        // failure below leaves it mapped rather than `dlclose`d.
-        let library = ManuallyDrop::new(library);
         // The log context and the host table are leaked on purpose: the
         // plugin may keep using them (a thread it started, its panic hook)
         // for as long as its code is mapped, which is for ever.
@@ -189,12 +169,7 @@ impl LoadedPlugin {
             services,
         }));
         let host_table: &'static HostTable = Box::leak(Box::new(host_table(log_ctx)));
-        // SAFETY: `entry` has the ABI 1 entry signature (it was found under
-        // the ABI 1 name); the host table lives as long as the library.
-        let descriptor = unsafe { entry(host_table) };
-        if descriptor.is_null() {
-            return Err(LoadError::InitFailed);
-        }
+        let Opened { image, descriptor } = loader.open(copy, host_table)?;
         // SAFETY: a non-null descriptor from the entry lives as long as the library.
         let descriptor = unsafe { read_descriptor(descriptor) }?;
         // SAFETY: the descriptor's views point into the library's memory.
@@ -234,7 +209,7 @@ impl LoadedPlugin {
             events,
             room_join: descriptor.room_join,
             join_patterns,
-            library: Some(library),
+            image: Some(image),
         })
     }
 
@@ -250,10 +225,8 @@ impl LoadedPlugin {
         self.shutdown();
         self.authenticate = None;
         self.room_join = None;
-        match self.library.take() {
-            Some(library) => ManuallyDrop::into_inner(library)
-                .close()
-                .map_err(|e| describe_dlerror(&e)),
+        match self.image.take() {
+            Some(image) => image.close(),
             None => Ok(()),
         }
     }
@@ -268,40 +241,6 @@ impl LoadedPlugin {
     pub(crate) fn count_call(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// libloading's own text is just "dlopen failed"; the loader's reason is
-/// in the error's source. Names of the shadow copy are replaced by nothing
-/// useful to a person, so they are kept out.
-fn describe_dlerror(error: &libloading::Error) -> String {
-    match std::error::Error::source(error) {
-        Some(source) => {
-            let text = source.to_string();
-            // "…/libx.123.4.so: invalid ELF header" -> "invalid ELF header"
-            text.rsplit_once(": ")
-                .map_or(text.clone(), |(_, reason)| reason.to_owned())
-        }
-        None => error.to_string(),
-    }
-}
-
-fn find_entry(library: &Library) -> Result<EntryFn, LoadError> {
-    // SAFETY: the symbol, if present, is the ABI 1 entry function, whose
-    // type is `EntryFn` by contract of the name.
-    if let Ok(entry) = unsafe { library.get::<EntryFn>(ENTRY_SYMBOL) } {
-        return Ok(*entry);
-    }
-    for found in (1..=32u32).filter(|v| *v != ABI_VERSION) {
-        let name = format!("{ENTRY_SYMBOL_PREFIX}{found}\0");
-        // SAFETY: only the symbol's presence is checked; it is never called.
-        if unsafe { library.get::<*const ()>(name.as_bytes()) }.is_ok() {
-            return Err(LoadError::AbiMismatch {
-                found,
-                expected: ABI_VERSION,
-            });
-        }
-    }
-    Err(LoadError::NotAPlugin)
 }
 
 impl Pinned for LoadedPlugin {
