@@ -271,3 +271,129 @@ fn retry(table: &mut MutexGuard<'_, Generations>, changed: Option<&Path>) -> Vec
         })
         .collect()
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
+    use super::*;
+    use crate::plugins::fake::FakeLoader;
+    use crate::plugins::generations::GenerationState;
+    use crate::plugins::generations::tests::install;
+    use crate::plugins::refusal::RefusalKind;
+    use crate::plugins::services::NoServer;
+
+    /// A registry over a folder of fake plugins, the loader, and the
+    /// folders (kept alive).
+    pub(crate) fn registry(
+        files: &[(&str, &str)],
+    ) -> (Registry, FakeLoader, tempfile::TempDir, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            install(dir.path(), name, text);
+        }
+        std::fs::write(dir.path().join("README.txt"), "not a plugin").unwrap();
+        let loader = FakeLoader::default();
+        let shadow_base = tempfile::tempdir().unwrap();
+        let settings = ReloadSettings {
+            default_timeout: Duration::from_secs(30),
+            max_generations: 8,
+            preflight_timeout: None,
+            protect_retired: false,
+            trust: None,
+            services: Arc::new(NoServer),
+            loader: Arc::new(loader.clone()),
+        };
+        let shadow = ShadowDir::create(shadow_base.path(), false).unwrap();
+        let registry = Registry::load(dir.path(), shadow, settings).unwrap();
+        (registry, loader, dir, shadow_base)
+    }
+
+    #[test]
+    fn load_takes_every_plugin_file_in_name_order_with_their_actions() {
+        let (registry, _, _dir, _shadow) = registry(&[
+            (
+                "alpha",
+                "name=alpha version=1 actions=a/x!,a/slow@250 code=1",
+            ),
+            ("beta", "name=beta version=1 actions=a/x,b/y code=2"),
+        ]);
+        let snapshot = registry.snapshot();
+        let x = snapshot.get("a/x").expect("a/x");
+        assert_eq!(
+            (x.plugin.name.as_str(), x.index, x.public),
+            ("alpha", 0, true)
+        );
+        assert_eq!(x.timeout, Duration::from_secs(30), "the server's default");
+        let slow = snapshot.get("a/slow").expect("a/slow");
+        assert_eq!(
+            (slow.timeout, slow.public),
+            (Duration::from_millis(250), false)
+        );
+        assert!(
+            snapshot.get("b/y").is_none(),
+            "beta came second and clashed"
+        );
+        let refused: Vec<_> = snapshot.refused.iter().map(|r| r.kind).collect();
+        assert_eq!(refused, [RefusalKind::PathConflict]);
+        assert_eq!(snapshot.plugins.len(), 1);
+    }
+
+    #[test]
+    fn a_reload_swaps_the_snapshot_while_a_running_call_keeps_its_generation() {
+        let (registry, loader, dir, _shadow) =
+            registry(&[("alpha", "name=alpha version=1 actions=a/x code=1")]);
+        let running = Arc::clone(registry.snapshot().get("a/x").unwrap());
+        let file = install(
+            dir.path(),
+            "alpha",
+            "name=alpha version=2 actions=a/x code=2",
+        );
+        let changes = registry.apply(&file);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(registry.snapshot().get("a/x").unwrap().plugin.version, "2");
+        assert_eq!(
+            running.plugin.version, "1",
+            "the call runs on where it started"
+        );
+
+        assert!(registry.sweep(false).is_empty());
+        assert!(loader.closed().is_empty(), "still running");
+        let old = running.plugin.generation;
+        drop(running);
+        registry.sweep(false);
+        assert_eq!(loader.closed(), ["alpha 1"]);
+        let state = registry
+            .generations()
+            .into_iter()
+            .find(|g| g.generation == old)
+            .map(|g| g.state);
+        assert_eq!(state, Some(GenerationState::Unmapped));
+    }
+
+    #[test]
+    fn removing_a_file_lets_a_refused_one_in_and_both_changes_are_told() {
+        let (registry, _, dir, _shadow) = registry(&[
+            ("alpha", "name=alpha version=1 actions=shared/x code=1"),
+            ("beta", "name=beta version=1 actions=shared/x code=2"),
+        ]);
+        let alpha = dir
+            .path()
+            .join(format!("alpha.{}", std::env::consts::DLL_EXTENSION));
+        std::fs::remove_file(&alpha).unwrap();
+        let changes = registry.apply(&alpha);
+        let told: Vec<(&str, &[String], &[String])> = changes
+            .iter()
+            .map(|c| (c.plugin.as_str(), &c.added[..], &c.removed[..]))
+            .collect();
+        let x = ["shared/x".to_owned()];
+        assert_eq!(
+            told,
+            [("alpha", &[][..], &x[..]), ("beta", &x[..], &[][..])]
+        );
+        assert_eq!(
+            registry.snapshot().get("shared/x").unwrap().plugin.name,
+            "beta"
+        );
+        assert!(registry.snapshot().refused.is_empty());
+    }
+}

@@ -422,3 +422,6 @@ fn action_error(path: &str, body: Vec<u8>) -> CallError {
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! Dispatch over a registry of fake plugins: results and each kind of
+//! failure mapped to its protocol code, built-ins, notifications, sign-in
+//! and the per-connection bound on running calls.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use super::*;
+use crate::auth::{Authenticator, Handshake};
+use crate::config::{AuthStep, Config};
+use crate::limits::ConnectionLimits;
+use crate::plugins::registry::tests::registry;
+use crate::rpc::protocol::{Frame, parse_frame};
+use serde_json::Value;
+
+/// The fake plugin's actions, by the behaviour of their index (see
+/// `plugins::fake`): echo, refuse, panic, not JSON, hang (50 ms
+/// deadline), and a private one.
+const PLUGIN: &str =
+    "name=t version=1 actions=t/echo!,t/refuse!,t/panic!,t/garbage!,t/hang!@50,t/private code=1";
+
+struct Server {
+    state: Arc<ServerState>,
+    _folders: (tempfile::TempDir, tempfile::TempDir),
+}
+
+fn server(max_inflight_per_connection: usize) -> Server {
+    let (registry, _loader, dir, shadow) = registry(&[("t", PLUGIN)]);
+    let config = Config {
+        max_inflight_per_connection,
+        ..Config::default()
+    };
+    let auth = Authenticator::new(&config, None);
+    let limits = ConnectionLimits {
+        max_connections: 16,
+        max_anonymous: 16,
+        max_anonymous_per_address: 16,
+        open_files: None,
+    };
+    Server {
+        state: Arc::new(ServerState::new(config, registry, auth, limits)),
+        _folders: (dir, shadow),
+    }
+}
+
+fn session(state: &ServerState, user: Option<&str>) -> Session {
+    let identity = user.map(|user| Identity {
+        user: Arc::from(user),
+        expires_at: None,
+        scopes: Arc::from(""),
+        rooms: Arc::from(Vec::new()),
+        data: None,
+        source: AuthStep::Jwt,
+    });
+    Session::new(
+        crate::rpc::session::next_conn_id(),
+        identity,
+        None,
+        Arc::new(Handshake::default()),
+        state.config.max_inflight_per_connection,
+        0,
+    )
+}
+
+/// Dispatches one request as a connection would, without waiting for a
+/// running action.
+async fn start(state: &Arc<ServerState>, session: &mut Session, request: &str) -> Dispatched {
+    let frame = Bytes::from(request.to_owned());
+    let text = std::str::from_utf8(&frame).unwrap();
+    let Frame::Single(Ok(envelope)) = parse_frame(text, 10) else {
+        panic!("not a single request: {request}");
+    };
+    dispatch(state, session, &envelope, &frame, text).await
+}
+
+/// Dispatches one request and waits for its reply.
+async fn call(state: &Arc<ServerState>, session: &mut Session, request: &str) -> Option<Value> {
+    let reply = match start(state, session, request).await {
+        Dispatched::Ready(reply) => reply,
+        Dispatched::Running(reply) => reply.await,
+    };
+    reply.map(|r| serde_json::from_str(&r).expect("replies are JSON"))
+}
+
+fn request(method: &str, params: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":7,"method":"{method}","params":{params}}}"#)
+}
+
+#[tokio::test]
+async fn a_result_comes_back_as_the_plugin_gave_it() {
+    let s = server(8);
+    let mut session = session(&s.state, None);
+    let reply = call(
+        &s.state,
+        &mut session,
+        &request("t/echo", r#"{"a": [1, 2.50]}"#),
+    )
+    .await;
+    let reply = reply.expect("a reply");
+    assert_eq!(reply["id"], 7);
+    assert_eq!(reply["result"], serde_json::json!({"a": [1, 2.5]}));
+    assert_eq!(
+        s.state
+            .registry
+            .snapshot()
+            .get("t/echo")
+            .unwrap()
+            .plugin
+            .calls
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the call is counted on its generation"
+    );
+}
+
+#[tokio::test]
+async fn each_failure_gets_its_protocol_code() {
+    let s = server(8);
+    let mut session = session(&s.state, None);
+    let mut error = async |method: &str| {
+        let reply = call(&s.state, &mut session, &request(method, "null"))
+            .await
+            .unwrap();
+        (
+            reply["error"]["code"].as_i64().unwrap(),
+            reply["error"]["message"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    assert_eq!(
+        error("t/refuse").await,
+        (1000, "no".to_owned()),
+        "the action's own error"
+    );
+    let (code, message) = error("t/panic").await;
+    assert_eq!((code, message.contains("panicked: boom")), (-32005, true));
+    let (code, message) = error("t/garbage").await;
+    assert_eq!((code, message.contains("not valid JSON")), (-32603, true));
+    let (code, message) = error("t/hang").await;
+    assert_eq!(
+        (code, message.as_str()),
+        (-32003, "action 't/hang' did not answer within 50 ms")
+    );
+    assert_eq!(error("t/none").await.0, -32601);
+    assert_eq!(error("rpc.none").await.0, -32601);
+}
+
+#[tokio::test]
+async fn a_private_action_needs_a_sign_in() {
+    let s = server(8);
+    let mut anonymous = session(&s.state, None);
+    let reply = call(&s.state, &mut anonymous, &request("t/private", "null"))
+        .await
+        .unwrap();
+    assert_eq!(reply["error"]["code"], -32001);
+    let mut ann = session(&s.state, Some("ann"));
+    let reply = call(&s.state, &mut ann, &request("t/private", "null"))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"], 1, "index 5 answers with its code");
+}
+
+#[tokio::test]
+async fn built_ins_answer_at_once_and_a_notification_gets_no_reply() {
+    let s = server(8);
+    let mut session = session(&s.state, None);
+    let ping = start(&s.state, &mut session, &request("rpc.ping", "null")).await;
+    assert!(matches!(ping, Dispatched::Ready(Some(ref r)) if r.contains(r#""result":"pong""#)));
+    let notification = r#"{"jsonrpc":"2.0","method":"t/echo","params":[1]}"#;
+    let Dispatched::Running(reply) = start(&s.state, &mut session, notification).await else {
+        panic!("an action runs even when nobody waits for its reply");
+    };
+    assert_eq!(reply.await, None);
+}
+
+#[tokio::test]
+async fn a_connection_past_its_running_calls_is_refused_without_waiting() {
+    let s = server(1);
+    let mut session = session(&s.state, None);
+    let hung = start(&s.state, &mut session, &request("t/hang", "null")).await;
+    let Dispatched::Running(hung) = hung else {
+        panic!("the first call runs");
+    };
+    let second = start(&s.state, &mut session, &request("t/echo", "[1]")).await;
+    assert!(
+        matches!(second, Dispatched::Ready(Some(ref r)) if r.contains("-32006")),
+        "{second:?}"
+    );
+    // The call that never answers gets its -32003 at its deadline.
+    assert!(hung.await.is_some_and(|r| r.contains("-32003")));
+}
