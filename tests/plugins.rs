@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{Value, json};
-use switchboard_tests::{ServerConfig, error_code, plugin};
+use switchboard_tests::{ServerConfig, error_code, plugin, wait_until};
 
 /// The machine-readable kind `/status` gives a refused file.
 fn refused_kind(status: &Value, file_name: &str) -> String {
@@ -136,6 +136,33 @@ async fn two_plugins_claiming_one_path_refuse_the_second_whole() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["echo", "kv"]);
+}
+
+#[tokio::test]
+async fn a_refused_file_that_does_not_change_is_not_tried_again() {
+    let server = ServerConfig::default()
+        .plugins(&["echo", "path_thief"])
+        .start();
+    // A later change the watch sees: once it is served, the watch has
+    // long looked at the refused file again (it looks at every file once
+    // when it starts), and had a reading of that file counted as a change,
+    // the refusal would have been logged again by now.
+    server.install("libkv.so", &plugin("kv"));
+    wait_until("kv is served", || {
+        server.status()["plugins"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "kv"))
+    });
+    let refusals = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("plugin refused") && l.contains("path-thief"))
+        .count();
+    assert_eq!(refusals, 1, "{}", server.log());
+    assert_eq!(
+        refused_kind(&server.status(), "libpath_thief.so"),
+        "path_conflict"
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use super::generations::{
     on_short_thread,
 };
 use super::loader::LoadedPlugin;
-use super::refusal::RefusedFile;
+use super::refusal::{RefusalKind, RefusedFile};
 use super::shadow::ShadowDir;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -165,8 +165,13 @@ impl Registry {
             }
             Applied::Swapped(change) | Applied::Removed(change) => {
                 self.publish(&table);
+                // Only paths given up can lift a conflict.
+                let retried = if change.removed.is_empty() {
+                    Vec::new()
+                } else {
+                    retry(&mut table, Some(file), RefusalKind::PathConflict)
+                };
                 let mut changes = vec![change];
-                let retried = retry(&mut table, Some(file));
                 if !retried.is_empty() {
                     self.publish(&table);
                 }
@@ -211,7 +216,8 @@ impl Registry {
         if !changed || table.is_frozen() {
             return Vec::new();
         }
-        let changes = retry(&mut table, None);
+        // A generation gone (or unmapped) can lift only a busy refusal.
+        let changes = retry(&mut table, None, RefusalKind::Busy);
         self.publish(&table);
         changes
     }
@@ -255,14 +261,18 @@ fn snapshot_of(table: &Generations) -> RegistrySnapshot {
     RegistrySnapshot::build(plugins, refused, table.default_timeout())
 }
 
-/// Applies again every file whose last refusal another change may have
-/// lifted (a path conflict, busy), except `changed`; returns the swaps.
-fn retry(table: &mut MutexGuard<'_, Generations>, changed: Option<&Path>) -> Vec<ActionsChanged> {
+/// Applies again every file last refused as `kind` (which another change
+/// may have lifted), except `changed`; returns the swaps.
+fn retry(
+    table: &mut MutexGuard<'_, Generations>,
+    changed: Option<&Path>,
+    kind: RefusalKind,
+) -> Vec<ActionsChanged> {
     table
-        .retryable()
+        .retryable(kind)
         .into_iter()
         .filter(|file| Some(file.as_path()) != changed)
-        .filter_map(|file| match table.apply(&file) {
+        .filter_map(|file| match table.apply_again(&file) {
             Applied::Swapped(change) | Applied::Removed(change) => Some(change),
             Applied::Refused(_)
             | Applied::StatusChanged
@@ -368,6 +378,38 @@ pub(crate) mod tests {
             .find(|g| g.generation == old)
             .map(|g| g.state);
         assert_eq!(state, Some(GenerationState::Unmapped));
+    }
+
+    #[test]
+    fn a_change_that_gives_up_no_path_does_not_retry_a_conflict() {
+        let (registry, _, dir, shadow) = registry(&[
+            ("alpha", "name=alpha version=1 actions=shared/x code=1"),
+            ("beta", "name=beta version=1 actions=shared/x code=2"),
+        ]);
+        let copies = || {
+            std::fs::read_dir(shadow.path().join(std::process::id().to_string()))
+                .unwrap()
+                .count()
+        };
+        let before = copies();
+        let gamma = install(
+            dir.path(),
+            "gamma",
+            "name=gamma version=1 actions=g/x code=3",
+        );
+        assert_eq!(registry.apply(&gamma).len(), 1);
+        assert_eq!(
+            copies(),
+            before + 1,
+            "gamma's copy only: beta was not read again"
+        );
+        let file = install(
+            dir.path(),
+            "alpha",
+            "name=alpha version=2 actions=shared/x,a/y code=4",
+        );
+        assert_eq!(registry.apply(&file).len(), 1, "alpha kept shared/x");
+        assert_eq!(registry.snapshot().refused.len(), 1);
     }
 
     #[test]

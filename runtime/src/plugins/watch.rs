@@ -111,6 +111,10 @@ pub fn start(
                         tracing::warn!("file events were lost; looking at every plugin file again");
                         queue_all(&dir, &mut pending);
                     }
+                    // Reading a file is an event too (the server's own
+                    // copy of it, for one): only a write finishing counts,
+                    // or a refused file would be read again for ever.
+                    Ok(Ok(event)) if is_read_only(&event.kind) => {}
                     Ok(Ok(event)) => {
                         let metadata =
                             matches!(event.kind, EventKind::Modify(ModifyKind::Metadata(_)));
@@ -167,6 +171,14 @@ pub fn start(
         stop,
         thread: Some(thread),
     })
+}
+
+/// Whether an event only says a file was opened or read, which changes
+/// nothing (a write that finishes is a change).
+fn is_read_only(kind: &EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(kind, EventKind::Access(access)
+        if !matches!(access, AccessKind::Close(AccessMode::Write)))
 }
 
 /// Queues every plugin file in `dir`.

@@ -13,11 +13,45 @@ use super::*;
 impl Generations {
     /// Takes the current content of `file` (a plugin file in the actions
     /// folder, new, changed or gone) and swaps in a new generation if it
-    /// is a good plugin that differs from the serving one.
+    /// is a good plugin that differs from the serving one. A file refused
+    /// before and not changed since (on disk: the same inode, size, times)
+    /// is left alone, unless it was refused for where it is: that depends
+    /// on the folder too.
     pub fn apply(&mut self, file: &Path) -> Applied {
+        self.take(file, false)
+    }
+
+    /// Takes `file` again although it has not changed, because something
+    /// else did (see [`Generations::retryable`]).
+    pub fn apply_again(&mut self, file: &Path) -> Applied {
+        self.take(file, true)
+    }
+
+    fn take(&mut self, file: &Path, again: bool) -> Applied {
         if self.frozen || !is_plugin_file_name(file) {
             return Applied::Ignored;
         }
+        let stat = std::fs::metadata(file).map(|meta| FileStat::of(&meta));
+        if !again
+            && let (Some(slot), Ok(stat)) = (self.files.get(file), &stat)
+            && slot
+                .refused
+                .as_ref()
+                .is_some_and(|r| r.kind != RefusalKind::UnsafePlace)
+            && slot.refused_stat.as_ref() == Some(stat)
+        {
+            return Applied::Unchanged;
+        }
+        let applied = self.take_changed(file);
+        if let (Applied::Refused(_), Ok(stat), Some(slot)) =
+            (&applied, stat, self.files.get_mut(file))
+        {
+            slot.refused_stat = Some(stat);
+        }
+        applied
+    }
+
+    fn take_changed(&mut self, file: &Path) -> Applied {
         let stat = match std::fs::metadata(file) {
             Ok(meta) if !meta.is_file() => {
                 return self.refuse(

@@ -144,15 +144,20 @@ struct FileSlot {
     serving_stat: Option<FileStat>,
     /// The last content refused, and why (cleared by a successful load).
     refused: Option<Refusal>,
+    /// The file's identity when it was last refused: while it is the
+    /// same, only a change elsewhere brings it back (`apply_again`).
+    refused_stat: Option<FileStat>,
 }
 
-/// A file's identity on disk: device, inode, size, mtime.
+/// A file's identity on disk: device, inode, size, mtime, and ctime (a
+/// changed mode or owner changes it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileStat {
     dev: u64,
     inode: u64,
     len: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
 }
 
 impl FileStat {
@@ -164,6 +169,7 @@ impl FileStat {
             inode: meta.ino(),
             len: meta.len(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
         }
     }
 }
@@ -227,12 +233,17 @@ impl Generations {
         self.settings.default_timeout
     }
 
-    /// Files whose last content was refused for a reason that another
-    /// file's change may lift (a path conflict, busy): worth another try.
-    pub fn retryable(&self) -> Vec<PathBuf> {
+    /// Files whose last content was refused as `kind`, a reason that a
+    /// change elsewhere may lift (a path conflict: another plugin gave up
+    /// paths; busy: an earlier generation is gone): worth another try then.
+    pub fn retryable(&self, kind: RefusalKind) -> Vec<PathBuf> {
         self.files
             .iter()
-            .filter(|(_, slot)| slot.refused.as_ref().is_some_and(|r| r.retry_with_others))
+            .filter(|(_, slot)| {
+                slot.refused
+                    .as_ref()
+                    .is_some_and(|r| r.retry_with_others && r.kind == kind)
+            })
             .map(|(file, _)| file.clone())
             .collect()
     }

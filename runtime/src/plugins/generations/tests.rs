@@ -14,7 +14,7 @@ struct Table {
     table: Generations,
     loader: FakeLoader,
     dir: tempfile::TempDir,
-    _shadow: tempfile::TempDir,
+    shadow: tempfile::TempDir,
 }
 
 fn settings(loader: &FakeLoader, max_generations: usize) -> ReloadSettings {
@@ -37,7 +37,7 @@ fn table(max_generations: usize) -> Table {
         table: Generations::new(settings(&loader, max_generations), shadow),
         loader,
         dir: tempfile::tempdir().unwrap(),
-        _shadow: shadow_base,
+        shadow: shadow_base,
     }
 }
 
@@ -189,13 +189,23 @@ fn a_path_another_file_serves_is_refused_until_that_file_goes() {
     swapped(t.table.apply(&alpha));
     assert!(matches!(t.table.apply(&beta), Applied::Refused(r) if r.contains("shared/x")));
     assert_eq!(t.refusal_kinds(), [RefusalKind::PathConflict]);
-    assert_eq!(t.table.retryable(), std::slice::from_ref(&beta));
+    assert_eq!(
+        t.table.retryable(RefusalKind::PathConflict),
+        std::slice::from_ref(&beta)
+    );
+
+    // Unchanged, it is left alone: not read, copied or logged again.
+    let shadow = t.shadow.path().join(std::process::id().to_string());
+    let copies = || std::fs::read_dir(&shadow).unwrap().count();
+    let before = copies();
+    assert!(matches!(t.table.apply(&beta), Applied::Unchanged));
+    assert_eq!(copies(), before);
 
     std::fs::remove_file(&alpha).unwrap();
     assert!(matches!(t.table.apply(&alpha), Applied::Removed(c) if c.removed == ["shared/x"]));
-    let change = swapped(t.table.apply(&beta));
+    let change = swapped(t.table.apply_again(&beta));
     assert_eq!(change.added, ["shared/x", "b/y"]);
-    assert!(t.table.retryable().is_empty());
+    assert!(t.table.retryable(RefusalKind::PathConflict).is_empty());
 }
 
 #[test]
@@ -209,11 +219,18 @@ fn past_max_generations_a_reload_is_refused_as_busy_until_one_is_gone() {
     t.install("alpha", "name=alpha version=3 actions=a/x code=3");
     assert!(matches!(t.table.apply(&file), Applied::Refused(r) if r.starts_with("busy")));
     assert_eq!(t.refusal_kinds(), [RefusalKind::Busy]);
-    assert_eq!(t.table.retryable(), std::slice::from_ref(&file));
+    assert_eq!(
+        t.table.retryable(RefusalKind::Busy),
+        std::slice::from_ref(&file)
+    );
 
     drop(running);
     t.close_drained();
-    swapped(t.table.apply(&file));
+    assert!(
+        matches!(t.table.apply(&file), Applied::Unchanged),
+        "the file did not change"
+    );
+    swapped(t.table.apply_again(&file));
     assert_eq!(t.serving(), [("alpha".to_owned(), "3".to_owned())]);
 }
 
