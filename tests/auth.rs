@@ -259,4 +259,38 @@ async fn without_a_secret_serve_prints_a_working_dev_token() {
         .call("rpc.auth", json!({"token": token("x", 60)}))
         .await;
     assert_eq!(error_code(&reply), Some(-32001));
+
+    // The banner says how to sign in as someone else, and `token` does it
+    // with the development secret, with no secret given.
+    assert!(stdout.contains("token --sub alice"), "{stdout}");
+    let mint = |sub: &str| {
+        let out = std::process::Command::new(switchboard_tests::binary())
+            .args(["token", "--sub", sub])
+            .env_remove("SWITCHBOARD_JWT_SECRET")
+            .env("XDG_STATE_HOME", server.state_home())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("development secret"), "{stderr}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let alice = mint("alice");
+    let mut a = Client::connect(&format!("{}?token={alice}", server.ws_url())).await;
+    assert_eq!(
+        a.call("echo/whoami", Value::Null).await["result"]["user"],
+        "alice"
+    );
+    // The secret is kept: a restarted server still accepts the token.
+    let state_home = server.state_home().to_str().unwrap().to_owned();
+    drop(a);
+    let again = ServerConfig::default()
+        .no_secret()
+        .env("XDG_STATE_HOME", Some(&state_home))
+        .start();
+    let mut a = Client::connect(&format!("{}?token={alice}", again.ws_url())).await;
+    assert_eq!(
+        a.call("echo/whoami", Value::Null).await["result"]["user"],
+        "alice"
+    );
 }

@@ -8,9 +8,12 @@ use std::process::Command;
 use switchboard_tests::{Client, SECRET, ServerConfig, binary, plugin};
 
 fn run(args: &[&str]) -> (bool, String, String) {
+    // An empty state folder: no development secret from an earlier run.
+    let state = tempfile::tempdir().unwrap();
     let out = Command::new(binary())
         .args(args)
         .env_remove("SWITCHBOARD_JWT_SECRET")
+        .env("XDG_STATE_HOME", state.path())
         .output()
         .unwrap();
     (
@@ -66,6 +69,20 @@ fn check_says_why_a_file_cannot_load() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.so");
     std::fs::write(&junk, b"junk").unwrap();
+    let missing = dir.path().join("libmissing.so");
+    let (ok, stdout, _) = run(&["check", "--json", missing.to_str().unwrap()]);
+    assert!(!ok);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no such file"),
+        "{report}"
+    );
+    let (ok, _, stderr) = run(&["check", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("it is a folder"), "{stderr}");
     let (ok, stdout, _) = run(&["check", "--json", junk.to_str().unwrap()]);
     assert!(!ok);
     let report: Value = serde_json::from_str(&stdout).unwrap();
@@ -199,6 +216,55 @@ fn bad_configuration_is_refused_with_a_reason() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("at least 16 bytes"), "{stderr}");
+}
+
+/// With `RUST_BACKTRACE=1`, as many Rust developers have it, a mistake in
+/// the settings or a busy port is still one line, not a backtrace.
+#[test]
+fn user_errors_are_one_line_even_with_rust_backtrace_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port_in_use = taken.local_addr().unwrap().to_string();
+    let actions = dir.path().to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["serve", "--actions", actions, "--jwt-secret", "short"],
+            "at least 16 bytes",
+        ),
+        (
+            &["serve", "--actions", "/definitely/not/here"],
+            "does not exist",
+        ),
+        (
+            &["serve", "--actions", actions, "--listen", &port_in_use],
+            "could not listen on",
+        ),
+        (&["token", "--sub", "alice"], "no secret"),
+    ];
+    for (args, reason) in cases {
+        let state = tempfile::tempdir().unwrap();
+        let out = Command::new(binary())
+            .args(args)
+            .env_remove("SWITCHBOARD_JWT_SECRET")
+            .env("XDG_STATE_HOME", state.path())
+            .env("RUST_BACKTRACE", "1")
+            .env("RUST_LIB_BACKTRACE", "1")
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {stderr}");
+        assert!(errors[0].contains(reason), "{args:?}: {stderr}");
+        assert!(
+            !stderr.to_lowercase().contains("backtrace") && !stderr.contains("  0: "),
+            "{args:?} printed a backtrace: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -69,6 +69,11 @@ pub fn check(file: &Path, shadow_base: Option<&Path>) -> PluginReport {
         error: None,
         error_kind: None,
     };
+    if let Some(problem) = not_a_file(file) {
+        report.error = Some(problem);
+        report.error_kind = Some(RefusalKind::Io);
+        return report;
+    }
     let failed = |e: crate::plugins::LoadError| (e.kind(), e.to_string());
     let loaded = match shadow_base {
         None => LoadedPlugin::load_in_place(file, Arc::new(NoServer)).map_err(failed),
@@ -125,6 +130,22 @@ pub fn check(file: &Path, shadow_base: Option<&Path>) -> PluginReport {
         }
     }
     report
+}
+
+/// Why `file` cannot be a plugin file before anything is read from it:
+/// it does not exist, or it is a folder.
+fn not_a_file(file: &Path) -> Option<String> {
+    match std::fs::metadata(file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some("no such file (check the path; a plugin is the built .so file)".to_owned())
+        }
+        Err(e) => Some(format!("cannot read it: {e}")),
+        Ok(meta) if meta.is_dir() => Some(
+            "it is a folder; pass the built plugin file (e.g. target/release/libNAME.so)"
+                .to_owned(),
+        ),
+        Ok(_) => None,
+    }
 }
 
 impl std::fmt::Display for PluginReport {

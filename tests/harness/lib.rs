@@ -227,6 +227,9 @@ pub struct Server {
     /// if one was given, else `actions_dir`.
     served: PathBuf,
     _shadow_dir: tempfile::TempDir,
+    /// The server's `XDG_STATE_HOME`, where a server with no secret keeps
+    /// its development secret (never the real user's).
+    state_home: tempfile::TempDir,
 }
 
 fn collect(
@@ -256,6 +259,7 @@ impl Server {
     pub fn start(config: ServerConfig) -> Server {
         let actions_dir = tempfile::tempdir().unwrap();
         let shadow_dir = tempfile::tempdir().unwrap();
+        let state_home = tempfile::tempdir().unwrap();
         for lib in &config.plugins {
             let source = plugin(lib);
             std::fs::copy(
@@ -290,6 +294,7 @@ impl Server {
             )
             .env_remove("SWITCHBOARD_JWT_SECRET")
             .env_remove("SWITCHBOARD_CONFIG")
+            .env("XDG_STATE_HOME", state_home.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -326,6 +331,7 @@ impl Server {
             actions_dir,
             served,
             _shadow_dir: shadow_dir,
+            state_home,
         }
     }
 
@@ -338,6 +344,12 @@ impl Server {
     /// The path of `name` in the actions folder the server serves.
     pub fn action_file(&self, name: &str) -> PathBuf {
         self.served.join(name)
+    }
+
+    /// The `XDG_STATE_HOME` the server was started with (where its
+    /// development secret is, when it has no secret configured).
+    pub fn state_home(&self) -> &Path {
+        self.state_home.path()
     }
 
     pub fn ws_url(&self) -> String {

@@ -7,8 +7,11 @@
 //! - [`chain`]: the configured chain of authenticators (JWT, then an auth
 //!   plugin, or either alone) that turns a handshake into an [`Identity`].
 //! - [`mint`]: signing tokens, for `switchboard token` and dev tokens.
+//! - [`dev_secret`]: the secret a server with no key configured uses,
+//!   kept in a private file `switchboard token` reads.
 
 pub mod chain;
+pub mod dev_secret;
 pub mod jwks;
 pub mod jwt;
 pub mod mint;

@@ -21,7 +21,7 @@
 //! start-up warnings (origins, secrets, limits). [`Server::serve`] then runs
 //! the listener, the folder watch and the room sweep until `shutdown`.
 
-use crate::auth::{Authenticator, JwtVerifier, TokenMinter, random_secret};
+use crate::auth::{Authenticator, JwtVerifier, TokenMinter, dev_secret};
 use crate::config::{AuthStep, Config, Secret};
 use crate::host_services::ServerServices;
 use crate::limits::ConnectionLimits;
@@ -30,7 +30,7 @@ use crate::plugins::trust::{FolderTrust, Unsafe};
 use crate::plugins::{Registry, ReloadSettings, ShadowDir};
 use crate::state::ServerState;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -68,9 +68,9 @@ pub enum StartError {
         /// Why.
         source: ShadowError,
     },
-    /// No random development secret could be made.
-    #[error("could not make a random development secret: {0}")]
-    Random(#[from] getrandom::Error),
+    /// The development secret could not be read or made.
+    #[error(transparent)]
+    DevSecret(#[from] crate::auth::dev_secret::DevSecretError),
     /// A key file is unusable.
     #[error(transparent)]
     Keys(#[from] crate::auth::jwt::KeyError),
@@ -99,6 +99,7 @@ pub struct Server {
     auth: Authenticator,
     limits: ConnectionLimits,
     dev_minter: Option<TokenMinter>,
+    dev_secret_file: Option<PathBuf>,
     tls: Option<TlsAcceptor>,
 }
 
@@ -125,10 +126,17 @@ impl Server {
         &self.config
     }
 
-    /// With no token key configured, the minter of the secret made up for
-    /// this run, to hand a development token to the person who started it.
+    /// With no token key configured, the minter of the development
+    /// secret, to hand a token to the person who started the server.
     pub fn dev_minter(&self) -> Option<&TokenMinter> {
         self.dev_minter.as_ref()
+    }
+
+    /// With no token key configured, the file holding the development
+    /// secret (see [`crate::auth::dev_secret`]), which `switchboard token`
+    /// reads to sign tokens for this server.
+    pub fn dev_secret_file(&self) -> Option<&Path> {
+        self.dev_secret_file.as_deref()
     }
 
     /// Whether it serves TLS (`wss://`, `https://`).
@@ -188,7 +196,13 @@ impl ServerBuilder {
         if !config.actions.is_dir() {
             return Err(StartError::NoActionsFolder(config.actions));
         }
-        let dev_minter = dev_secret(&mut config)?;
+        let dev_secret_file = dev_secret(&mut config)?;
+        let dev_minter = match &config.jwt_secret {
+            Some(secret) if dev_secret_file.is_some() => {
+                Some(TokenMinter::hs256(secret.expose().as_bytes()))
+            }
+            _ => None,
+        };
         let tls = crate::transport::tls::from_config(&config)?;
         warn_about_origins(&config);
         let limits = connection_limits(&config);
@@ -237,22 +251,24 @@ impl ServerBuilder {
             auth,
             limits,
             dev_minter,
+            dev_secret_file,
             tls,
         })
     }
 }
 
-/// With no key at all for a chain that verifies JWTs, makes a secret up
-/// for this run (so the quickstart works with no setup) and returns its
-/// minter.
-fn dev_secret(config: &mut Config) -> Result<Option<TokenMinter>, StartError> {
+/// With no key at all for a chain that verifies JWTs, uses this user's
+/// development secret, made on first use (so the quickstart works with no
+/// setup, and `switchboard token` signs for this server), and returns the
+/// file it is kept in.
+fn dev_secret(config: &mut Config) -> Result<Option<PathBuf>, StartError> {
     if config.has_jwt_keys() || !config.auth_chain.contains(&AuthStep::Jwt) {
         return Ok(None);
     }
-    let secret = random_secret()?;
-    let minter = TokenMinter::hs256(secret.as_bytes());
+    let file = dev_secret::location();
+    let secret = dev_secret::load_or_create(&file)?;
     config.jwt_secret = Some(Secret::new(secret));
-    Ok(Some(minter))
+    Ok(Some(file))
 }
 
 /// Warns when web pages on any site could open a WebSocket to a server

@@ -32,6 +32,11 @@ pub(crate) enum Command {
     /// plugins; the config file's `actions` is not used.
     Dev(Box<DevArgs>),
     /// Mint a client token signed with the server's secret.
+    ///
+    /// With no secret or key given, signs with the development secret that
+    /// `serve` uses when no key is configured
+    /// ($XDG_STATE_HOME/switchboard/dev-secret, else
+    /// ~/.local/state/switchboard/dev-secret).
     Token(Box<TokenArgs>),
     /// Load one plugin file and print its ABI version, name, version and
     /// actions, or why it cannot be loaded.
@@ -48,7 +53,8 @@ pub(crate) struct BenchArgs {
     pub(crate) url: String,
     /// Sign each connection in with a token minted from this secret
     /// (prefer the environment variable or --jwt-secret-file: a flag is
-    /// visible to every local user).
+    /// visible to every local user). With neither, the development secret
+    /// (what `serve` uses with no key) if there is one, else anonymous.
     #[arg(
         long,
         env = "SWITCHBOARD_JWT_SECRET",

@@ -17,7 +17,12 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
             read_secret_file(&mut config)?;
             config.jwt_secret.map(|s| s.expose().to_owned())
         }
-        (secret, None) => secret.clone(),
+        (Some(secret), None) => Some(secret.clone()),
+        // Signed in with the development secret when there is one (a
+        // server started with no key uses it), anonymous otherwise.
+        (None, None) => {
+            switchboard::auth::dev_secret::load(&switchboard::auth::dev_secret::location())?
+        }
     };
     let target = Target {
         url: args.url,

@@ -15,9 +15,23 @@ mod token;
 use args::{Cli, Command};
 use clap::{CommandFactory, FromArgMatches};
 use std::io::IsTerminal;
+use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; an error it returns is a message for the person at
+/// the terminal, printed as one line (its causes joined with ": ") with
+/// no backtrace, whatever `RUST_BACKTRACE` says. Panics still print theirs.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()

@@ -6,6 +6,7 @@ use crate::args::{DevArgs, ServeArgs};
 use crate::settings::serve_config;
 use anyhow::Context;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 use switchboard::auth::TokenMinter;
 use switchboard::config::Config;
@@ -61,9 +62,9 @@ pub(crate) fn serve_with(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("could not listen on {listen}"))?;
-        if let Some(minter) = server.dev_minter() {
+        if let (Some(minter), Some(file)) = (server.dev_minter(), server.dev_secret_file()) {
             let ws = if server.is_tls() { "wss" } else { "ws" };
-            print_dev_banner(minter, ws, listener.local_addr()?)?;
+            print_dev_banner(minter, file, ws, listener.local_addr()?)?;
         }
         server.serve(listener, shutdown_signal()).await?;
         anyhow::Ok(())
@@ -74,15 +75,29 @@ pub(crate) fn serve_with(config: Config) -> anyhow::Result<()> {
     result
 }
 
+/// Tells the person who started a server with no key configured how to
+/// sign in: a ready token and URL, and how to mint tokens for other users.
 pub(crate) fn print_dev_banner(
     minter: &TokenMinter,
+    secret_file: &Path,
     ws: &str,
     addr: SocketAddr,
 ) -> anyhow::Result<()> {
     let token = minter.mint_for("dev", Duration::from_secs(24 * 3600))?;
-    tracing::warn!("no jwt_secret configured: using a random secret for this run only");
+    tracing::warn!(
+        file = %secret_file.display(),
+        "no jwt_secret configured: signing tokens with this user's development secret; \
+         configure a secret (--jwt-secret-file) before others can reach this server"
+    );
+    let me = std::env::args()
+        .next()
+        .unwrap_or_else(|| "switchboard".into());
     println!("Development token (user \"dev\", valid 24 h):\n  {token}");
     println!("Connect:  {ws}://{addr}/ws?token={token}");
+    println!(
+        "Tokens for other users (signed with the development secret in {}):\n  {me} token --sub alice",
+        secret_file.display()
+    );
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use crate::settings::{file_config, read_secret_file};
 use anyhow::{Context, bail};
 use std::time::Duration;
 use switchboard::auth::mint::NewToken;
-use switchboard::auth::{TokenMinter, random_secret};
+use switchboard::auth::{TokenMinter, dev_secret, random_secret};
 
 pub(crate) fn token(args: TokenArgs) -> anyhow::Result<()> {
     if args.sub.is_empty() {
@@ -24,13 +24,10 @@ pub(crate) fn token(args: TokenArgs) -> anyhow::Result<()> {
             args.secret.apply(&mut config);
             config.validate()?;
             read_secret_file(&mut config)?;
-            let Some(secret) = config.jwt_secret else {
-                bail!(
-                    "no secret: pass --jwt-secret-file FILE, set SWITCHBOARD_JWT_SECRET, set jwt_secret_file \
-                     in the config file, or sign with --key"
-                );
-            };
-            TokenMinter::hs256(secret.expose().as_bytes())
+            match config.jwt_secret {
+                Some(secret) => TokenMinter::hs256(secret.expose().as_bytes()),
+                None => TokenMinter::hs256(dev_secret()?.as_bytes()),
+            }
         }
     };
     if args.ttl > Duration::from_secs(30 * 24 * 3600) {
@@ -54,4 +51,25 @@ pub(crate) fn token(args: TokenArgs) -> anyhow::Result<()> {
     };
     println!("{}", minter.mint(&claims, args.ttl)?);
     Ok(())
+}
+
+/// With no secret configured: the development secret a server started
+/// with no key signs with (see `switchboard::auth::dev_secret`).
+pub(crate) fn dev_secret() -> anyhow::Result<String> {
+    let file = dev_secret::location();
+    match dev_secret::load(&file)? {
+        Some(secret) => {
+            tracing::info!(
+                file = %file.display(),
+                "no secret configured: signing with the development secret (what `serve` uses with no key)"
+            );
+            Ok(secret)
+        }
+        None => bail!(
+            "no secret: pass --jwt-secret-file FILE, set SWITCHBOARD_JWT_SECRET, set jwt_secret_file in \
+             the config file, or sign with --key (a development secret is made at {} the first time \
+             `serve` starts with no key)",
+            file.display()
+        ),
+    }
 }
