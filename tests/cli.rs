@@ -204,7 +204,13 @@ fn bad_configuration_is_refused_with_a_reason() {
     let (ok, _, stderr) = run(&["serve", "--config", config.to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("max_batchh"), "{stderr}");
-    let (ok, _, stderr) = run(&["serve", "--actions", "/definitely/not/here"]);
+    let (ok, _, stderr) = run(&[
+        "serve",
+        "--actions",
+        "/definitely/not/here",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     assert!(!ok);
     assert!(stderr.contains("does not exist"), "{stderr}");
     let (ok, _, stderr) = run(&[
@@ -228,7 +234,15 @@ fn user_errors_are_one_line_even_with_rust_backtrace_set() {
     let actions = dir.path().to_str().unwrap();
     let cases: [(&[&str], &str); 4] = [
         (
-            &["serve", "--actions", actions, "--jwt-secret", "short"],
+            &[
+                "serve",
+                "--actions",
+                actions,
+                "--jwt-secret",
+                "short",
+                "--listen",
+                "127.0.0.1:0",
+            ],
             "at least 16 bytes",
         ),
         (

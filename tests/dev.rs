@@ -304,6 +304,47 @@ fn dev_help_says_where_builds_go() {
     assert!(help.contains("--release"), "{help}");
 }
 
+/// A port in use is said at once: `dev` takes its port before building
+/// anything (a build takes seconds; the port error used to come after it).
+#[test]
+fn dev_takes_its_port_before_building() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let krate = tempfile::tempdir().unwrap();
+    std::fs::create_dir(krate.path().join("src")).unwrap();
+    std::fs::write(krate.path().join("Cargo.toml"), manifest()).unwrap();
+    std::fs::write(krate.path().join("src/lib.rs"), source("v1", None)).unwrap();
+    let actions = tempfile::tempdir().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let out = Command::new(binary())
+        .arg("dev")
+        .arg("--src")
+        .arg(krate.path())
+        .arg("--actions")
+        .arg(actions.path())
+        .arg("--listen")
+        .arg(&port)
+        .env("CARGO_TARGET_DIR", target.path())
+        .env("XDG_STATE_HOME", target.path())
+        .env_remove("SWITCHBOARD_JWT_SECRET")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("error: could not listen on {port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("building"), "it built first: {stderr}");
+    assert!(
+        !target.path().join("debug").exists(),
+        "cargo ran in {}",
+        target.path().display()
+    );
+    assert_eq!(std::fs::read_dir(actions.path()).unwrap().count(), 0);
+}
+
 #[test]
 fn dev_refuses_a_folder_that_is_not_a_crate() {
     let empty = tempfile::tempdir().unwrap();

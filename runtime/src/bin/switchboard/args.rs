@@ -25,11 +25,13 @@ pub(crate) enum Command {
     /// with cargo and hot-reloaded; on a compiler error the old build keeps
     /// serving.
     ///
-    /// Watches the `actions/*` crates of the current workspace, or each
-    /// `--src DIR`. Unless --actions is given (flag or environment), the
-    /// builds are installed into target/switchboard-dev/actions (under
-    /// CARGO_TARGET_DIR if set), never the `actions` folder of deployed
-    /// plugins; the config file's `actions` is not used.
+    /// Watches the `actions/*` crates of the workspace around the current
+    /// folder, or each `--src DIR`. Unless --actions is given (flag or
+    /// environment), the builds are installed into
+    /// target/switchboard-dev/actions of that workspace (found from the
+    /// current folder; $CARGO_TARGET_DIR/switchboard-dev/actions if set),
+    /// never the `actions` folder of deployed plugins; the config file's
+    /// `actions` is not used. The port is taken before the first build.
     Dev(Box<DevArgs>),
     /// Mint a client token signed with the server's secret.
     ///

@@ -13,7 +13,9 @@ use switchboard::config::Config;
 use switchboard::server::Server;
 
 pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    serve_with(serve_config(&args)?)
+    let config = serve_config(&args)?;
+    let listener = bind(config.listen)?;
+    serve_with(config, listener)
 }
 
 /// `serve` plus a watch on plugin sources that rebuilds and installs them.
@@ -38,16 +40,29 @@ pub(crate) fn dev(args: DevArgs) -> anyhow::Result<()> {
         release,
         ..DevOptions::default()
     };
+    // The port first: a port in use is said at once, not after the builds.
+    let listener = bind(config.listen)?;
     let _watch = DevWatch::start(crates, &config.actions, options)?;
-    serve_with(config)
+    serve_with(config, listener)
 }
 
-/// Serves an already merged config (`serve` and `dev`).
-pub(crate) fn serve_with(config: Config) -> anyhow::Result<()> {
+/// Takes the server's port before anything slow (loading plugins, building
+/// them), so a port in use is reported at once. Connections that arrive
+/// before the server is ready wait in the listen backlog.
+fn bind(listen: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("could not listen on {listen}"))?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("could not listen on {listen}"))?;
+    Ok(listener)
+}
+
+/// Serves an already merged config (`serve` and `dev`) on its bound port.
+fn serve_with(config: Config, listener: std::net::TcpListener) -> anyhow::Result<()> {
     let server = Server::builder(config).build()?;
     let blocking =
         server.config().max_inflight_calls + switchboard::auth::chain::MAX_PLUGIN_CALLS + 16;
-    let listen = server.config().listen;
     // Actions run on the server's own action pool; tokio's blocking pool
     // runs the plugins' join hooks (each holds one of `max_inflight_calls`
     // permits), auth plugin calls (at most MAX_PLUGIN_CALLS), and a few
@@ -59,9 +74,8 @@ pub(crate) fn serve_with(config: Config) -> anyhow::Result<()> {
         .build()
         .context("could not start the async runtime")?;
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("could not listen on {listen}"))?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .context("could not hand the listening socket to the async runtime")?;
         if let (Some(minter), Some(file)) = (server.dev_minter(), server.dev_secret_file()) {
             let ws = if server.is_tls() { "wss" } else { "ws" };
             print_dev_banner(minter, file, ws, listener.local_addr()?)?;
