@@ -30,6 +30,46 @@ fn refused_reason(status: &Value, file_name: &str) -> String {
         .to_owned()
 }
 
+/// `serve` in the repository's root uses `actions/`, which holds source
+/// crates: the server says so, and what to do, instead of serving nothing
+/// in silence.
+#[test]
+fn a_folder_of_plugin_sources_or_of_nothing_gets_a_hint() {
+    let sources = tempfile::tempdir().unwrap();
+    std::fs::create_dir(sources.path().join("greeter")).unwrap();
+    std::fs::write(
+        sources.path().join("greeter").join("Cargo.toml"),
+        "[package]\nname = \"greeter\"\n",
+    )
+    .unwrap();
+    let server = ServerConfig::default()
+        .plugins(&[])
+        .actions_folder(sources.path())
+        .start();
+    let log = server.log();
+    let hint = log
+        .lines()
+        .find(|l| l.contains("holds plugin source crates"))
+        .unwrap_or_else(|| panic!("no hint in {log}"));
+    assert!(hint.contains("WARN") && hint.contains("greeter"), "{hint}");
+    assert!(hint.contains("switchboard dev"), "{hint}");
+
+    let empty = tempfile::tempdir().unwrap();
+    let server = ServerConfig::default()
+        .plugins(&[])
+        .actions_folder(empty.path())
+        .start();
+    assert!(
+        server.log().contains("no plugins in the actions folder"),
+        "{}",
+        server.log()
+    );
+    // A folder that loads something gets neither.
+    let server = ServerConfig::default().plugins(&["echo"]).start();
+    assert!(!server.log().contains("no plugins in the actions folder"));
+    assert!(!server.log().contains("holds plugin source crates"));
+}
+
 #[tokio::test]
 async fn non_plugins_are_skipped_or_refused_and_the_rest_loads() {
     let not_a_plugin = std::fs::read(plugin("not_a_plugin")).unwrap();

@@ -243,6 +243,9 @@ impl ServerBuilder {
                 folder = %config.actions.display(),
                 "plugins loaded"
             );
+            if snapshot.plugins.is_empty() && snapshot.refused.is_empty() {
+                warn_about_empty_folder(&config.actions);
+            }
         }
         Ok(Server {
             config,
@@ -269,6 +272,34 @@ fn dev_secret(config: &mut Config) -> Result<Option<PathBuf>, StartError> {
     let secret = dev_secret::load_or_create(&file)?;
     config.jwt_secret = Some(Secret::new(secret));
     Ok(Some(file))
+}
+
+/// Says what to do when the actions folder loaded nothing, and, when it
+/// holds plugin crates' sources (as the repository's `actions/` does), that
+/// the server takes built files.
+fn warn_about_empty_folder(folder: &Path) {
+    let sources: Vec<String> = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.path().join("Cargo.toml").is_file())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    if sources.is_empty() {
+        tracing::warn!(
+            folder = %folder.display(),
+            "no plugins in the actions folder: copy built plugin files (lib<name>.so) into it and they \
+             load as they arrive"
+        );
+    } else {
+        tracing::warn!(
+            folder = %folder.display(),
+            crates = %sources.join(", "),
+            "the actions folder holds plugin source crates, not built plugins: serve loads built files \
+             (lib<name>.so). Build them (cargo build --release) and serve a folder of the .so files, or \
+             run `switchboard dev`, which builds these crates and hot-reloads them on save"
+        );
+    }
 }
 
 /// Warns when web pages on any site could open a WebSocket to a server
