@@ -269,6 +269,67 @@ async fn a_rejoin_with_since_replays_exactly_the_missed_messages() {
     assert_eq!(reply["result"]["recovered"], true, "{reply}");
 }
 
+/// A client alone in a fresh room leaves; others come and publish; the
+/// first rejoins with the offset and epoch it saw and gets exactly what it
+/// missed: an emptied room keeps its epoch and offsets. It is forgotten
+/// once its history's age bound has passed since it emptied.
+#[tokio::test]
+async fn a_room_left_empty_keeps_its_epoch_so_its_last_member_recovers() {
+    let (_dir, config) = config_file(
+        r#"
+[[rooms]]
+pattern = "brief:*"
+history_ttl_secs = 1
+"#,
+    );
+    let server = ServerConfig::default().arg("--config").arg(&config).start();
+    let mut first = server.connect_as("first").await;
+    let joined = first.call("rpc.join", json!({"room": "fresh"})).await["result"].clone();
+    assert_eq!(joined["offset"], 0, "{joined}");
+    let epoch = joined["epoch"].as_str().unwrap().to_owned();
+    first.close().await;
+    switchboard_tests::wait_until("the first connection to close", || {
+        server.status()["connections"] == 0
+    });
+    let mut second = server.connect_as("second").await;
+    let joined = second.call("rpc.join", json!({"room": "fresh"})).await;
+    assert_eq!(joined["result"]["epoch"], epoch.as_str(), "{joined}");
+    for data in ["one", "two"] {
+        let reply = second
+            .call("rpc.publish", json!({"room": "fresh", "data": data}))
+            .await;
+        assert!(reply["result"]["offset"].is_u64(), "{reply}");
+    }
+    let mut back = server.connect_as("first").await;
+    back.request(
+        "j",
+        "rpc.join",
+        json!({"room": "fresh", "since": 0, "epoch": epoch}),
+    )
+    .await;
+    let (reply, replayed) = back.recv_until(|v| v["id"] == "j").await;
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    let data: Vec<Value> = replayed
+        .iter()
+        .filter(|f| is_message(f))
+        .map(|m| m["params"]["data"].clone())
+        .collect();
+    assert_eq!(data, vec![json!("one"), json!("two")]);
+
+    // Bounded: an emptied room with nothing left in its history goes
+    // once its history's age bound (here 1 s) has passed; the sweep
+    // runs every 5 s.
+    let rooms_open = || server.status()["bounds"]["rooms"]["open"].as_u64().unwrap();
+    let before = rooms_open();
+    back.call("rpc.join", json!({"room": "brief:1"})).await;
+    assert_eq!(rooms_open(), before + 1);
+    back.call("rpc.leave", json!({"room": "brief:1"})).await;
+    assert_eq!(rooms_open(), before + 1, "kept for a rejoin");
+    switchboard_tests::wait_until("the emptied room to be forgotten", || {
+        rooms_open() == before
+    });
+}
+
 #[tokio::test]
 async fn presence_follows_joins_leaves_and_abrupt_disconnects() {
     let server = ServerConfig::default().start();

@@ -12,6 +12,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// The server-wide bounds on rooms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +107,7 @@ impl Rooms {
                             history: History::default(),
                             members: HashMap::new(),
                             idle: 0,
+                            emptied_at: Instant::now(),
                         }),
                     });
                     shard.insert(name.to_owned(), Arc::clone(&room));
@@ -165,7 +167,7 @@ impl Rooms {
         }
     }
 
-    /// Puts a room that became idle (no members, some history) in the idle
+    /// Puts a room that became idle (no members) in the idle
     /// queue, with the number its state was given. Called with no room
     /// lock held.
     pub(super) fn queue_idle(&self, room: &Arc<Room>, number: u64) {

@@ -1,5 +1,5 @@
-//! [`IdleQueue`]: rooms whose members have all left but which still hold
-//! history, in the order they became idle. When the server needs room
+//! [`IdleQueue`]: rooms whose members have all left (kept for their
+//! history, and for a while for recovery), in the order they became idle. When the server needs room
 //! (its room count or history bytes at their bound), the oldest idle room
 //! goes first.
 //!

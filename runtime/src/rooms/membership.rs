@@ -126,10 +126,13 @@ impl Rooms {
                 hub.push(&member.handle, frame.clone());
             }
         }
-        let empty = state.members.is_empty() && state.history.is_empty();
+        if state.members.is_empty() {
+            state.emptied_at = Instant::now();
+        }
+        let forgettable = state.forgettable(&target.rule);
         let idle = self.mark_idle(&mut state);
         drop(state);
-        if empty {
+        if forgettable {
             self.remove_if_idle(&target);
         }
         if let Some(number) = idle {

@@ -5,8 +5,11 @@
 //! - [`policy`]: the `[[rooms]]` rules and their name patterns.
 //! - [`history`]: each room's kept messages, and the server-wide budget
 //!   of history bytes they share.
-//! - `idle`: rooms with no members left that still hold history, oldest
-//!   first: the first to go when the server needs room.
+//! - `idle`: rooms with no members left, oldest first: the first to go
+//!   when the server needs room. An emptied room keeps its epoch and last
+//!   offset (and its history) for its rule's `history_ttl_secs`, so a
+//!   client that was in it can still recover (`recovered: true`) after
+//!   others came and published; the sweep then forgets it.
 //! - `capacity`: creating rooms and keeping history within the server's
 //!   bounds ([`RoomLimits`]), and their use ([`RoomsUsage`]).
 //! - `membership`: joining (with recovery), leaving, and each
@@ -50,6 +53,7 @@ use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Shards of the room map and the membership index.
 const SHARDS: usize = 32;
@@ -83,9 +87,12 @@ struct RoomState {
     last_offset: u64,
     history: History,
     members: HashMap<u64, Member>,
-    /// Non-zero while the room has no members but keeps history: its
-    /// number in the idle queue.
+    /// Non-zero while the room has no members: its number in the idle
+    /// queue.
     idle: u64,
+    /// When the room last had no members (made empty, or created with
+    /// none): it is kept at least its history's age bound after that.
+    emptied_at: Instant,
 }
 
 /// One room.
@@ -99,7 +106,18 @@ struct Room {
 impl RoomState {
     /// Whether the room should be in the idle queue but is not yet.
     fn needs_idle_mark(&self) -> bool {
-        self.idle == 0 && self.members.is_empty() && !self.history.is_empty() && !self.removed
+        self.idle == 0 && self.members.is_empty() && !self.removed
+    }
+
+    /// Whether nothing of the room matters any more: no members, no
+    /// history, and no recently departed member who could come back to
+    /// recover (within the history's age bound of its emptying; at once
+    /// when the room keeps no history).
+    fn forgettable(&self, rule: &RoomRule) -> bool {
+        self.members.is_empty()
+            && self.history.is_empty()
+            && (rule.history_size == 0
+                || self.emptied_at.elapsed() >= Duration::from_secs(rule.history_ttl_secs))
     }
 }
 
@@ -320,19 +338,21 @@ impl Rooms {
         members
     }
 
-    /// Forgets a room with no members and no history left (its epoch goes
-    /// with it: a later join starts a new one).
+    /// Forgets a room nothing of which matters any more (see
+    /// `RoomState::forgettable`; its epoch goes with it: a later join
+    /// starts a new one).
     fn remove_if_idle(&self, room: &Arc<Room>) {
         let mut shard = lock(&self.rooms[shard_of(&room.name)]);
         let mut state = lock(&room.state);
         state.history.trim(&room.rule, &self.history);
-        if state.members.is_empty() && state.history.is_empty() && !state.removed {
+        if state.forgettable(&room.rule) && !state.removed {
             self.drop_room(&mut shard, room, &mut state);
         }
     }
 
-    /// Drops rooms whose members are gone and whose history has expired.
-    /// Called periodically.
+    /// Drops rooms whose members are gone and whose history has expired
+    /// (and, for a room that was emptied, its history's age bound has
+    /// passed since). Called periodically.
     pub fn sweep(&self) {
         for shard in &self.rooms {
             let rooms: Vec<Arc<Room>> = lock(shard).values().cloned().collect();
