@@ -465,3 +465,118 @@ fn bad_certificate_or_key_files_stop_serve_with_the_file_named() {
     assert!(!status.success(), "{log}");
     assert!(log.contains("tls_key"), "{log}");
 }
+
+// ---- trusted_proxies ----------------------------------------------------
+
+/// Opens a connection with `headers` and returns the `remote_addr` the
+/// plugins were told on connect (the auth-probe plugin records it).
+async fn remote_addr_seen(server: &Server, headers: &[(&'static str, &str)]) -> String {
+    let mut request = server.ws_url().into_client_request().unwrap();
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .append(*name, HeaderValue::from_str(value).unwrap());
+    }
+    let mut client = Client::try_connect(request).await.unwrap();
+    let conn = client.call("echo/whoami", Value::Null).await["result"]["conn"]
+        .as_u64()
+        .unwrap();
+    let prefix = format!("connect {conn} - ");
+    let start = Instant::now();
+    loop {
+        let events = client.call("probe/events", Value::Null).await["result"].clone();
+        let connect = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.as_str()?.strip_prefix(&prefix))
+            .next()
+            .map(|detail| serde_json::from_str::<Value>(detail).unwrap());
+        if let Some(detail) = connect {
+            return detail["remote_addr"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no connect event for {conn}: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_client_address_comes_from_forwarding_headers_of_a_trusted_proxy_only() {
+    let behind_proxy = ServerConfig::default()
+        .plugins(&["auth_probe", "echo"])
+        .arg("--trusted-proxies")
+        .arg("10.0.0.0/8,127.0.0.1")
+        .arg("--max-anonymous-per-address")
+        .arg("1")
+        .start();
+    // The client wrote 1.1.1.1 itself; the proxy appended what it saw.
+    let xff = [("x-forwarded-for", "1.1.1.1, 203.0.113.7, 10.0.0.5")];
+    assert_eq!(remote_addr_seen(&behind_proxy, &xff).await, "203.0.113.7:0");
+    let forwarded = [("forwarded", "for=\"[2001:db8::7]:4711\";proto=https")];
+    assert_eq!(
+        remote_addr_seen(&behind_proxy, &forwarded).await,
+        "[2001:db8::7]:4711"
+    );
+    // No header: the proxy itself.
+    assert!(
+        remote_addr_seen(&behind_proxy, &[])
+            .await
+            .starts_with("127.0.0.1:")
+    );
+    // Anonymous connections are counted per client, not per proxy.
+    let from = |ip: &str| {
+        let mut request = behind_proxy.ws_url().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .append("x-forwarded-for", HeaderValue::from_str(ip).unwrap());
+        request
+    };
+    let _first = Client::try_connect(from("198.51.100.1")).await.unwrap();
+    let _second = Client::try_connect(from("198.51.100.2")).await.unwrap();
+    let again = Client::try_connect(from("198.51.100.1")).await;
+    assert!(
+        matches!(&again, Err(WsError::Http(r)) if r.status() == 503),
+        "a second anonymous connection from 198.51.100.1: {again:?}"
+    );
+
+    // Trusting nobody (the default), or other proxies: the headers are
+    // ignored and the TCP peer is the client.
+    let direct = ServerConfig::default()
+        .plugins(&["auth_probe", "echo"])
+        .start();
+    let not_trusted = ServerConfig::default()
+        .plugins(&["auth_probe", "echo"])
+        .arg("--trusted-proxies")
+        .arg("10.0.0.0/8")
+        .start();
+    for server in [&direct, &not_trusted] {
+        for headers in [&xff[..], &forwarded[..]] {
+            let seen = remote_addr_seen(server, headers).await;
+            assert!(seen.starts_with("127.0.0.1:"), "{seen}");
+        }
+    }
+}
+
+#[test]
+fn a_trusted_proxy_that_is_not_an_address_is_refused_at_start() {
+    let out = Command::new(binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--trusted-proxies",
+            "proxy.example.com",
+        ])
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'proxy.example.com' is not an IP address or a CIDR range"),
+        "{stderr}"
+    );
+}

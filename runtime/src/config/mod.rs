@@ -14,9 +14,11 @@ use std::path::PathBuf;
 
 mod checks;
 mod overrides;
+mod proxies;
 mod secret;
 
 pub use overrides::{SecretOverrides, SettingOverrides};
+pub use proxies::ProxyRange;
 pub use secret::Secret;
 
 /// Why a configuration could not be used.
@@ -160,6 +162,16 @@ settings! {
         /// `Origin` header (non-browser clients) are always allowed.
         #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
         pub allowed_origins: Vec<String> = Vec::new(),
+        /// Reverse proxies (addresses or CIDR ranges, e.g. `127.0.0.1`,
+        /// `10.0.0.0/8`) trusted to name the client in a `Forwarded` (RFC
+        /// 7239) or, without one, an `X-Forwarded-For` header. For a
+        /// connection from one of them, the client's address (plugins'
+        /// `remote_addr`, and what anonymous connections are counted by) is
+        /// the nearest address in that header that is not itself a trusted
+        /// proxy. Empty (the default): the TCP peer is the client, and
+        /// those headers are ignored.
+        #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_name = "ADDRS", value_delimiter = ',')]
+        pub trusted_proxies: Vec<ProxyRange> = Vec::new(),
         /// Most open WebSocket connections; past it upgrades get HTTP 503.
         /// Default: what the process's open-file limit allows, less headroom
         /// for everything else the server opens, at most 100000 (see the

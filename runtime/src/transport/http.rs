@@ -77,6 +77,14 @@ impl Routes {
             return refused_handshake(crate::transport::handshake::at_capacity());
         };
         let conn_id = next_conn_id();
+        // Behind a trusted proxy, the client it names; else the TCP peer.
+        let client = self.remote.map(|peer| {
+            crate::transport::forwarded::client_address(
+                peer,
+                headers,
+                &self.state.config.trusted_proxies,
+            )
+        });
         let handshake = Arc::new(Handshake {
             // Only an auth plugin reads the headers (on the handshake and on
             // later `rpc.auth`s): without one, an idle connection keeps none.
@@ -86,7 +94,7 @@ impl Routes {
                 String::new()
             },
             query: req.uri().query().map(str::to_owned),
-            remote_addr: self.remote.map(|a| a.to_string()).unwrap_or_default(),
+            remote_addr: client.map(|a| a.to_string()).unwrap_or_default(),
         });
         let header = bearer_token(headers);
         let token = header
@@ -131,7 +139,7 @@ impl Routes {
         };
         let anonymous = match identity {
             Some(_) => None,
-            None => match self.state.anonymous.take(self.remote.map(|a| a.ip())) {
+            None => match self.state.anonymous.take(client.map(|a| a.ip())) {
                 Ok(slot) => Some(slot),
                 Err(full) => {
                     tracing::debug!(conn = conn_id, "upgrade refused: {full}");
