@@ -232,7 +232,7 @@ impl Generations {
             version = %plugin.version,
             generation = plugin.generation,
             actions = plugin.actions.len(),
-            handoff = ?plugin.handoff,
+            handoff = %plugin.handoff,
             "plugin generation loaded"
         );
         self.ran_here.insert(

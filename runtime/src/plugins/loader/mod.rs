@@ -90,6 +90,18 @@ pub enum Handoff {
     NotOffered,
 }
 
+/// As `/status` names it: `none`, `restored` (with its bytes),
+/// `not_offered`.
+impl std::fmt::Display for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handoff::None => f.write_str("none"),
+            Handoff::Restored { bytes } => write!(f, "restored ({bytes} bytes)"),
+            Handoff::NotOffered => f.write_str("not_offered"),
+        }
+    }
+}
+
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedPlugin")
