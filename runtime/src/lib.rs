@@ -20,7 +20,8 @@
 //!   plugins may do to the server (push, publish, join, call clients);
 //!   [`lifecycle`]: connection events for plugins that listen.
 //! - [`rooms`]: every connection's outbound queue (the hub), membership,
-//!   fan-out, history and recovery, presence, within server-wide bounds.
+//!   fan-out, history and recovery, presence, within server-wide bounds;
+//!   [`cluster`]: the same shared by several nodes through Redis.
 //! - [`server`]: [`server::Server`], a whole server built from its
 //!   settings (what the binary runs, and what a program may embed);
 //!   [`config`]: the settings; [`state`]: what connections share;
@@ -35,6 +36,7 @@
 pub mod action_threads;
 pub mod anonymous;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod describe;
 pub mod host_services;

@@ -43,9 +43,20 @@ pub struct ServerState {
     connections: AtomicUsize,
 }
 
+/// This server's in-memory rooms, under the configured rules and bounds.
+pub fn local_rooms(config: &Config) -> Rooms {
+    Rooms::new(
+        &config.rooms,
+        RoomLimits {
+            max_rooms: config.max_rooms,
+            max_history_bytes: config.max_history_bytes,
+        },
+    )
+}
+
 impl ServerState {
     /// State for a server with these settings, plugins, authenticators and
-    /// connection bounds.
+    /// connection bounds, its rooms in memory.
     pub fn new(
         config: Config,
         registry: Registry,
@@ -53,15 +64,23 @@ impl ServerState {
         limits: ConnectionLimits,
     ) -> ServerState {
         let hub = Arc::new(Hub::new(config.outbound_queue_bytes));
-        let rooms = Rooms::new(
-            &config.rooms,
-            RoomLimits {
-                max_rooms: config.max_rooms,
-                max_history_bytes: config.max_history_bytes,
-            },
-        );
+        let rooms = local_rooms(&config);
+        let broker = Arc::new(LocalBroker::new(rooms, Arc::clone(&hub)));
+        ServerState::with_broker(config, registry, auth, limits, hub, broker)
+    }
+
+    /// State whose rooms and pushes go through `broker` (which delivers to
+    /// this server's connections through `hub`).
+    pub fn with_broker(
+        config: Config,
+        registry: Registry,
+        auth: Authenticator,
+        limits: ConnectionLimits,
+        hub: Arc<Hub>,
+        broker: Arc<dyn Broker>,
+    ) -> ServerState {
         ServerState {
-            broker: Arc::new(LocalBroker::new(rooms, Arc::clone(&hub))),
+            broker,
             hub,
             anonymous: Arc::new(AnonymousSlots::new(
                 limits.max_anonymous,

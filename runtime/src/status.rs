@@ -1,6 +1,7 @@
 //! The `/status` document: plugins (file, version, generation, actions),
 //! files that were refused and why, every plugin generation and its state,
-//! connection count, uptime, and every bound beside its use.
+//! connection count, uptime, every bound beside its use, and in a
+//! cluster the broker's state.
 
 use crate::plugins::GenerationView;
 use crate::state::ServerState;
@@ -23,6 +24,9 @@ struct Status<'a> {
     refused: Vec<Refused<'a>>,
     /// Every generation: serving, draining, retired but mapped, unmapped.
     generations: Vec<GenerationView>,
+    /// In a cluster: this node, its link to Redis, the last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -152,6 +156,7 @@ pub fn render(state: &ServerState) -> String {
         plugins,
         refused,
         generations: state.registry.generations(),
+        cluster: state.broker.cluster_status(),
     };
     serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

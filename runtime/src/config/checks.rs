@@ -40,6 +40,7 @@ impl Config {
             ("write_timeout_ms", self.write_timeout_ms as usize),
             ("max_generations", self.max_generations),
             ("preflight_timeout_ms", self.preflight_timeout_ms as usize),
+            ("node_timeout_secs", self.node_timeout_secs as usize),
         ];
         for (field, value) in positive {
             if value == 0 {

@@ -259,6 +259,20 @@ settings! {
         /// `$TMPDIR/switchboard-shadow`.
         #[arg(long, env = "SWITCHBOARD_SHADOW_DIR", value_name = "DIR")]
         pub shadow_dir: Option<PathBuf> = None,
+        /// Cluster mode: the Redis through which several nodes share rooms,
+        /// history, presence and pushes (e.g. `redis://127.0.0.1:6379/0`).
+        /// Unset (the default): one node, rooms in memory.
+        #[arg(long, env = "SWITCHBOARD_REDIS_URL", value_name = "URL")]
+        pub redis_url: Option<String> = None,
+        /// This node's name in a cluster (logs, `/status`). Default: a
+        /// random one at each start.
+        #[arg(long, env = "SWITCHBOARD_NODE_ID", value_name = "NAME")]
+        pub node_id: Option<String> = None,
+        /// In a cluster, how long the members of a node that stopped
+        /// answering (killed, cut off) stay in presence, in seconds; each
+        /// then leaves with a `presence.leave`. Default 15.
+        #[arg(long, env = "SWITCHBOARD_NODE_TIMEOUT_SECS", value_name = "SECS")]
+        pub node_timeout_secs: u64 = 15,
         /// Watch the actions folder and hot-reload plugins that change.
         /// Default true.
         #[arg(long, env = "SWITCHBOARD_WATCH", value_name = "BOOL", action = clap::ArgAction::Set)]

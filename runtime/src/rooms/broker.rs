@@ -109,6 +109,12 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// history expired. Returns the bytes of history freed since the last
     /// call (so the caller can hand memory back to the system).
     fn sweep(&self) -> usize;
+
+    /// A cluster broker's state for `/status` (its node, its link to
+    /// Redis, the last error); `None` for one node in memory.
+    fn cluster_status(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// The in-memory broker: this server's rooms, delivering through its hub.

@@ -188,7 +188,7 @@ fn fallback_epoch() -> u64 {
 }
 
 /// The `rpc.message` frame for one message: built once, shared by all.
-fn message_frame(room: &str, offset: u64, data: &str) -> Outgoing {
+pub(crate) fn message_frame(room: &str, offset: u64, data: &str) -> Outgoing {
     let room = serde_json::to_string(room).unwrap_or_else(|_| "\"\"".to_owned());
     outgoing(format!(
         r#"{{"jsonrpc":"2.0","method":"rpc.message","params":{{"room":{room},"offset":{offset},"data":{data}}}}}"#

@@ -14,7 +14,16 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Takes a fresh connection id (unique in this run, never 0).
 pub fn next_conn_id() -> u64 {
-    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+    CONN_ID_BASE.load(Ordering::Relaxed) | NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The high bits of every connection id from now on: a cluster node's
+/// number, so connection ids are unique across nodes (0 alone).
+static CONN_ID_BASE: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the high bits of every connection id (see [`next_conn_id`]).
+pub fn set_conn_id_base(base: u64) {
+    CONN_ID_BASE.store(base, Ordering::Relaxed);
 }
 
 /// One connection's state, owned by its task.

@@ -68,6 +68,12 @@ pub enum StartError {
         /// Why.
         source: ShadowError,
     },
+    /// The cluster broker could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    /// No random node name could be made.
+    #[error("could not make a random node name: {0}")]
+    Random(#[from] getrandom::Error),
     /// The development secret could not be read or made.
     #[error(transparent)]
     DevSecret(#[from] crate::auth::dev_secret::DevSecretError),
@@ -164,11 +170,17 @@ impl Server {
         let watch = self.config.watch;
         let debounce = Duration::from_millis(self.config.reload_debounce_ms);
         let actions_dir = self.config.actions.clone();
-        let state = Arc::new(ServerState::new(
+        let hub = Arc::new(crate::rooms::hub::Hub::new(
+            self.config.outbound_queue_bytes,
+        ));
+        let broker = broker_for(&self.config, &hub).await?;
+        let state = Arc::new(ServerState::with_broker(
             self.config,
             self.registry,
             self.auth,
             self.limits,
+            hub,
+            broker,
         ));
         self.services.connect(&state);
         let _watch = if watch {
@@ -272,6 +284,36 @@ fn dev_secret(config: &mut Config) -> Result<Option<PathBuf>, StartError> {
     let secret = dev_secret::load_or_create(&file)?;
     config.jwt_secret = Some(Secret::new(secret));
     Ok(Some(file))
+}
+
+/// Rooms and pushes: in memory, or shared through Redis when
+/// `redis_url` is set.
+async fn broker_for(
+    config: &Config,
+    hub: &Arc<crate::rooms::hub::Hub>,
+) -> Result<Arc<dyn crate::rooms::broker::Broker>, StartError> {
+    let Some(url) = &config.redis_url else {
+        let rooms = crate::state::local_rooms(config);
+        return Ok(Arc::new(crate::rooms::broker::LocalBroker::new(
+            rooms,
+            Arc::clone(hub),
+        )));
+    };
+    let node_id = match &config.node_id {
+        Some(id) => id.clone(),
+        None => format!(
+            "node-{}",
+            crate::auth::random_secret()?.get(..8).unwrap_or("0")
+        ),
+    };
+    let settings = crate::cluster::ClusterSettings {
+        redis_url: url.clone(),
+        node_id,
+        node_timeout: Duration::from_secs(config.node_timeout_secs),
+    };
+    let rules = crate::rooms::Rooms::new(&config.rooms, crate::cluster::rules_only_limits());
+    let broker = crate::cluster::RedisBroker::start(&settings, rules, Arc::clone(hub)).await?;
+    Ok(Arc::new(broker))
 }
 
 /// Says what to do when the actions folder loaded nothing, and, when it

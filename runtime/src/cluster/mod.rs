@@ -1,0 +1,732 @@
+//! Cluster mode: several nodes behave as one server by sharing rooms,
+//! history, presence and pushes through Redis ([`RedisBroker`], the
+//! second implementation of [`Broker`]).
+//!
+//! - Publishing is one Lua script per message (`scripts`): it takes the
+//!   room's next offset, appends the message to the room's history stream
+//!   and publishes it on the room's channel, so offsets are gap-free and
+//!   ordered per room across nodes. One Redis publish per message.
+//! - Each node subscribes once per room with members here (`link`) and
+//!   delivers what it hears to its own members (`local`), once each and
+//!   in offset order, whichever node published.
+//! - A join reads the room's epoch, offset and the missed messages in
+//!   one script, after the node's subscription is confirmed, so nothing
+//!   falls between the replay and live delivery.
+//! - Presence is a sorted set per room, scored by when the member's node
+//!   last vouched for it (`presence`); a node that dies stops vouching
+//!   and its members expire, each with a `presence.leave`.
+//! - Pushes to a connection go to its node's channel (a connection id
+//!   carries its node's number); pushes to a user or to everyone go to
+//!   the channel every node hears.
+//! - Keys and channels: `keys`; what the channels carry: `wire`.
+
+mod keys;
+mod link;
+mod local;
+mod presence;
+mod scripts;
+mod wire;
+
+pub use link::LinkError;
+
+use crate::auth::Identity;
+use crate::rooms::broker::{Broker, Published, Since};
+use crate::rooms::hub::{ConnHandle, Hub, Outgoing, outgoing};
+use crate::rooms::policy::RoomRule;
+use crate::rooms::{Joined, Presence, RoomLimits, Rooms, RoomsUsage, event_frame};
+use crate::rpc::error::{ErrorCode, RpcError};
+use futures_util::future::BoxFuture;
+use link::{Link, Listener};
+use local::LocalMembers;
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long any one wait for Redis may take before the operation fails
+/// with a clear error (Redis slow or gone).
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The cluster's settings.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Where Redis is (`redis://host:port/db`).
+    pub redis_url: String,
+    /// This node's name (in logs and `/status`).
+    pub node_id: String,
+    /// How long a node's members stay in presence after its last refresh.
+    pub node_timeout: Duration,
+}
+
+/// Why the cluster broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The URL is not a Redis URL.
+    #[error("redis_url {url} is not usable: {source}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+}
+
+/// Rooms and pushes shared by every node through Redis.
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("node", &self.inner.node_id)
+            .field("number", &self.inner.number)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the broker, its link task and its presence task share.
+struct Inner {
+    /// The room rules (and name and access checks).
+    rules: Rooms,
+    hub: Arc<Hub>,
+    local: LocalMembers,
+    link: Arc<Link>,
+    commands: ConnectionManager,
+    node_id: String,
+    /// This node's number: the top bits of its connection ids.
+    number: u64,
+    node_timeout: Duration,
+    /// The runtime pushes to other nodes are sent from (they may be asked
+    /// for on a plugin's thread).
+    runtime: tokio::runtime::Handle,
+}
+
+impl RedisBroker {
+    /// Starts the cluster broker: claims a node number, and starts the
+    /// pub/sub link and the presence refresh. Redis need not be up: the
+    /// node serves, and room operations fail clearly, until it is.
+    /// Returns the broker and this node's number (for connection ids).
+    pub async fn start(
+        settings: &ClusterSettings,
+        rules: Rooms,
+        hub: Arc<Hub>,
+    ) -> Result<RedisBroker, ClusterError> {
+        let client = redis::Client::open(settings.redis_url.as_str()).map_err(|source| {
+            ClusterError::Url {
+                url: settings.redis_url.clone(),
+                source,
+            }
+        })?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let commands =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|source| {
+                ClusterError::Url {
+                    url: settings.redis_url.clone(),
+                    source,
+                }
+            })?;
+        let mut claim_connection = commands.clone();
+        let number = presence::claim_node_number(
+            &mut claim_connection,
+            &settings.node_id,
+            settings.node_timeout,
+        )
+        .await;
+        crate::rpc::session::set_conn_id_base(number << 32);
+        let link = Arc::new(Link::new(REDIS_TIMEOUT));
+        let inner = Arc::new(Inner {
+            rules,
+            hub,
+            local: LocalMembers::default(),
+            link: Arc::clone(&link),
+            commands,
+            node_id: settings.node_id.clone(),
+            number,
+            node_timeout: settings.node_timeout,
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let stop = CancellationToken::new();
+        let rooms_here = {
+            let inner = Arc::clone(&inner);
+            move || inner.local.room_names()
+        };
+        tokio::spawn(link.run(
+            client,
+            vec![keys::node_channel(number), keys::EVERY_NODE.to_owned()],
+            rooms_here,
+            Arc::clone(&inner) as Arc<dyn Listener>,
+            stop.clone(),
+        ));
+        tokio::spawn(presence::refresh(Arc::clone(&inner), stop.clone()));
+        tracing::info!(
+            node = %settings.node_id,
+            number,
+            "cluster: rooms, presence and pushes are shared through Redis"
+        );
+        Ok(RedisBroker { inner, stop })
+    }
+
+    /// The broker's state for `/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let health = &self.inner.link.health;
+        serde_json::json!({
+            "kind": "redis",
+            "node": self.inner.node_id,
+            "node_number": self.inner.number,
+            "connected": health.connected(),
+            "reconnects": health.reconnects(),
+            "last_error": health.last_error(),
+            "local_rooms": self.inner.local.room_names().len(),
+        })
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A failure of Redis, as a client hears it: the call is shed, to retry.
+fn unavailable(inner: &Inner, error: &impl std::fmt::Display) -> RpcError {
+    let error = error.to_string();
+    inner.link.health.failed(&error);
+    let message = if error.contains("Redis") {
+        error
+    } else {
+        format!("the cluster's Redis failed ({error}); nothing was done, retry in a moment")
+    };
+    RpcError::new(ErrorCode::Overloaded, message)
+}
+
+/// A fresh epoch: 8 random bytes in hex.
+fn new_epoch() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    crate::auth::now_millis()
+}
+
+/// Reads one value of a script's answer.
+fn value<T: redis::FromRedisValue>(v: Option<&redis::Value>) -> Option<T> {
+    T::from_redis_value_ref(v?).ok()
+}
+
+/// One history entry: its offset, when it was published, its data.
+struct Entry {
+    offset: u64,
+    at_ms: u64,
+    data: String,
+}
+
+/// Reads the entries a script returned (`{id, {field, value, ...}}`).
+fn entries(answer: &redis::Value) -> Vec<Entry> {
+    let redis::Value::Array(items) = answer else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let redis::Value::Array(pair) = item else {
+                return None;
+            };
+            let id: String = value(pair.first())?;
+            let offset = id.split('-').next()?.parse().ok()?;
+            let fields: Vec<String> = value(pair.get(1))?;
+            let mut at_ms = 0;
+            let mut data = None;
+            for field in fields.chunks(2) {
+                match (field.first().map(String::as_str), field.get(1)) {
+                    (Some("t"), Some(t)) => at_ms = t.parse().unwrap_or(0),
+                    (Some("d"), Some(d)) => data = Some(d.clone()),
+                    _ => {}
+                }
+            }
+            Some(Entry {
+                offset,
+                at_ms,
+                data: data?,
+            })
+        })
+        .collect()
+}
+
+/// Whether `entries` are exactly the messages after `since` up to
+/// `offset`, none older than the rule keeps.
+fn fills_gap(entries: &[Entry], since: u64, offset: u64, rule: &RoomRule) -> bool {
+    let oldest_kept = now_ms().saturating_sub(rule.history_ttl_secs.saturating_mul(1000));
+    entries.len() as u64 == offset - since
+        && entries
+            .iter()
+            .zip(since + 1..)
+            .all(|(e, expected)| e.offset == expected && e.at_ms >= oldest_kept)
+}
+
+impl Inner {
+    fn room_keys_ttl(rule: &RoomRule) -> u64 {
+        rule.history_ttl_secs.max(60)
+    }
+
+    fn presence_ttl_secs(&self) -> u64 {
+        self.node_timeout.as_secs().max(1) * 3
+    }
+
+    async fn join(
+        &self,
+        room: &str,
+        rule: &Arc<RoomRule>,
+        conn: &ConnHandle,
+        since: Option<Since<'_>>,
+    ) -> Result<Joined, RpcError> {
+        self.local.prepare(room);
+        let result = self.join_prepared(room, rule, conn, since).await;
+        if result.is_err() && self.local.forget_if_empty(room) {
+            self.link
+                .unsubscribe(room, || self.local.has_room(room))
+                .await;
+        }
+        result
+    }
+
+    async fn join_prepared(
+        &self,
+        room: &str,
+        rule: &Arc<RoomRule>,
+        conn: &ConnHandle,
+        since: Option<Since<'_>>,
+    ) -> Result<Joined, RpcError> {
+        self.link
+            .subscribe(room)
+            .await
+            .map_err(|e| unavailable(self, &e))?;
+        let now = now_ms();
+        let expires = now + u64::try_from(self.node_timeout.as_millis()).unwrap_or(u64::MAX);
+        let since_offset = since.map_or(-1, |s| i64::try_from(s.offset).unwrap_or(i64::MAX));
+        let mut commands = self.commands.clone();
+        let reply: redis::Value = scripts::JOIN
+            .key(keys::meta(room))
+            .key(keys::history(room))
+            .key(keys::presence(room))
+            .key(keys::presence_users(room))
+            .arg(new_epoch())
+            .arg(since_offset)
+            .arg(Self::room_keys_ttl(rule))
+            .arg(rule.history_size.max(1))
+            .arg(conn.conn_id)
+            .arg(conn.user.as_deref().unwrap_or(""))
+            .arg(expires)
+            .arg(rule.max_members)
+            .arg(now)
+            .arg(self.presence_ttl_secs())
+            .invoke_async(&mut commands)
+            .await
+            .map_err(|e| unavailable(self, &e))?;
+        let redis::Value::Array(parts) = reply else {
+            return Err(unavailable(self, &"an unexpected answer to a join"));
+        };
+        if parts.len() == 1 {
+            return Err(RpcError::new(
+                ErrorCode::Overloaded,
+                format!("room '{room}' is full ({} members)", rule.max_members),
+            ));
+        }
+        let epoch: String = value(parts.first()).unwrap_or_default();
+        let offset: u64 = value(parts.get(1)).unwrap_or(0);
+        let missed = parts.get(2).map(entries).unwrap_or_default();
+        let was_member = value::<u8>(parts.get(3)) == Some(1);
+        let mut replay: Vec<Outgoing> = Vec::new();
+        let recovered = since.map(|since| {
+            let same_epoch = since.epoch.is_some_and(|e| e == epoch);
+            let filled = same_epoch
+                && since.offset <= offset
+                && fills_gap(&missed, since.offset, offset, rule);
+            if !filled {
+                return false;
+            }
+            replay = missed
+                .iter()
+                .map(|e| crate::rooms::message_frame(room, e.offset, &e.data))
+                .collect();
+            let lens: Vec<usize> = replay.iter().map(|f| f.len()).collect();
+            if self.hub.would_take(conn, &lens) {
+                true
+            } else {
+                replay.clear();
+                false
+            }
+        });
+        let already = self
+            .local
+            .join(&self.hub, room, conn, &epoch, offset, &replay);
+        if !already && !was_member && rule.presence_events {
+            let frame = event_frame(
+                "presence.join",
+                &serde_json::json!({"room": room, "user": conn.user.as_deref(), "conn": conn.conn_id}),
+            );
+            self.publish_event(room, conn.conn_id, &frame).await;
+        }
+        Ok(Joined {
+            room: room.to_owned(),
+            offset,
+            epoch,
+            recovered,
+        })
+    }
+
+    /// Tells a room's members on every node of a presence change.
+    async fn publish_event(&self, room: &str, except: u64, frame: &Outgoing) {
+        let mut commands = self.commands.clone();
+        let payload = wire::event(except, frame.as_str());
+        let sent: Result<(), redis::RedisError> = redis::cmd("PUBLISH")
+            .arg(keys::channel(room))
+            .arg(payload)
+            .query_async(&mut commands)
+            .await;
+        if let Err(e) = sent {
+            self.link.health.failed(&e.to_string());
+            tracing::warn!(room, "cluster: a presence event was not sent: {e}");
+        }
+    }
+
+    async fn leave(&self, room: &str, conn_id: u64) -> bool {
+        let Some(emptied) = self.local.leave(room, conn_id) else {
+            return false;
+        };
+        self.remove_presence(room, conn_id).await;
+        if emptied {
+            self.link
+                .unsubscribe(room, || self.local.has_room(room))
+                .await;
+        }
+        true
+    }
+
+    /// Removes a member from a room's presence; the one caller that
+    /// removed it tells the room.
+    async fn remove_presence(&self, room: &str, conn_id: u64) {
+        let mut commands = self.commands.clone();
+        let removed: Result<Option<String>, redis::RedisError> = scripts::LEAVE
+            .key(keys::presence(room))
+            .key(keys::presence_users(room))
+            .arg(conn_id)
+            .invoke_async(&mut commands)
+            .await;
+        match removed {
+            Ok(Some(user)) => {
+                let rule = self.rules.rule(room);
+                if rule.presence_events {
+                    let user = (!user.is_empty()).then_some(user);
+                    let frame = event_frame(
+                        "presence.leave",
+                        &serde_json::json!({"room": room, "user": user, "conn": conn_id}),
+                    );
+                    self.publish_event(room, conn_id, &frame).await;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // The member expires from presence on its own once this
+                // node stops refreshing it.
+                self.link.health.failed(&e.to_string());
+                tracing::warn!(
+                    room,
+                    conn = conn_id,
+                    "cluster: leave not recorded in Redis: {e}"
+                );
+            }
+        }
+    }
+
+    async fn publish(
+        &self,
+        room: &str,
+        rule: &Arc<RoomRule>,
+        data: &str,
+    ) -> Result<Published, RpcError> {
+        let mut commands = self.commands.clone();
+        let (offset, _epoch): (u64, String) = scripts::PUBLISH
+            .key(keys::meta(room))
+            .key(keys::history(room))
+            .key(keys::channel(room))
+            .arg(new_epoch())
+            .arg(data)
+            .arg(rule.history_size)
+            .arg(Self::room_keys_ttl(rule))
+            .arg(now_ms())
+            .invoke_async(&mut commands)
+            .await
+            .map_err(|e| unavailable(self, &e))?;
+        // Members here get it when this node hears it back, in order
+        // with every other node's messages.
+        Ok(Published {
+            offset,
+            queued_here: self.local.members(room).len(),
+        })
+    }
+
+    async fn presence(&self, room: &str) -> Vec<Presence> {
+        match presence::members(self, room).await {
+            Ok(members) => members,
+            Err(e) => {
+                self.link.health.failed(&e.to_string());
+                tracing::warn!(room, "cluster: presence unavailable: {e}");
+                // What this node knows: its own members.
+                let mut members: Vec<Presence> = self
+                    .local
+                    .members(room)
+                    .iter()
+                    .map(|h| Presence {
+                        user: h.user.as_deref().map(str::to_owned),
+                        conn: h.conn_id,
+                    })
+                    .collect();
+                members.sort_by_key(|m| m.conn);
+                members
+            }
+        }
+    }
+
+    /// Publishes `payload` on `channel` without waiting (pushes).
+    fn forward(self: &Arc<Self>, channel: String, payload: String) {
+        let inner = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let mut commands = inner.commands.clone();
+            let sent: Result<(), redis::RedisError> = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(payload)
+                .query_async(&mut commands)
+                .await;
+            if let Err(e) = sent {
+                inner.link.health.failed(&e.to_string());
+                tracing::warn!(channel, "cluster: a push to other nodes was not sent: {e}");
+            }
+        });
+    }
+
+    /// After a lost subscription: reads each local room's history after
+    /// what was delivered here and delivers it, in order, before anything
+    /// heard live. A gap history cannot fill is told to the room's
+    /// members (`room.gap`), who rejoin with `since` to learn what they
+    /// missed is gone (`recovered: false`).
+    async fn catch_up(&self) {
+        for room in self.local.room_names() {
+            let Some(delivered) = self.local.delivered(&room) else {
+                continue;
+            };
+            let rule = self.rules.rule(&room);
+            let mut commands = self.commands.clone();
+            let read: Result<redis::Value, redis::RedisError> = scripts::READ
+                .key(keys::meta(&room))
+                .key(keys::history(&room))
+                .arg(delivered.offset)
+                .arg(rule.history_size.max(1))
+                .invoke_async(&mut commands)
+                .await;
+            let Ok(redis::Value::Array(parts)) = read else {
+                continue;
+            };
+            let epoch: Option<String> = value(parts.first());
+            let offset: u64 = value(parts.get(1)).unwrap_or(0);
+            let missed = parts.get(2).map(entries).unwrap_or_default();
+            let same_epoch = epoch.as_deref() == Some(delivered.epoch.as_str());
+            if same_epoch && offset <= delivered.offset {
+                continue;
+            }
+            if same_epoch && fills_gap(&missed, delivered.offset, offset, rule) {
+                for entry in &missed {
+                    let frame = crate::rooms::message_frame(&room, entry.offset, &entry.data);
+                    self.local
+                        .deliver(&self.hub, &room, &delivered.epoch, entry.offset, &frame);
+                }
+                tracing::info!(room, caught_up = missed.len(), "cluster: caught up");
+            } else {
+                tracing::warn!(
+                    room,
+                    "cluster: messages were lost while Redis was unreachable"
+                );
+                let frame = event_frame(
+                    "room.gap",
+                    &serde_json::json!({"room": room, "epoch": delivered.epoch, "offset": delivered.offset}),
+                );
+                self.local.push_event(&self.hub, &room, &frame, 0);
+            }
+        }
+    }
+}
+
+impl Listener for Inner {
+    fn heard(&self, channel: &str, payload: &str) {
+        let Some(heard) = wire::parse(payload) else {
+            tracing::debug!(channel, "cluster: an unknown message was ignored");
+            return;
+        };
+        match heard {
+            wire::Heard::Message {
+                epoch,
+                offset,
+                data,
+            } => {
+                if let Some(room) = keys::room_of_channel(channel) {
+                    let frame = crate::rooms::message_frame(room, offset, data);
+                    self.local.deliver(&self.hub, room, epoch, offset, &frame);
+                }
+            }
+            wire::Heard::Event { except, frame } => {
+                if let Some(room) = keys::room_of_channel(channel) {
+                    self.local
+                        .push_event(&self.hub, room, &outgoing(frame.to_owned()), except);
+                }
+            }
+            wire::Heard::ToConn { conn, frame } => {
+                self.hub.send_to_conn(conn, outgoing(frame.to_owned()));
+            }
+            wire::Heard::ToUser {
+                origin,
+                user,
+                frame,
+            } => {
+                if origin != self.number {
+                    self.hub.send_to_user(&user, &outgoing(frame.to_owned()));
+                }
+            }
+            wire::Heard::Broadcast {
+                origin,
+                signed_in_only,
+                except,
+                frame,
+            } if origin != self.number => {
+                self.hub
+                    .broadcast(&outgoing(frame.to_owned()), &except, signed_in_only);
+            }
+            wire::Heard::Broadcast { .. } => {}
+        }
+    }
+
+    fn reconnected(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.catch_up())
+    }
+}
+
+impl Broker for RedisBroker {
+    fn rule(&self, room: &str) -> Arc<RoomRule> {
+        Arc::clone(self.inner.rules.rule(room))
+    }
+
+    fn check_access(
+        &self,
+        room: &str,
+        identity: Option<&Identity>,
+    ) -> Result<Arc<RoomRule>, RpcError> {
+        self.inner.rules.check_access(room, identity)
+    }
+
+    fn join<'a>(
+        &'a self,
+        room: &'a str,
+        rule: &'a Arc<RoomRule>,
+        conn: &'a ConnHandle,
+        since: Option<Since<'a>>,
+    ) -> BoxFuture<'a, Result<Joined, RpcError>> {
+        Box::pin(self.inner.join(room, rule, conn, since))
+    }
+
+    fn leave<'a>(&'a self, room: &'a str, conn_id: u64) -> BoxFuture<'a, bool> {
+        Box::pin(self.inner.leave(room, conn_id))
+    }
+
+    fn leave_all(&self, conn_id: u64) -> BoxFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let rooms = self.inner.local.take_memberships(conn_id);
+            for room in &rooms {
+                self.inner.leave(room, conn_id).await;
+            }
+            rooms
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        room: &'a str,
+        rule: &'a Arc<RoomRule>,
+        data: &'a str,
+    ) -> BoxFuture<'a, Result<Published, RpcError>> {
+        Box::pin(self.inner.publish(room, rule, data))
+    }
+
+    fn presence<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<Presence>> {
+        Box::pin(self.inner.presence(room))
+    }
+
+    fn is_member(&self, room: &str, conn_id: u64) -> bool {
+        self.inner.local.is_member(room, conn_id)
+    }
+
+    fn rooms_of(&self, conn_id: u64) -> Vec<String> {
+        self.inner.local.rooms_of(conn_id)
+    }
+
+    fn room_count_of(&self, conn_id: u64) -> usize {
+        self.inner.local.count_of(conn_id)
+    }
+
+    fn send_to_conn(&self, conn_id: u64, frame: Outgoing) -> bool {
+        let node = conn_id >> 32;
+        if node == self.inner.number {
+            return self.inner.hub.send_to_conn(conn_id, frame);
+        }
+        self.inner.forward(
+            keys::node_channel(node),
+            wire::to_conn(conn_id, frame.as_str()),
+        );
+        true
+    }
+
+    fn send_to_user(&self, user: &str, frame: &Outgoing) -> usize {
+        self.inner.forward(
+            keys::EVERY_NODE.to_owned(),
+            wire::to_user(self.inner.number, user, frame.as_str()),
+        );
+        self.inner.hub.send_to_user(user, frame)
+    }
+
+    fn broadcast(&self, frame: &Outgoing, except: &[u64], signed_in_only: bool) -> usize {
+        self.inner.forward(
+            keys::EVERY_NODE.to_owned(),
+            wire::broadcast(self.inner.number, signed_in_only, except, frame.as_str()),
+        );
+        self.inner.hub.broadcast(frame, except, signed_in_only)
+    }
+
+    fn usage(&self) -> RoomsUsage {
+        let mut usage = self.inner.rules.usage();
+        usage.rooms = self.inner.local.room_names().len();
+        usage
+    }
+
+    fn sweep(&self) -> usize {
+        0
+    }
+
+    fn cluster_status(&self) -> Option<serde_json::Value> {
+        Some(self.status())
+    }
+}
+
+/// The limits of the rules-only [`Rooms`] a cluster broker keeps: its
+/// rooms live in Redis, so no room is ever created in it.
+pub fn rules_only_limits() -> RoomLimits {
+    RoomLimits {
+        max_rooms: 1,
+        max_history_bytes: 1,
+    }
+}

@@ -1,0 +1,346 @@
+//! Cluster mode over real sockets: three real `switchboard` nodes sharing
+//! one real `redis-server` (started by the test on a free port, with no
+//! persistence), and real clients connected to different nodes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use switchboard_tests::redis::Redis;
+use switchboard_tests::{Client, Server, ServerConfig, WAIT, error_code};
+
+/// A node of the cluster on `redis`, with the chat plugin (pushes to
+/// users and everyone) and echo.
+fn node(redis: &Redis, name: &str, extra: &[&str]) -> Server {
+    let mut config = ServerConfig::default()
+        .plugins(&["echo", "chat"])
+        .arg("--redis-url")
+        .arg(&redis.url())
+        .arg("--node-id")
+        .arg(name);
+    for arg in extra {
+        config = config.arg(arg);
+    }
+    config.start()
+}
+
+fn is_message(v: &Value) -> bool {
+    v["method"] == "rpc.message"
+}
+
+/// Reads `count` room messages from `client`, in the order they came.
+async fn messages(client: &mut Client, count: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let (message, _) = client.recv_until(is_message).await;
+        got.push(message["params"].clone());
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_on_any_node_reach_every_member_once_and_in_order() {
+    let redis = Redis::start();
+    let nodes = [
+        node(&redis, "a", &[]),
+        node(&redis, "b", &[]),
+        node(&redis, "c", &[]),
+    ];
+    let mut members = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for j in 0..2 {
+            let mut member = node.connect_as(&format!("m{i}{j}")).await;
+            let joined = member.call("rpc.join", json!({"room": "lobby"})).await;
+            assert_eq!(joined["result"]["room"], "lobby", "{joined}");
+            members.push(member);
+        }
+    }
+    // Two publishers on two nodes at once, 40 messages each.
+    let per_publisher = 40;
+    let mut publishers = Vec::new();
+    for (name, node) in [("pa", &nodes[0]), ("pb", &nodes[1])] {
+        let mut publisher = node.connect_as(name).await;
+        publisher.call("rpc.join", json!({"room": "lobby"})).await;
+        publishers.push(tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for i in 0..per_publisher {
+                let reply = publisher
+                    .call(
+                        "rpc.publish",
+                        json!({"room": "lobby", "data": {"from": name, "n": i}}),
+                    )
+                    .await;
+                offsets.push(reply["result"]["offset"].as_u64().unwrap());
+            }
+            offsets
+        }));
+    }
+    let mut all_offsets = Vec::new();
+    for publisher in publishers {
+        all_offsets.extend(publisher.await.unwrap());
+    }
+    all_offsets.sort_unstable();
+    let total = 2 * per_publisher;
+    assert_eq!(
+        all_offsets,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "offsets are gap-free across nodes"
+    );
+    for member in &mut members {
+        let got = messages(member, total).await;
+        let offsets: Vec<u64> = got.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+        assert_eq!(offsets, (1..=total as u64).collect::<Vec<_>>());
+        // Each publisher's messages in the order it sent them.
+        let mut next: HashMap<String, u64> = HashMap::new();
+        for message in &got {
+            let from = message["data"]["from"].as_str().unwrap().to_owned();
+            let n = message["data"]["n"].as_u64().unwrap();
+            let expected = next.entry(from).or_default();
+            assert_eq!(n, *expected, "{message}");
+            *expected += 1;
+        }
+        // And nothing more (no message twice).
+        member.request("p", "rpc.ping", Value::Null).await;
+        let (_, extra) = member.recv_until(|v| v["id"] == "p").await;
+        assert!(extra.iter().all(|f| !is_message(f)), "{extra:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_recovers_on_another_node_exactly_or_is_told_it_cannot() {
+    let redis = Redis::start();
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let c = node(&redis, "c", &[]);
+    let mut reader = a.connect_as("reader").await;
+    let joined = reader.call("rpc.join", json!({"room": "feed"})).await["result"].clone();
+    let epoch = joined["epoch"].as_str().unwrap().to_owned();
+    let mut writer = b.connect_as("writer").await;
+    writer.call("rpc.join", json!({"room": "feed"})).await;
+    writer
+        .call("rpc.publish", json!({"room": "feed", "data": "seen"}))
+        .await;
+    let seen = messages(&mut reader, 1).await;
+    let last = seen[0]["offset"].as_u64().unwrap();
+    reader.close().await;
+    for i in 0..3 {
+        writer
+            .call("rpc.publish", json!({"room": "feed", "data": i}))
+            .await;
+    }
+    // Back, on another node.
+    let mut back = c.connect_as("reader").await;
+    back.request(
+        "j",
+        "rpc.join",
+        json!({"room": "feed", "since": last, "epoch": epoch}),
+    )
+    .await;
+    let (reply, before) = back.recv_until(|v| v["id"] == "j").await;
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    assert_eq!(reply["result"]["epoch"], epoch.as_str());
+    let replayed: Vec<Value> = before
+        .iter()
+        .filter(|f| is_message(f))
+        .map(|m| m["params"]["data"].clone())
+        .collect();
+    assert_eq!(replayed, vec![json!(0), json!(1), json!(2)]);
+    // Live messages follow the replay, once.
+    writer
+        .call("rpc.publish", json!({"room": "feed", "data": "live"}))
+        .await;
+    let live = messages(&mut back, 1).await;
+    assert_eq!(live[0]["data"], "live");
+    assert_eq!(live[0]["offset"], last + 4);
+
+    // Another epoch, or a gap older than the history: not recovered, and
+    // nothing replayed.
+    let mut other = c.connect_as("other").await;
+    let reply = other
+        .call(
+            "rpc.join",
+            json!({"room": "feed", "since": last, "epoch": "not-the-epoch"}),
+        )
+        .await;
+    assert_eq!(reply["result"]["recovered"], false, "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_nodes_and_a_killed_node_leaves_no_ghosts() {
+    let redis = Redis::start();
+    let a = node(&redis, "a", &["--node-timeout-secs", "2"]);
+    let mut b = node(&redis, "b", &["--node-timeout-secs", "2"]);
+    let c = node(&redis, "c", &["--node-timeout-secs", "2"]);
+    let mut ann = a.connect_as("ann").await;
+    let ann_conn = ann.call("echo/whoami", Value::Null).await["result"]["conn"]
+        .as_u64()
+        .unwrap();
+    ann.call("rpc.join", json!({"room": "team"})).await;
+    let mut bob = b.connect_as("bob").await;
+    let bob_conn = bob.call("echo/whoami", Value::Null).await["result"]["conn"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(ann_conn, bob_conn, "connection ids are unique across nodes");
+    bob.call("rpc.join", json!({"room": "team"})).await;
+    // Ann, on another node, hears Bob arrive.
+    let (event, _) = ann
+        .recv_until(|v| v["params"]["event"] == "presence.join")
+        .await;
+    assert_eq!(event["params"]["data"]["user"], "bob", "{event}");
+    assert_eq!(event["params"]["data"]["conn"], bob_conn);
+    // A third node sees both (presence is public to members only: join).
+    let mut cat = c.connect_as("cat").await;
+    cat.call("rpc.join", json!({"room": "team"})).await;
+    let members = cat.call("rpc.presence", json!({"room": "team"})).await;
+    let users: Vec<&str> = members["result"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users.len(), 3, "{members}");
+    for user in ["ann", "bob", "cat"] {
+        assert!(users.contains(&user), "{members}");
+    }
+
+    // Node b is killed: no goodbye. Once its timeout passes, Bob leaves
+    // (one presence.leave) and presence no longer lists him.
+    let killed = Instant::now();
+    b.kill();
+    let (event, _) = ann
+        .recv_until(|v| v["params"]["event"] == "presence.leave")
+        .await;
+    assert_eq!(event["params"]["data"]["user"], "bob", "{event}");
+    assert_eq!(event["params"]["data"]["conn"], bob_conn);
+    println!(
+        "a killed node's member left {} ms after the kill (node_timeout 2 s)",
+        killed.elapsed().as_millis()
+    );
+    let members = ann.call("rpc.presence", json!({"room": "team"})).await;
+    let conns: Vec<u64> = members["result"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["conn"].as_u64().unwrap())
+        .collect();
+    assert!(!conns.contains(&bob_conn), "{members}");
+    assert_eq!(conns.len(), 2, "{members}");
+    drop(bob);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_reach_a_users_connections_and_everyone_on_every_node() {
+    let redis = Redis::start();
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let c = node(&redis, "c", &[]);
+    let mut alice_a = a.connect_as("alice").await;
+    let mut alice_b = b.connect_as("alice").await;
+    let mut carol = c.connect_as("carol").await;
+    // Each node has heard of nothing yet: the pushes go through Redis.
+    let reply = carol
+        .call("chat/dm", json!({"to": "alice", "text": "hi"}))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    for alice in [&mut alice_a, &mut alice_b] {
+        let (dm, _) = alice
+            .recv_until(|v| v["params"]["event"] == "chat.dm")
+            .await;
+        assert_eq!(dm["params"]["data"]["text"], "hi", "{dm}");
+    }
+    let reply = alice_a
+        .call("chat/announce", json!({"text": "hello all"}))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    for client in [&mut alice_b, &mut carol] {
+        let (push, _) = client
+            .recv_until(|v| v["params"]["event"] == "chat.announcement")
+            .await;
+        assert_eq!(push["params"]["data"]["text"], "hello all", "{push}");
+    }
+    // Not back to the announcer itself.
+    alice_a.request("p", "rpc.ping", Value::Null).await;
+    let (_, before) = alice_a.recv_until(|v| v["id"] == "p").await;
+    assert!(
+        before
+            .iter()
+            .all(|f| f["params"]["event"] != "chat.announcement"),
+        "{before:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_nodes_serve_and_publishes_fail_clearly_then_resume() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let mut reader = a.connect_as("reader").await;
+    reader.call("rpc.join", json!({"room": "news"})).await;
+    let mut writer = b.connect_as("writer").await;
+    writer.call("rpc.join", json!({"room": "news"})).await;
+    writer
+        .call("rpc.publish", json!({"room": "news", "data": "before"}))
+        .await;
+    assert_eq!(messages(&mut reader, 1).await[0]["data"], "before");
+
+    redis.kill();
+    // Actions and local traffic go on.
+    assert_eq!(writer.call("rpc.ping", Value::Null).await["result"], "pong");
+    assert_eq!(
+        writer.call("echo", json!({"still": "here"})).await["result"]["still"],
+        "here"
+    );
+    // A publish answers a clear error, never a success nobody got.
+    let reply = writer
+        .call("rpc.publish", json!({"room": "news", "data": "lost"}))
+        .await;
+    assert_eq!(error_code(&reply), Some(-32006), "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the cluster's Redis") && message.contains("retry"),
+        "{message}"
+    );
+    let status = b.status();
+    assert_eq!(status["cluster"]["node"], "b", "{status}");
+    assert!(status["cluster"]["last_error"].is_string(), "{status}");
+
+    // Redis comes back (empty: no persistence). The nodes reconnect and
+    // resubscribe; publishing works again and reaches the other node once.
+    redis.restart();
+    let start = Instant::now();
+    loop {
+        let reply = writer
+            .call("rpc.publish", json!({"room": "news", "data": "after"}))
+            .await;
+        if reply.get("result").is_some() {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "publishes never resumed: {reply}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let start = Instant::now();
+    while a.status()["cluster"]["connected"] != true || b.status()["cluster"]["connected"] != true {
+        assert!(start.elapsed() < WAIT, "the nodes did not resubscribe");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once resubscribed, a message reaches the reader exactly once. (The
+    // room's history was lost with Redis: a new epoch; the reader was
+    // told of the gap or gets the new epoch's messages.)
+    writer
+        .call("rpc.publish", json!({"room": "news", "data": "resumed"}))
+        .await;
+    let (message, _) = reader
+        .recv_until(|v| is_message(v) && v["params"]["data"] == "resumed")
+        .await;
+    assert!(message["params"]["offset"].is_u64(), "{message}");
+    reader.request("p", "rpc.ping", Value::Null).await;
+    let (_, extra) = reader.recv_until(|v| v["id"] == "p").await;
+    assert!(
+        extra
+            .iter()
+            .all(|f| !(is_message(f) && f["params"]["data"] == "resumed")),
+        "delivered twice: {extra:?}"
+    );
+    assert!(b.status()["cluster"]["reconnects"].as_u64().unwrap() >= 1);
+}
