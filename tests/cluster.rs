@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use switchboard_tests::redis::Redis;
-use switchboard_tests::{Client, Server, ServerConfig, WAIT, error_code};
+use switchboard_tests::{Client, SECRET, Server, ServerConfig, WAIT, error_code, now, token_with};
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// A node of the cluster on `redis`, with the chat plugin (pushes to
 /// users and everyone) and echo.
@@ -343,4 +345,81 @@ async fn with_redis_down_nodes_serve_and_publishes_fail_clearly_then_resume() {
         "delivered twice: {extra:?}"
     );
     assert!(b.status()["cluster"]["reconnects"].as_u64().unwrap() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_time_token_opens_one_connection_in_the_whole_cluster() {
+    let redis = Redis::start();
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let once = token_with(
+        SECRET,
+        json!({"sub": "once", "exp": now() + 60, "jti": "cluster-jti-1"}),
+    );
+    let mut first = Client::connect(&format!("{}?token={once}", a.ws_url())).await;
+    assert_eq!(
+        first.call("echo/whoami", Value::Null).await["result"]["user"],
+        "once"
+    );
+    // The same token on another node: refused (HTTP 401 on the upgrade).
+    let again = Client::try_connect(
+        format!("{}?token={once}", b.ws_url())
+            .into_client_request()
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        matches!(&again, Err(WsError::Http(r)) if r.status() == 401),
+        "{again:?}"
+    );
+    // And through rpc.auth on a third connection.
+    let mut anon = b.connect().await;
+    let reply = anon.call("rpc.auth", json!({"token": once})).await;
+    assert_eq!(error_code(&reply), Some(-32001), "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already been used"),
+        "{reply}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_limits_hold_across_nodes() {
+    let redis = Redis::start();
+    let (_dir, config) = {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(
+            &path,
+            "[[rooms]]\npattern = \"small:*\"\nmax_members = 2\n\n[[rooms]]\npattern = \"inbox:{sub}\"\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        (dir, path)
+    };
+    let a = node(&redis, "a", &["--config", &config]);
+    let b = node(&redis, "b", &["--config", &config]);
+    let mut one = a.connect_as("one").await;
+    let mut two = b.connect_as("two").await;
+    let mut three = a.connect_as("three").await;
+    for member in [&mut one, &mut two] {
+        let reply = member.call("rpc.join", json!({"room": "small:1"})).await;
+        assert_eq!(reply["result"]["room"], "small:1", "{reply}");
+    }
+    // Full, though this node has only one of its members.
+    let reply = three.call("rpc.join", json!({"room": "small:1"})).await;
+    assert_eq!(error_code(&reply), Some(-32006), "{reply}");
+    assert!(
+        reply["error"]["message"].as_str().unwrap().contains("full"),
+        "{reply}"
+    );
+    // A place frees up on the other node: the join goes through.
+    two.call("rpc.leave", json!({"room": "small:1"})).await;
+    let reply = three.call("rpc.join", json!({"room": "small:1"})).await;
+    assert_eq!(reply["result"]["room"], "small:1", "{reply}");
+    // A user's own room is theirs on every node.
+    let reply = two.call("rpc.join", json!({"room": "inbox:one"})).await;
+    assert_eq!(error_code(&reply), Some(-32002), "{reply}");
 }

@@ -8,7 +8,7 @@
 //! public actions, and `auth_timeout` applies).
 
 use super::jwt::JwtVerifier;
-use super::replay::ReplayCache;
+use super::replay::{OneTimeTokens, ReplayCache};
 use super::{Identity, TokenError, now_secs};
 use crate::config::{AuthStep, Config};
 use crate::plugins::invoke::{PluginFault, Thread, invoke};
@@ -58,6 +58,8 @@ pub struct Authenticator {
     chain: Vec<AuthStep>,
     auth_plugin: Option<String>,
     replay: ReplayCache,
+    /// In a cluster: the one-time tokens every node has seen.
+    shared_replay: Option<Arc<dyn OneTimeTokens>>,
     leeway: u64,
     plugin_calls: Arc<tokio::sync::Semaphore>,
 }
@@ -70,6 +72,7 @@ impl Authenticator {
             chain: config.auth_chain.clone(),
             auth_plugin: config.auth_plugin.clone(),
             replay: ReplayCache::new(config.jti_cache_max),
+            shared_replay: None,
             leeway: config.jwt_leeway_secs,
             plugin_calls: Arc::new(tokio::sync::Semaphore::new(MAX_PLUGIN_CALLS)),
         }
@@ -93,7 +96,7 @@ impl Authenticator {
         for step in &self.chain {
             let verdict = match step {
                 AuthStep::Jwt => match (token, &self.jwt) {
-                    (Some(token), Some(jwt)) => Some(self.verify_jwt(jwt, token)),
+                    (Some(token), Some(jwt)) => Some(self.verify_jwt(jwt, token).await),
                     _ => None,
                 },
                 AuthStep::Plugin => {
@@ -115,7 +118,7 @@ impl Authenticator {
         }
     }
 
-    fn verify_jwt(&self, jwt: &JwtVerifier, token: &str) -> Result<Identity, TokenError> {
+    async fn verify_jwt(&self, jwt: &JwtVerifier, token: &str) -> Result<Identity, TokenError> {
         let verified = jwt.verify(token)?;
         if let Some(jti) = &verified.jti {
             let until = verified
@@ -123,9 +126,18 @@ impl Authenticator {
                 .expires_at
                 .unwrap_or(u64::MAX)
                 .saturating_add(self.leeway);
-            self.replay.use_once(jti, until, now_secs())?;
+            match &self.shared_replay {
+                Some(shared) => shared.use_once(jti, until).await?,
+                None => self.replay.use_once(jti, until, now_secs())?,
+            }
         }
         Ok(verified.identity)
+    }
+
+    /// Checks one-time tokens in `store` (shared by every node of a
+    /// cluster) instead of this server's own memory.
+    pub fn share_one_time_tokens(&mut self, store: Arc<dyn OneTimeTokens>) {
+        self.shared_replay = Some(store);
     }
 
     fn auth_plugin(&self, registry: &Registry) -> Result<Arc<LoadedPlugin>, TokenError> {

@@ -3,8 +3,23 @@
 //! older action servers, without a database.
 
 use super::TokenError;
+use futures_util::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+/// One-time tokens seen by a whole cluster (in Redis), so a token opens
+/// one connection across every node.
+pub trait OneTimeTokens: Send + Sync + std::fmt::Debug {
+    /// Records `jti` (valid until `expires_at`, seconds since the Unix
+    /// epoch) as used, or refuses it if any node saw it before. When the
+    /// store cannot be reached the token is refused: never let one through
+    /// twice.
+    fn use_once<'a>(
+        &'a self,
+        jti: &'a str,
+        expires_at: u64,
+    ) -> BoxFuture<'a, Result<(), TokenError>>;
+}
 
 /// The `jti`s seen, each kept until its token's expiry.
 #[derive(Debug)]

@@ -49,6 +49,11 @@ pub(super) fn node_claim(number: u64) -> String {
     format!("sb:node:{number}:claim")
 }
 
+/// A one-time token (`jti`) seen by some node, until its token expires.
+pub(super) fn one_time_token(jti: &str) -> String {
+    format!("sb:jti:{jti}")
+}
+
 /// The channel every node hears: pushes to a user, broadcasts.
 pub(super) const EVERY_NODE: &str = "sb:nodes";
 

@@ -173,11 +173,12 @@ impl Server {
         let hub = Arc::new(crate::rooms::hub::Hub::new(
             self.config.outbound_queue_bytes,
         ));
-        let broker = broker_for(&self.config, &hub).await?;
+        let mut auth = self.auth;
+        let broker = broker_for(&self.config, &hub, &mut auth).await?;
         let state = Arc::new(ServerState::with_broker(
             self.config,
             self.registry,
-            self.auth,
+            auth,
             self.limits,
             hub,
             broker,
@@ -287,10 +288,11 @@ fn dev_secret(config: &mut Config) -> Result<Option<PathBuf>, StartError> {
 }
 
 /// Rooms and pushes: in memory, or shared through Redis when
-/// `redis_url` is set.
+/// `redis_url` is set (and then one-time tokens are too).
 async fn broker_for(
     config: &Config,
     hub: &Arc<crate::rooms::hub::Hub>,
+    auth: &mut Authenticator,
 ) -> Result<Arc<dyn crate::rooms::broker::Broker>, StartError> {
     let Some(url) = &config.redis_url else {
         let rooms = crate::state::local_rooms(config);
@@ -313,6 +315,7 @@ async fn broker_for(
     };
     let rules = crate::rooms::Rooms::new(&config.rooms, crate::cluster::rules_only_limits());
     let broker = crate::cluster::RedisBroker::start(&settings, rules, Arc::clone(hub)).await?;
+    auth.share_one_time_tokens(broker.one_time_tokens());
     Ok(Arc::new(broker))
 }
 
