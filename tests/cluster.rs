@@ -423,3 +423,57 @@ async fn room_limits_hold_across_nodes() {
     let reply = two.call("rpc.join", json!({"room": "inbox:one"})).await;
     assert_eq!(error_code(&reply), Some(-32002), "{reply}");
 }
+
+/// What a plugin does to a connection works whichever node holds it: its
+/// info and data (chat/whois), and a call to the client and its answer
+/// (chat/ask calls chat/confirm on the other node's client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_reach_connections_held_by_other_nodes() {
+    let redis = Redis::start();
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let mut ann = a.connect_as("ann").await;
+    let ann_conn = ann.call("echo/whoami", Value::Null).await["result"]["conn"]
+        .as_u64()
+        .unwrap();
+    let reply = ann.call("chat/join", json!({"room": "x"})).await;
+    assert!(reply.get("result").is_some(), "{reply}\n{}", a.log());
+    ann.call("chat/nick", json!({"nick": "Ann A."})).await;
+    let mut bob = b.connect_as("bob").await;
+    let reply = bob.call("chat/join", json!({"room": "x"})).await;
+    assert!(reply.get("result").is_some(), "{reply}");
+
+    let whois = bob.call("chat/whois", json!({"conn": ann_conn})).await;
+    assert_eq!(
+        whois["result"],
+        json!({"conn": ann_conn, "user": "ann", "nick": "Ann A.", "rooms": ["chat:x"]}),
+        "{whois}"
+    );
+
+    // Bob asks Ann's client (on node a) a question; Ann answers.
+    bob.request(
+        "ask",
+        "chat/ask",
+        json!({"conn": ann_conn, "question": "ready?", "timeout_ms": 5000}),
+    )
+    .await;
+    let (call, _) = ann.recv_until(|v| v["method"] == "chat/confirm").await;
+    assert_eq!(call["params"]["question"], "ready?", "{call}");
+    let id = call["id"].clone();
+    ann.send(&json!({"jsonrpc": "2.0", "id": id, "result": "yes"}))
+        .await;
+    let (answer, _) = bob.recv_until(|v| v["id"] == "ask").await;
+    assert_eq!(answer["result"]["answer"], "yes", "{answer}");
+
+    // A connection that is gone: refused as for one that never was.
+    ann.close().await;
+    let start = Instant::now();
+    loop {
+        let whois = bob.call("chat/whois", json!({"conn": ann_conn})).await;
+        if error_code(&whois) == Some(2002) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{whois}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -5,13 +5,16 @@
 //! Host services are plain calls from a plugin's thread (or, for an
 //! inline action, a runtime worker) that answer at once; a broker's answer
 //! that is not ready (a cluster broker waiting on Redis) is waited for on
-//! the server's runtime ([`wait_on`]).
+//! the server's runtime ([`wait_on`]). In a cluster, what is asked about
+//! another node's connection is asked of that node, which does it with its
+//! own services ([`NodeRequestHandler`]).
 //!
 //! Plugins are loaded before the server's shared state exists (the state
 //! holds the plugin registry), so the services are made first and
 //! [`ServerServices::connect`]ed to the state once it is built; until then,
 //! and after the server is gone, every service reports failure.
 
+use crate::cluster::{NodeAnswer, NodeRequest, NodeRequestHandler};
 use crate::plugins::services::{ClientCall, HostServices};
 use crate::rooms::event_frame;
 use crate::rooms::hub::{CallOutcome, Outgoing};
@@ -113,6 +116,16 @@ impl HostServices for ServerServices {
             return false;
         }
         self.with_server(false, |s| {
+            if s.hub.get(conn_id).is_none() {
+                let request = NodeRequest::Membership {
+                    room: room.to_owned(),
+                    join,
+                };
+                return matches!(
+                    self.ask_node(s, conn_id, request, NODE_REQUEST_TIMEOUT),
+                    Some(NodeAnswer::Done(true))
+                );
+            }
             if !join {
                 return self.wait(s.broker.leave(room, conn_id)).unwrap_or(false);
             }
@@ -142,7 +155,19 @@ impl HostServices for ServerServices {
                 let members = self.wait(s.broker.presence(key))?;
                 return serde_json::to_string(&members).ok();
             }
-            let handle = s.hub.get(conn_id)?;
+            let Some(handle) = s.hub.get(conn_id) else {
+                let request = match what {
+                    host_query::CONN_INFO => NodeRequest::ConnInfo,
+                    host_query::CONN_DATA => NodeRequest::ConnData {
+                        key: key.to_owned(),
+                    },
+                    _ => return None,
+                };
+                return match self.ask_node(s, conn_id, request, NODE_REQUEST_TIMEOUT) {
+                    Some(NodeAnswer::Text(text)) => text,
+                    _ => None,
+                };
+            };
             match what {
                 host_query::CONN_INFO => Some(
                     serde_json::json!({
@@ -163,7 +188,14 @@ impl HostServices for ServerServices {
     fn set_conn_data(&self, conn_id: u64, key: &str, value: Option<&str>) -> bool {
         self.with_server(false, |s| {
             let Some(handle) = s.hub.get(conn_id) else {
-                return false;
+                let request = NodeRequest::SetData {
+                    key: key.to_owned(),
+                    value: value.map(str::to_owned),
+                };
+                return matches!(
+                    self.ask_node(s, conn_id, request, NODE_REQUEST_TIMEOUT),
+                    Some(NodeAnswer::Done(true))
+                );
             };
             let Ok(mut data) = handle.flow.data.lock() else {
                 return false;
@@ -188,12 +220,84 @@ impl HostServices for ServerServices {
         timeout: Duration,
     ) -> ClientCall {
         self.with_server(ClientCall::Gone, |s| {
+            if s.hub.get(conn_id).is_none() {
+                let request = NodeRequest::CallClient {
+                    method: method.to_owned(),
+                    params: params.to_owned(),
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                };
+                // The other node waits `timeout` for its client; then its
+                // answer has to come back.
+                let wait = timeout + NODE_REQUEST_TIMEOUT;
+                return match self.ask_node(s, conn_id, request, wait) {
+                    Some(NodeAnswer::Answered(answer)) => ClientCall::Answered(answer),
+                    Some(NodeAnswer::TimedOut) => ClientCall::TimedOut,
+                    _ => ClientCall::Gone,
+                };
+            }
             match s.hub.call_client(conn_id, method, params, timeout) {
                 CallOutcome::Answered(answer) => ClientCall::Answered(answer),
                 CallOutcome::TimedOut => ClientCall::TimedOut,
                 CallOutcome::Gone => ClientCall::Gone,
             }
         })
+    }
+}
+
+/// How long a request to another node of a cluster (about one of its
+/// connections) may take.
+const NODE_REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+
+impl ServerServices {
+    /// In a cluster, asks the node holding `conn_id` (not this one) to do
+    /// `request`; `None` when it is no other node's, or cannot be waited
+    /// for here.
+    fn ask_node(
+        &self,
+        state: &ServerState,
+        conn_id: u64,
+        request: NodeRequest,
+        timeout: Duration,
+    ) -> Option<NodeAnswer> {
+        let asked = state.broker.ask_node(conn_id, request, timeout)?;
+        self.wait(asked)
+    }
+}
+
+/// Another node asks about one of this node's connections: done as for a
+/// plugin of this node.
+impl NodeRequestHandler for ServerServices {
+    fn handle(&self, conn_id: u64, request: NodeRequest) -> NodeAnswer {
+        let here = self.with_server(false, |s| s.hub.get(conn_id).is_some());
+        if !here {
+            return NodeAnswer::Gone;
+        }
+        match request {
+            NodeRequest::ConnInfo => {
+                NodeAnswer::Text(self.query(host_query::CONN_INFO, conn_id, ""))
+            }
+            NodeRequest::ConnData { key } => {
+                NodeAnswer::Text(self.query(host_query::CONN_DATA, conn_id, &key))
+            }
+            NodeRequest::SetData { key, value } => {
+                NodeAnswer::Done(self.set_conn_data(conn_id, &key, value.as_deref()))
+            }
+            NodeRequest::Membership { room, join } => {
+                NodeAnswer::Done(self.set_membership(conn_id, &room, join))
+            }
+            NodeRequest::CallClient {
+                method,
+                params,
+                timeout_ms,
+            } => {
+                match self.call_client(conn_id, &method, &params, Duration::from_millis(timeout_ms))
+                {
+                    ClientCall::Answered(answer) => NodeAnswer::Answered(answer),
+                    ClientCall::TimedOut => NodeAnswer::TimedOut,
+                    ClientCall::Gone => NodeAnswer::Gone,
+                }
+            }
+        }
     }
 }
 
@@ -204,8 +308,13 @@ impl HostServices for ServerServices {
 /// workers meanwhile. `None` when it cannot wait here: no runtime, or a
 /// worker of a single-thread runtime (waiting would stall it for good).
 pub(crate) fn wait_on<T>(runtime: Option<&Handle>, mut future: BoxFuture<'_, T>) -> Option<T> {
-    if let Some(answer) = (&mut future).now_or_never() {
-        return Some(answer);
+    {
+        // The first poll may start timers or I/O: inside the runtime's
+        // context, even on a plugin's own thread.
+        let _context = runtime.map(Handle::enter);
+        if let Some(answer) = (&mut future).now_or_never() {
+            return Some(answer);
+        }
     }
     let runtime = runtime?;
     match Handle::try_current() {
@@ -244,6 +353,25 @@ mod tests {
         assert_eq!(on_thread.await.ok().flatten(), Some(2));
         // Here: a worker of a multi-thread runtime (an inline action).
         assert_eq!(wait_on(Some(&runtime), later(3)), Some(3));
+    }
+
+    /// A cluster broker's future starts a timer on its first poll, which
+    /// needs the runtime's context even on a plugin's own thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plain_thread_polls_a_timer_inside_the_runtime() {
+        let runtime = Handle::current();
+        let answer = std::thread::spawn(move || {
+            let timed: BoxFuture<'static, Option<u32>> = Box::pin(async {
+                tokio::time::timeout(Duration::from_secs(1), std::future::ready(5))
+                    .await
+                    .ok()
+            });
+            wait_on(Some(&runtime), timed)
+        })
+        .join()
+        .ok()
+        .flatten();
+        assert_eq!(answer, Some(Some(5)));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -18,16 +18,21 @@
 //! - Pushes to a connection go to its node's channel (a connection id
 //!   carries its node's number); pushes to a user or to everyone go to
 //!   the channel every node hears.
+//! - What a plugin may do to a connection (its info and data, joins,
+//!   calls to the client) is asked of the node that holds it
+//!   ([`requests`]).
 //! - Keys and channels: `keys`; what the channels carry: `wire`.
 
 mod keys;
 mod link;
 mod local;
 mod presence;
+pub mod requests;
 mod scripts;
 mod wire;
 
 pub use link::LinkError;
+pub use requests::{NodeAnswer, NodeRequest, NodeRequestHandler};
 
 use crate::auth::Identity;
 use crate::rooms::broker::{Broker, Published, Since};
@@ -101,6 +106,10 @@ struct Inner {
     /// The runtime pushes to other nodes are sent from (they may be asked
     /// for on a plugin's thread).
     runtime: tokio::runtime::Handle,
+    /// Requests this node asked of others, waiting for their answers.
+    pending: requests::Pending,
+    /// What this node does when asked about its own connections.
+    handler: std::sync::OnceLock<Arc<dyn NodeRequestHandler>>,
 }
 
 impl RedisBroker {
@@ -150,6 +159,8 @@ impl RedisBroker {
             number,
             node_timeout: settings.node_timeout,
             runtime: tokio::runtime::Handle::current(),
+            pending: requests::Pending::default(),
+            handler: std::sync::OnceLock::new(),
         });
         let stop = CancellationToken::new();
         let rooms_here = {
@@ -617,8 +628,87 @@ impl Inner {
     }
 }
 
+/// Publishes `payload` on `channel` with `commands`; logs a failure.
+async fn publish_to(mut commands: ConnectionManager, channel: String, payload: String) -> bool {
+    let sent: Result<(), redis::RedisError> = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg(payload)
+        .query_async(&mut commands)
+        .await;
+    if let Err(e) = &sent {
+        tracing::warn!(
+            channel,
+            "cluster: a message to other nodes was not sent: {e}"
+        );
+    }
+    sent.is_ok()
+}
+
+impl Inner {
+    /// A request from another node about one of this node's connections,
+    /// or the answer to one of this node's requests.
+    fn on_request(&self, heard: requests::Heard) {
+        match heard {
+            requests::Heard::Answer { id, answer } => self.pending.answer(id, answer),
+            requests::Heard::Request {
+                id,
+                origin,
+                conn,
+                request,
+            } => {
+                let Some(handler) = self.handler.get().cloned() else {
+                    return;
+                };
+                let commands = self.commands.clone();
+                self.runtime.spawn(async move {
+                    let answer = tokio::task::spawn_blocking(move || handler.handle(conn, request))
+                        .await
+                        .unwrap_or(NodeAnswer::Gone);
+                    publish_to(
+                        commands,
+                        keys::node_channel(origin),
+                        requests::answer(id, &answer),
+                    )
+                    .await;
+                });
+            }
+        }
+    }
+
+    /// Asks the node holding `conn_id` to do `request`, and waits for its
+    /// answer for at most `timeout`.
+    async fn ask(&self, conn_id: u64, request: NodeRequest, timeout: Duration) -> NodeAnswer {
+        let (id, answer) = self.pending.open();
+        let payload = requests::request(id, self.number, conn_id, &request);
+        let sent = publish_to(
+            self.commands.clone(),
+            keys::node_channel(conn_id >> 32),
+            payload,
+        )
+        .await;
+        if !sent {
+            self.pending.forget(id);
+            return NodeAnswer::Gone;
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answer)) => answer,
+            _ => {
+                self.pending.forget(id);
+                match request {
+                    NodeRequest::CallClient { .. } => NodeAnswer::TimedOut,
+                    _ => NodeAnswer::Gone,
+                }
+            }
+        }
+    }
+}
+
 impl Listener for Inner {
     fn heard(&self, channel: &str, payload: &str) {
+        if let Some(heard) = requests::parse(payload) {
+            self.on_request(heard);
+            return;
+        }
         let Some(heard) = wire::parse(payload) else {
             tracing::debug!(channel, "cluster: an unknown message was ignored");
             return;
@@ -772,6 +862,22 @@ impl Broker for RedisBroker {
 
     fn cluster_status(&self) -> Option<serde_json::Value> {
         Some(self.status())
+    }
+
+    fn ask_node(
+        &self,
+        conn_id: u64,
+        request: NodeRequest,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'_, NodeAnswer>> {
+        if conn_id >> 32 == self.inner.number || conn_id >> 32 == 0 {
+            return None;
+        }
+        Some(Box::pin(self.inner.ask(conn_id, request, timeout)))
+    }
+
+    fn set_request_handler(&self, handler: Arc<dyn NodeRequestHandler>) {
+        let _ = self.inner.handler.set(handler);
     }
 }
 

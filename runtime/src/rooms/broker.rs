@@ -115,6 +115,22 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn cluster_status(&self) -> Option<serde_json::Value> {
         None
     }
+
+    /// In a cluster, when `conn_id` is another node's connection: asks
+    /// that node to do `request` for it (the answer within `timeout`).
+    /// `None` for this server's connections, or with no cluster.
+    fn ask_node(
+        &self,
+        _conn_id: u64,
+        _request: crate::cluster::NodeRequest,
+        _timeout: std::time::Duration,
+    ) -> Option<BoxFuture<'_, crate::cluster::NodeAnswer>> {
+        None
+    }
+
+    /// In a cluster: what this node does when another asks it about one of
+    /// its connections (the server's plugin services).
+    fn set_request_handler(&self, _handler: Arc<dyn crate::cluster::NodeRequestHandler>) {}
 }
 
 /// The in-memory broker: this server's rooms, delivering through its hub.

@@ -184,6 +184,9 @@ impl Server {
             broker,
         ));
         self.services.connect(&state);
+        state.broker.set_request_handler(
+            Arc::clone(&self.services) as Arc<dyn crate::cluster::NodeRequestHandler>
+        );
         let _watch = if watch {
             let watch = crate::plugins::watch::start(
                 Arc::clone(&state) as Arc<dyn crate::plugins::watch::Watched>,
