@@ -477,3 +477,30 @@ async fn plugins_reach_connections_held_by_other_nodes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_creates_only_so_many_rooms_a_minute_in_the_cluster() {
+    let redis = Redis::start();
+    let a = node(&redis, "a", &["--max-room-creations-per-minute", "2"]);
+    let b = node(&redis, "b", &[]);
+    let mut other = b.connect_as("other").await;
+    let reply = other.call("rpc.join", json!({"room": "existing"})).await;
+    assert_eq!(reply["result"]["room"], "existing", "{reply}");
+    let mut flood = a.connect_as("flood").await;
+    for room in ["new-1", "new-2"] {
+        let reply = flood.call("rpc.join", json!({"room": room})).await;
+        assert_eq!(reply["result"]["room"], room, "{reply}");
+    }
+    let reply = flood.call("rpc.join", json!({"room": "new-3"})).await;
+    assert_eq!(error_code(&reply), Some(-32004), "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_room_creations_per_minute"),
+        "{reply}"
+    );
+    // A room another node's client made is not a creation.
+    let reply = flood.call("rpc.join", json!({"room": "existing"})).await;
+    assert_eq!(reply["result"]["room"], "existing", "{reply}");
+}

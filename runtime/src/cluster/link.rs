@@ -54,6 +54,8 @@ struct Subscriptions {
 #[derive(Debug, Default)]
 pub(super) struct Health {
     connected: AtomicBool,
+    /// Told each time the link comes up.
+    up: tokio::sync::Notify,
     reconnects: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -62,6 +64,16 @@ impl Health {
     /// Whether the pub/sub connection is up.
     pub(super) fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the link is up, for at most `timeout`; whether it is.
+    pub(super) async fn wait_connected(&self, timeout: Duration) -> bool {
+        let up = self.up.notified();
+        if self.connected() {
+            return true;
+        }
+        let _ = tokio::time::timeout(timeout, up).await;
+        self.connected()
     }
 
     /// Reconnections since start.
@@ -131,6 +143,7 @@ impl Link {
                 Ok(mut stream) => {
                     backoff = MIN_BACKOFF;
                     self.health.connected.store(true, Ordering::Relaxed);
+                    self.health.up.notify_waiters();
                     if first {
                         tracing::info!("cluster: subscribed to Redis");
                     } else {

@@ -46,6 +46,15 @@ pub(super) struct Delivered {
     pub(super) offset: u64,
 }
 
+/// The `room.gap` event: messages after `offset` in `epoch` could not be
+/// delivered; rejoin with `since` to learn whether they can be.
+pub(super) fn gap_event(room: &str, epoch: &str, offset: u64) -> Outgoing {
+    crate::rooms::event_frame(
+        "room.gap",
+        &serde_json::json!({"room": room, "epoch": epoch, "offset": offset}),
+    )
+}
+
 /// Every room with members on this node.
 #[derive(Debug, Default)]
 pub(super) struct LocalMembers {
@@ -117,6 +126,21 @@ impl LocalMembers {
             hub.push(handle, frame.clone());
         }
         let mut floor = offset;
+        if local.delivered > floor
+            && local
+                .recent
+                .front()
+                .is_none_or(|(oldest, _)| *oldest > floor + 1)
+        {
+            // More arrived between its history read and now than the room
+            // keeps: say so rather than skip them silently.
+            tracing::warn!(
+                room,
+                conn = handle.conn_id,
+                "cluster: a joiner missed messages"
+            );
+            hub.push(handle, gap_event(room, epoch, floor));
+        }
         for (live_offset, frame) in &local.recent {
             if *live_offset > floor {
                 hub.push(handle, frame.clone());
@@ -261,5 +285,95 @@ impl LocalMembers {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::rooms::hub::{ConnFlow, outgoing};
+    use std::sync::Arc;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    fn connect(hub: &Hub, conn_id: u64) -> (ConnHandle, mpsc::Receiver<Outgoing>) {
+        let (tx, rx) = mpsc::channel(64);
+        let handle = ConnHandle {
+            conn_id,
+            user: None,
+            tx,
+            kick: CancellationToken::new(),
+            connected_at: 0,
+            remote_addr: Arc::from("test"),
+            flow: Arc::new(ConnFlow::new(100)),
+        };
+        hub.register(handle.clone());
+        (handle, rx)
+    }
+
+    fn frames(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|f| f.as_str().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_message_heard_twice_is_delivered_once_and_in_order() {
+        let hub = Hub::new(1 << 20);
+        let local = LocalMembers::default();
+        let (ann, mut ann_rx) = connect(&hub, 1);
+        local.prepare("r");
+        assert!(!local.join(&hub, "r", &ann, "e1", 0, &[]));
+        for offset in [1, 2, 2, 1, 3] {
+            local.deliver(&hub, "r", "e1", offset, &outgoing(format!("m{offset}")));
+        }
+        assert_eq!(frames(&mut ann_rx), ["m1", "m2", "m3"]);
+        assert_eq!(
+            local.delivered("r"),
+            Some(Delivered {
+                epoch: "e1".into(),
+                offset: 3
+            })
+        );
+    }
+
+    #[test]
+    fn a_joiner_gets_its_replay_then_what_was_heard_meanwhile_and_no_double() {
+        let hub = Hub::new(1 << 20);
+        let local = LocalMembers::default();
+        let (ann, mut ann_rx) = connect(&hub, 1);
+        let (bob, mut bob_rx) = connect(&hub, 2);
+        local.prepare("r");
+        local.join(&hub, "r", &ann, "e1", 0, &[]);
+        // Bob's history read said offset 2 (replaying 1 and 2); message 3
+        // was heard after that read but before his join registered.
+        local.deliver(&hub, "r", "e1", 1, &outgoing("m1"));
+        local.deliver(&hub, "r", "e1", 2, &outgoing("m2"));
+        local.prepare("r");
+        local.deliver(&hub, "r", "e1", 3, &outgoing("m3"));
+        let replay = [outgoing("m1"), outgoing("m2")];
+        local.join(&hub, "r", &bob, "e1", 2, &replay);
+        local.deliver(&hub, "r", "e1", 4, &outgoing("m4"));
+        assert_eq!(frames(&mut bob_rx), ["m1", "m2", "m3", "m4"]);
+        assert_eq!(frames(&mut ann_rx), ["m1", "m2", "m3", "m4"]);
+    }
+
+    #[test]
+    fn a_new_epoch_starts_offsets_again_and_leaving_the_last_forgets_the_room() {
+        let hub = Hub::new(1 << 20);
+        let local = LocalMembers::default();
+        let (ann, mut ann_rx) = connect(&hub, 1);
+        local.prepare("r");
+        local.join(&hub, "r", &ann, "e1", 5, &[]);
+        local.deliver(&hub, "r", "e1", 6, &outgoing("old6"));
+        // Redis lost the room: a new epoch, offsets from 1 again.
+        local.deliver(&hub, "r", "e2", 1, &outgoing("new1"));
+        assert_eq!(frames(&mut ann_rx), ["old6", "new1"]);
+        assert_eq!(local.rooms_of(1), ["r"]);
+        assert_eq!(local.leave("r", 1), Some(true));
+        assert_eq!(local.leave("r", 1), None);
+        assert!(!local.has_room("r"));
+        assert_eq!(local.count_of(1), 0);
     }
 }

@@ -175,6 +175,11 @@ impl RedisBroker {
             stop.clone(),
         ));
         tokio::spawn(presence::refresh(Arc::clone(&inner), stop.clone()));
+        // Serve once subscribed, so the first clients' joins find the
+        // link up; with Redis down, serve anyway (rooms wait for it).
+        if !inner.link.health.wait_connected(REDIS_TIMEOUT).await {
+            tracing::warn!("cluster: not subscribed to Redis yet; serving, and retrying");
+        }
         tracing::info!(
             node = %settings.node_id,
             number,
@@ -281,6 +286,13 @@ fn now_ms() -> u64 {
     crate::auth::now_millis()
 }
 
+/// Gives back a room creation taken for a join that created no room.
+fn give_back(conn: &ConnHandle, taken: bool) {
+    if taken {
+        conn.flow.give_back_room_creation();
+    }
+}
+
 /// Reads one value of a script's answer.
 fn value<T: redis::FromRedisValue>(v: Option<&redis::Value>) -> Option<T> {
     T::from_redis_value_ref(v?).ok()
@@ -376,8 +388,11 @@ impl Inner {
         let now = now_ms();
         let expires = now + u64::try_from(self.node_timeout.as_millis()).unwrap_or(u64::MAX);
         let since_offset = since.map_or(-1, |s| i64::try_from(s.offset).unwrap_or(i64::MAX));
+        // A room that does not exist yet takes one of the joiner's room
+        // creations (given back if the room existed after all).
+        let may_create = conn.flow.take_room_creation();
         let mut commands = self.commands.clone();
-        let reply: redis::Value = scripts::JOIN
+        let reply: Result<redis::Value, redis::RedisError> = scripts::JOIN
             .key(keys::meta(room))
             .key(keys::history(room))
             .key(keys::presence(room))
@@ -392,17 +407,42 @@ impl Inner {
             .arg(rule.max_members)
             .arg(now)
             .arg(self.presence_ttl_secs())
+            .arg(u8::from(may_create))
             .invoke_async(&mut commands)
-            .await
-            .map_err(|e| unavailable(self, &e))?;
-        let redis::Value::Array(parts) = reply else {
-            return Err(unavailable(self, &"an unexpected answer to a join"));
+            .await;
+        let parts = match reply {
+            Ok(redis::Value::Array(parts)) => parts,
+            Ok(_) => {
+                give_back(conn, may_create);
+                return Err(unavailable(self, &"an unexpected answer to a join"));
+            }
+            Err(e) => {
+                give_back(conn, may_create);
+                return Err(unavailable(self, &e));
+            }
         };
-        if parts.len() == 1 {
-            return Err(RpcError::new(
-                ErrorCode::Overloaded,
-                format!("room '{room}' is full ({} members)", rule.max_members),
-            ));
+        let created = value::<u8>(parts.get(4)) == Some(1);
+        if !created {
+            give_back(conn, may_create);
+        }
+        match value::<String>(parts.first()).as_deref() {
+            Some("full") if parts.len() == 1 => {
+                return Err(RpcError::new(
+                    ErrorCode::Overloaded,
+                    format!("room '{room}' is full ({} members)", rule.max_members),
+                ));
+            }
+            Some("create") if parts.len() == 1 => {
+                return Err(RpcError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "room '{room}' does not exist, and this connection has created its limit of \
+                         new rooms for now (max_room_creations_per_minute); join an existing room \
+                         or retry in a minute"
+                    ),
+                ));
+            }
+            _ => {}
         }
         let epoch: String = value(parts.first()).unwrap_or_default();
         let offset: u64 = value(parts.get(1)).unwrap_or(0);
@@ -618,10 +658,7 @@ impl Inner {
                     room,
                     "cluster: messages were lost while Redis was unreachable"
                 );
-                let frame = event_frame(
-                    "room.gap",
-                    &serde_json::json!({"room": room, "epoch": delivered.epoch, "offset": delivered.offset}),
-                );
+                let frame = local::gap_event(&room, &delivered.epoch, delivered.offset);
                 self.local.push_event(&self.hub, &room, &frame, 0);
             }
         }

@@ -36,11 +36,13 @@ return {offset, epoch}
 /// publish), the offset the client last saw (-1: none), the room keys'
 /// time to live in seconds, most entries to return, the connection id,
 /// its user (empty: anonymous), when its presence expires (ms), the
-/// room's most members, now (ms), the presence keys' time to live (s).
+/// room's most members, now (ms), the presence keys' time to live (s),
+/// whether the joiner may create the room (1) or not (0).
 ///
-/// Returns `{"full"}` when the room has its most live members already;
-/// else `{epoch, offset, entries after since, 1 if it was a member}`,
-/// each entry `{id, {field, value, ...}}`.
+/// Returns `{"full"}` when the room has its most live members already,
+/// `{"create"}` when it does not exist and the joiner may not create it;
+/// else `{epoch, offset, entries after since, 1 if it was a member, 1 if
+/// the room was created}`, each entry `{id, {field, value, ...}}`.
 pub(super) static JOIN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -50,12 +52,17 @@ if not was then
     return {'full'}
   end
 end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local created = 0
+if not epoch and ARGV[11] == '0' then
+  return {'create'}
+end
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[5])
 redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[10])
 redis.call('EXPIRE', KEYS[4], ARGV[10])
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
+  created = 1
   epoch = ARGV[1]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
   redis.call('DEL', KEYS[2])
@@ -69,7 +76,7 @@ if since >= 0 and since < offset then
 end
 local member = 0
 if was then member = 1 end
-return {epoch, offset, entries, member}
+return {epoch, offset, entries, member, created}
 ",
     )
 });
