@@ -117,6 +117,10 @@ pub(crate) enum BenchScenario {
         /// How long to measure, after a 1 s warm-up.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Connect subscribers here instead, round-robin over every one
+        /// given (other nodes of a cluster; publishers use --url).
+        #[arg(long = "subscriber-url", value_name = "WS_URL")]
+        subscriber_urls: Vec<String>,
     },
     /// N idle connections; with --pid, the server's RSS per connection.
     Conns {

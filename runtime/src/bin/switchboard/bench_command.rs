@@ -59,6 +59,7 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 rate,
                 payload,
                 duration,
+                subscriber_urls,
             } => {
                 let scenario = fanout::FanoutScenario {
                     rooms,
@@ -66,6 +67,7 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     rate,
                     payload,
                     duration,
+                    subscriber_urls,
                 };
                 let report = fanout::run(&target, &scenario).await?;
                 print_report(&report, json)

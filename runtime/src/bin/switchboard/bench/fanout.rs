@@ -1,6 +1,7 @@
 //! The `fanout` scenario: R rooms of S subscribers each, one publisher per
 //! room publishing at a total rate; reports deliveries per second (at the
-//! subscribers) and the latency from publish to delivery.
+//! subscribers) and the latency from publish to delivery. Subscribers may
+//! be spread over several nodes of a cluster (`--subscriber-url`).
 
 use super::client::Target;
 use super::stats::Latencies;
@@ -23,6 +24,9 @@ pub(crate) struct FanoutScenario {
     pub(crate) payload: usize,
     /// How long to measure (after a 1 s warm-up).
     pub(crate) duration: Duration,
+    /// Where subscribers connect, round-robin (other nodes of a cluster);
+    /// empty: the target's URL, as the publishers.
+    pub(crate) subscriber_urls: Vec<String>,
 }
 
 fn join(room: usize) -> Message {
@@ -49,9 +53,23 @@ pub(crate) async fn run(target: &Target, scenario: &FanoutScenario) -> anyhow::R
     let progress = Arc::new(Progress::default());
     let mut subscribers = Vec::new();
     let mut n = 0;
+    let subscriber_targets: Vec<Target> = if scenario.subscriber_urls.is_empty() {
+        vec![target.clone()]
+    } else {
+        scenario
+            .subscriber_urls
+            .iter()
+            .map(|url| Target {
+                url: url.clone(),
+                secret: target.secret.clone(),
+            })
+            .collect()
+    };
     for room in 0..scenario.rooms {
-        for _ in 0..scenario.subscribers {
-            let mut ws = target.connect(n).await?;
+        for i in 0..scenario.subscribers {
+            let mut ws = subscriber_targets[i % subscriber_targets.len()]
+                .connect(n)
+                .await?;
             n += 1;
             ws.send(join(room)).await?;
             joined(&mut ws).await?;
