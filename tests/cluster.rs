@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 /// users and everyone) and echo.
 fn node(redis: &Redis, name: &str, extra: &[&str]) -> Server {
     let mut config = ServerConfig::default()
-        .plugins(&["echo", "chat"])
+        .plugins(&["echo", "chat", "auth_probe"])
         .arg("--redis-url")
         .arg(&redis.url())
         .arg("--node-id")
@@ -442,6 +442,17 @@ async fn plugins_reach_connections_held_by_other_nodes() {
     let mut bob = b.connect_as("bob").await;
     let reply = bob.call("chat/join", json!({"room": "x"})).await;
     assert!(reply.get("result").is_some(), "{reply}");
+
+    // A push to Ann's connection from a plugin on Bob's node.
+    let sent = bob
+        .call(
+            "probe/send",
+            json!({"conn": ann_conn, "event": "poke", "data": {"from": "bob"}}),
+        )
+        .await;
+    assert_eq!(sent["result"], true, "{sent}");
+    let (poke, _) = ann.recv_until(|v| v["params"]["event"] == "poke").await;
+    assert_eq!(poke["params"]["data"]["from"], "bob", "{poke}");
 
     let whois = bob.call("chat/whois", json!({"conn": ann_conn})).await;
     assert_eq!(

@@ -390,7 +390,7 @@ async fn scopes_guard_actions_and_refused_calls_never_reach_the_plugin() {
     );
     assert_eq!(
         paths(plain.call("rpc.actions", Value::Null).await),
-        ["probe/count", "probe/events", "probe/guarded"]
+        ["probe/count", "probe/events", "probe/guarded", "probe/send"]
     );
     assert_eq!(
         paths(scoped.call("rpc.actions", Value::Null).await),
@@ -398,7 +398,8 @@ async fn scopes_guard_actions_and_refused_calls_never_reach_the_plugin() {
             "probe/count",
             "probe/events",
             "probe/guarded",
-            "probe/scoped"
+            "probe/scoped",
+            "probe/send"
         ]
     );
 }

@@ -7,6 +7,8 @@
 //! - Lifecycle hooks that record every event, read back by `probe/events`.
 //! - Actions that count the calls that reach them, read back by
 //!   `probe/count`, so a test can prove a refused call never arrived.
+//! - `probe/send {conn, event, data}`: a push to any connection (what a
+//!   plugin's `Host::send` does, for the cluster tests).
 
 use action_api::{
     Action, ActionError, Authenticated, Context, Event, EventKind, Plugin, Value, export_plugin,
@@ -47,6 +49,17 @@ fn scoped(ctx: &Context<'_>, _p: Value) -> Result<Value, ActionError> {
         "scopes": ctx.scopes().collect::<Vec<_>>(),
         "data": data,
     }))
+}
+
+#[derive(serde::Deserialize)]
+struct SendParams {
+    conn: u64,
+    event: String,
+    data: Value,
+}
+
+fn send(ctx: &Context<'_>, p: SendParams) -> Result<bool, ActionError> {
+    Ok(ctx.host().send(p.conn, &p.event, p.data)?)
 }
 
 fn events(_ctx: &Context<'_>, _p: Value) -> Result<Vec<String>, ActionError> {
@@ -100,6 +113,7 @@ fn plugin() -> Plugin {
         .action(Action::new("probe/events", events).public())
         .action(Action::new("probe/guarded", guarded))
         .action(Action::new("probe/scoped", scoped).require_scopes(["probe:read"]))
+        .action(Action::new("probe/send", send))
         .authenticate(authenticate)
         .on_connect(record)
         .on_auth_success(record)
