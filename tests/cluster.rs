@@ -515,3 +515,182 @@ async fn a_connection_creates_only_so_many_rooms_a_minute_in_the_cluster() {
     let reply = flood.call("rpc.join", json!({"room": "existing"})).await;
     assert_eq!(reply["result"]["room"], "existing", "{reply}");
 }
+
+/// Redis killed and restarted (empty) while a publisher on one node keeps
+/// publishing to a reader on another: every publish either answers a clear
+/// error or is acknowledged; every acknowledged message reaches the reader
+/// exactly once, or the reader is told of the gap (`room.gap`); nothing
+/// is delivered twice, and offsets only go up within an epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarting_mid_traffic_loses_nothing_silently_and_doubles_nothing() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let mut reader = a.connect_as("reader").await;
+    reader.call("rpc.join", json!({"room": "stream"})).await;
+    let mut publisher = b.connect_as("publisher").await;
+    publisher.call("rpc.join", json!({"room": "stream"})).await;
+    let publishing = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        let mut refused = 0;
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_secs(3) {
+            let reply = publisher
+                .call("rpc.publish", json!({"room": "stream", "data": n}))
+                .await;
+            if reply.get("result").is_some() {
+                acknowledged.push(n);
+            } else {
+                assert_eq!(error_code(&reply), Some(-32006), "{reply}");
+                refused += 1;
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (acknowledged, refused, publisher)
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.restart();
+    let (acknowledged, refused, mut publisher) = publishing.await.unwrap();
+    assert!(
+        refused > 0,
+        "Redis was down for 800 ms: some publishes must fail"
+    );
+    // Once both nodes are back, an end marker goes through.
+    let start = Instant::now();
+    while a.status()["cluster"]["connected"] != true || b.status()["cluster"]["connected"] != true {
+        assert!(start.elapsed() < WAIT, "the nodes did not resubscribe");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = publisher
+        .call("rpc.publish", json!({"room": "stream", "data": "end"}))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    let mut got: Vec<Value> = Vec::new();
+    let mut offsets: Vec<u64> = Vec::new();
+    let mut gaps = 0;
+    loop {
+        let (frame, _) = reader
+            .recv_until(|v| is_message(v) || v["params"]["event"] == "room.gap")
+            .await;
+        if frame["params"]["event"] == "room.gap" {
+            gaps += 1;
+            offsets.clear();
+            continue;
+        }
+        let offset = frame["params"]["offset"].as_u64().unwrap();
+        if let Some(last) = offsets.last() {
+            // A new epoch starts again from 1 (Redis lost the room).
+            assert!(offset > *last || offset == 1, "{offset} after {last}");
+            if offset == 1 {
+                offsets.clear();
+            }
+        }
+        offsets.push(offset);
+        if frame["params"]["data"] == "end" {
+            break;
+        }
+        got.push(frame["params"]["data"].clone());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for data in &got {
+        assert!(
+            seen.insert(data.as_u64().unwrap()),
+            "{data} delivered twice"
+        );
+    }
+    let missing: Vec<u64> = acknowledged
+        .iter()
+        .copied()
+        .filter(|n| !seen.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty() || gaps > 0,
+        "acknowledged but never delivered, and no room.gap: {missing:?}"
+    );
+    println!(
+        "{} acknowledged, {refused} refused while Redis was down, {} delivered, {} missed with {gaps} room.gap",
+        acknowledged.len(),
+        got.len(),
+        missing.len()
+    );
+}
+
+/// Redis that stops answering (DEBUG SLEEP): a publish fails within the
+/// bounded wait, and the node answers everything else meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_bounds_the_wait_and_blocks_nothing_else() {
+    let redis = Redis::start();
+    let a = node(&redis, "a", &[]);
+    let mut client = a.connect_as("client").await;
+    client.call("rpc.join", json!({"room": "slow"})).await;
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || {
+        let redis = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut redis = redis;
+        use std::io::{Read, Write};
+        redis.write_all(b"DEBUG SLEEP 4\r\n").unwrap();
+        let mut answer = [0u8; 5];
+        let _ = redis.read(&mut answer);
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    client
+        .request(
+            "slow",
+            "rpc.publish",
+            json!({"room": "slow", "data": "waits"}),
+        )
+        .await;
+    // Meanwhile the node answers.
+    assert_eq!(client.call("rpc.ping", Value::Null).await["result"], "pong");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let (reply, _) = client.recv_until(|v| v["id"] == "slow").await;
+    let waited = started.elapsed();
+    assert_eq!(error_code(&reply), Some(-32006), "{reply}");
+    assert!(
+        waited < Duration::from_millis(3_800),
+        "the publish waited {waited:?}, past the bound"
+    );
+    println!(
+        "a publish to a stalled Redis failed after {} ms",
+        waited.as_millis()
+    );
+    sleeper.join().unwrap();
+}
+
+/// Publishes sent back to back, without waiting for replies, keep their
+/// order: a connection's room calls run one at a time, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_pipelined_publishes_keep_their_order() {
+    let redis = Redis::start();
+    let a = node(&redis, "a", &[]);
+    let mut client = a.connect_as("client").await;
+    client.call("rpc.join", json!({"room": "order"})).await;
+    for i in 0..30 {
+        client
+            .request(
+                format!("p{i}"),
+                "rpc.publish",
+                json!({"room": "order", "data": i}),
+            )
+            .await;
+    }
+    let mut offsets = HashMap::new();
+    let mut data = Vec::new();
+    while offsets.len() < 30 || data.len() < 30 {
+        let frame = client.recv().await;
+        if let Some(id) = frame["id"].as_str() {
+            offsets.insert(id.to_owned(), frame["result"]["offset"].as_u64().unwrap());
+        } else if is_message(&frame) {
+            data.push(frame["params"]["data"].as_u64().unwrap());
+        }
+    }
+    for i in 0..30u64 {
+        assert_eq!(offsets[&format!("p{i}")], i + 1, "{offsets:?}");
+    }
+    assert_eq!(data, (0..30).collect::<Vec<u64>>());
+}

@@ -628,15 +628,11 @@ impl Inner {
                 continue;
             };
             let rule = self.rules.rule(&room);
-            let mut commands = self.commands.clone();
-            let read: Result<redis::Value, redis::RedisError> = scripts::READ
-                .key(keys::meta(&room))
-                .key(keys::history(&room))
-                .arg(delivered.offset)
-                .arg(rule.history_size.max(1))
-                .invoke_async(&mut commands)
-                .await;
-            let Ok(redis::Value::Array(parts)) = read else {
+            let Some(parts) = self.read_after(&room, delivered.offset, rule).await else {
+                // Redis answered the subscription but not this: the members
+                // are told rather than left with a silent gap.
+                let frame = local::gap_event(&room, &delivered.epoch, delivered.offset);
+                self.local.push_event(&self.hub, &room, &frame, 0);
                 continue;
             };
             let epoch: Option<String> = value(parts.first());
@@ -660,8 +656,39 @@ impl Inner {
                 );
                 let frame = local::gap_event(&room, &delivered.epoch, delivered.offset);
                 self.local.push_event(&self.hub, &room, &frame, 0);
+                // A new epoch (Redis lost the room while this node was
+                // cut off): what it holds from its start was missed too.
+                if let Some(new_epoch) = epoch.filter(|e| *e != delivered.epoch) {
+                    self.deliver_new_epoch(&room, &new_epoch, rule).await;
+                }
             }
         }
+    }
+
+    /// Delivers a new epoch's messages from its first, when its history
+    /// still holds them all.
+    async fn deliver_new_epoch(&self, room: &str, epoch: &str, rule: &RoomRule) {
+        let Some(parts) = self.read_after(room, 0, rule).await else {
+            return;
+        };
+        if value::<String>(parts.first()).as_deref() != Some(epoch) {
+            return;
+        }
+        let offset: u64 = value(parts.get(1)).unwrap_or(0);
+        let entries = parts.get(2).map(entries).unwrap_or_default();
+        if !fills_gap(&entries, 0, offset, rule) {
+            return;
+        }
+        for entry in &entries {
+            let frame = crate::rooms::message_frame(room, entry.offset, &entry.data);
+            self.local
+                .deliver(&self.hub, room, epoch, entry.offset, &frame);
+        }
+        tracing::info!(
+            room,
+            delivered = entries.len(),
+            "cluster: delivered the room's new epoch from its start"
+        );
     }
 }
 
@@ -737,6 +764,38 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+impl Inner {
+    /// Reads `room`'s history after `offset` (the READ script's answer),
+    /// trying a few times: just after a reconnection the command
+    /// connection may still be re-establishing itself.
+    async fn read_after(
+        &self,
+        room: &str,
+        offset: u64,
+        rule: &RoomRule,
+    ) -> Option<Vec<redis::Value>> {
+        for attempt in 0..5u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            let mut commands = self.commands.clone();
+            let read: Result<redis::Value, redis::RedisError> = scripts::READ
+                .key(keys::meta(room))
+                .key(keys::history(room))
+                .arg(offset)
+                .arg(rule.history_size.max(1))
+                .invoke_async(&mut commands)
+                .await;
+            match read {
+                Ok(redis::Value::Array(parts)) => return Some(parts),
+                Ok(_) => return None,
+                Err(e) => tracing::debug!(room, "cluster: catch-up read failed: {e}"),
+            }
+        }
+        None
     }
 }
 
@@ -895,6 +954,10 @@ impl Broker for RedisBroker {
 
     fn sweep(&self) -> usize {
         0
+    }
+
+    fn waits(&self) -> bool {
+        true
     }
 
     fn cluster_status(&self) -> Option<serde_json::Value> {

@@ -110,6 +110,12 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// call (so the caller can hand memory back to the system).
     fn sweep(&self) -> usize;
 
+    /// Whether room operations may wait (on Redis): then a connection's
+    /// room calls run beside its other calls instead of before them.
+    fn waits(&self) -> bool {
+        false
+    }
+
     /// A cluster broker's state for `/status` (its node, its link to
     /// Redis, the last error); `None` for one node in memory.
     fn cluster_status(&self) -> Option<serde_json::Value> {

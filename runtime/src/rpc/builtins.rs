@@ -5,7 +5,7 @@
 use crate::auth::Identity;
 use crate::lifecycle;
 use crate::rpc::error::{ErrorCode, RpcError};
-use crate::rpc::room_calls;
+use crate::rpc::room_calls::{self, RoomCaller};
 use crate::rpc::session::Session;
 use crate::state::ServerState;
 use serde::{Deserialize, Serialize};
@@ -66,12 +66,46 @@ impl Builtin {
             // broker) are boxed: every connection's task is as large as its
             // largest await, and these are larger than the rest.
             Builtin::Auth => Box::pin(auth(state, session, params)).await,
-            Builtin::Join => Box::pin(room_calls::join(state, session, params)).await,
-            Builtin::Leave => Box::pin(room_calls::leave(state, session, params)).await,
-            Builtin::LeaveAll => Ok(Box::pin(room_calls::leave_all(state, session)).await),
-            Builtin::Publish => Box::pin(room_calls::publish(state, session, params)).await,
-            Builtin::Presence => Box::pin(room_calls::presence(state, session, params)).await,
+            Builtin::Join
+            | Builtin::Leave
+            | Builtin::LeaveAll
+            | Builtin::Publish
+            | Builtin::Presence => {
+                Box::pin(self.run_room(state, &session.room_caller(), params)).await
+            }
             Builtin::Subscribe => subscribe(state, session, params),
+        }
+    }
+
+    /// Whether it is a room call (which a cluster broker may make wait).
+    pub fn is_room_call(self) -> bool {
+        matches!(
+            self,
+            Builtin::Join
+                | Builtin::Leave
+                | Builtin::LeaveAll
+                | Builtin::Publish
+                | Builtin::Presence
+        )
+    }
+
+    /// Runs a room built-in for `caller`.
+    pub async fn run_room(
+        self,
+        state: &ServerState,
+        caller: &RoomCaller,
+        params: Option<&RawValue>,
+    ) -> Result<String, RpcError> {
+        match self {
+            Builtin::Join => room_calls::join(state, caller, params).await,
+            Builtin::Leave => room_calls::leave(state, caller, params).await,
+            Builtin::LeaveAll => Ok(room_calls::leave_all(state, caller).await),
+            Builtin::Publish => room_calls::publish(state, caller, params).await,
+            Builtin::Presence => room_calls::presence(state, caller, params).await,
+            _ => Err(RpcError::new(
+                ErrorCode::Internal,
+                "not a room call (a server bug)",
+            )),
         }
     }
 }

@@ -1,12 +1,18 @@
 //! The room built-ins (`rpc.join`, `rpc.leave`, `rpc.leave_all`,
 //! `rpc.publish`, `rpc.presence`): params, policy checks, and results.
+//!
+//! They act for a [`RoomCaller`]: what of a connection they need, taken
+//! when the call is read, so that (in a cluster, where they wait for
+//! Redis) they can run beside the connection's other calls, one at a time
+//! and in the order they came (the connection's room lane).
 
+use crate::auth::Identity;
 use crate::plugins::invoke::{PluginFault, Thread, invoke};
 use crate::plugins::loader::JoinArgs;
 use crate::rooms::broker::Since;
+use crate::rooms::hub::ConnHandle;
 use crate::rooms::policy::{JoinPolicy, matches};
 use crate::rpc::error::{ErrorCode, RpcError};
-use crate::rpc::session::Session;
 use crate::state::ServerState;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -56,13 +62,24 @@ struct PublishParams<'a> {
     data: &'a RawValue,
 }
 
+/// What a room call knows of the connection it acts for.
+#[derive(Debug, Clone)]
+pub struct RoomCaller {
+    /// The connection.
+    pub conn_id: u64,
+    /// Who it is signed in as, if its sign-in is live.
+    pub identity: Option<Arc<Identity>>,
+    /// Its outbound queue (for joins); `None` while it closes.
+    pub handle: Option<ConnHandle>,
+}
+
 /// How long a plugin's join hook may take.
 const JOIN_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `rpc.join {room, since?, epoch?}`.
 pub async fn join(
     state: &ServerState,
-    session: &Session,
+    caller: &RoomCaller,
     raw: Option<&RawValue>,
 ) -> Result<String, RpcError> {
     let p: JoinParams = params(
@@ -70,19 +87,19 @@ pub async fn join(
         raw,
         r#"{"room": "...", "since": 41?, "epoch": "..."?}"#,
     )?;
-    let identity = session.live_identity().map(|i| &**i);
+    let identity = caller.identity.as_deref();
     let rule = state.broker.check_access(&p.room, identity)?;
     let limit = state.config.max_rooms_per_connection;
-    if !state.broker.is_member(&p.room, session.conn_id)
-        && state.broker.room_count_of(session.conn_id) >= limit
+    if !state.broker.is_member(&p.room, caller.conn_id)
+        && state.broker.room_count_of(caller.conn_id) >= limit
     {
         return Err(RpcError::new(
             ErrorCode::Overloaded,
             format!("this connection is in {limit} rooms already; leave one first"),
         ));
     }
-    ask_join_hook(state, session, &p.room, rule.join == JoinPolicy::Hook).await?;
-    let handle = session
+    ask_join_hook(state, caller, &p.room, rule.join == JoinPolicy::Hook).await?;
+    let handle = caller
         .handle
         .as_ref()
         .ok_or_else(|| RpcError::new(ErrorCode::Internal, "this connection is closing"))?;
@@ -97,11 +114,11 @@ pub async fn join(
 /// `rpc.leave {room}`.
 pub async fn leave(
     state: &ServerState,
-    session: &Session,
+    caller: &RoomCaller,
     raw: Option<&RawValue>,
 ) -> Result<String, RpcError> {
     let p: RoomParams = params("rpc.leave", raw, r#"{"room": "..."}"#)?;
-    if !state.broker.leave(&p.room, session.conn_id).await {
+    if !state.broker.leave(&p.room, caller.conn_id).await {
         return Err(RpcError::new(
             ErrorCode::InvalidParams,
             format!("this connection is not in room '{}'", p.room),
@@ -111,22 +128,22 @@ pub async fn leave(
 }
 
 /// `rpc.leave_all`.
-pub async fn leave_all(state: &ServerState, session: &Session) -> String {
-    let left = state.broker.leave_all(session.conn_id).await;
+pub async fn leave_all(state: &ServerState, caller: &RoomCaller) -> String {
+    let left = state.broker.leave_all(caller.conn_id).await;
     to_json(&serde_json::json!({ "rooms": left }))
 }
 
 /// `rpc.publish {room, data}`.
 pub async fn publish(
     state: &ServerState,
-    session: &Session,
+    caller: &RoomCaller,
     raw: Option<&RawValue>,
 ) -> Result<String, RpcError> {
     let p: PublishParams<'_> = params("rpc.publish", raw, r#"{"room": "...", "data": ...}"#)?;
     let rule = state
         .broker
-        .check_access(&p.room, session.live_identity().map(|i| &**i))?;
-    if !state.broker.is_member(&p.room, session.conn_id) {
+        .check_access(&p.room, caller.identity.as_deref())?;
+    if !state.broker.is_member(&p.room, caller.conn_id) {
         return Err(RpcError::new(
             ErrorCode::Forbidden,
             format!("join room '{}' before publishing to it", p.room),
@@ -148,20 +165,20 @@ pub async fn publish(
 /// `rpc.presence {room}`.
 pub async fn presence(
     state: &ServerState,
-    session: &Session,
+    caller: &RoomCaller,
     raw: Option<&RawValue>,
 ) -> Result<String, RpcError> {
     let p: RoomParams = params("rpc.presence", raw, r#"{"room": "..."}"#)?;
     let rule = state
         .broker
-        .check_access(&p.room, session.live_identity().map(|i| &**i))?;
+        .check_access(&p.room, caller.identity.as_deref())?;
     if !rule.presence {
         return Err(RpcError::new(
             ErrorCode::Forbidden,
             format!("presence is off for room '{}'", p.room),
         ));
     }
-    if !rule.presence_public && !state.broker.is_member(&p.room, session.conn_id) {
+    if !rule.presence_public && !state.broker.is_member(&p.room, caller.conn_id) {
         return Err(RpcError::new(
             ErrorCode::Forbidden,
             format!(
@@ -179,11 +196,11 @@ pub async fn presence(
 /// covers is refused.
 async fn ask_join_hook(
     state: &ServerState,
-    session: &Session,
+    caller: &RoomCaller,
     room: &str,
     required: bool,
 ) -> Result<(), RpcError> {
-    let user = session.live_identity().map(|i| Arc::clone(&i.user));
+    let user = caller.identity.as_ref().map(|i| Arc::clone(&i.user));
     let found = state.registry.snapshot().plugins.iter().find_map(|plugin| {
         plugin
             .join_patterns
@@ -212,7 +229,7 @@ async fn ask_join_hook(
                 "the server is at its limit of running calls; retry shortly",
             )
         })?;
-    let (asked, room_name, conn_id) = (Arc::clone(&plugin), room.to_owned(), session.conn_id);
+    let (asked, room_name, conn_id) = (Arc::clone(&plugin), room.to_owned(), caller.conn_id);
     let answer = invoke(Thread::Blocking, JOIN_HOOK_TIMEOUT, move |pending| {
         let _permit = permit;
         let args = JoinArgs {

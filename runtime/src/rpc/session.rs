@@ -42,6 +42,8 @@ pub struct Session {
     pub sign_ins: u64,
     /// How pushes reach this connection (set when its task starts).
     pub handle: Option<ConnHandle>,
+    /// See [`Session::room_turn`].
+    room_lane: Option<Arc<crate::rpc::lane::Lane>>,
     /// Its place among the connections that have not signed in, until it
     /// signs in (boxed: most connections sign in on the upgrade, and every
     /// idle connection holds its session).
@@ -67,8 +69,27 @@ impl Session {
             inflight: Arc::new(Semaphore::new(max_inflight)),
             leeway,
             handle: None,
+            room_lane: None,
             anonymous: anonymous.map(Box::new),
         }
+    }
+
+    /// What a room call needs of this connection, as it is now.
+    pub fn room_caller(&self) -> crate::rpc::room_calls::RoomCaller {
+        crate::rpc::room_calls::RoomCaller {
+            conn_id: self.conn_id,
+            identity: self.live_identity().cloned(),
+            handle: self.handle.clone(),
+        }
+    }
+
+    /// A turn in the lane this connection's room calls take one at a time,
+    /// in the order they were read, when they wait on a cluster broker
+    /// (the lane is made on first use).
+    pub fn room_turn(&mut self) -> crate::rpc::lane::Turn {
+        self.room_lane
+            .get_or_insert_with(|| Arc::new(crate::rpc::lane::Lane::default()))
+            .take_turn()
     }
 
     /// Who signed in, if anyone.

@@ -23,6 +23,7 @@ use crate::state::ServerState;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -57,6 +58,47 @@ impl From<RpcError> for CallError {
     }
 }
 
+/// A room call on a broker that waits (a cluster's, on Redis): runs beside
+/// the connection's other calls, after its earlier room calls (its lane),
+/// so a slow Redis delays neither a ping nor an action, and a client's
+/// publishes keep their order.
+fn room_call_in_lane(
+    state: &Arc<ServerState>,
+    session: &mut Session,
+    builtin: Builtin,
+    envelope: &Envelope<'_>,
+    frame: &Bytes,
+    text: &str,
+    id: Option<Bytes>,
+) -> Dispatched {
+    let caller = session.room_caller();
+    let turn = session.room_turn();
+    let state = Arc::clone(state);
+    let params = envelope.params.map(|p| share(frame, text, p.get()));
+    Dispatched::Running(Box::pin(async move {
+        turn.wait().await;
+        let params = match params.as_deref().map(std::str::from_utf8) {
+            Some(Ok(text)) => match serde_json::from_str::<&RawValue>(text) {
+                Ok(raw) => Some(raw),
+                Err(e) => {
+                    let error = RpcError::new(ErrorCode::InvalidParams, e.to_string());
+                    return reply(id.as_ref(), Err(error.into()));
+                }
+            },
+            Some(Err(e)) => {
+                let error = RpcError::new(ErrorCode::InvalidParams, e.to_string());
+                return reply(id.as_ref(), Err(error.into()));
+            }
+            None => None,
+        };
+        let outcome = builtin
+            .run_room(&state, &caller, params)
+            .await
+            .map_err(CallError::from);
+        reply(id.as_ref(), outcome)
+    }))
+}
+
 /// Builds the reply for a call's outcome (`None` for a notification).
 fn reply(id: Option<&Bytes>, outcome: Result<String, CallError>) -> Option<String> {
     let id = id?;
@@ -85,7 +127,11 @@ pub async fn dispatch(
     let id = envelope.id.map(|id| share(frame, text, id.get()));
     let method: &str = &envelope.method;
     if method.starts_with("rpc.") {
-        let outcome = match Builtin::from_method(method) {
+        let builtin = Builtin::from_method(method);
+        if let Some(builtin) = builtin.filter(|b| b.is_room_call() && state.broker.waits()) {
+            return room_call_in_lane(state, session, builtin, envelope, frame, text, id);
+        }
+        let outcome = match builtin {
             Some(builtin) => builtin
                 .run(state, session, envelope.params)
                 .await
