@@ -52,6 +52,11 @@ use tokio_util::sync::CancellationToken;
 /// with a clear error (Redis slow or gone).
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most pushes to other nodes (sends, broadcasts) in flight at once: past
+/// it, with Redis too slow to take them, new ones are dropped and counted
+/// rather than queued without bound.
+const MAX_FORWARDS: usize = 4096;
+
 /// The cluster's settings.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
@@ -108,6 +113,10 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Requests this node asked of others, waiting for their answers.
     pending: requests::Pending,
+    /// Pushes to other nodes being sent now (bounded by [`MAX_FORWARDS`]).
+    forwards: std::sync::atomic::AtomicUsize,
+    /// Pushes to other nodes dropped at that bound (Redis too slow).
+    forwards_dropped: std::sync::atomic::AtomicU64,
     /// What this node does when asked about its own connections.
     handler: std::sync::OnceLock<Arc<dyn NodeRequestHandler>>,
 }
@@ -160,6 +169,8 @@ impl RedisBroker {
             node_timeout: settings.node_timeout,
             runtime: tokio::runtime::Handle::current(),
             pending: requests::Pending::default(),
+            forwards: std::sync::atomic::AtomicUsize::new(0),
+            forwards_dropped: std::sync::atomic::AtomicU64::new(0),
             handler: std::sync::OnceLock::new(),
         });
         let stop = CancellationToken::new();
@@ -199,6 +210,7 @@ impl RedisBroker {
             "reconnects": health.reconnects(),
             "last_error": health.last_error(),
             "local_rooms": self.inner.local.room_names().len(),
+            "pushes_dropped": self.inner.forwards_dropped.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 }
@@ -262,6 +274,17 @@ impl Drop for RedisBroker {
     }
 }
 
+/// Counts a push to other nodes as sent (or failed) when dropped.
+struct ForwardDone(Arc<Inner>);
+
+impl Drop for ForwardDone {
+    fn drop(&mut self) {
+        self.0
+            .forwards
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A failure of Redis, as a client hears it: the call is shed, to retry.
 fn unavailable(inner: &Inner, error: &impl std::fmt::Display) -> RpcError {
     let error = error.to_string();
@@ -272,13 +295,6 @@ fn unavailable(inner: &Inner, error: &impl std::fmt::Display) -> RpcError {
         format!("the cluster's Redis failed ({error}); nothing was done, retry in a moment")
     };
     RpcError::new(ErrorCode::Overloaded, message)
-}
-
-/// A fresh epoch: 8 random bytes in hex.
-fn new_epoch() -> String {
-    let mut bytes = [0u8; 8];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -397,7 +413,7 @@ impl Inner {
             .key(keys::history(room))
             .key(keys::presence(room))
             .key(keys::presence_users(room))
-            .arg(new_epoch())
+            .arg(crate::rooms::new_epoch())
             .arg(since_offset)
             .arg(Self::room_keys_ttl(rule))
             .arg(rule.history_size.max(1))
@@ -526,17 +542,7 @@ impl Inner {
             .invoke_async(&mut commands)
             .await;
         match removed {
-            Ok(Some(user)) => {
-                let rule = self.rules.rule(room);
-                if rule.presence_events {
-                    let user = (!user.is_empty()).then_some(user);
-                    let frame = event_frame(
-                        "presence.leave",
-                        &serde_json::json!({"room": room, "user": user, "conn": conn_id}),
-                    );
-                    self.publish_event(room, conn_id, &frame).await;
-                }
-            }
+            Ok(Some(user)) => self.announce_leave(room, conn_id, &user).await,
             Ok(None) => {}
             Err(e) => {
                 // The member expires from presence on its own once this
@@ -551,6 +557,20 @@ impl Inner {
         }
     }
 
+    /// Tells `room`'s members on every node that `conn` (of `user`, empty
+    /// for anonymous) left, if the room's rule says to.
+    async fn announce_leave(&self, room: &str, conn: u64, user: &str) {
+        if !self.rules.rule(room).presence_events {
+            return;
+        }
+        let user = (!user.is_empty()).then_some(user);
+        let frame = event_frame(
+            "presence.leave",
+            &serde_json::json!({"room": room, "user": user, "conn": conn}),
+        );
+        self.publish_event(room, conn, &frame).await;
+    }
+
     async fn publish(
         &self,
         room: &str,
@@ -562,7 +582,7 @@ impl Inner {
             .key(keys::meta(room))
             .key(keys::history(room))
             .key(keys::channel(room))
-            .arg(new_epoch())
+            .arg(crate::rooms::new_epoch())
             .arg(data)
             .arg(rule.history_size)
             .arg(Self::room_keys_ttl(rule))
@@ -602,8 +622,19 @@ impl Inner {
 
     /// Publishes `payload` on `channel` without waiting (pushes).
     fn forward(self: &Arc<Self>, channel: String, payload: String) {
+        use std::sync::atomic::Ordering;
+        if self.forwards.fetch_add(1, Ordering::Relaxed) >= MAX_FORWARDS {
+            self.forwards.fetch_sub(1, Ordering::Relaxed);
+            self.forwards_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                channel,
+                "cluster: a push to other nodes was dropped: Redis is not keeping up"
+            );
+            return;
+        }
         let inner = Arc::clone(self);
         self.runtime.spawn(async move {
+            let _done = ForwardDone(Arc::clone(&inner));
             let mut commands = inner.commands.clone();
             let sent: Result<(), redis::RedisError> = redis::cmd("PUBLISH")
                 .arg(&channel)

@@ -9,7 +9,7 @@
 //! outlives the timeout.
 
 use super::{Inner, keys, now_ms, scripts};
-use crate::rooms::{Presence, event_frame};
+use crate::rooms::Presence;
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,14 +173,7 @@ async fn expire_ghosts(inner: &Inner, room: &str, now: u64) -> Result<(), redis:
             conn,
             "cluster: a member of a node that stopped answering left"
         );
-        if inner.rules.rule(room).presence_events {
-            let user = (!user.is_empty()).then_some(user);
-            let frame = event_frame(
-                "presence.leave",
-                &serde_json::json!({"room": room, "user": user, "conn": conn}),
-            );
-            inner.publish_event(room, conn, &frame).await;
-        }
+        inner.announce_leave(room, conn, &user).await;
     }
     Ok(())
 }

@@ -162,7 +162,7 @@ pub struct Rooms {
 }
 
 /// A fresh epoch: 8 random bytes in hex.
-fn new_epoch() -> String {
+pub(crate) fn new_epoch() -> String {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         bytes = fallback_epoch().to_le_bytes();
