@@ -694,3 +694,31 @@ async fn a_clients_pipelined_publishes_keep_their_order() {
     }
     assert_eq!(data, (0..30).collect::<Vec<u64>>());
 }
+
+/// `max_rooms` bounds the rooms of the whole cluster, whichever node makes
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rooms_bounds_the_whole_cluster() {
+    let redis = Redis::start();
+    let a = node(&redis, "a", &["--max-rooms", "3"]);
+    let b = node(&redis, "b", &["--max-rooms", "3"]);
+    let mut ann = a.connect_as("ann").await;
+    let mut bob = b.connect_as("bob").await;
+    for (on_a, room) in [(true, "r1"), (false, "r2"), (true, "r3")] {
+        let client = if on_a { &mut ann } else { &mut bob };
+        let reply = client.call("rpc.join", json!({"room": room})).await;
+        assert_eq!(reply["result"]["room"], room, "{reply}");
+    }
+    let reply = bob.call("rpc.join", json!({"room": "r4"})).await;
+    assert_eq!(error_code(&reply), Some(-32006), "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the cluster holds its maximum of 3 rooms"),
+        "{reply}"
+    );
+    // Existing rooms may still be joined, from any node.
+    let reply = bob.call("rpc.join", json!({"room": "r1"})).await;
+    assert_eq!(reply["result"]["room"], "r1", "{reply}");
+}

@@ -54,6 +54,10 @@ pub(super) fn one_time_token(jti: &str) -> String {
     format!("sb:jti:{jti}")
 }
 
+/// Every room the cluster holds, scored by when its keys expire: what
+/// `max_rooms` counts cluster-wide.
+pub(super) const ROOM_INDEX: &str = "sb:rooms";
+
 /// The channel every node hears: pushes to a user, broadcasts.
 pub(super) const EVERY_NODE: &str = "sb:nodes";
 

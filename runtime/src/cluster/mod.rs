@@ -66,6 +66,8 @@ pub struct ClusterSettings {
     pub node_id: String,
     /// How long a node's members stay in presence after its last refresh.
     pub node_timeout: Duration,
+    /// Most rooms in the whole cluster (`max_rooms`).
+    pub max_rooms: usize,
 }
 
 /// Why the cluster broker could not start.
@@ -108,6 +110,8 @@ struct Inner {
     /// This node's number: the top bits of its connection ids.
     number: u64,
     node_timeout: Duration,
+    /// Most rooms in the whole cluster.
+    max_rooms: usize,
     /// The runtime pushes to other nodes are sent from (they may be asked
     /// for on a plugin's thread).
     runtime: tokio::runtime::Handle,
@@ -167,6 +171,7 @@ impl RedisBroker {
             node_id: settings.node_id.clone(),
             number,
             node_timeout: settings.node_timeout,
+            max_rooms: settings.max_rooms,
             runtime: tokio::runtime::Handle::current(),
             pending: requests::Pending::default(),
             forwards: std::sync::atomic::AtomicUsize::new(0),
@@ -413,6 +418,7 @@ impl Inner {
             .key(keys::history(room))
             .key(keys::presence(room))
             .key(keys::presence_users(room))
+            .key(keys::ROOM_INDEX)
             .arg(crate::rooms::new_epoch())
             .arg(since_offset)
             .arg(Self::room_keys_ttl(rule))
@@ -424,6 +430,8 @@ impl Inner {
             .arg(now)
             .arg(self.presence_ttl_secs())
             .arg(u8::from(may_create))
+            .arg(room)
+            .arg(self.max_rooms)
             .invoke_async(&mut commands)
             .await;
         let parts = match reply {
@@ -448,6 +456,7 @@ impl Inner {
                     format!("room '{room}' is full ({} members)", rule.max_members),
                 ));
             }
+            Some("rooms") if parts.len() == 1 => return Err(self.rooms_full(room)),
             Some("create") if parts.len() == 1 => {
                 return Err(RpcError::new(
                     ErrorCode::RateLimited,
@@ -557,6 +566,18 @@ impl Inner {
         }
     }
 
+    /// The refusal of a new room when the cluster holds `max_rooms`.
+    fn rooms_full(&self, room: &str) -> RpcError {
+        RpcError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "room '{room}' cannot be created: the cluster holds its maximum of {} rooms \
+                 (max_rooms); retry later",
+                self.max_rooms
+            ),
+        )
+    }
+
     /// Tells `room`'s members on every node that `conn` (of `user`, empty
     /// for anonymous) left, if the room's rule says to.
     async fn announce_leave(&self, room: &str, conn: u64, user: &str) {
@@ -578,18 +599,25 @@ impl Inner {
         data: &str,
     ) -> Result<Published, RpcError> {
         let mut commands = self.commands.clone();
-        let (offset, _epoch): (u64, String) = scripts::PUBLISH
+        let answer: Vec<redis::Value> = scripts::PUBLISH
             .key(keys::meta(room))
             .key(keys::history(room))
             .key(keys::channel(room))
+            .key(keys::ROOM_INDEX)
             .arg(crate::rooms::new_epoch())
             .arg(data)
             .arg(rule.history_size)
             .arg(Self::room_keys_ttl(rule))
             .arg(now_ms())
+            .arg(room)
+            .arg(self.max_rooms)
             .invoke_async(&mut commands)
             .await
             .map_err(|e| unavailable(self, &e))?;
+        if answer.len() == 1 {
+            return Err(self.rooms_full(room));
+        }
+        let offset: u64 = value(answer.first()).unwrap_or(0);
         // Members here get it when this node hears it back, in order
         // with every other node's messages.
         Ok(Published {
@@ -978,8 +1006,11 @@ impl Broker for RedisBroker {
     }
 
     fn usage(&self) -> RoomsUsage {
+        // Rooms with members on this node, against the cluster's bound
+        // (the rooms themselves live in Redis).
         let mut usage = self.inner.rules.usage();
         usage.rooms = self.inner.local.room_names().len();
+        usage.max_rooms = self.inner.max_rooms;
         usage
     }
 

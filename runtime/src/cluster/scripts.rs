@@ -4,10 +4,12 @@
 
 use std::sync::LazyLock;
 
-/// Publishes one message. KEYS: meta, history, channel. ARGV: a fresh
-/// epoch (used if the room has none: new, or lost by Redis), the data,
-/// the history's length bound (0 keeps none), the keys' time to live in
-/// seconds, the time now in milliseconds. Returns `{offset, epoch}`.
+/// Publishes one message. KEYS: meta, history, channel, the room index.
+/// ARGV: a fresh epoch (used if the room has none: new, or lost by
+/// Redis), the data, the history's length bound (0 keeps none), the keys'
+/// time to live in seconds, the time now in milliseconds, the room's
+/// name, the cluster's most rooms. Returns `{offset, epoch}`, or
+/// `{"rooms"}` when the room would be new and the cluster holds its most.
 ///
 /// The channel carries `m <epoch> <offset> <data>`.
 pub(super) static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -15,10 +17,15 @@ pub(super) static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
         r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[5])
+  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[7]) then
+    return {'rooms'}
+  end
   epoch = ARGV[1]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
   redis.call('DEL', KEYS[2])
 end
+redis.call('ZADD', KEYS[4], tonumber(ARGV[5]) + tonumber(ARGV[4]) * 1000, ARGV[6])
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if tonumber(ARGV[3]) > 0 then
@@ -37,10 +44,12 @@ return {offset, epoch}
 /// time to live in seconds, most entries to return, the connection id,
 /// its user (empty: anonymous), when its presence expires (ms), the
 /// room's most members, now (ms), the presence keys' time to live (s),
-/// whether the joiner may create the room (1) or not (0).
+/// whether the joiner may create the room (1) or not (0), the room's
+/// name, the cluster's most rooms. KEYS also: the room index.
 ///
 /// Returns `{"full"}` when the room has its most live members already,
-/// `{"create"}` when it does not exist and the joiner may not create it;
+/// `{"create"}` when it does not exist and the joiner may not create it,
+/// `{"rooms"}` when it does not exist and the cluster holds its most;
 /// else `{epoch, offset, entries after since, 1 if it was a member, 1 if
 /// the room was created}`, each entry `{id, {field, value, ...}}`.
 pub(super) static JOIN: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -54,9 +63,16 @@ if not was then
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local created = 0
-if not epoch and ARGV[11] == '0' then
-  return {'create'}
+if not epoch then
+  if ARGV[11] == '0' then
+    return {'create'}
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[9])
+  if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[13]) then
+    return {'rooms'}
+  end
 end
+redis.call('ZADD', KEYS[5], tonumber(ARGV[9]) + tonumber(ARGV[3]) * 1000, ARGV[12])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[5])
 redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[10])

@@ -315,6 +315,7 @@ async fn broker_for(
         redis_url: url.clone(),
         node_id,
         node_timeout: Duration::from_secs(config.node_timeout_secs),
+        max_rooms: config.max_rooms,
     };
     let rules = crate::rooms::Rooms::new(&config.rooms, crate::cluster::rules_only_limits());
     let broker = crate::cluster::RedisBroker::start(&settings, rules, Arc::clone(hub)).await?;
