@@ -1,5 +1,6 @@
-//! The HTTP side of the one port: routes (`/ws`, `/healthz`, `/status`)
-//! and the WebSocket upgrade, including the token check on the handshake.
+//! The HTTP side of the one port: routes (`/ws`, `/healthz`, `/status`,
+//! `/client.js`, `/client.d.ts`) and the WebSocket upgrade, including the
+//! token check on the handshake.
 
 use crate::auth::{Handshake, TokenError};
 use crate::config::AuthStep;
@@ -7,6 +8,7 @@ use crate::lifecycle;
 use crate::rpc::session::Session;
 use crate::rpc::session::next_conn_id;
 use crate::state::ServerState;
+use crate::transport::assets;
 use crate::transport::connection::{self, Outbound};
 pub use crate::transport::response::Body;
 use crate::transport::response::{respond, text};
@@ -51,12 +53,18 @@ impl Routes {
                 "application/json",
                 crate::status::render(&self.state),
             ),
-            (_, "/ws" | "/healthz" | "/status") => {
+            (&Method::GET, "/client.js") => {
+                assets::serve("text/javascript; charset=utf-8", assets::CLIENT_JS)
+            }
+            (&Method::GET, "/client.d.ts") => {
+                assets::serve("application/typescript; charset=utf-8", assets::CLIENT_DTS)
+            }
+            (_, "/ws" | "/healthz" | "/status" | "/client.js" | "/client.d.ts") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: this server offers GET /ws, /healthz and /status\n",
+                "not found: this server offers GET /ws, /healthz, /status, /client.js and /client.d.ts\n",
             ),
         };
         Ok(response)

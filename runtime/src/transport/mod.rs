@@ -4,11 +4,13 @@
 //!   (over [`tls`] when configured), and shuts down cleanly;
 //! - [`http`]: the routes (`/ws`, `/healthz`, `/status`) and the WebSocket
 //!   upgrade, with its admission checks ([`handshake`]) and token check;
-//!   [`response`]: the responses the server writes itself; [`forwarded`]:
+//!   [`response`]: the responses the server writes itself; [`assets`]:
+//!   the JavaScript client it serves; [`forwarded`]:
 //!   the client's address behind a trusted reverse proxy;
 //! - [`connection`]: one task per WebSocket: reads frames, hands them to
 //!   [`crate::rpc`], writes replies and pushes in bursts.
 
+pub mod assets;
 pub mod connection;
 pub mod forwarded;
 pub mod handshake;

@@ -1,0 +1,57 @@
+//! The JavaScript client served at `/client.js`, tested in Node 20 with
+//! its built-in test runner (`tests/js/client.test.mjs`) against a real
+//! `switchboard serve` with the echo and chat plugins.
+//!
+//! Node must be installed (it is on the CI image); without it this test
+//! fails, never skips.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use switchboard_tests::{SECRET, ServerConfig, workspace_root};
+
+#[test]
+fn the_js_client_passes_its_node_tests_against_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        "[[rooms]]\npattern = \"burst\"\nhistory_size = 1000\n\n[[rooms]]\npattern = \"short:*\"\nhistory_size = 3\n",
+    )
+    .unwrap();
+    let server = ServerConfig::default()
+        .plugins(&["echo", "chat"])
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .start();
+    let out = Command::new("node")
+        .args(["--experimental-websocket", "--no-warnings", "--test"])
+        .arg(workspace_root().join("tests/js/client.test.mjs"))
+        .env("SWITCHBOARD_URL", format!("http://{}", server.addr))
+        .env("SWITCHBOARD_SECRET", SECRET)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("node could not run ({e}): the JS client tests need Node 20 or later")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "the JS client's tests failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+        server.log()
+    );
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+}
+
+#[test]
+fn the_client_and_its_types_are_served_as_they_are_in_the_repository() {
+    let server = ServerConfig::default().start();
+    let (status, body) = server.http_get("/client.js");
+    assert_eq!(status, 200);
+    let file = std::fs::read_to_string(workspace_root().join("runtime/assets/client.js")).unwrap();
+    assert_eq!(body, file);
+    let (status, body) = server.http_get("/client.d.ts");
+    assert_eq!(status, 200);
+    assert!(body.contains("export function connect"), "{body}");
+}
