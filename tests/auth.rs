@@ -294,3 +294,91 @@ async fn without_a_secret_serve_prints_a_working_dev_token() {
         "alice"
     );
 }
+
+/// `POST /token`: the auth plugin judges the request's cookie, and the
+/// answer is a one-time token the socket signs in with, once.
+#[tokio::test]
+async fn the_token_endpoint_turns_a_cookie_into_a_one_time_socket_token() {
+    let server = ServerConfig::default()
+        .plugins(&["auth_probe", "echo"])
+        .arg("--auth-chain")
+        .arg("jwt,plugin")
+        .arg("--token-endpoint")
+        .arg("true")
+        .start();
+    let post = |headers: &str, body: &str| {
+        switchboard_tests::http_request(
+            &server.addr,
+            &format!(
+                "POST /token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let (status, body) = post("Cookie: session=zoe\r\n", "");
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let token = answer["token"].as_str().unwrap().to_owned();
+    assert!(answer["expires_at"].as_i64().unwrap() > now());
+    let mut zoe = Client::connect(&format!("{}?token={token}", server.ws_url())).await;
+    assert_eq!(
+        zoe.call("echo/whoami", Value::Null).await["result"]["user"],
+        "zoe"
+    );
+    // One-time: the same token again is refused.
+    let again = Client::try_connect(
+        format!("{}?token={token}", server.ws_url())
+            .into_client_request()
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        again.is_err(),
+        "a one-time token opened a second connection"
+    );
+    // A token in the body is judged by the plugin too (an API key).
+    let (status, body) = post(
+        "Content-Type: application/json\r\n",
+        r#"{"token": "key-yan"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    // No credentials, or refused ones: 401 with the plugin's reason.
+    let (status, body) = post("", "");
+    assert_eq!(status, 401, "{body}");
+    let refusal: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(refusal["code"], -32001);
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("no credentials"),
+        "{body}"
+    );
+    let (status, body) = post("", "not json");
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn the_token_endpoint_refuses_to_start_without_what_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(switchboard_tests::binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-endpoint",
+            "true",
+        ])
+        .arg("--actions")
+        .arg(dir.path())
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .env("XDG_STATE_HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("token_endpoint needs an auth plugin"),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The JavaScript client served at `/client.js`, tested in Node 20 with
 //! its built-in test runner (`tests/js/client.test.mjs`) against a real
-//! `switchboard serve` with the echo and chat plugins.
+//! `switchboard serve` with the echo and chat plugins, and the auth-probe
+//! plugin behind `POST /token`.
 //!
 //! Node must be installed (it is on the CI image); without it this test
 //! fails, never skips.
@@ -20,9 +21,13 @@ fn the_js_client_passes_its_node_tests_against_a_real_server() {
     )
     .unwrap();
     let server = ServerConfig::default()
-        .plugins(&["echo", "chat"])
+        .plugins(&["echo", "chat", "auth_probe"])
         .arg("--config")
         .arg(config.to_str().unwrap())
+        .arg("--auth-chain")
+        .arg("jwt,plugin")
+        .arg("--token-endpoint")
+        .arg("true")
         .start();
     let out = Command::new("node")
         .args(["--experimental-websocket", "--no-warnings", "--test"])

@@ -6,6 +6,11 @@ export interface ConnectOptions {
   token?: string;
   /** Called for a fresh token at every (re)connection and refresh. */
   getToken?: () => Promise<string> | string;
+  /** The server's token endpoint (`/token`): POSTed with the page's
+   *  credentials for a fresh one-time token at every (re)connection. */
+  tokenUrl?: string;
+  /** Extra `fetch` options for `tokenUrl` (e.g. headers outside a browser). */
+  tokenRequest?: RequestInit;
   /** A WebSocket implementation where there is no global one. */
   WebSocket?: typeof WebSocket;
   /** Default call timeout, ms (10000). */

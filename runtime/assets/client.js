@@ -179,8 +179,17 @@ class Client {
   }
 
   async token() {
-    const { token, getToken } = this.options;
+    const { token, getToken, tokenUrl, tokenRequest } = this.options;
     if (getToken) return await getToken();
+    if (tokenUrl) {
+      // The server's POST /token, with the page's credentials (cookies).
+      const response = await fetch(tokenUrl, { method: "POST", credentials: "include", ...tokenRequest });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok || !body.token) {
+        throw new RpcError(body.code ?? -32001, body.message ?? `${tokenUrl} answered ${response.status}`);
+      }
+      return body.token;
+    }
     return token;
   }
 

@@ -161,3 +161,24 @@ test("pushed events reach listeners; presence lists members", async () => {
     ben.close();
   }
 });
+
+test("tokenUrl: every (re)connection signs in with a fresh one-time token from POST /token", async () => {
+  const sb = connect(wsUrl, {
+    tokenUrl: base + "/token",
+    // A browser sends the page's cookies itself (credentials: "include").
+    tokenRequest: { headers: { cookie: "session=gus" } },
+    keepalive: 0,
+    minBackoff: 50,
+    maxBackoff: 200,
+  });
+  try {
+    assert.equal((await sb.call("echo/whoami")).user, "gus");
+    const back = new Promise((resolve) => sb.on("connected", (e) => e.reconnected && resolve()));
+    sb.socket.close(4000);
+    await back;
+    // The first token was one-time: this sign-in used a fresh one.
+    assert.equal((await sb.call("echo/whoami")).user, "gus");
+  } finally {
+    sb.close();
+  }
+});

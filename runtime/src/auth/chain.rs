@@ -9,7 +9,7 @@
 
 use super::jwt::JwtVerifier;
 use super::replay::{OneTimeTokens, ReplayCache};
-use super::{Identity, TokenError, now_secs};
+use super::{Identity, TokenError, TokenMinter, now_secs};
 use crate::config::{AuthStep, Config};
 use crate::plugins::invoke::{PluginFault, Thread, invoke};
 use crate::plugins::loader::AuthArgs;
@@ -60,6 +60,8 @@ pub struct Authenticator {
     replay: ReplayCache,
     /// In a cluster: the one-time tokens every node has seen.
     shared_replay: Option<Arc<dyn OneTimeTokens>>,
+    /// Signs `POST /token`'s tokens, when the endpoint is on.
+    endpoint_minter: Option<TokenMinter>,
     leeway: u64,
     plugin_calls: Arc<tokio::sync::Semaphore>,
 }
@@ -73,6 +75,7 @@ impl Authenticator {
             auth_plugin: config.auth_plugin.clone(),
             replay: ReplayCache::new(config.jti_cache_max),
             shared_replay: None,
+            endpoint_minter: None,
             leeway: config.jwt_leeway_secs,
             plugin_calls: Arc::new(tokio::sync::Semaphore::new(MAX_PLUGIN_CALLS)),
         }
@@ -132,6 +135,28 @@ impl Authenticator {
             }
         }
         Ok(verified.identity)
+    }
+
+    /// Judges an HTTP request with the auth plugin alone (`POST /token`):
+    /// who it is, as the plugin would sign in a handshake with its
+    /// headers.
+    pub async fn judge_request(
+        &self,
+        token: Option<&str>,
+        request: &Handshake,
+        registry: &Registry,
+    ) -> Result<Identity, TokenError> {
+        self.ask_plugin(token, request, 0, registry).await
+    }
+
+    /// The minter of `POST /token`'s tokens, when the endpoint is on.
+    pub fn endpoint_minter(&self) -> Option<&TokenMinter> {
+        self.endpoint_minter.as_ref()
+    }
+
+    /// Turns `POST /token` on, signing with `minter`.
+    pub fn set_endpoint_minter(&mut self, minter: TokenMinter) {
+        self.endpoint_minter = Some(minter);
     }
 
     /// Checks one-time tokens in `store` (shared by every node of a

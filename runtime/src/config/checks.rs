@@ -41,6 +41,10 @@ impl Config {
             ("max_generations", self.max_generations),
             ("preflight_timeout_ms", self.preflight_timeout_ms as usize),
             ("node_timeout_secs", self.node_timeout_secs as usize),
+            (
+                "token_endpoint_ttl_secs",
+                self.token_endpoint_ttl_secs as usize,
+            ),
         ];
         for (field, value) in positive {
             if value == 0 {

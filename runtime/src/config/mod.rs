@@ -264,6 +264,17 @@ settings! {
         /// Unset (the default): one node, rooms in memory.
         #[arg(long, env = "SWITCHBOARD_REDIS_URL", value_name = "URL")]
         pub redis_url: Option<String> = None,
+        /// Serve `POST /token`: the auth plugin's `authenticate` hook judges
+        /// the HTTP request (cookies, headers, a `{"token"}` body) and the
+        /// server answers a short-lived one-time token for the socket. Needs
+        /// an auth plugin, `jwt` in `auth_chain`, and an HS256 secret.
+        /// Default false.
+        #[arg(long, env = "SWITCHBOARD_TOKEN_ENDPOINT", value_name = "BOOL", action = clap::ArgAction::Set)]
+        pub token_endpoint: bool = false,
+        /// How long a token from `POST /token` is valid, in seconds
+        /// (one-time: it opens one connection). Default 60.
+        #[arg(long, env = "SWITCHBOARD_TOKEN_ENDPOINT_TTL_SECS", value_name = "SECS")]
+        pub token_endpoint_ttl_secs: u64 = 60,
         /// This node's name in a cluster (logs, `/status`). Default: a
         /// random one at each start.
         #[arg(long, env = "SWITCHBOARD_NODE_ID", value_name = "NAME")]

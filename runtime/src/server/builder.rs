@@ -68,6 +68,9 @@ pub enum StartError {
         /// Why.
         source: ShadowError,
     },
+    /// `token_endpoint` is on but what it needs is not configured.
+    #[error("{0}")]
+    TokenEndpoint(String),
     /// The cluster broker could not start.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
@@ -223,7 +226,10 @@ impl ServerBuilder {
         warn_about_origins(&config);
         let limits = connection_limits(&config);
         let verifier = JwtVerifier::from_config(&config)?;
-        let auth = Authenticator::new(&config, Some(verifier));
+        let mut auth = Authenticator::new(&config, Some(verifier));
+        if config.token_endpoint {
+            auth.set_endpoint_minter(endpoint_minter(&config)?);
+        }
         let trust = trusted_folder(&config)?;
         let shadow_base = config
             .shadow_dir
@@ -288,6 +294,27 @@ fn dev_secret(config: &mut Config) -> Result<Option<PathBuf>, StartError> {
     let secret = dev_secret::load_or_create(&file)?;
     config.jwt_secret = Some(Secret::new(secret));
     Ok(Some(file))
+}
+
+/// The signer of `POST /token`'s tokens, once the settings it needs are
+/// checked: an auth plugin to judge requests, the JWT step to accept the
+/// tokens on the socket, and an HS256 secret to sign them.
+fn endpoint_minter(config: &Config) -> Result<TokenMinter, StartError> {
+    let refuse = |why: &str| {
+        Err(StartError::TokenEndpoint(format!(
+            "token_endpoint needs {why}"
+        )))
+    };
+    if !config.auth_chain.contains(&AuthStep::Plugin) {
+        return refuse("an auth plugin to judge requests: add \"plugin\" to auth_chain");
+    }
+    if !config.auth_chain.contains(&AuthStep::Jwt) {
+        return refuse("the JWT step to accept its tokens: add \"jwt\" to auth_chain");
+    }
+    match &config.jwt_secret {
+        Some(secret) => Ok(TokenMinter::hs256(secret.expose().as_bytes())),
+        None => refuse("an HS256 secret to sign its tokens (jwt_secret or jwt_secret_file)"),
+    }
 }
 
 /// Rooms and pushes: in memory, or shared through Redis when

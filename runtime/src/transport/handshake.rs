@@ -61,7 +61,7 @@ pub fn anonymous_full(full: &crate::anonymous::SlotsFull) -> Response<Body> {
 
 /// Refuses with 403 when `allowed` is not empty and an `Origin` header is
 /// not in it.
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), Box<Response<Body>>> {
+pub fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), Box<Response<Body>>> {
     if allowed.is_empty() {
         return Ok(());
     }

@@ -53,6 +53,16 @@ impl Routes {
                 "application/json",
                 crate::status::render(&self.state),
             ),
+            (&Method::POST, "/token") if self.state.config.token_endpoint => {
+                let client = self.remote.map(|peer| {
+                    crate::transport::forwarded::client_address(
+                        peer,
+                        req.headers(),
+                        &self.state.config.trusted_proxies,
+                    )
+                });
+                crate::transport::token_endpoint::answer(&self.state, req, client).await
+            }
             (&Method::GET, "/client.js") => {
                 assets::serve("text/javascript; charset=utf-8", assets::CLIENT_JS)
             }
@@ -237,7 +247,7 @@ impl Routes {
 
 /// The request's headers as a JSON object of lower-case name to value,
 /// repeated headers joined with ", " (what an auth plugin sees).
-fn headers_json(headers: &HeaderMap) -> String {
+pub(crate) fn headers_json(headers: &HeaderMap) -> String {
     let mut map = serde_json::Map::new();
     for name in headers.keys() {
         let joined = headers

@@ -5,7 +5,8 @@
 //! - [`http`]: the routes (`/ws`, `/healthz`, `/status`) and the WebSocket
 //!   upgrade, with its admission checks ([`handshake`]) and token check;
 //!   [`response`]: the responses the server writes itself; [`assets`]:
-//!   the JavaScript client it serves; [`forwarded`]:
+//!   the JavaScript client it serves; [`token_endpoint`]: `POST /token`;
+//!   [`forwarded`]:
 //!   the client's address behind a trusted reverse proxy;
 //! - [`connection`]: one task per WebSocket: reads frames, hands them to
 //!   [`crate::rpc`], writes replies and pushes in bursts.
@@ -18,3 +19,4 @@ pub mod http;
 pub mod listener;
 pub mod response;
 pub mod tls;
+pub mod token_endpoint;
