@@ -60,3 +60,36 @@ fn the_client_and_its_types_are_served_as_they_are_in_the_repository() {
     assert_eq!(status, 200);
     assert!(body.contains("export function connect"), "{body}");
 }
+
+/// `static_dir`: a web app beside its socket, and nothing outside its
+/// folder.
+#[test]
+fn a_static_folder_is_served_at_the_root_and_nothing_outside_it() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<h1>chat</h1>").unwrap();
+    std::fs::create_dir(site.path().join("app")).unwrap();
+    std::fs::write(site.path().join("app/main.js"), "import '/client.js';").unwrap();
+    std::fs::write(site.path().join(".secret"), "no").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", site.path().join("escape.txt")).unwrap();
+    let server = ServerConfig::default()
+        .arg("--static-dir")
+        .arg(site.path().to_str().unwrap())
+        .start();
+    assert_eq!(server.http_get("/"), (200, "<h1>chat</h1>".to_owned()));
+    assert_eq!(
+        server.http_get("/app/main.js"),
+        (200, "import '/client.js';".to_owned())
+    );
+    for refused in [
+        "/.secret",
+        "/escape.txt",
+        "/../outside.txt",
+        "/app/../../outside.txt",
+        "/missing.html",
+    ] {
+        assert_eq!(server.http_get(refused).0, 404, "{refused}");
+    }
+    // The routes still come first.
+    assert_eq!(server.http_get("/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(server.http_get("/client.js").0, 200);
+}

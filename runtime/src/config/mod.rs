@@ -264,6 +264,11 @@ settings! {
         /// Unset (the default): one node, rooms in memory.
         #[arg(long, env = "SWITCHBOARD_REDIS_URL", value_name = "URL")]
         pub redis_url: Option<String> = None,
+        /// A folder of static files served at `/` for the paths no route
+        /// takes (`/` is its `index.html`): a web app beside its socket.
+        /// Default: none.
+        #[arg(long, env = "SWITCHBOARD_STATIC_DIR", value_name = "DIR")]
+        pub static_dir: Option<PathBuf> = None,
         /// Serve `POST /token`: the auth plugin's `authenticate` hook judges
         /// the HTTP request (cookies, headers, a `{"token"}` body) and the
         /// server answers a short-lived one-time token for the socket. Needs

@@ -72,10 +72,14 @@ impl Routes {
             (_, "/ws" | "/healthz" | "/status" | "/client.js" | "/client.d.ts") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
             }
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "not found: this server offers GET /ws, /healthz, /status, /client.js and /client.d.ts\n",
-            ),
+            (&Method::GET, path) => match &self.state.config.static_dir {
+                Some(folder) => match crate::transport::static_files::serve(folder, path).await {
+                    Some(response) => response,
+                    None => text(StatusCode::NOT_FOUND, "not found\n"),
+                },
+                None => not_found(),
+            },
+            _ => not_found(),
         };
         Ok(response)
     }
@@ -247,6 +251,14 @@ impl Routes {
 
 /// The request's headers as a JSON object of lower-case name to value,
 /// repeated headers joined with ", " (what an auth plugin sees).
+/// The 404 for a path no route takes (with no static folder).
+fn not_found() -> Response<Body> {
+    text(
+        StatusCode::NOT_FOUND,
+        "not found: this server offers GET /ws, /healthz, /status, /client.js and /client.d.ts\n",
+    )
+}
+
 pub(crate) fn headers_json(headers: &HeaderMap) -> String {
     let mut map = serde_json::Map::new();
     for name in headers.keys() {

@@ -5,7 +5,8 @@
 //! - [`http`]: the routes (`/ws`, `/healthz`, `/status`) and the WebSocket
 //!   upgrade, with its admission checks ([`handshake`]) and token check;
 //!   [`response`]: the responses the server writes itself; [`assets`]:
-//!   the JavaScript client it serves; [`token_endpoint`]: `POST /token`;
+//!   the JavaScript client it serves; [`static_files`]: `static_dir`;
+//!   [`token_endpoint`]: `POST /token`;
 //!   [`forwarded`]:
 //!   the client's address behind a trusted reverse proxy;
 //! - [`connection`]: one task per WebSocket: reads frames, hands them to
@@ -18,5 +19,6 @@ pub mod handshake;
 pub mod http;
 pub mod listener;
 pub mod response;
+pub mod static_files;
 pub mod tls;
 pub mod token_endpoint;
