@@ -59,6 +59,12 @@ fn the_client_and_its_types_are_served_as_they_are_in_the_repository() {
     let (status, body) = server.http_get("/client.d.ts");
     assert_eq!(status, 200);
     assert!(body.contains("export function connect"), "{body}");
+    // HEAD: the same answer without the body.
+    let (status, body) = switchboard_tests::http_request(
+        &server.addr,
+        "HEAD /client.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((status, body.as_str()), (200, ""));
 }
 
 /// `static_dir`: a web app beside its socket, and nothing outside its

@@ -45,7 +45,13 @@ impl Routes {
         self,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, std::convert::Infallible> {
-        let response = match (req.method(), req.uri().path()) {
+        // HEAD is GET without the body (hyper leaves the body out).
+        let method = if req.method() == Method::HEAD && req.uri().path() != "/ws" {
+            Method::GET
+        } else {
+            req.method().clone()
+        };
+        let response = match (&method, req.uri().path()) {
             (&Method::GET, "/ws") => self.upgrade(req).await,
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/status") => respond(
