@@ -3,8 +3,8 @@
 //! one page's socket is cut by the server (an oversized frame gets it
 //! closed with 1009) while the other keeps writing, and it reconnects and
 //! shows every message it missed, once; a hot reload of the chat plugin in
-//! the middle of the conversation loses nothing. Screenshots go to
-//! `target/browser-test/`.
+//! the middle of the conversation loses nothing; the admin page lists
+//! both connections. Screenshots go to `target/browser-test/`.
 //!
 //! `chromium` and `chromium-driver` must be installed (`.ci/deps`
 //! installs them): without them this test fails, never skips.
@@ -204,6 +204,36 @@ async fn two_pages_chat_and_a_cut_page_gets_every_message_it_missed() {
         !lines.iter().any(|l| l.contains("were missed")),
         "the page said messages were lost: {lines:?}"
     );
+    // The admin page (this test reads it from the server's machine: no
+    // token needed) lists both connections.
+    ann.goto(&format!("{base}admin")).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let stats = ann
+            .find(Locator::Id("stats"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if stats.starts_with("2\nconnections") || stats.starts_with("2 connections") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the admin page shows {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let plugins = ann
+        .find(Locator::Id("plugins"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(plugins.contains("chat/send"), "{plugins}");
+    screenshot(&ann, "3-admin").await;
     ann.close().await.unwrap();
     bob.close().await.unwrap();
 }

@@ -99,3 +99,30 @@ fn a_static_folder_is_served_at_the_root_and_nothing_outside_it() {
     assert_eq!(server.http_get("/healthz"), (200, "ok\n".to_owned()));
     assert_eq!(server.http_get("/client.js").0, 200);
 }
+
+/// `/status` with `admin_token`: the token or 401 (counted); the admin
+/// page is served to anyone (it holds no data).
+#[test]
+fn status_needs_the_admin_token_when_one_is_set() {
+    let server = ServerConfig::default()
+        .env("SWITCHBOARD_ADMIN_TOKEN", Some("admin-token-0123456789"))
+        .start();
+    let get = |auth: &str| {
+        switchboard_tests::http_request(
+            &server.addr,
+            &format!("GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"),
+        )
+    };
+    let (status, body) = get("");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Authorization: Bearer"), "{body}");
+    let (status, _) = get("Authorization: Bearer wrong\r\n");
+    assert_eq!(status, 401);
+    let (status, body) = get("Authorization: Bearer admin-token-0123456789\r\n");
+    assert_eq!(status, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["admin_refused"], 2, "{status}");
+    let (code, page) = server.http_get("/admin");
+    assert_eq!(code, 200);
+    assert!(page.contains("fetch(\"/status\""), "{page}");
+}

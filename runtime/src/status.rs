@@ -27,6 +27,8 @@ struct Status<'a> {
     /// In a cluster: this node, its link to Redis, the last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<serde_json::Value>,
+    /// Requests for this document (or other admin data) refused.
+    admin_refused: u64,
 }
 
 #[derive(Serialize)]
@@ -157,6 +159,7 @@ pub fn render(state: &ServerState) -> String {
         refused,
         generations: state.registry.generations(),
         cluster: state.broker.cluster_status(),
+        admin_refused: crate::transport::admin::REFUSED.load(std::sync::atomic::Ordering::Relaxed),
     };
     serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

@@ -162,6 +162,12 @@ settings! {
         /// `Origin` header (non-browser clients) are always allowed.
         #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
         pub allowed_origins: Vec<String> = Vec::new(),
+        /// The admin credential: `/status` and the admin page's data need
+        /// `Authorization: Bearer <admin_token>`. Unset (the default): only
+        /// clients on this machine (loopback) may read them. Prefer the
+        /// environment variable or the config file to the flag.
+        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        pub admin_token: Option<Secret> = None,
         /// Reverse proxies (addresses or CIDR ranges, e.g. `127.0.0.1`,
         /// `10.0.0.0/8`) trusted to name the client in a `Forwarded` (RFC
         /// 7239) or, without one, an `X-Forwarded-For` header. For a

@@ -1,5 +1,6 @@
 //! Files the server serves from its own binary: the JavaScript client
-//! (`/client.js`) and its types (`/client.d.ts`), kept in
+//! (`/client.js`), its types (`/client.d.ts`) and the admin page
+//! (`/admin`), kept in
 //! `runtime/assets/` and embedded at build time, so a page needs no build
 //! step and no CDN.
 
@@ -12,6 +13,9 @@ pub const CLIENT_JS: &str = include_str!("../../assets/client.js");
 
 /// Its TypeScript declarations.
 pub const CLIENT_DTS: &str = include_str!("../../assets/client.d.ts");
+
+/// The admin page (it holds no data: it reads `/status`).
+pub const ADMIN_HTML: &str = include_str!("../../assets/admin.html");
 
 /// An embedded file: `content_type`, cacheable for a short while (a new
 /// server version may change it), readable from any origin (it is public

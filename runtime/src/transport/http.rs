@@ -54,11 +54,32 @@ impl Routes {
         let response = match (&method, req.uri().path()) {
             (&Method::GET, "/ws") => self.upgrade(req).await,
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, "/status") => respond(
-                StatusCode::OK,
-                "application/json",
-                crate::status::render(&self.state),
-            ),
+            (&Method::GET, "/status") => {
+                // The client as forwarded by a trusted proxy: a proxy on
+                // this machine does not make its clients local.
+                let client = self.remote.map(|peer| {
+                    crate::transport::forwarded::client_address(
+                        peer,
+                        req.headers(),
+                        &self.state.config.trusted_proxies,
+                    )
+                });
+                match crate::transport::admin::check(
+                    req.headers(),
+                    client,
+                    self.state.config.admin_token.as_ref(),
+                ) {
+                    Ok(()) => respond(
+                        StatusCode::OK,
+                        "application/json",
+                        crate::status::render(&self.state),
+                    ),
+                    Err(refused) => *refused,
+                }
+            }
+            (&Method::GET, "/admin") => {
+                assets::serve("text/html; charset=utf-8", assets::ADMIN_HTML)
+            }
             (&Method::POST, "/token") if self.state.config.token_endpoint => {
                 let client = self.remote.map(|peer| {
                     crate::transport::forwarded::client_address(
@@ -75,7 +96,7 @@ impl Routes {
             (&Method::GET, "/client.d.ts") => {
                 assets::serve("application/typescript; charset=utf-8", assets::CLIENT_DTS)
             }
-            (_, "/ws" | "/healthz" | "/status" | "/client.js" | "/client.d.ts") => {
+            (_, "/ws" | "/healthz" | "/status" | "/admin" | "/client.js" | "/client.d.ts") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
             }
             (&Method::GET, path) => match &self.state.config.static_dir {
@@ -261,7 +282,7 @@ impl Routes {
 fn not_found() -> Response<Body> {
     text(
         StatusCode::NOT_FOUND,
-        "not found: this server offers GET /ws, /healthz, /status, /client.js and /client.d.ts\n",
+        "not found: this server offers GET /ws, /healthz, /status, /admin, /client.js and /client.d.ts\n",
     )
 }
 

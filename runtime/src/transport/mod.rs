@@ -5,13 +5,15 @@
 //! - [`http`]: the routes (`/ws`, `/healthz`, `/status`) and the WebSocket
 //!   upgrade, with its admission checks ([`handshake`]) and token check;
 //!   [`response`]: the responses the server writes itself; [`assets`]:
-//!   the JavaScript client it serves; [`static_files`]: `static_dir`;
+//!   the JavaScript client and admin page it serves; [`admin`]: who may
+//!   read `/status`; [`static_files`]: `static_dir`;
 //!   [`token_endpoint`]: `POST /token`;
 //!   [`forwarded`]:
 //!   the client's address behind a trusted reverse proxy;
 //! - [`connection`]: one task per WebSocket: reads frames, hands them to
 //!   [`crate::rpc`], writes replies and pushes in bursts.
 
+pub mod admin;
 pub mod assets;
 pub mod connection;
 pub mod forwarded;
