@@ -22,6 +22,7 @@
 //! - [`rooms`]: every connection's outbound queue (the hub), membership,
 //!   fan-out, history and recovery, presence, within server-wide bounds;
 //!   [`cluster`]: the same shared by several nodes through Redis.
+//! - [`client`]: an async Rust client for a Switchboard server.
 //! - [`server`]: [`server::Server`], a whole server built from its
 //!   settings (what the binary runs, and what a program may embed);
 //!   [`config`]: the settings; [`state`]: what connections share;
@@ -36,6 +37,7 @@
 pub mod action_threads;
 pub mod anonymous;
 pub mod auth;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod describe;
