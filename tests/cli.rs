@@ -486,3 +486,46 @@ fn the_readme_never_passes_a_secret_as_a_flag() {
     }
     assert!(flagged.is_empty(), "{flagged:#?}");
 }
+
+/// `bench reload` (its control connection is the library's Rust client):
+/// swaps two builds of the reload probe and reports swap latencies and
+/// the load beside a storm, with no failed call.
+#[test]
+fn bench_reload_swaps_two_builds_and_reports_the_storm() {
+    let a = switchboard_tests::probe_variant("bench-a", &[("PROBE_VERSION", "bench-a")]);
+    let b = switchboard_tests::probe_variant("bench-b", &[("PROBE_VERSION", "bench-b")]);
+    let server = ServerConfig::default()
+        .plugins(&[])
+        .plugin_file("libprobe.so", &a)
+        .start();
+    let target = server.action_file("libprobe.so");
+    let report = bench_json(
+        &server.ws_url(),
+        &[
+            "reload",
+            "--target",
+            target.to_str().unwrap(),
+            "--a",
+            a.to_str().unwrap(),
+            "--b",
+            b.to_str().unwrap(),
+            "--method",
+            "probe/build",
+            "--swaps",
+            "3",
+            "--conns",
+            "2",
+            "--inflight",
+            "2",
+            "--duration",
+            "2s",
+            "--windows",
+            "1",
+        ],
+    );
+    assert_eq!(report["swaps"], 3, "{report}");
+    assert!(report["swap_p50_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["storm_swaps"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(report["storm"]["errors"], 0, "{report}");
+    assert_eq!(report["steady"]["errors"], 0, "{report}");
+}

@@ -26,12 +26,21 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// A token for connection number `n` (user `bench-<n>`), if the target
+    /// has a secret.
+    pub(crate) fn token_for(&self, n: usize) -> anyhow::Result<Option<String>> {
+        let Some(secret) = &self.secret else {
+            return Ok(None);
+        };
+        let token = TokenMinter::hs256(secret.as_bytes())
+            .mint_for(&format!("bench-{n}"), Duration::from_secs(3600))?;
+        Ok(Some(token))
+    }
+
     /// Opens connection number `n`.
     pub(crate) async fn connect(&self, n: usize) -> anyhow::Result<BenchSocket> {
         let mut url = self.url.clone();
-        if let Some(secret) = &self.secret {
-            let token = TokenMinter::hs256(secret.as_bytes())
-                .mint_for(&format!("bench-{n}"), Duration::from_secs(3600))?;
+        if let Some(token) = self.token_for(n)? {
             url.push_str(if url.contains('?') {
                 "&token="
             } else {

@@ -17,13 +17,13 @@
 //!   (see [`storm`]).
 
 use super::Report;
-use super::client::{BenchSocket, Target};
+use super::client::Target;
 use super::storm::{self, StormLoad, StormRequest};
-use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
+use switchboard::client::{CallError, Client, ClientEvent, ClientOptions};
+use tokio::sync::broadcast;
 
 /// How long one swap may take before the scenario gives up.
 const SWAP_DEADLINE: Duration = Duration::from_secs(20);
@@ -182,14 +182,17 @@ pub(crate) async fn run(
 }
 
 /// Swaps the two builds in turn and times each swap.
+/// The swapper's control connection is the library's Rust client: it
+/// follows `actions.changed` pushes and calls the method, off the
+/// measured load.
 struct Swapper {
-    socket: BenchSocket,
+    client: Client,
+    events: broadcast::Receiver<ClientEvent>,
     scenario: ReloadScenario,
     /// `results[i]`: what `method` answers when build `i` serves.
     results: [String; 2],
     /// The build serving now.
     serving: usize,
-    next_id: u64,
     /// Subscribed to `actions.changed`: each swap waits for the push.
     announced: bool,
     /// Builds installed so far (each gets a trailer of its own).
@@ -199,12 +202,17 @@ struct Swapper {
 impl Swapper {
     /// Installs build 0, then build 1, learning what each answers.
     async fn start(target: &Target, scenario: &ReloadScenario) -> anyhow::Result<Swapper> {
+        let options = match target.token_for(0)? {
+            Some(token) => ClientOptions::with_token(token),
+            None => ClientOptions::default(),
+        };
+        let client = Client::connect(&target.url, options).await?;
         let mut swapper = Swapper {
-            socket: target.connect(0).await?,
+            events: client.events(),
+            client,
             scenario: scenario.clone(),
             results: [String::new(), String::new()],
             serving: 0,
-            next_id: 0,
             announced: false,
             installed: 0,
         };
@@ -281,16 +289,21 @@ impl Swapper {
     ) -> anyhow::Result<Option<String>> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let message = match tokio::time::timeout_at(deadline, self.socket.next()).await {
+            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => return Ok(None),
-                Ok(None) => anyhow::bail!("the server closed the connection"),
-                Ok(Some(message)) => message?,
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    anyhow::bail!("the client closed")
+                }
+                // Missed pushes: check the method anyway.
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => None,
+                Ok(Ok(event)) => Some(event),
             };
-            let Message::Text(text) = message else {
-                continue;
+            let announced = match event {
+                None => true,
+                Some(ClientEvent::Event { event, .. }) => event == "actions.changed",
+                Some(_) => false,
             };
-            let push: serde_json::Value = serde_json::from_str(&text)?;
-            if push["method"] == "rpc.event" && push["params"]["event"] == "actions.changed" {
+            if announced {
                 let result = self.call().await?;
                 if result == wanted {
                     return Ok(Some(result));
@@ -323,27 +336,20 @@ impl Swapper {
     }
 
     /// One call of `method` with `params` (JSON text); its result (or
-    /// error) as JSON text. Pushes that arrive meanwhile are skipped.
+    /// error) as JSON text.
     async fn request(&mut self, method: &str, params: &str) -> anyhow::Result<String> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let method = serde_json::to_string(method)?;
-        self.socket
-            .send(Message::text(format!(
-                r#"{{"jsonrpc":"2.0","id":{id},"method":{method},"params":{params}}}"#
-            )))
-            .await?;
-        while let Some(message) = self.socket.next().await {
-            let Message::Text(text) = message? else {
-                continue;
-            };
-            let reply: serde_json::Value = serde_json::from_str(&text)?;
-            if reply["id"] == id {
-                let answer = reply.get("result").or_else(|| reply.get("error"));
-                return Ok(answer.map(ToString::to_string).unwrap_or_default());
+        let params: serde_json::Value = serde_json::from_str(params)?;
+        match self.client.call(method, params).await {
+            Ok(result) => Ok(result.to_string()),
+            Err(CallError::Rpc {
+                code,
+                message,
+                data,
+            }) => {
+                Ok(serde_json::json!({"code": code, "message": message, "data": data}).to_string())
             }
+            Err(e) => Err(e.into()),
         }
-        anyhow::bail!("the server closed the connection")
     }
 }
 
