@@ -67,6 +67,25 @@ async fn calls_answer_fail_with_the_servers_error_and_time_out() {
         .await;
     assert_eq!(slow, Err(CallError::Timeout(Duration::from_millis(100))));
     sb.close();
+
+    // Calls waiting for replies are bounded.
+    let mut options = ClientOptions::with_token(token("bounded", 3600));
+    options.max_pending = 2;
+    let bounded = Client::connect(&server.ws_url(), options).await.unwrap();
+    let slow = |c: Client| async move { c.call("echo/sleep", json!({"ms": 500})).await };
+    let first = tokio::spawn(slow(bounded.clone()));
+    let second = tokio::spawn(slow(bounded.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    match bounded.call("rpc.ping", json!(null)).await {
+        Err(CallError::Rpc { code, message, .. }) => {
+            assert_eq!(code, -32006);
+            assert!(message.contains("max_pending"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(first.await.unwrap().is_ok() && second.await.unwrap().is_ok());
+    assert_eq!(bounded.call("rpc.ping", json!(null)).await.unwrap(), "pong");
+    bounded.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,9 @@ pub struct ClientOptions {
     pub min_backoff: Duration,
     /// The longest reconnection delay.
     pub max_backoff: Duration,
+    /// Most calls waiting for a reply at once (queued while disconnected
+    /// included); past it a call fails at once (-32006).
+    pub max_pending: usize,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -69,6 +72,7 @@ impl Default for ClientOptions {
             call_timeout: Duration::from_secs(10),
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
+            max_pending: 1000,
         }
     }
 }
@@ -254,6 +258,16 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut shared = lock(&self.shared);
+            if shared.pending.len() >= self.options.max_pending {
+                return Err(CallError::Rpc {
+                    code: -32006,
+                    message: format!(
+                        "{} calls wait for replies already (max_pending); retry when some are answered",
+                        self.options.max_pending
+                    ),
+                    data: None,
+                });
+            }
             let id = format!("c{}", shared.next_id);
             shared.next_id += 1;
             let frame =
