@@ -529,3 +529,49 @@ fn bench_reload_swaps_two_builds_and_reports_the_storm() {
     assert_eq!(report["storm"]["errors"], 0, "{report}");
     assert_eq!(report["steady"]["errors"], 0, "{report}");
 }
+
+/// `--log-format json` (here through its environment variable): every
+/// log line is one JSON object, with the connection's span (id, user,
+/// address) and, at debug level, the call's (method, id, generation).
+#[tokio::test]
+async fn json_logs_parse_and_carry_the_connection_and_call_spans() {
+    let server = ServerConfig::default()
+        .env("SWITCHBOARD_LOG_FORMAT", Some("json"))
+        .env("RUST_LOG", Some("info,switchboard=debug"))
+        .start();
+    let mut c = server.connect_as("lena").await;
+    assert_eq!(
+        c.call("echo/sleep", json!({"ms": 1})).await["result"]["slept"],
+        1
+    );
+    c.call("echo/panic", Value::Null).await;
+    let log = server.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 3, "{log}");
+    let in_conn = lines
+        .iter()
+        .find(|l| l["span"]["name"] == "conn" && l["span"]["user"] == "lena")
+        .unwrap_or_else(|| panic!("no line in the connection's span: {log}"));
+    assert!(in_conn["span"]["id"].is_u64(), "{in_conn}");
+    assert!(
+        in_conn["span"]["addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{in_conn}"
+    );
+    assert!(
+        lines.iter().any(
+            |l| l["spans"].as_array().is_some_and(|spans| spans
+                .iter()
+                .any(|s| s["name"] == "call"
+                    && s["method"] == "echo/panic"
+                    && s["generation"].is_u64()))
+        ),
+        "no line in a call's span: {log}"
+    );
+}

@@ -162,10 +162,28 @@ pub async fn dispatch(
                 call.registry_events = Some(Arc::clone(state));
             }
             let params = envelope.params.map(|p| share(frame, text, p.get()));
-            Dispatched::Running(Box::pin(async move {
+            // A span per call only when debug logging wants it: an
+            // instrumented future costs on every call.
+            let span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+                let id = id.as_deref().map(String::from_utf8_lossy);
+                tracing::debug_span!(
+                    "call",
+                    method,
+                    id = id.as_deref(),
+                    generation = call.entry.plugin.generation
+                )
+            });
+            let running = async move {
                 let outcome = call.run(params).await;
+                tracing::debug!(ok = outcome.is_ok(), "answered");
                 reply(id.as_ref(), outcome)
-            }))
+            };
+            match span {
+                Some(span) => {
+                    Dispatched::Running(Box::pin(tracing::Instrument::instrument(running, span)))
+                }
+                None => Dispatched::Running(Box::pin(running)),
+            }
         }
         Err(error) => Dispatched::Ready(reply(id.as_ref(), Err(error.into()))),
     }

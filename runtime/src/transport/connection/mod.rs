@@ -83,7 +83,8 @@ where
     let span = tracing::info_span!(
         "conn",
         id = session.conn_id,
-        user = session.identity().map(|i| &*i.user)
+        user = session.identity().map(|i| &*i.user),
+        addr = &*session.handshake.remote_addr
     );
     Connection::new(ws, state, session, outbound)
         .run(shutdown)
