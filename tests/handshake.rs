@@ -580,3 +580,70 @@ fn a_trusted_proxy_that_is_not_an_address_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+// ---- heartbeats -----------------------------------------------------------
+
+/// A client that completed the upgrade and then went silent (never reads,
+/// never answers the ping) is dropped within `ping_interval_ms +
+/// pong_timeout_ms`; a client that answers pings (any WebSocket library
+/// does while it reads) stays.
+#[tokio::test]
+async fn a_silent_peer_is_pinged_then_dropped_and_a_live_one_stays() {
+    use std::io::Read;
+    let server = ServerConfig::default()
+        .arg("--ping-interval-ms")
+        .arg("300")
+        .arg("--pong-timeout-ms")
+        .arg("300")
+        .start();
+    let auth = format!("Authorization: Bearer {}", token("mute", 60));
+    let (status, _, mut silent) =
+        switchboard_tests::raw_upgrade(&server.addr, &[switchboard_tests::KEY_HEADER, &auth]);
+    assert_eq!(status, 101);
+    let mut live = server.connect_as("live").await;
+    let opened = Instant::now();
+    // The silent peer, read on a thread of its own: the ping arrives, then
+    // the end of the stream.
+    let silent_side = tokio::task::spawn_blocking(move || {
+        silent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            match silent.read(&mut buf) {
+                Ok(0) => return Ok((received, opened.elapsed())),
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    // Meanwhile a live client (busy) stays.
+    while !silent_side.is_finished() {
+        assert_eq!(live.call("rpc.ping", Value::Null).await["result"], "pong");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (received, dropped_after) = silent_side
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the silent peer was not dropped: {e}"));
+    assert_eq!(
+        received.first(),
+        Some(&0x89),
+        "a ping frame came first: {received:?}"
+    );
+    assert!(
+        dropped_after < Duration::from_millis(2_000),
+        "dropped after {dropped_after:?}"
+    );
+    // While it reads, even with nothing to say, it answers the pings.
+    let idle_until = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < idle_until {
+        let _ = live.next_message(Duration::from_millis(100)).await;
+    }
+    assert_eq!(live.call("rpc.ping", Value::Null).await["result"], "pong");
+    println!(
+        "a silent peer was dropped {} ms after its upgrade (300 + 300 ms)",
+        dropped_after.as_millis()
+    );
+}

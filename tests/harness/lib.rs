@@ -596,11 +596,15 @@ impl Client {
         }
     }
 
-    /// The next text frame, parsed.
+    /// The next text frame, parsed (the server's heartbeat pings, which
+    /// tungstenite answers as it reads, are skipped).
     pub async fn recv(&mut self) -> Value {
-        match self.next_message(WAIT).await {
-            Some(Message::Text(t)) => serde_json::from_str(&t).unwrap(),
-            other => panic!("expected a text frame, got {other:?}"),
+        loop {
+            match self.next_message(WAIT).await {
+                Some(Message::Text(t)) => return serde_json::from_str(&t).unwrap(),
+                Some(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
         }
     }
 

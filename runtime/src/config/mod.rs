@@ -252,6 +252,14 @@ settings! {
         /// than this still goes through an empty queue. Default 1 MiB.
         #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE_BYTES", value_name = "BYTES")]
         pub outbound_queue_bytes: usize = 1 << 20,
+        /// A connection silent this long (no frame, no pong) is pinged, in
+        /// milliseconds; 0 turns heartbeats off. Default 25000.
+        #[arg(long, env = "SWITCHBOARD_PING_INTERVAL_MS", value_name = "MS")]
+        pub ping_interval_ms: u64 = 25_000,
+        /// How long a pinged connection has to answer (any frame) before it
+        /// is dropped, in milliseconds. Default 10000.
+        #[arg(long, env = "SWITCHBOARD_PONG_TIMEOUT_MS", value_name = "MS")]
+        pub pong_timeout_ms: u64 = 10_000,
         /// How long writing to a client may stall before the connection is
         /// dropped (a client that stopped reading), in milliseconds. Default
         /// 10000.

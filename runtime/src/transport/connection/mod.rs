@@ -31,7 +31,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use timers::Timer;
+use timers::{Beat, Timer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep, timeout};
@@ -149,6 +149,11 @@ struct Connection<S> {
     /// The sign-in (by count) whose expiry warning was already sent.
     warned_sign_in: u64,
     connected_at: Instant,
+    /// The heartbeat: where it stands, when it is next due, and whether
+    /// anything came from the peer since it was last due.
+    beat: Beat,
+    beat_at: Instant,
+    heard: bool,
 }
 
 /// What one step of the loop decided.
@@ -190,7 +195,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             armed_at_sign_in: 0,
             warned_sign_in: 0,
             connected_at: Instant::now(),
+            beat: Beat::Off,
+            beat_at: Instant::now(),
+            heard: false,
         };
+        let ping_interval = connection.state.config.ping_interval_ms;
+        if ping_interval > 0 {
+            connection.beat = Beat::Listening;
+            connection.beat_at = Instant::now() + Duration::from_millis(ping_interval);
+        }
         connection.arm_timer();
         connection
     }

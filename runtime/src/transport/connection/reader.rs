@@ -26,6 +26,10 @@ fn is_peer_violation(error: &ProtocolError) -> bool {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub(super) async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Next {
+        if matches!(incoming, Some(Ok(_))) {
+            // Anything from the peer (a pong included) says it is there.
+            self.heard = true;
+        }
         match incoming {
             Some(Ok(Message::Text(text))) => self.on_text(text).await,
             Some(Ok(Message::Binary(_))) => {

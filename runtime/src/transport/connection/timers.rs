@@ -1,6 +1,9 @@
 //! The connection's one timer: the auth timeout while it has not signed
 //! in, then the expiry warning (`token.expiring`) and the expiry itself
-//! (Close 4002), armed to the millisecond.
+//! (Close 4002), armed to the millisecond; and the heartbeat, whichever
+//! comes first: a connection silent for `ping_interval_ms` is pinged, and
+//! dropped if nothing comes back within `pong_timeout_ms` (a peer that
+//! vanished leaves no half-open connection behind).
 
 use super::*;
 
@@ -13,6 +16,19 @@ pub(super) enum Timer {
     ExpiryWarning,
     /// The sign-in has ended: close with 4002.
     Expiry,
+    /// Time to see whether the peer is still there.
+    Heartbeat,
+}
+
+/// Where the heartbeat stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Beat {
+    /// Heartbeats are off (`ping_interval_ms = 0`).
+    Off,
+    /// Waiting out an interval.
+    Listening,
+    /// A ping was sent and nothing came back yet.
+    Pinged,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -49,10 +65,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }),
         };
+        let next = match (next, self.beat) {
+            (_, Beat::Off) => next,
+            (Some((at, kind)), _) if at <= self.beat_at => Some((at, kind)),
+            _ => Some((self.beat_at, Timer::Heartbeat)),
+        };
         self.timer_for = next.map(|(_, kind)| kind);
         if let Some((at, _)) = next {
             self.timer.as_mut().reset(at);
         }
+    }
+
+    /// The heartbeat's turn: heard from since the last one, or pinged and
+    /// answered: wait another interval; silent: ping; pinged and still
+    /// silent: drop the connection.
+    async fn on_heartbeat(&mut self) -> Next {
+        let config = &self.state.config;
+        let interval = Duration::from_millis(config.ping_interval_ms);
+        let next = if self.heard {
+            self.beat = Beat::Listening;
+            Next::Continue
+        } else if self.beat == Beat::Pinged {
+            tracing::info!(
+                "closing: no answer to a ping within {} ms",
+                config.pong_timeout_ms
+            );
+            return Next::Stop("no answer to a ping (pong_timeout_ms)");
+        } else {
+            self.beat = Beat::Pinged;
+            self.beat_at = Instant::now() + Duration::from_millis(config.pong_timeout_ms);
+            self.heard = false;
+            self.arm_timer();
+            return match self.ws.send(Message::Ping(Bytes::new())).await {
+                Ok(()) => Next::Continue,
+                Err(_) => Next::Stop("the ping could not be written"),
+            };
+        };
+        self.heard = false;
+        self.beat_at = Instant::now() + interval;
+        self.arm_timer();
+        next
     }
 
     pub(super) async fn on_timer(&mut self) -> Next {
@@ -91,6 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     "the token expired and was not refreshed",
                 )
             }
+            Some(Timer::Heartbeat) => self.on_heartbeat().await,
             _ => {
                 self.arm_timer();
                 Next::Continue
