@@ -808,3 +808,60 @@ fn malformed_websocket_keys_are_refused_with_400() {
     let (status, text, _) = raw_upgrade(&server.addr, &[KEY_HEADER]);
     assert_eq!(status, 101, "{text}");
 }
+
+/// With `message_rate` set, a flooding client is refused with -32004 (no
+/// call reaches an action), then closed with 1008 as it keeps on; a polite
+/// client on the same server is unaffected.
+#[tokio::test]
+async fn a_flooding_client_is_refused_then_closed_while_a_polite_one_is_not() {
+    let server = ServerConfig::default()
+        .arg("--message-rate")
+        .arg("20")
+        .arg("--message-burst")
+        .arg("20")
+        .arg("--rate-refusals-before-close")
+        .arg("10")
+        .start();
+    let mut polite = server.connect_as("polite").await;
+    let mut flood = server.connect_as("flood").await;
+    for i in 0..60 {
+        flood
+            .send(&json!({"jsonrpc": "2.0", "id": i, "method": "echo/count"}))
+            .await;
+    }
+    let mut answered = 0;
+    let mut refused = 0;
+    let close = loop {
+        match flood.next_message(Duration::from_secs(5)).await {
+            Some(tokio_tungstenite::tungstenite::Message::Text(text)) => {
+                let reply: Value = serde_json::from_str(&text).unwrap();
+                match error_code(&reply) {
+                    Some(-32004) => {
+                        refused += 1;
+                        assert!(
+                            reply["error"]["message"]
+                                .as_str()
+                                .unwrap()
+                                .contains("message rate"),
+                            "{reply}"
+                        );
+                        assert!(reply["id"].is_u64(), "{reply}");
+                    }
+                    None => answered += 1,
+                    other => panic!("{other:?}: {reply}"),
+                }
+            }
+            Some(tokio_tungstenite::tungstenite::Message::Close(frame)) => {
+                break frame.map(|f| u16::from(f.code));
+            }
+            Some(_) => {}
+            None => panic!("no close frame"),
+        }
+    };
+    assert_eq!(close, Some(1008));
+    assert_eq!(answered, 20, "the burst went through");
+    assert_eq!(refused, 10, "then ten refusals, then the close");
+    // Refused calls never reached the action: it counted the 20 only.
+    let count = polite.call("echo/count", Value::Null).await["result"].clone();
+    assert_eq!(count, 21, "{count}");
+}

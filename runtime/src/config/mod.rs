@@ -252,6 +252,22 @@ settings! {
         /// than this still goes through an empty queue. Default 1 MiB.
         #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE_BYTES", value_name = "BYTES")]
         pub outbound_queue_bytes: usize = 1 << 20,
+        /// Messages a connection may send per second, on average (each
+        /// frame counts once, a batch too); past it they are refused with
+        /// -32004 before reaching any action. 0 (the default) turns the
+        /// limit off: calls in flight are bounded already
+        /// (`max_inflight_per_connection`); set it where one client must
+        /// not take a larger share of the CPU (e.g. 100).
+        #[arg(long, env = "SWITCHBOARD_MESSAGE_RATE", value_name = "N")]
+        pub message_rate: u32 = 0,
+        /// Messages a connection may send at once above that rate (the
+        /// bucket's size). Default 200.
+        #[arg(long, env = "SWITCHBOARD_MESSAGE_BURST", value_name = "N")]
+        pub message_burst: u32 = 200,
+        /// Refusals for rate within 10 s after which the connection is closed
+        /// with 1008. Default 50.
+        #[arg(long, env = "SWITCHBOARD_RATE_REFUSALS_BEFORE_CLOSE", value_name = "N")]
+        pub rate_refusals_before_close: u32 = 50,
         /// A connection silent this long (no frame, no pong) is pinged, in
         /// milliseconds; 0 turns heartbeats off. Default 25000.
         #[arg(long, env = "SWITCHBOARD_PING_INTERVAL_MS", value_name = "MS")]

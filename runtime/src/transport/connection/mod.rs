@@ -19,6 +19,7 @@ mod writer;
 
 use crate::auth::{ends_at_ms, now_millis, now_secs};
 use crate::lifecycle;
+use crate::rate::TokenBucket;
 use crate::rooms::hub::{ConnFlow, ConnHandle, Outgoing, outgoing};
 use crate::rpc::dispatch::{Dispatched, dispatch};
 use crate::rpc::error::{ErrorCode, RpcError};
@@ -154,6 +155,9 @@ struct Connection<S> {
     beat: Beat,
     beat_at: Instant,
     heard: bool,
+    /// The message rate limit (`None`: off), and the refusals it may
+    /// still make before the connection is closed with 1008.
+    rate: Option<(TokenBucket, TokenBucket)>,
 }
 
 /// What one step of the loop decided.
@@ -198,7 +202,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             beat: Beat::Off,
             beat_at: Instant::now(),
             heard: false,
+            rate: None,
         };
+        let config = &connection.state.config;
+        if config.message_rate > 0 {
+            let burst = config.message_burst.max(1);
+            let refill = Duration::from_secs_f64(f64::from(burst) / f64::from(config.message_rate));
+            connection.rate = Some((
+                TokenBucket::new(burst, refill),
+                TokenBucket::new(
+                    config.rate_refusals_before_close.max(1),
+                    Duration::from_secs(10),
+                ),
+            ));
+        }
         let ping_interval = connection.state.config.ping_interval_ms;
         if ping_interval > 0 {
             connection.beat = Beat::Listening;

@@ -73,6 +73,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // Both views share one buffer, so ids and params are sliced from it.
         let frame: Bytes = text.clone().into();
         let text = text.as_str();
+        if let Some((bucket, refusals)) = &mut self.rate {
+            let now = std::time::Instant::now();
+            if !bucket.try_take(now) {
+                if !refusals.try_take(now) {
+                    tracing::info!("closing: over the message rate, again and again");
+                    return Next::Close(CloseCode::Policy, "message rate exceeded repeatedly");
+                }
+                return self.refuse_for_rate(text).await;
+            }
+        }
         match protocol::parse_frame(text, self.state.config.max_batch) {
             Frame::Refused(error) => self.write_ready(protocol::reply_error(None, &error)).await,
             Frame::Single(Err(refusal)) => {
@@ -91,6 +101,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             // Boxed: batches are rare, and their state would otherwise
             // make every connection's task larger.
             Frame::Batch(items) => Box::pin(self.on_batch(items, &frame, text)).await,
+        }
+    }
+
+    /// Refuses a message over the rate (-32004), with its id when it is a
+    /// single request; nothing reaches an action.
+    async fn refuse_for_rate(&mut self, text: &str) -> Next {
+        let config = &self.state.config;
+        let error = RpcError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "over this connection's message rate ({} a second, bursts of {}); slow down",
+                config.message_rate, config.message_burst
+            ),
+        );
+        match protocol::parse_frame(text, config.max_batch) {
+            Frame::Single(Ok(envelope)) => match envelope.id {
+                Some(id) => {
+                    let id = id.get().as_bytes().to_vec();
+                    self.write_ready(protocol::reply_error(Some(&id), &error))
+                        .await
+                }
+                None => Next::Continue,
+            },
+            _ => self.write_ready(protocol::reply_error(None, &error)).await,
         }
     }
 
