@@ -135,6 +135,17 @@ impl Action {
         self
     }
 
+    /// Limits how often one connection may call this action: `per_second`
+    /// calls a second on average, `burst` at once above that. A call over
+    /// the limit is refused with -32004 before it reaches the action (and
+    /// counts towards the server's `rate_refusals_before_close`). For an
+    /// action that is costly (sends mail, calls another service) or a
+    /// target for guessing (a login). 0 turns it off (the default).
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Action {
+        self.policy = self.policy.rate_limit(per_second, burst);
+        self
+    }
+
     /// Sets this action's deadline; past it the caller gets -32003. The
     /// default is the server's `call_timeout`.
     pub fn timeout(mut self, deadline: Duration) -> Action {

@@ -55,6 +55,8 @@ pub struct Policy {
     /// Required scopes, space-separated (as the descriptor carries them).
     pub(crate) scopes: String,
     pub(crate) timeout: Option<Duration>,
+    /// Calls per second and burst, per connection.
+    pub(crate) rate_limit: Option<(u32, u32)>,
 }
 
 impl Policy {
@@ -95,6 +97,13 @@ impl Policy {
     /// Sets the deadline: see [`Action::timeout`](crate::Action::timeout).
     pub fn timeout(mut self, deadline: Duration) -> Policy {
         self.timeout = Some(deadline);
+        self
+    }
+
+    /// Limits how often one connection may call the action: see
+    /// [`Action::rate_limit`](crate::Action::rate_limit).
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Policy {
+        self.rate_limit = (per_second > 0).then_some((per_second, burst.max(1)));
         self
     }
 }

@@ -285,6 +285,10 @@ impl NodeRequestHandler for ServerServices {
             NodeRequest::Membership { room, join } => {
                 NodeAnswer::Done(self.set_membership(conn_id, &room, join))
             }
+            NodeRequest::Close { code, reason } => NodeAnswer::Done(self.with_server(false, |s| {
+                s.hub
+                    .close(conn_id, &crate::rooms::hub::CloseRequest { code, reason })
+            })),
             NodeRequest::CallClient {
                 method,
                 params,
@@ -298,6 +302,10 @@ impl NodeRequestHandler for ServerServices {
                 }
             }
         }
+    }
+
+    fn obey(&self, order: crate::cluster::Order) {
+        self.with_server((), |s| crate::api::orders::obey(s, order));
     }
 }
 

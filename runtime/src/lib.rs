@@ -26,7 +26,9 @@
 //! - [`server`]: [`server::Server`], a whole server built from its
 //!   settings (what the binary runs, and what a program may embed);
 //!   [`config`]: the settings; [`state`]: what connections share;
-//!   [`status`]: the `/status` document; [`describe`]: `switchboard check`;
+//!   [`status`]: the `/status` document; [`metrics`]: `/metrics`;
+//!   [`api`]: `POST /api`, the HTTP API for backends;
+//!   [`describe`]: `switchboard check`;
 //!   [`rate`], [`sys`]: small shared pieces.
 //!
 //! The command line and the tools (`switchboard dev`, `switchboard bench`,
@@ -36,6 +38,7 @@
 
 pub mod action_threads;
 pub mod anonymous;
+pub mod api;
 pub mod auth;
 pub mod client;
 pub mod cluster;
@@ -44,6 +47,7 @@ pub mod describe;
 pub mod host_services;
 pub mod lifecycle;
 pub mod limits;
+pub mod metrics;
 pub mod plugins;
 pub mod rate;
 pub mod rooms;

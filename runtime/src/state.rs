@@ -40,6 +40,8 @@ pub struct ServerState {
     pub limits: ConnectionLimits,
     /// Connections that have not signed in, in all and per address.
     pub anonymous: Arc<AnonymousSlots>,
+    /// Each user's message allowance across its connections here.
+    pub user_rates: crate::rpc::rates::UserRates,
     connections: AtomicUsize,
 }
 
@@ -91,6 +93,10 @@ impl ServerState {
             // One per call slot: a call never waits for a thread while
             // another slot's call blocks.
             action_threads: ActionThreads::new(config.max_inflight_calls),
+            user_rates: crate::rpc::rates::UserRates::new(
+                config.user_message_rate,
+                config.user_message_burst,
+            ),
             config,
             registry,
             auth,

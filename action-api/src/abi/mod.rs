@@ -154,6 +154,12 @@ pub struct ActionDescriptor {
     /// Appended in revision 2: scopes the caller's token must all carry,
     /// space-separated (absent or empty: none).
     pub scopes: ByteView,
+    /// Appended in revision 3: calls one connection may make to this action
+    /// per second, on average (0: no limit of its own).
+    pub rate_per_sec: u32,
+    /// Appended in revision 3: calls one connection may make at once above
+    /// that rate (0: the rate itself).
+    pub rate_burst: u32,
 }
 
 /// What a plugin tells the host about itself.

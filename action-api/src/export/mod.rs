@@ -179,6 +179,8 @@ fn register(plugin: Plugin) -> Registered {
             } else {
                 ByteView::of(action.policy.scopes.as_bytes())
             },
+            rate_per_sec: action.policy.rate_limit.map_or(0, |(rate, _)| rate),
+            rate_burst: action.policy.rate_limit.map_or(0, |(_, burst)| burst),
         })
         .collect();
     let descriptor = PluginDescriptor {

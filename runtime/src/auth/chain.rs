@@ -9,6 +9,7 @@
 
 use super::jwt::JwtVerifier;
 use super::replay::{OneTimeTokens, ReplayCache};
+use super::revocations::Revocations;
 use super::{Identity, TokenError, TokenMinter, now_secs};
 use crate::config::{AuthStep, Config};
 use crate::plugins::invoke::{PluginFault, Thread, invoke};
@@ -64,6 +65,8 @@ pub struct Authenticator {
     endpoint_minter: Option<TokenMinter>,
     leeway: u64,
     plugin_calls: Arc<tokio::sync::Semaphore>,
+    /// Sign-ins an operator revoked.
+    revocations: Arc<Revocations>,
 }
 
 impl Authenticator {
@@ -78,7 +81,13 @@ impl Authenticator {
             endpoint_minter: None,
             leeway: config.jwt_leeway_secs,
             plugin_calls: Arc::new(tokio::sync::Semaphore::new(MAX_PLUGIN_CALLS)),
+            revocations: Arc::default(),
         }
+    }
+
+    /// The sign-ins an operator revoked (checked at every sign-in).
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     /// Seconds of clock skew tolerated on expiry.
@@ -107,6 +116,9 @@ impl Authenticator {
                 }
             };
             match verdict {
+                Some(Ok(identity)) if self.revocations.is_revoked(&identity, now_secs()) => {
+                    return Err(TokenError::Revoked);
+                }
                 Some(Ok(identity)) => return Ok(Some(identity)),
                 Some(Err(e)) => refusal = Some(e),
                 None => {}
@@ -262,6 +274,8 @@ impl Authenticator {
             rooms: verdict.rooms.into(),
             data: verdict.data.map(|d| Arc::from(d.get())),
             source: AuthStep::Plugin,
+            issued_at: None,
+            jti: None,
         })
     }
 }

@@ -51,6 +51,8 @@ struct Claims {
     rooms: Vec<String>,
     #[serde(default)]
     jti: Option<String>,
+    #[serde(default)]
+    iat: Option<u64>,
 }
 
 /// A `scopes` claim: a list, or one space-separated string.
@@ -239,6 +241,8 @@ impl JwtVerifier {
                 rooms: claims.rooms.into(),
                 data: None,
                 source: AuthStep::Jwt,
+                issued_at: claims.iat,
+                jti: claims.jti.as_deref().map(Arc::from),
             },
             jti: claims.jti,
         })

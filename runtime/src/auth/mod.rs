@@ -7,6 +7,7 @@
 //! - [`chain`]: the configured chain of authenticators (JWT, then an auth
 //!   plugin, or either alone) that turns a handshake into an [`Identity`].
 //! - [`mint`]: signing tokens, for `switchboard token` and dev tokens.
+//! - [`revocations`]: users and tokens an operator revoked (`revoke`).
 //! - [`dev_secret`]: the secret a server with no key configured uses,
 //!   kept in a private file `switchboard token` reads.
 
@@ -16,6 +17,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod mint;
 pub mod replay;
+pub mod revocations;
 
 pub use chain::{Authenticator, Handshake};
 pub use jwt::JwtVerifier;
@@ -31,6 +33,9 @@ pub enum TokenError {
     /// `exp` has passed.
     #[error("the token has expired; get a fresh one")]
     Expired,
+    /// An operator revoked it (or its user's tokens up to its issue).
+    #[error("the token was revoked; sign in again for a new one")]
+    Revoked,
     /// `nbf` is still in the future.
     #[error("the token is not valid yet (its nbf claim is in the future)")]
     NotYetValid,
@@ -87,6 +92,32 @@ pub enum TokenError {
     Signing(String),
 }
 
+impl TokenError {
+    /// The reason in one word, as `/metrics` labels it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TokenError::Expired => "expired",
+            TokenError::Revoked => "revoked",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::WrongAlgorithm(..) => "wrong_algorithm",
+            TokenError::UnknownKey(_) => "unknown_key",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::MissingClaim(_) => "missing_claim",
+            TokenError::Replayed => "replayed",
+            TokenError::ReplayCacheFull => "replay_cache_full",
+            TokenError::BadAuthorizationHeader => "bad_authorization_header",
+            TokenError::CriticalExtension => "critical_extension",
+            TokenError::LifetimeTooLong(..) => "lifetime_too_long",
+            TokenError::Malformed(_) => "malformed",
+            TokenError::Refused(_) => "refused_by_plugin",
+            TokenError::Unavailable(_) => "unavailable",
+            TokenError::Signing(_) => "signing",
+        }
+    }
+}
+
 /// A signed-in connection's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -102,6 +133,10 @@ pub struct Identity {
     pub data: Option<Arc<str>>,
     /// Which authenticator accepted it.
     pub source: AuthStep,
+    /// When its token was issued (a token's `iat`), if it says.
+    pub issued_at: Option<u64>,
+    /// Its token's `jti`, if it has one.
+    pub jti: Option<Arc<str>>,
 }
 
 impl Identity {

@@ -2,6 +2,9 @@
 //! cluster's means.
 
 use super::*;
+use crate::auth::revocations::Revocation;
+use crate::rooms::hub::CloseRequest;
+use crate::rooms::{RoomCount, RoomHistory};
 
 impl Broker for RedisBroker {
     fn rule(&self, room: &str) -> Arc<RoomRule> {
@@ -127,6 +130,66 @@ impl Broker for RedisBroker {
     }
 
     fn set_request_handler(&self, handler: Arc<dyn NodeRequestHandler>) {
-        let _ = self.inner.handler.set(handler);
+        let _ = self.inner.handler.set(Arc::clone(&handler));
+        // Revocations made before this node started.
+        let inner = Arc::clone(&self.inner);
+        self.inner.runtime.spawn(async move {
+            for revocation in inner.kept_revocations().await {
+                let handler = Arc::clone(&handler);
+                let _ = tokio::task::spawn_blocking(move || {
+                    handler.obey(Order::Revoke(revocation));
+                })
+                .await;
+            }
+        });
+    }
+
+    fn history<'a>(
+        &'a self,
+        room: &'a str,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<RoomHistory, RpcError>> {
+        Box::pin(self.inner.history(room, since, limit))
+    }
+
+    fn list_rooms<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<RoomCount>, RpcError>> {
+        Box::pin(self.inner.list_rooms(prefix, limit))
+    }
+
+    fn disconnect_conn<'a>(&'a self, conn_id: u64, close: &'a CloseRequest) -> BoxFuture<'a, bool> {
+        let request = NodeRequest::Close {
+            code: close.code,
+            reason: close.reason.clone(),
+        };
+        match self.ask_node(conn_id, request, REDIS_TIMEOUT) {
+            Some(asked) => Box::pin(async move { asked.await == NodeAnswer::Done(true) }),
+            None => Box::pin(std::future::ready(self.inner.hub.close(conn_id, close))),
+        }
+    }
+
+    fn disconnect_user(&self, user: &str, close: &CloseRequest) -> usize {
+        self.inner.give_order(&Order::DisconnectUser {
+            user: user.to_owned(),
+            close: close.clone(),
+        });
+        self.inner.hub.close_user(user, close)
+    }
+
+    fn share_revocation(&self, revocation: &Revocation) {
+        self.inner.keep_revocation(revocation);
+        self.inner.give_order(&Order::Revoke(revocation.clone()));
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    fn membership_count(&self) -> usize {
+        self.inner.local.membership_count()
     }
 }

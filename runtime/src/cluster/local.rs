@@ -69,6 +69,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl LocalMembers {
     /// Whether `room` has members here.
+    pub(super) fn membership_count(&self) -> usize {
+        lock(&self.memberships).values().map(HashSet::len).sum()
+    }
+
     pub(super) fn has_room(&self, room: &str) -> bool {
         lock(&self.rooms).contains_key(room)
     }
@@ -272,6 +276,7 @@ impl LocalMembers {
                 queued += 1;
             }
         }
+        crate::metrics::global().delivered(queued);
         queued
     }
 

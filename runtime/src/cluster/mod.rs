@@ -24,9 +24,12 @@
 //!   calls to the client) is asked of the node that holds it
 //!   ([`requests`]).
 //! - One-time tokens are one key each (`tokens`).
+//! - The HTTP API's reads of Redis (history, rooms) and the orders every
+//!   node carries out (disconnect a user, revoke): `admin`.
 //! - Keys and channels: `keys`; what the channels carry: `wire`; the
 //!   [`Broker`] implementation itself: `broker`.
 
+mod admin;
 mod broker;
 mod history;
 mod keys;
@@ -40,6 +43,7 @@ mod scripts;
 mod tokens;
 mod wire;
 
+pub use admin::Order;
 pub use link::LinkError;
 pub use requests::{NodeAnswer, NodeRequest, NodeRequestHandler};
 pub use tokens::SharedOneTimeTokens;

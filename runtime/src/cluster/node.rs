@@ -127,6 +127,14 @@ impl Inner {
 
 impl Listener for Inner {
     fn heard(&self, channel: &str, payload: &str) {
+        if let Some((origin, order)) = admin::parse(payload) {
+            if origin != self.number
+                && let Some(handler) = self.handler.get().cloned()
+            {
+                self.runtime.spawn_blocking(move || handler.obey(order));
+            }
+            return;
+        }
         if let Some(heard) = requests::parse(payload) {
             self.on_request(heard);
             return;

@@ -254,6 +254,8 @@ impl Inner {
             return Err(self.rooms_full(room));
         }
         let offset: u64 = value(answer.first()).unwrap_or(0);
+        // Deliveries are counted as this node hears it back.
+        crate::metrics::global().published(0);
         // Members here get it when this node hears it back, in order
         // with every other node's messages.
         Ok(Published {

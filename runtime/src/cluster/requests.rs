@@ -39,6 +39,13 @@ pub enum NodeRequest {
         /// Join, or leave.
         join: bool,
     },
+    /// Closes it (the HTTP API's `disconnect`).
+    Close {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
     /// Calls `method` on the client and waits for its answer.
     CallClient {
         /// The client's method.
@@ -71,6 +78,10 @@ pub enum NodeAnswer {
 pub trait NodeRequestHandler: Send + Sync {
     /// Does `request` for this node's connection `conn_id`.
     fn handle(&self, conn_id: u64, request: NodeRequest) -> NodeAnswer;
+
+    /// Carries out an order another node gave every node (for this
+    /// node's own connections).
+    fn obey(&self, order: super::Order);
 }
 
 /// Requests this node sent and waits on, by id.

@@ -162,12 +162,17 @@ settings! {
         /// `Origin` header (non-browser clients) are always allowed.
         #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
         pub allowed_origins: Vec<String> = Vec::new(),
-        /// The admin credential: `/status` and the admin page's data need
-        /// `Authorization: Bearer <admin_token>`. Unset (the default): only
+        /// The admin credential: `/status` (the admin page's data), `POST
+        /// /api` and `/metrics` need `Authorization: Bearer <admin_token>`. Unset (the default): only
         /// clients on this machine (loopback) may read them. Prefer the
         /// environment variable or the config file to the flag.
         #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
         pub admin_token: Option<Secret> = None,
+        /// Serve `/metrics` without the admin credential (for a Prometheus
+        /// that cannot send one; the metrics hold no room names or users).
+        /// Default false.
+        #[arg(long, env = "SWITCHBOARD_METRICS_PUBLIC", value_name = "BOOL", action = clap::ArgAction::Set)]
+        pub metrics_public: bool = false,
         /// Reverse proxies (addresses or CIDR ranges, e.g. `127.0.0.1`,
         /// `10.0.0.0/8`) trusted to name the client in a `Forwarded` (RFC
         /// 7239) or, without one, an `X-Forwarded-For` header. For a
@@ -264,6 +269,26 @@ settings! {
         /// bucket's size). Default 200.
         #[arg(long, env = "SWITCHBOARD_MESSAGE_BURST", value_name = "N")]
         pub message_burst: u32 = 200,
+        /// Messages one user's connections on this server may send per
+        /// second together, on average (a user who opens many connections
+        /// gets no more than one user's share); past it they are refused with
+        /// -32004. 0 (the default) turns the limit off.
+        #[arg(long, env = "SWITCHBOARD_USER_MESSAGE_RATE", value_name = "N")]
+        pub user_message_rate: u32 = 0,
+        /// Messages a user's connections may send at once above that rate.
+        /// Default 400.
+        #[arg(long, env = "SWITCHBOARD_USER_MESSAGE_BURST", value_name = "N")]
+        pub user_message_burst: u32 = 400,
+        /// `rpc.publish` calls a connection may make per second, on
+        /// average; past it they are refused with -32004 (and count
+        /// towards `rate_refusals_before_close`). 0 turns the limit off.
+        /// Default 50.
+        #[arg(long, env = "SWITCHBOARD_PUBLISH_RATE", value_name = "N")]
+        pub publish_rate: u32 = 50,
+        /// `rpc.publish` calls a connection may make at once above that
+        /// rate. Default 100.
+        #[arg(long, env = "SWITCHBOARD_PUBLISH_BURST", value_name = "N")]
+        pub publish_burst: u32 = 100,
         /// Refusals for rate within 10 s after which the connection is closed
         /// with 1008. Default 50.
         #[arg(long, env = "SWITCHBOARD_RATE_REFUSALS_BEFORE_CLOSE", value_name = "N")]

@@ -193,11 +193,11 @@ pub(crate) unsafe fn read_actions(descriptor: &Descriptor) -> Result<Vec<ActionM
             "its action list is not aligned".into(),
         ));
     }
-    let known = if descriptor.action_size >= std::mem::size_of::<ActionDescriptor>() {
-        std::mem::size_of::<ActionDescriptor>()
-    } else {
-        ACTION_DESCRIPTOR_MIN_SIZE
-    };
+    // Fields are only ever appended: what an older plugin's entry lacks
+    // stays zero (absent).
+    let known = descriptor
+        .action_size
+        .min(std::mem::size_of::<ActionDescriptor>());
     let mut actions: Vec<ActionMeta> = Vec::with_capacity(descriptor.action_count);
     for i in 0..descriptor.action_count {
         let mut raw = std::mem::MaybeUninit::<ActionDescriptor>::zeroed();
@@ -227,6 +227,7 @@ pub(crate) unsafe fn read_actions(descriptor: &Descriptor) -> Result<Vec<ActionM
             path,
             public: raw.flags & action_flags::PUBLIC != 0,
             inline: raw.flags & action_flags::INLINE != 0,
+            rate_limit: (raw.rate_per_sec > 0).then(|| (raw.rate_per_sec, raw.rate_burst.max(1))),
             timeout: (raw.timeout_ms > 0).then(|| Duration::from_millis(raw.timeout_ms)),
             scopes: scopes.split_whitespace().map(str::to_owned).collect(),
         });

@@ -97,6 +97,8 @@ impl Loader for FakeLoader {
                     flags,
                     timeout_ms,
                     scopes: ByteView::ABSENT,
+                    rate_per_sec: 0,
+                    rate_burst: 0,
                 }
             })
             .collect();

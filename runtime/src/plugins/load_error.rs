@@ -65,4 +65,7 @@ pub struct ActionMeta {
     pub scopes: Vec<String>,
     /// Runs on the connection's task: the author promises it never blocks.
     pub inline: bool,
+    /// Calls per second and burst one connection may make (`None`: no
+    /// limit of its own).
+    pub rate_limit: Option<(u32, u32)>,
 }

@@ -89,6 +89,15 @@ pub struct Preflighted {
 /// check runs again at the server's own priority, so a reload waits for
 /// a saturated core a bounded time, never indefinitely.
 pub fn preflight(copy: &Path, timeout: Duration) -> Result<Preflighted, PreflightError> {
+    let started = std::time::Instant::now();
+    let checked = preflight_once_or_twice(copy, timeout);
+    crate::metrics::global().preflight(started.elapsed());
+    checked
+}
+
+/// The check at background priority, and again at normal priority if it
+/// was starved.
+fn preflight_once_or_twice(copy: &Path, timeout: Duration) -> Result<Preflighted, PreflightError> {
     match run_check(copy, timeout, Priority::Background)? {
         Finished::Ran(report) => report,
         Finished::Starved(waited) => {

@@ -35,6 +35,10 @@ pub struct ActionEntry {
     pub scopes: Vec<String>,
     /// Runs on the connection's task (the author promises it never blocks).
     pub inline: bool,
+    /// Calls per second and burst one connection may make, if limited.
+    pub rate_limit: Option<(u32, u32)>,
+    /// Its calls' counters and latency histogram (`/metrics`).
+    pub metrics: crate::metrics::ActionMetrics,
 }
 
 /// Everything callable at one moment. Never changed after it is built.
@@ -83,6 +87,8 @@ impl RegistrySnapshot {
                     timeout: meta.timeout.unwrap_or(default_timeout),
                     scopes: meta.scopes.clone(),
                     inline: meta.inline,
+                    rate_limit: meta.rate_limit,
+                    metrics: crate::metrics::global().action(&meta.path),
                 };
                 actions.insert(meta.path.clone(), Arc::new(entry));
             }
@@ -160,11 +166,20 @@ impl Registry {
         match applied {
             Applied::Unchanged | Applied::Ignored => Vec::new(),
             Applied::Refused(_) | Applied::StatusChanged => {
+                if matches!(applied, Applied::Refused(_)) {
+                    crate::metrics::global().reload(None);
+                }
                 self.publish(&table);
                 Vec::new()
             }
             Applied::Swapped(change) | Applied::Removed(change) => {
+                let swapping = std::time::Instant::now();
                 self.publish(&table);
+                if change.generation.is_none() {
+                    crate::metrics::global().plugin_removed();
+                } else {
+                    crate::metrics::global().reload(Some(swapping.elapsed()));
+                }
                 // Only paths given up can lift a conflict.
                 let retried = if change.removed.is_empty() {
                     Vec::new()

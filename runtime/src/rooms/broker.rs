@@ -12,10 +12,12 @@
 //! the other nodes without waiting. Which rooms a connection is in is
 //! always known here, where the connection is.
 
+use super::hub::CloseRequest;
 use super::hub::{ConnHandle, Hub, Outgoing};
 use super::policy::RoomRule;
-use super::{Joined, Presence, Rooms, RoomsUsage};
+use super::{Joined, Presence, RoomCount, RoomHistory, Rooms, RoomsUsage};
 use crate::auth::Identity;
+use crate::auth::revocations::Revocation;
 use crate::rpc::error::RpcError;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
@@ -110,6 +112,45 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// call (so the caller can hand memory back to the system).
     fn sweep(&self) -> usize;
 
+    /// `room`'s kept messages after `since`, oldest first, at most
+    /// `limit` (the HTTP API's `history`).
+    fn history<'a>(
+        &'a self,
+        room: &'a str,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<RoomHistory, RpcError>>;
+
+    /// The rooms whose names start with `prefix`, by name, with their
+    /// member counts; at most `limit` (the HTTP API's `rooms`).
+    fn list_rooms<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<RoomCount>, RpcError>>;
+
+    /// Asks the connection `conn_id` to close (wherever it is); whether
+    /// it was open.
+    fn disconnect_conn<'a>(&'a self, conn_id: u64, close: &'a CloseRequest) -> BoxFuture<'a, bool> {
+        Box::pin(std::future::ready(self.hub().close(conn_id, close)))
+    }
+
+    /// Asks every connection of `user` to close (on every node); how many
+    /// of this server's it closed.
+    fn disconnect_user(&self, user: &str, close: &CloseRequest) -> usize {
+        self.hub().close_user(user, close)
+    }
+
+    /// Tells the other nodes of a cluster of a revocation (this server
+    /// applies it itself), and keeps it for nodes that start later.
+    fn share_revocation(&self, _revocation: &Revocation) {}
+
+    /// This server's connections.
+    fn hub(&self) -> &Hub;
+
+    /// Room memberships of this server's connections now.
+    fn membership_count(&self) -> usize;
+
     /// Whether room operations may wait (on Redis): then a connection's
     /// room calls run beside its other calls instead of before them.
     fn waits(&self) -> bool {
@@ -197,9 +238,12 @@ impl Broker for LocalBroker {
         let published =
             self.rooms
                 .publish(&self.hub, room, rule, data)
-                .map(|(offset, queued_here)| Published {
-                    offset,
-                    queued_here,
+                .map(|(offset, queued_here)| {
+                    crate::metrics::global().published(queued_here);
+                    Published {
+                        offset,
+                        queued_here,
+                    }
                 });
         Box::pin(std::future::ready(published))
     }
@@ -239,6 +283,33 @@ impl Broker for LocalBroker {
     fn sweep(&self) -> usize {
         self.rooms.sweep();
         self.rooms.take_released_history_bytes()
+    }
+
+    fn history<'a>(
+        &'a self,
+        room: &'a str,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<RoomHistory, RpcError>> {
+        Box::pin(std::future::ready(Ok(self
+            .rooms
+            .history(room, since, limit))))
+    }
+
+    fn list_rooms<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<RoomCount>, RpcError>> {
+        Box::pin(std::future::ready(Ok(self.rooms.list(prefix, limit))))
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn membership_count(&self) -> usize {
+        self.rooms.membership_count()
     }
 }
 

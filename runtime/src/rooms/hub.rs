@@ -9,6 +9,7 @@
 //! reference-counted: a message for a thousand connections is serialized
 //! once.
 
+use crate::auth::Identity;
 use crate::rate::TokenBucket;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -45,6 +46,25 @@ pub struct ConnFlow {
     /// token's own check takes a lock).
     kicked: AtomicBool,
     room_creations: Mutex<TokenBucket>,
+    /// Who is signed in (for revocations) and, once the server asked it
+    /// to, how the connection is to close.
+    control: Mutex<Control>,
+}
+
+/// A close the server asked of a connection (`disconnect`, `revoke`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CloseRequest {
+    /// The close code.
+    pub code: u16,
+    /// The close reason (at most 123 bytes are sent).
+    pub reason: String,
+}
+
+/// What the server may need to tell a connection besides frames.
+#[derive(Debug, Default)]
+struct Control {
+    identity: Option<Arc<Identity>>,
+    close: Option<Box<CloseRequest>>,
 }
 
 impl ConnFlow {
@@ -58,7 +78,24 @@ impl ConnFlow {
                 rooms_per_minute,
                 std::time::Duration::from_secs(60),
             )),
+            control: Mutex::new(Control::default()),
         }
+    }
+
+    /// Records who is signed in on the connection now.
+    pub fn set_identity(&self, identity: Option<Arc<Identity>>) {
+        lock(&self.control).identity = identity;
+    }
+
+    /// Who is signed in on the connection, as last recorded.
+    pub fn identity(&self) -> Option<Arc<Identity>> {
+        lock(&self.control).identity.clone()
+    }
+
+    /// The close the server asked of this connection, if any (taken: the
+    /// connection closes once).
+    pub fn take_close_request(&self) -> Option<CloseRequest> {
+        lock(&self.control).close.take().map(|b| *b)
     }
 
     /// Counts `len` bytes into the queue unless it already holds more
@@ -295,6 +332,68 @@ impl Hub {
             );
             handle.kick.cancel();
         }
+    }
+
+    /// Asks a connection to close with `code` and `reason` (an operator's
+    /// `disconnect`, a revoked token): nothing more is queued for it, and
+    /// it closes once its current write is done. `false` if it is not open
+    /// here or already closing.
+    pub fn close(&self, conn_id: u64, request: &CloseRequest) -> bool {
+        match self.get(conn_id) {
+            Some(handle) => Self::close_handle(&handle, request),
+            None => false,
+        }
+    }
+
+    fn close_handle(handle: &ConnHandle, request: &CloseRequest) -> bool {
+        if handle.flow.kicked.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        lock(&handle.flow.control).close = Some(Box::new(request.clone()));
+        handle.kick.cancel();
+        true
+    }
+
+    /// Closes every connection of `user` on this server; how many.
+    pub fn close_user(&self, user: &str, request: &CloseRequest) -> usize {
+        let conns: Vec<u64> = lock(&self.users)
+            .get(user)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default();
+        conns
+            .into_iter()
+            .filter(|conn| self.close(*conn, request))
+            .count()
+    }
+
+    /// Closes every connection whose signed-in identity `revoked` says is
+    /// revoked; how many.
+    pub fn close_signed_in_where(
+        &self,
+        revoked: impl Fn(&Identity) -> bool,
+        request: &CloseRequest,
+    ) -> usize {
+        let mut closed = 0;
+        for shard in &self.shards {
+            let handles: Vec<ConnHandle> = lock(shard).values().cloned().collect();
+            for handle in handles {
+                let identity = handle.flow.identity();
+                if identity.is_some_and(|i| revoked(&i)) && Self::close_handle(&handle, request) {
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
+    /// Every connection of this server, with its user (for listings).
+    pub fn connections(&self) -> Vec<(u64, Option<Arc<str>>)> {
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            all.extend(lock(shard).values().map(|h| (h.conn_id, h.user.clone())));
+        }
+        all.sort_by_key(|(id, _)| *id);
+        all
     }
 
     /// Counts a connection dropped because a write to it stalled past

@@ -144,6 +144,57 @@ pub struct Presence {
     pub conn: u64,
 }
 
+/// A room's kept messages, as the HTTP API's `history` answers.
+#[derive(Debug, Serialize)]
+pub struct RoomHistory {
+    /// The room.
+    pub room: String,
+    /// Its epoch (`None`: no such room now).
+    pub epoch: Option<String>,
+    /// The offset of its latest message.
+    pub offset: u64,
+    /// The messages asked for, oldest first.
+    pub messages: Vec<HistoryEntry>,
+}
+
+/// One kept message.
+#[derive(Debug, Serialize)]
+pub struct HistoryEntry {
+    /// Its offset.
+    pub offset: u64,
+    /// Its data.
+    pub data: Box<serde_json::value::RawValue>,
+}
+
+impl HistoryEntry {
+    /// The message an `rpc.message` frame carries.
+    fn from_frame(frame: &str) -> Option<HistoryEntry> {
+        #[derive(serde::Deserialize)]
+        struct Frame {
+            params: Params,
+        }
+        #[derive(serde::Deserialize)]
+        struct Params {
+            offset: u64,
+            data: Box<serde_json::value::RawValue>,
+        }
+        let frame: Frame = serde_json::from_str(frame).ok()?;
+        Some(HistoryEntry {
+            offset: frame.params.offset,
+            data: frame.params.data,
+        })
+    }
+}
+
+/// A room and how many members it has, as the HTTP API's `rooms` lists.
+#[derive(Debug, Serialize)]
+pub struct RoomCount {
+    /// The room.
+    pub room: String,
+    /// Its members.
+    pub members: usize,
+}
+
 /// Every room, and every connection's rooms.
 #[derive(Debug)]
 pub struct Rooms {
@@ -336,6 +387,60 @@ impl Rooms {
             .collect();
         members.sort_by_key(|m| m.conn);
         members
+    }
+
+    /// A room's kept messages after `since`, oldest first, at most
+    /// `limit` of them (`epoch` is `None` for a room this server does not
+    /// hold).
+    pub fn history(&self, room: &str, since: u64, limit: usize) -> RoomHistory {
+        let mut history = RoomHistory {
+            room: room.to_owned(),
+            epoch: None,
+            offset: 0,
+            messages: Vec::new(),
+        };
+        let Some(target) = self.existing(room) else {
+            return history;
+        };
+        let mut state = lock(&target.state);
+        state.history.trim(&target.rule, &self.history);
+        history.epoch = Some(state.epoch.clone());
+        history.offset = state.last_offset;
+        history.messages = state
+            .history
+            .after(since)
+            .take(limit)
+            .filter_map(|stored| HistoryEntry::from_frame(stored.frame.as_str()))
+            .collect();
+        history
+    }
+
+    /// Room memberships of all connections now.
+    pub fn membership_count(&self) -> usize {
+        self.memberships
+            .iter()
+            .map(|shard| lock(shard).values().map(HashSet::len).sum::<usize>())
+            .sum()
+    }
+
+    /// The rooms whose names start with `prefix`, by name, with their
+    /// member counts: at most `limit` of them.
+    pub fn list(&self, prefix: &str, limit: usize) -> Vec<RoomCount> {
+        let mut found = Vec::new();
+        for shard in &self.rooms {
+            let rooms: Vec<Arc<Room>> = lock(shard)
+                .iter()
+                .filter(|(name, _)| name.starts_with(prefix))
+                .map(|(_, room)| Arc::clone(room))
+                .collect();
+            found.extend(rooms.iter().map(|room| RoomCount {
+                room: room.name.clone(),
+                members: lock(&room.state).members.len(),
+            }));
+        }
+        found.sort_by(|a, b| a.room.cmp(&b.room));
+        found.truncate(limit);
+        found
     }
 
     /// Forgets a room nothing of which matters any more (see

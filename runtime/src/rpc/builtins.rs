@@ -223,6 +223,7 @@ async fn auth(
         Ok(None) => return Err(RpcError::new(ErrorCode::Unauthenticated, "token refused")),
         Err(e) => {
             tracing::info!(conn = conn_id, "rpc.auth refused: {e}");
+            crate::metrics::global().auth_failure(e.kind());
             let user = session.identity().map(|i| i.user.clone());
             lifecycle::emit(
                 &state.registry,

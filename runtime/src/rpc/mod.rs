@@ -7,12 +7,14 @@
 //!   action pool under deadlines; on a cluster broker, room calls run
 //!   beside the others, one at a time in their order ([`lane`]);
 //! - [`error`]: the protocol's error codes and the errors a client sees;
-//! - [`session`]: what one connection's calls know (who signed in, limits).
+//! - [`session`]: what one connection's calls know (who signed in, limits);
+//! - [`rates`]: the rate limits on what clients send.
 
 pub mod builtins;
 pub mod dispatch;
 pub mod error;
 pub mod lane;
 pub mod protocol;
+pub mod rates;
 pub mod room_calls;
 pub mod session;

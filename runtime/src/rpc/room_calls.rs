@@ -108,6 +108,9 @@ pub async fn join(
         epoch: p.epoch.as_deref(),
     });
     let joined = state.broker.join(&p.room, &rule, handle, since).await?;
+    if let Some(recovered) = joined.recovered {
+        crate::metrics::global().recovery(recovered);
+    }
     Ok(to_json(&joined))
 }
 

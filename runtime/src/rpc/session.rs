@@ -6,6 +6,7 @@ use crate::anonymous::AnonymousSlot;
 use crate::auth::{Handshake, Identity, now_millis};
 use crate::rooms::hub::ConnHandle;
 use crate::rpc::error::{ErrorCode, RpcError};
+use crate::rpc::rates::ConnectionRates;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Semaphore;
@@ -48,6 +49,8 @@ pub struct Session {
     /// signs in (boxed: most connections sign in on the upgrade, and every
     /// idle connection holds its session).
     anonymous: Option<Box<AnonymousSlot>>,
+    /// Its rate limits' buckets.
+    pub rates: ConnectionRates,
 }
 
 impl Session {
@@ -60,6 +63,7 @@ impl Session {
         handshake: Arc<Handshake>,
         max_inflight: usize,
         leeway: u64,
+        rates: ConnectionRates,
     ) -> Session {
         Session {
             conn_id,
@@ -71,6 +75,7 @@ impl Session {
             handle: None,
             room_lane: None,
             anonymous: anonymous.map(Box::new),
+            rates,
         }
     }
 
@@ -106,7 +111,11 @@ impl Session {
 
     /// Signs the connection in, or refreshes its sign-in.
     pub fn sign_in(&mut self, identity: Identity) {
-        self.identity = Some(Arc::new(identity));
+        let identity = Arc::new(identity);
+        if let Some(handle) = &self.handle {
+            handle.flow.set_identity(Some(Arc::clone(&identity)));
+        }
+        self.identity = Some(identity);
         self.sign_ins += 1;
         self.anonymous = None;
     }

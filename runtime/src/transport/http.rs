@@ -1,5 +1,6 @@
 //! The HTTP side of the one port: routes (`/ws`, `/healthz`, `/status`,
-//! `/client.js`, `/client.d.ts`) and the WebSocket upgrade, including the
+//! `/metrics`, `POST /api`, `/admin`, `/client.js`, `/client.d.ts`,
+//! `POST /token`, static files) and the WebSocket upgrade, including the
 //! token check on the handshake.
 
 use crate::auth::{Handshake, TokenError};
@@ -54,25 +55,29 @@ impl Routes {
         let response = match (&method, req.uri().path()) {
             (&Method::GET, "/ws") => self.upgrade(req).await,
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, "/status") => {
-                // The client as forwarded by a trusted proxy: a proxy on
-                // this machine does not make its clients local.
-                let client = self.remote.map(|peer| {
-                    crate::transport::forwarded::client_address(
-                        peer,
-                        req.headers(),
-                        &self.state.config.trusted_proxies,
-                    )
-                });
-                match crate::transport::admin::check(
-                    req.headers(),
-                    client,
-                    self.state.config.admin_token.as_ref(),
-                ) {
+            (&Method::GET, "/status") => match self.admin_check(&req) {
+                Ok(()) => respond(
+                    StatusCode::OK,
+                    "application/json",
+                    crate::status::render(&self.state),
+                ),
+                Err(refused) => *refused,
+            },
+            (&Method::POST, "/api") => match self.admin_check(&req) {
+                Ok(()) => crate::api::answer(&self.state, req).await,
+                Err(refused) => *refused,
+            },
+            (&Method::GET, "/metrics") => {
+                let allowed = if self.state.config.metrics_public {
+                    Ok(())
+                } else {
+                    self.admin_check(&req)
+                };
+                match allowed {
                     Ok(()) => respond(
                         StatusCode::OK,
-                        "application/json",
-                        crate::status::render(&self.state),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        crate::metrics::global().render(&self.state),
                     ),
                     Err(refused) => *refused,
                 }
@@ -96,9 +101,12 @@ impl Routes {
             (&Method::GET, "/client.d.ts") => {
                 assets::serve("application/typescript; charset=utf-8", assets::CLIENT_DTS)
             }
-            (_, "/ws" | "/healthz" | "/status" | "/admin" | "/client.js" | "/client.d.ts") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
-            }
+            (_, "/api") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+            (
+                _,
+                "/ws" | "/healthz" | "/status" | "/metrics" | "/admin" | "/client.js"
+                | "/client.d.ts",
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
             (&Method::GET, path) => match &self.state.config.static_dir {
                 Some(folder) => match crate::transport::static_files::serve(folder, path).await {
                     Some(response) => response,
@@ -109,6 +117,25 @@ impl Routes {
             _ => not_found(),
         };
         Ok(response)
+    }
+
+    /// Whether the request may use the admin paths (`/status`, `/api`,
+    /// `/metrics`): the admin token, or with none set a client on this
+    /// machine (as forwarded by a trusted proxy: a proxy on this machine
+    /// does not make its clients local).
+    fn admin_check(&self, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
+        let client = self.remote.map(|peer| {
+            crate::transport::forwarded::client_address(
+                peer,
+                req.headers(),
+                &self.state.config.trusted_proxies,
+            )
+        });
+        crate::transport::admin::check(
+            req.headers(),
+            client,
+            self.state.config.admin_token.as_ref(),
+        )
     }
 
     async fn upgrade(self, mut req: Request<Incoming>) -> Response<Body> {
@@ -169,6 +196,7 @@ impl Routes {
             Ok(identity) => identity,
             Err(e) => {
                 tracing::info!(conn = conn_id, "handshake refused: {e}");
+                crate::metrics::global().auth_failure(e.kind());
                 lifecycle::emit(
                     &self.state.registry,
                     lifecycle::AUTH_FAILURE,
@@ -227,6 +255,7 @@ impl Routes {
                 Some(config),
             )
             .await;
+            crate::metrics::global().connection_opened();
             let user = identity.as_ref().map(|i| Arc::clone(&i.user));
             lifecycle::emit(
                 &state.registry,
@@ -251,6 +280,7 @@ impl Routes {
                 handshake,
                 state.config.max_inflight_per_connection,
                 state.auth.leeway(),
+                crate::rpc::rates::ConnectionRates::new(&state.config),
             );
             let connection = connection::serve(ws, Arc::clone(&state), session, outbound, shutdown);
             tracker.spawn(futures_util::FutureExt::map(connection, move |ended| {
@@ -282,7 +312,7 @@ impl Routes {
 fn not_found() -> Response<Body> {
     text(
         StatusCode::NOT_FOUND,
-        "not found: this server offers GET /ws, /healthz, /status, /admin, /client.js and /client.d.ts\n",
+        "not found: this server offers GET /ws, /healthz, /status, /metrics, /admin, /client.js, /client.d.ts and POST /api\n",
     )
 }
 

@@ -159,6 +159,7 @@ async fn sweep_rooms(state: Arc<ServerState>, shutdown: CancellationToken) {
         tokio::select! {
             _ = every.tick() => {
                 released += state.broker.sweep();
+                state.user_rates.sweep();
                 if released >= RELEASE_AFTER_BYTES {
                     released = 0;
                     tokio::task::spawn_blocking(crate::sys::release_free_memory);

@@ -70,6 +70,19 @@ pub enum GenerationState {
     Unmapped,
 }
 
+impl GenerationState {
+    /// Its name, as `/status` and `/metrics` show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            GenerationState::Serving => "serving",
+            GenerationState::Draining => "draining",
+            GenerationState::Closing => "closing",
+            GenerationState::RetiredMapped => "retired_mapped",
+            GenerationState::Unmapped => "unmapped",
+        }
+    }
+}
+
 /// One generation as `/status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationView {

@@ -12,6 +12,7 @@
 use crate::action_threads::ActionThreads;
 use crate::auth::Identity;
 use crate::lifecycle;
+use crate::metrics::ActionMetrics;
 use crate::plugins::ActionEntry;
 use crate::plugins::invoke::{self, PluginFault, Thread, invoke};
 use crate::plugins::loader::CallArgs;
@@ -25,6 +26,7 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// What dispatching one request produced.
@@ -75,6 +77,8 @@ fn room_call_in_lane(
     let turn = session.room_turn();
     let state = Arc::clone(state);
     let params = envelope.params.map(|p| share(frame, text, p.get()));
+    let metrics = crate::metrics::global().builtin(&envelope.method);
+    let started = Instant::now();
     Dispatched::Running(Box::pin(async move {
         turn.wait().await;
         let params = match params.as_deref().map(std::str::from_utf8) {
@@ -95,8 +99,21 @@ fn room_call_in_lane(
             .run_room(&state, &caller, params)
             .await
             .map_err(CallError::from);
+        record(&metrics, started, &outcome);
         reply(id.as_ref(), outcome)
     }))
+}
+
+/// Counts a call's outcome and latency in its action's metrics.
+fn record(metrics: &ActionMetrics, started: Instant, outcome: &Result<String, CallError>) {
+    metrics.record(
+        started.elapsed(),
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(CallError::Rpc(error)) => Err(Some(error.code)),
+            Err(CallError::Action(_)) => Err(None),
+        },
+    );
 }
 
 /// Builds the reply for a call's outcome (`None` for a notification).
@@ -126,7 +143,15 @@ pub async fn dispatch(
     }
     let id = envelope.id.map(|id| share(frame, text, id.get()));
     let method: &str = &envelope.method;
+    let started = Instant::now();
     if method.starts_with("rpc.") {
+        if method == "rpc.publish"
+            && let Err(error) = session.rates.take_publish(&state.config, started)
+        {
+            let outcome = Err(error.into());
+            record(&crate::metrics::global().builtin(method), started, &outcome);
+            return Dispatched::Ready(reply(id.as_ref(), outcome));
+        }
         let builtin = Builtin::from_method(method);
         if let Some(builtin) = builtin.filter(|b| b.is_room_call() && state.broker.waits()) {
             return room_call_in_lane(state, session, builtin, envelope, frame, text, id);
@@ -142,6 +167,7 @@ pub async fn dispatch(
             )
             .into()),
         };
+        record(&crate::metrics::global().builtin(method), started, &outcome);
         return Dispatched::Ready(reply(id.as_ref(), outcome));
     }
     let Authorized {
@@ -150,12 +176,35 @@ pub async fn dispatch(
         report_errors,
     } = match authorize(state, session, method) {
         Ok(authorized) => authorized,
-        Err(error) => return Dispatched::Ready(reply(id.as_ref(), Err(error.into()))),
+        Err(error) => {
+            let metrics = state.registry.snapshot().get(method).map_or_else(
+                || crate::metrics::global().builtin(""),
+                |e| e.metrics.clone(),
+            );
+            let outcome = Err(error.into());
+            record(&metrics, started, &outcome);
+            return Dispatched::Ready(reply(id.as_ref(), outcome));
+        }
     };
+    if let Some(limit) = entry.rate_limit
+        && let Err(error) = session.rates.take_action(&entry.path, limit, started)
+    {
+        let outcome = Err(error.into());
+        record(&entry.metrics, started, &outcome);
+        return Dispatched::Ready(reply(id.as_ref(), outcome));
+    }
     entry.plugin.count_call();
     if entry.inline {
-        return run_inline(entry, identity, session.conn_id, envelope.params, id);
+        return run_inline(
+            entry,
+            identity,
+            session.conn_id,
+            envelope.params,
+            id,
+            started,
+        );
     }
+    let entry_metrics = entry.metrics.clone();
     match with_permits(state, session, entry, identity, report_errors) {
         Ok(mut call) => {
             if call.report_errors {
@@ -174,7 +223,9 @@ pub async fn dispatch(
                 )
             });
             let running = async move {
+                let metrics = call.entry.metrics.clone();
                 let outcome = call.run(params).await;
+                record(&metrics, started, &outcome);
                 tracing::debug!(ok = outcome.is_ok(), "answered");
                 reply(id.as_ref(), outcome)
             };
@@ -185,7 +236,11 @@ pub async fn dispatch(
                 None => Dispatched::Running(Box::pin(running)),
             }
         }
-        Err(error) => Dispatched::Ready(reply(id.as_ref(), Err(error.into()))),
+        Err(error) => {
+            let outcome = Err(error.into());
+            record(&entry_metrics, started, &outcome);
+            Dispatched::Ready(reply(id.as_ref(), outcome))
+        }
     }
 }
 
@@ -224,15 +279,22 @@ fn run_inline(
     conn_id: u64,
     params: Option<&serde_json::value::RawValue>,
     id: Option<Bytes>,
+    started: Instant,
 ) -> Dispatched {
     let params = params.map_or(b"null".as_slice(), |p| p.get().as_bytes());
     let args = call_args(params, conn_id, identity.as_deref());
     let mut asked = invoke::ask_here(|pending| entry.plugin.call(entry.index, &args, pending));
     match asked.now() {
-        Some(answer) => Dispatched::Ready(reply(id.as_ref(), interpret(&entry, answer))),
+        Some(answer) => {
+            let outcome = interpret(&entry, answer);
+            record(&entry.metrics, started, &outcome);
+            Dispatched::Ready(reply(id.as_ref(), outcome))
+        }
         None => Dispatched::Running(Box::pin(async move {
             let answer = asked.answer(entry.timeout).await;
-            reply(id.as_ref(), interpret(&entry, answer))
+            let outcome = interpret(&entry, answer);
+            record(&entry.metrics, started, &outcome);
+            reply(id.as_ref(), outcome)
         })),
     }
 }

@@ -50,6 +50,8 @@ fn session(state: &ServerState, user: Option<&str>) -> Session {
         rooms: Arc::from(Vec::new()),
         data: None,
         source: AuthStep::Jwt,
+        issued_at: None,
+        jti: None,
     });
     Session::new(
         crate::rpc::session::next_conn_id(),
@@ -58,6 +60,7 @@ fn session(state: &ServerState, user: Option<&str>) -> Session {
         Arc::new(Handshake::default()),
         state.config.max_inflight_per_connection,
         0,
+        crate::rpc::rates::ConnectionRates::new(&state.config),
     )
 }
 

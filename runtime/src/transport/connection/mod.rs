@@ -19,8 +19,7 @@ mod writer;
 
 use crate::auth::{ends_at_ms, now_millis, now_secs};
 use crate::lifecycle;
-use crate::rate::TokenBucket;
-use crate::rooms::hub::{ConnFlow, ConnHandle, Outgoing, outgoing};
+use crate::rooms::hub::{CloseRequest, ConnFlow, ConnHandle, Outgoing, outgoing};
 use crate::rpc::dispatch::{Dispatched, dispatch};
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::protocol::{self, Envelope, Frame, Refusal};
@@ -46,6 +45,9 @@ use tracing::Instrument;
 
 /// Most frames written before a flush is forced.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
+
+/// How a connection the client closed ends.
+const CLIENT_CLOSED: &str = "closed by the client";
 
 /// The reason sent with Close 4008.
 const SLOW_CONSUMER: &str = "slow consumer: outbound queue overflowed";
@@ -155,15 +157,14 @@ struct Connection<S> {
     beat: Beat,
     beat_at: Instant,
     heard: bool,
-    /// The message rate limit (`None`: off), and the refusals it may
-    /// still make before the connection is closed with 1008.
-    rate: Option<(TokenBucket, TokenBucket)>,
 }
 
 /// What one step of the loop decided.
 enum Next {
     Continue,
     Close(CloseCode, &'static str),
+    /// A close the server asked for (`disconnect`, a revoked token).
+    Asked(CloseRequest),
     Shutdown,
     Stop(&'static str),
 }
@@ -183,6 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let replies_tx = handle.tx.clone();
         let kick = handle.kick.clone();
         let flow = Arc::clone(&handle.flow);
+        flow.set_identity(session.identity().cloned());
         session.handle = Some(handle);
         let mut connection = Connection {
             ws,
@@ -202,20 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             beat: Beat::Off,
             beat_at: Instant::now(),
             heard: false,
-            rate: None,
         };
-        let config = &connection.state.config;
-        if config.message_rate > 0 {
-            let burst = config.message_burst.max(1);
-            let refill = Duration::from_secs_f64(f64::from(burst) / f64::from(config.message_rate));
-            connection.rate = Some((
-                TokenBucket::new(burst, refill),
-                TokenBucket::new(
-                    config.rate_refusals_before_close.max(1),
-                    Duration::from_secs(10),
-                ),
-            ));
-        }
         let ping_interval = connection.state.config.ping_interval_ms;
         if ping_interval > 0 {
             connection.beat = Beat::Listening;
@@ -240,7 +229,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => Next::Shutdown,
-                    () = self.kick.cancelled() => Next::Close(CloseCode::from(4008), SLOW_CONSUMER),
+                    () = self.kick.cancelled() => match self.flow.take_close_request() {
+                        Some(asked) => Next::Asked(asked),
+                        None => Next::Close(CloseCode::from(4008), SLOW_CONSUMER),
+                    },
                     Some(first) = self.replies_rx.recv() => self.write_burst(first).await,
                     incoming = self.ws.next() => self.on_incoming(incoming).await,
                     () = &mut self.timer, if self.timer_for.is_some() => self.on_timer().await,
@@ -252,16 +244,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             match next {
                 Next::Continue => {}
                 Next::Close(code, reason) => {
-                    self.close(code, reason).await;
+                    crate::metrics::global().connection_closed(code.into());
+                    self.close(code, reason.into()).await;
                     break reason;
                 }
+                Next::Asked(asked) => {
+                    tracing::info!(code = asked.code, reason = %asked.reason, "closed by the server");
+                    crate::metrics::global().connection_closed(asked.code);
+                    self.close(CloseCode::from(asked.code), clip_reason(asked.reason))
+                        .await;
+                    break "closed by the server";
+                }
                 Next::Shutdown => {
+                    crate::metrics::global().connection_closed(1001);
                     self.finish_running_calls().await;
-                    self.close(CloseCode::Away, "the server is shutting down")
+                    self.close(CloseCode::Away, "the server is shutting down".into())
                         .await;
                     break "server shutdown";
                 }
-                Next::Stop(why) => break why,
+                Next::Stop(why) => {
+                    crate::metrics::global()
+                        .connection_ended_without_server_close(why == CLIENT_CLOSED);
+                    break why;
+                }
             }
         };
         tracing::debug!(why, "disconnected");
@@ -302,13 +307,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let _ = self.flush().await;
     }
 
-    async fn close(&mut self, code: CloseCode, reason: &'static str) {
+    async fn close(&mut self, code: CloseCode, reason: Utf8Bytes) {
         self.replies_rx.close();
         self.drop_queued();
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
+        let frame = CloseFrame { code, reason };
         let grace = self.state.config.shutdown_grace();
         let _ = timeout(grace, async {
             if self.ws.send(Message::Close(Some(frame))).await.is_ok() {
@@ -318,4 +320,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         })
         .await;
     }
+}
+
+/// A close reason cut to what a Close frame carries (123 bytes), on a
+/// character boundary.
+fn clip_reason(mut reason: String) -> Utf8Bytes {
+    const MAX: usize = 123;
+    if reason.len() > MAX {
+        let mut end = MAX;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason.into()
 }

@@ -46,7 +46,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     while let Some(Ok(_)) = self.ws.next().await {}
                 })
                 .await;
-                Next::Stop("closed by the client")
+                Next::Stop(super::CLIENT_CLOSED)
             }
             Some(Ok(_)) => Next::Continue, // ping/pong: tungstenite answers pings itself
             Some(Err(WsError::Capacity(e))) => {
@@ -73,16 +73,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // Both views share one buffer, so ids and params are sliced from it.
         let frame: Bytes = text.clone().into();
         let text = text.as_str();
-        if let Some((bucket, refusals)) = &mut self.rate {
-            let now = std::time::Instant::now();
-            if !bucket.try_take(now) {
-                if !refusals.try_take(now) {
-                    tracing::info!("closing: over the message rate, again and again");
-                    return Next::Close(CloseCode::Policy, "message rate exceeded repeatedly");
-                }
-                return self.refuse_for_rate(text).await;
+        if let Err(error) = self.take_message() {
+            if self.session.rates.exhausted() {
+                return over_rate();
             }
+            return self.refuse_for_rate(text, &error).await;
         }
+        let next = self.dispatch_frame(&frame, text).await;
+        if self.session.rates.exhausted() {
+            return over_rate();
+        }
+        next
+    }
+
+    /// Takes one message from the connection's and its user's allowances.
+    fn take_message(&mut self) -> Result<(), RpcError> {
+        let now = std::time::Instant::now();
+        let config = &self.state.config;
+        self.session.rates.take_message(config, now)?;
+        if self.state.user_rates.enabled()
+            && let Some(identity) = self.session.identity()
+            && let Err(message) = self.state.user_rates.take(&identity.user, now)
+        {
+            return Err(self.session.rates.refused(now, "user", message));
+        }
+        Ok(())
+    }
+
+    /// Parses a frame and dispatches its calls.
+    async fn dispatch_frame(&mut self, frame: &Bytes, text: &str) -> Next {
         match protocol::parse_frame(text, self.state.config.max_batch) {
             Frame::Refused(error) => self.write_ready(protocol::reply_error(None, &error)).await,
             Frame::Single(Err(refusal)) => {
@@ -90,7 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .await
             }
             Frame::Single(Ok(envelope)) => {
-                match dispatch(&self.state, &mut self.session, &envelope, &frame, text).await {
+                match dispatch(&self.state, &mut self.session, &envelope, frame, text).await {
                     Dispatched::Ready(Some(reply)) => self.write_ready(reply).await,
                     Dispatched::Ready(None) => Next::Continue,
                     Dispatched::Running(call) => {
@@ -100,31 +119,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // Boxed: batches are rare, and their state would otherwise
             // make every connection's task larger.
-            Frame::Batch(items) => Box::pin(self.on_batch(items, &frame, text)).await,
+            Frame::Batch(items) => Box::pin(self.on_batch(items, frame, text)).await,
         }
     }
 
     /// Refuses a message over the rate (-32004), with its id when it is a
     /// single request; nothing reaches an action.
-    async fn refuse_for_rate(&mut self, text: &str) -> Next {
-        let config = &self.state.config;
-        let error = RpcError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "over this connection's message rate ({} a second, bursts of {}); slow down",
-                config.message_rate, config.message_burst
-            ),
-        );
-        match protocol::parse_frame(text, config.max_batch) {
+    async fn refuse_for_rate(&mut self, text: &str, error: &RpcError) -> Next {
+        match protocol::parse_frame(text, self.state.config.max_batch) {
             Frame::Single(Ok(envelope)) => match envelope.id {
                 Some(id) => {
                     let id = id.get().as_bytes().to_vec();
-                    self.write_ready(protocol::reply_error(Some(&id), &error))
+                    self.write_ready(protocol::reply_error(Some(&id), error))
                         .await
                 }
                 None => Next::Continue,
             },
-            _ => self.write_ready(protocol::reply_error(None, &error)).await,
+            _ => self.write_ready(protocol::reply_error(None, error)).await,
         }
     }
 
@@ -195,4 +206,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         });
         self.spawn_reply(batch)
     }
+}
+
+/// A connection that kept exceeding its rate limits: closed with 1008.
+fn over_rate() -> Next {
+    tracing::info!("closing: over the rate limits, again and again");
+    Next::Close(CloseCode::Policy, "rate limit exceeded repeatedly")
 }
