@@ -152,6 +152,15 @@ fn plugin() -> Plugin {
         .action(Action::new("echo/fail", fail))
         .action(Action::new("echo/panic", panic))
         .action(Action::new("echo/whoami", whoami).public().inline())
+        .action(
+            Action::new(
+                "echo/limited",
+                |_: &Context<'_>, params: Value| -> Result<Value, ActionError> { Ok(params) },
+            )
+            .public()
+            .inline()
+            .rate_limit(5, 5),
+        )
         .action(Action::deferred("echo/later", later).timeout(Duration::from_secs(2)))
 }
 

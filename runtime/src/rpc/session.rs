@@ -58,7 +58,7 @@ impl Session {
     /// otherwise holding its `anonymous` slot until it signs in.
     pub fn new(
         conn_id: u64,
-        identity: Option<Identity>,
+        identity: Option<Arc<Identity>>,
         anonymous: Option<AnonymousSlot>,
         handshake: Arc<Handshake>,
         max_inflight: usize,
@@ -68,7 +68,7 @@ impl Session {
         Session {
             conn_id,
             sign_ins: u64::from(identity.is_some()),
-            identity: identity.map(Arc::new),
+            identity,
             handshake,
             inflight: Arc::new(Semaphore::new(max_inflight)),
             leeway,

@@ -119,6 +119,23 @@ impl Routes {
         Ok(response)
     }
 
+    /// The 401 for a handshake whose token was refused (logged, counted,
+    /// and told to plugins that listen).
+    fn refuse_token(&self, conn_id: u64, e: &TokenError) -> Response<Body> {
+        tracing::info!(conn = conn_id, "handshake refused: {e}");
+        crate::metrics::global().auth_failure(e.kind());
+        lifecycle::emit(
+            &self.state.registry,
+            lifecycle::AUTH_FAILURE,
+            conn_id,
+            None,
+            || serde_json::json!({"reason": e.to_string(), "via": "handshake"}),
+        );
+        let body = serde_json::json!({"code": -32001, "message": format!("token refused: {e}")})
+            .to_string();
+        refused_handshake(respond(StatusCode::UNAUTHORIZED, "application/json", body))
+    }
+
     /// Whether the request may use the admin paths (`/status`, `/api`,
     /// `/metrics`): the admin token, or with none set a client on this
     /// machine (as forwarded by a trusted proxy: a proxy on this machine
@@ -193,26 +210,8 @@ impl Routes {
             (_, verdict) => verdict,
         };
         let identity = match verdict {
-            Ok(identity) => identity,
-            Err(e) => {
-                tracing::info!(conn = conn_id, "handshake refused: {e}");
-                crate::metrics::global().auth_failure(e.kind());
-                lifecycle::emit(
-                    &self.state.registry,
-                    lifecycle::AUTH_FAILURE,
-                    conn_id,
-                    None,
-                    || serde_json::json!({"reason": e.to_string(), "via": "handshake"}),
-                );
-                let body =
-                    serde_json::json!({"code": -32001, "message": format!("token refused: {e}")})
-                        .to_string();
-                return refused_handshake(respond(
-                    StatusCode::UNAUTHORIZED,
-                    "application/json",
-                    body,
-                ));
-            }
+            Ok(identity) => identity.map(Arc::new),
+            Err(e) => return self.refuse_token(conn_id, &e),
         };
         let anonymous = match identity {
             Some(_) => None,
@@ -228,9 +227,21 @@ impl Routes {
         let outbound = Outbound::open(
             &self.state,
             conn_id,
-            identity.as_ref().map(|i| Arc::clone(&i.user)),
+            identity.clone(),
             &handshake.remote_addr,
         );
+        // A revocation made since the token was checked may have looked
+        // for its connections before this one was in the hub.
+        if let Some(signed_in) = &identity
+            && self
+                .state
+                .auth
+                .revocations()
+                .is_revoked(signed_in, crate::auth::now_secs())
+        {
+            self.state.hub.unregister(conn_id);
+            return self.refuse_token(conn_id, &TokenError::Revoked);
+        }
         let state = Arc::clone(&self.state);
         let shutdown = self.shutdown.clone();
         let upgrade = hyper::upgrade::on(&mut req);

@@ -43,16 +43,18 @@ fn server(max_inflight_per_connection: usize) -> Server {
 }
 
 fn session(state: &ServerState, user: Option<&str>) -> Session {
-    let identity = user.map(|user| Identity {
-        user: Arc::from(user),
-        expires_at: None,
-        scopes: Arc::from(""),
-        rooms: Arc::from(Vec::new()),
-        data: None,
-        source: AuthStep::Jwt,
-        issued_at: None,
-        jti: None,
-    });
+    let identity = user
+        .map(|user| Identity {
+            user: Arc::from(user),
+            expires_at: None,
+            scopes: Arc::from(""),
+            rooms: Arc::from(Vec::new()),
+            data: None,
+            source: AuthStep::Jwt,
+            issued_at: None,
+            jti: None,
+        })
+        .map(Arc::new);
     Session::new(
         crate::rpc::session::next_conn_id(),
         identity,

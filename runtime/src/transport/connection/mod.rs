@@ -17,7 +17,7 @@ mod reader;
 mod timers;
 mod writer;
 
-use crate::auth::{ends_at_ms, now_millis, now_secs};
+use crate::auth::{Identity, ends_at_ms, now_millis, now_secs};
 use crate::lifecycle;
 use crate::rooms::hub::{CloseRequest, ConnFlow, ConnHandle, Outgoing, outgoing};
 use crate::rpc::dispatch::{Dispatched, dispatch};
@@ -110,12 +110,15 @@ impl Outbound {
     pub fn open(
         state: &ServerState,
         conn_id: u64,
-        user: Option<Arc<str>>,
+        identity: Option<Arc<Identity>>,
         remote_addr: &str,
     ) -> Outbound {
         let (tx, rx) = mpsc::channel(state.config.outbound_queue);
+        let flow = Arc::new(ConnFlow::new(state.config.max_room_creations_per_minute));
+        let user = identity.as_ref().map(|i| Arc::clone(&i.user));
+        flow.set_identity(identity);
         let handle = ConnHandle {
-            flow: Arc::new(ConnFlow::new(state.config.max_room_creations_per_minute)),
+            flow,
             conn_id,
             user,
             tx,
@@ -184,7 +187,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let replies_tx = handle.tx.clone();
         let kick = handle.kick.clone();
         let flow = Arc::clone(&handle.flow);
-        flow.set_identity(session.identity().cloned());
         session.handle = Some(handle);
         let mut connection = Connection {
             ws,
