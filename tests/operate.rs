@@ -4,6 +4,8 @@
 //! happen (with bounded labels), and the rate limits per user, per action
 //! and on `rpc.publish`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use serde_json::{Value, json};
 use std::time::Duration;
 use switchboard_tests::{
