@@ -722,3 +722,118 @@ async fn max_rooms_bounds_the_whole_cluster() {
     let reply = bob.call("rpc.join", json!({"room": "r1"})).await;
     assert_eq!(reply["result"]["room"], "r1", "{reply}");
 }
+
+/// The HTTP API on one node acts on the whole cluster: publishes reach
+/// members on other nodes, history, rooms and presence come from Redis,
+/// sends and disconnects reach other nodes' connections, and a revocation
+/// closes them there and holds on a node that starts later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_on_one_node_acts_on_the_whole_cluster() {
+    const ADMIN: &str = "admin-token-0123456789";
+    let redis = Redis::start();
+    let admin = ["--admin-token", ADMIN];
+    let a = node(&redis, "a", &admin);
+    let b = node(&redis, "b", &admin);
+    let mut bea = b.connect_as("bea").await;
+    let bea_conn = bea.call("echo/whoami", Value::Null).await["result"]["conn"]
+        .as_u64()
+        .unwrap();
+    bea.call("rpc.join", json!({"room": "news"})).await;
+
+    let reply = a.api(ADMIN, "publish", json!({"room": "news", "data": {"n": 1}}));
+    assert_eq!(reply["result"]["offset"], 1, "{reply}");
+    assert_eq!(messages(&mut bea, 1).await[0]["data"], json!({"n": 1}));
+    let reply = a.api(ADMIN, "history", json!({"room": "news"}));
+    assert_eq!(
+        reply["result"]["messages"],
+        json!([{"offset": 1, "data": {"n": 1}}]),
+        "{reply}"
+    );
+    let reply = a.api(ADMIN, "rooms", json!({"prefix": "ne"}));
+    assert_eq!(
+        reply["result"]["rooms"],
+        json!([{"room": "news", "members": 1}]),
+        "{reply}"
+    );
+    let reply = a.api(ADMIN, "presence", json!({"room": "news"}));
+    assert_eq!(
+        reply["result"]["members"],
+        json!([{"user": "bea", "conn": bea_conn}]),
+        "{reply}"
+    );
+    let reply = a.api(ADMIN, "info", Value::Null);
+    assert_eq!(reply["result"]["node"], "a", "{reply}");
+
+    a.api(
+        ADMIN,
+        "send",
+        json!({"user": "bea", "event": "to-user", "data": 1}),
+    );
+    let (event, _) = bea.recv_until(|v| v["method"] == "rpc.event").await;
+    assert_eq!(event["params"]["event"], "to-user");
+    a.api(
+        ADMIN,
+        "send",
+        json!({"conn": bea_conn, "event": "to-conn", "data": 2}),
+    );
+    let (event, _) = bea.recv_until(|v| v["method"] == "rpc.event").await;
+    assert_eq!(event["params"]["event"], "to-conn");
+    a.api(ADMIN, "broadcast", json!({"event": "to-all", "data": 3}));
+    let (event, _) = bea.recv_until(|v| v["method"] == "rpc.event").await;
+    assert_eq!(event["params"]["event"], "to-all");
+
+    let reply = a.api(
+        ADMIN,
+        "disconnect",
+        json!({"conn": bea_conn, "code": 4000, "reason": "moving you"}),
+    );
+    assert_eq!(reply["result"]["closed"], 1, "{reply}");
+    assert_eq!(bea.expect_close().await, 4000);
+    let mut twice = [b.connect_as("bea").await, b.connect_as("bea").await];
+    for client in &mut twice {
+        client.call("rpc.ping", Value::Null).await;
+    }
+    let reply = a.api(ADMIN, "disconnect", json!({"user": "bea"}));
+    assert_eq!(reply["result"]["closed_here"], 0, "none on a: {reply}");
+    for client in &mut twice {
+        assert_eq!(client.expect_close().await, 4003);
+    }
+
+    // A revocation given to a closes the user's connection on b, and a
+    // node that starts afterwards refuses the token too.
+    let old = token_with(
+        SECRET,
+        json!({"sub": "mallory", "exp": now() + 3600, "iat": now() - 60}),
+    );
+    let mut mallory = Client::connect(&format!("{}?token={old}", b.ws_url())).await;
+    mallory.call("rpc.ping", Value::Null).await;
+    let reply = a.api(
+        ADMIN,
+        "revoke",
+        json!({"user": "mallory", "until": now() + 600}),
+    );
+    assert!(reply.get("result").is_some(), "{reply}");
+    assert_eq!(mallory.expect_close().await, 4002);
+    let c = node(&redis, "c", &admin);
+    for node in [&b, &c] {
+        let request = format!("{}?token={old}", node.ws_url())
+            .into_client_request()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        // c reads the revocations kept in Redis as it starts.
+        loop {
+            match Client::try_connect(request.clone()).await {
+                Err(WsError::Http(response)) if response.status() == 401 => break,
+                Ok(client) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the revoked token still signs in"
+                    );
+                    client.close().await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    }
+}

@@ -8,44 +8,23 @@
 
 use serde_json::{Value, json};
 use std::time::Duration;
-use switchboard_tests::{
-    Client, Server, ServerConfig, error_code, http_request, now, probe_variant, token_with,
-};
+use switchboard_tests::{Client, Server, ServerConfig, error_code, now, probe_variant, token_with};
 
 const ADMIN: &str = "admin-token-0123456789";
 
-/// `POST /api` with `body`, presenting `auth` as the bearer token if any;
-/// returns (status, body).
+/// `POST /api` with `body`, presenting `auth` as the bearer token if any.
 fn post_api(server: &Server, auth: Option<&str>, body: &str) -> (u16, String) {
-    let auth = auth
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    http_request(
-        &server.addr,
-        &format!(
-            "POST /api HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
+    server.http_with("POST", "/api", auth, body)
 }
 
 /// One API call with the admin token; its reply object.
 fn api(server: &Server, method: &str, params: Value) -> Value {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let (status, reply) = post_api(server, Some(ADMIN), &body.to_string());
-    assert_eq!(status, 200, "{method}: {reply}");
-    serde_json::from_str(&reply).unwrap()
+    server.api(ADMIN, method, params)
 }
 
 /// `GET path` presenting `auth` as the bearer token if any.
 fn get(server: &Server, path: &str, auth: Option<&str>) -> (u16, String) {
-    let auth = auth
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    http_request(
-        &server.addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"),
-    )
+    server.http_with("GET", path, auth, "")
 }
 
 fn with_admin() -> ServerConfig {

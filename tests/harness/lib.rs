@@ -414,6 +414,36 @@ impl Server {
         )
     }
 
+    /// HTTP `method path` with `body` (JSON), presenting `bearer` as an
+    /// `Authorization: Bearer` token if given; returns (status, body).
+    pub fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: &str,
+    ) -> (u16, String) {
+        let auth = bearer
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        http_request(
+            &self.addr,
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    }
+
+    /// One call of the HTTP API (`POST /api`) with `admin_token`; its
+    /// reply object.
+    pub fn api(&self, admin_token: &str, method: &str, params: Value) -> Value {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let (status, reply) = self.http_with("POST", "/api", Some(admin_token), &body.to_string());
+        assert_eq!(status, 200, "{method}: {reply}");
+        serde_json::from_str(&reply).unwrap()
+    }
+
     pub fn status(&self) -> Value {
         let (code, body) = self.http_get("/status");
         assert_eq!(code, 200, "{body}");
