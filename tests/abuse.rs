@@ -358,6 +358,9 @@ async fn a_stalled_write_drop_is_counted() {
         .arg("500")
         .arg("--outbound-queue-bytes")
         .arg("268435456")
+        // 400 publishes at once: past one client's publish allowance.
+        .arg("--publish-rate")
+        .arg("0")
         .start();
     let mut reader = server.connect_as("stuck").await;
     reader.call("rpc.join", json!({"room": "news"})).await;

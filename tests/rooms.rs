@@ -362,7 +362,11 @@ async fn presence_follows_joins_leaves_and_abrupt_disconnects() {
 
 #[tokio::test]
 async fn a_consumer_that_does_not_read_is_closed_with_4008_and_memory_stays_bounded() {
-    let server = ServerConfig::default().start();
+    // The publisher floods on purpose: past one client's publish allowance.
+    let server = ServerConfig::default()
+        .arg("--publish-rate")
+        .arg("0")
+        .start();
     // A client that joins and then never reads.
     let url = format!(
         "{}?token={}",

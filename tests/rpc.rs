@@ -491,7 +491,10 @@ async fn rpc_actions_lists_what_the_caller_may_call() {
         .iter()
         .map(|a| a["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, vec!["echo", "echo/count", "echo/whoami"]);
+    assert_eq!(
+        paths,
+        vec!["echo", "echo/count", "echo/limited", "echo/whoami"]
+    );
     assert_eq!(listed[0]["version"], "0.1.0");
     assert_eq!(listed[0]["plugin"], "echo");
 
@@ -507,7 +510,7 @@ async fn rpc_actions_lists_what_the_caller_may_call() {
         paths.contains(&"kv/set") && paths.contains(&"echo/sleep"),
         "{paths:?}"
     );
-    assert_eq!(paths.len(), 14);
+    assert_eq!(paths.len(), 15);
 }
 
 /// The action trait: `echo/count` is a type implementing `Handler`, with

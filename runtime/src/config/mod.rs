@@ -281,14 +281,15 @@ settings! {
         pub user_message_burst: u32 = 400,
         /// `rpc.publish` calls a connection may make per second, on
         /// average; past it they are refused with -32004 (and count
-        /// towards `rate_refusals_before_close`). 0 turns the limit off.
-        /// Default 50.
+        /// towards `rate_refusals_before_close`): one client's publish to
+        /// a large room costs the server once per member. 0 turns the limit
+        /// off. Default 100 (a 60 Hz game loop fits).
         #[arg(long, env = "SWITCHBOARD_PUBLISH_RATE", value_name = "N")]
-        pub publish_rate: u32 = 50,
+        pub publish_rate: u32 = 100,
         /// `rpc.publish` calls a connection may make at once above that
-        /// rate. Default 100.
+        /// rate. Default 200.
         #[arg(long, env = "SWITCHBOARD_PUBLISH_BURST", value_name = "N")]
-        pub publish_burst: u32 = 100,
+        pub publish_burst: u32 = 200,
         /// Refusals for rate within 10 s after which the connection is closed
         /// with 1008. Default 50.
         #[arg(long, env = "SWITCHBOARD_RATE_REFUSALS_BEFORE_CLOSE", value_name = "N")]
