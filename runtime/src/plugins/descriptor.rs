@@ -252,3 +252,78 @@ pub(crate) fn check_path(path: &str) -> Result<(), LoadError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An action entry as revision 2 of the ABI laid it out (no rate
+    /// limit fields).
+    #[repr(C)]
+    struct Revision2Action {
+        path: ByteView,
+        flags: u32,
+        timeout_ms: u64,
+        scopes: ByteView,
+    }
+
+    unsafe extern "C" fn no_call(_: usize, _: *const CallInfo) {}
+
+    fn descriptor(actions: *const ActionDescriptor, action_size: usize) -> Descriptor {
+        Descriptor {
+            name: ByteView::of(b"t"),
+            version: ByteView::of(b"1"),
+            actions,
+            action_count: 1,
+            action_size,
+            call: no_call,
+            shutdown: None,
+            authenticate: None,
+            on_event: None,
+            event_mask: 0,
+            room_patterns: ByteView::ABSENT,
+            room_join: None,
+            save_state: None,
+            restore_state: None,
+        }
+    }
+
+    #[test]
+    fn an_older_entry_keeps_its_scopes_and_has_no_rate_limit() {
+        let old = Revision2Action {
+            path: ByteView::of(b"a/b"),
+            flags: 0,
+            timeout_ms: 0,
+            scopes: ByteView::of(b"admin"),
+        };
+        let d = descriptor(
+            std::ptr::from_ref(&old).cast(),
+            std::mem::size_of::<Revision2Action>(),
+        );
+        // SAFETY: one entry of the size given, living through the call.
+        let actions = unsafe { read_actions(&d) }.unwrap();
+        assert_eq!(actions[0].scopes, ["admin"]);
+        assert_eq!(actions[0].rate_limit, None);
+
+        let new = ActionDescriptor {
+            path: ByteView::of(b"a/c"),
+            flags: 0,
+            timeout_ms: 0,
+            scopes: ByteView::ABSENT,
+            rate_per_sec: 5,
+            rate_burst: 0,
+        };
+        let d = descriptor(
+            std::ptr::from_ref(&new),
+            std::mem::size_of::<ActionDescriptor>(),
+        );
+        // SAFETY: as above.
+        let actions = unsafe { read_actions(&d) }.unwrap();
+        assert_eq!(
+            actions[0].rate_limit,
+            Some((5, 1)),
+            "a burst of at least one"
+        );
+    }
+}
