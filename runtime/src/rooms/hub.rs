@@ -356,11 +356,7 @@ impl Hub {
 
     /// Closes every connection of `user` on this server; how many.
     pub fn close_user(&self, user: &str, request: &CloseRequest) -> usize {
-        let conns: Vec<u64> = lock(&self.users)
-            .get(user)
-            .map(|c| c.iter().copied().collect())
-            .unwrap_or_default();
-        conns
+        self.connections_of(user)
             .into_iter()
             .filter(|conn| self.close(*conn, request))
             .count()
@@ -384,16 +380,6 @@ impl Hub {
             }
         }
         closed
-    }
-
-    /// Every connection of this server, with its user (for listings).
-    pub fn connections(&self) -> Vec<(u64, Option<Arc<str>>)> {
-        let mut all = Vec::new();
-        for shard in &self.shards {
-            all.extend(lock(shard).values().map(|h| (h.conn_id, h.user.clone())));
-        }
-        all.sort_by_key(|(id, _)| *id);
-        all
     }
 
     /// Counts a connection dropped because a write to it stalled past
@@ -459,14 +445,19 @@ impl Hub {
 
     /// Sends to every connection of `user`; returns how many got it.
     pub fn send_to_user(&self, user: &str, frame: &Outgoing) -> usize {
-        let conns: Vec<u64> = lock(&self.users)
-            .get(user)
-            .map(|c| c.iter().copied().collect())
-            .unwrap_or_default();
-        conns
+        self.connections_of(user)
             .into_iter()
             .filter(|c| self.send_to_conn(*c, frame.clone()))
             .count()
+    }
+
+    /// The ids of `user`'s connections now (taken out of the lock, so
+    /// what is done to each does not hold it).
+    fn connections_of(&self, user: &str) -> Vec<u64> {
+        lock(&self.users)
+            .get(user)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Sends to every connection (or, with `signed_in_only`, every
