@@ -99,6 +99,11 @@ fn bounds(state: &ServerState) -> serde_json::Value {
             "max": config.max_inflight_calls,
             "max_per_connection": config.max_inflight_per_connection,
         },
+        "revocations": {
+            "held": state.auth.revocations().len(),
+            "max": crate::auth::revocations::MAX_REVOCATIONS,
+        },
+        "rate_limited_users": state.user_rates.len(),
         "max_message_bytes": config.max_message_bytes,
         "max_batch": config.max_batch,
     })
