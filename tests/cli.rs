@@ -545,6 +545,9 @@ async fn json_logs_parse_and_carry_the_connection_and_call_spans() {
         1
     );
     c.call("echo/panic", Value::Null).await;
+    // The harness copies the server's stderr on a thread of its own: the
+    // reply can arrive before the copy of a line written before it.
+    server.wait_for_log(r#""method":"echo/panic""#);
     let log = server.log();
     let lines: Vec<Value> = log
         .lines()
