@@ -365,6 +365,66 @@ async fn bench_measures_rpc_fanout_and_connections() {
     assert!(conns["rss_after_kib"].as_u64().unwrap() > 0, "{conns}");
 }
 
+/// `bench` as a tool: failed calls never count as throughput, the first
+/// error is shown, and a run where most calls fail exits non-zero;
+/// `--params` sends the params given; `--pid` reports the server's CPU.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_reports_failures_apart_and_the_servers_cpu() {
+    let server = ServerConfig::default().start();
+    let url = server.ws_url();
+    let pid = server.pid().to_string();
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            Command::new(binary())
+                .args(["bench", "--url", &url, "--jwt-secret", SECRET, "rpc"])
+                .args(["--method", "echo/fail", "--conns", "2", "--duration", "1s"])
+                .args(["--params", r#"{"code": 1234, "message": "no such luck"}"#])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "every call failed: {stdout}");
+    assert!(stderr.contains("operations failed"), "{stderr}");
+    assert!(
+        stdout.contains("no such luck"),
+        "the first error is shown: {stdout}"
+    );
+    let rpc = tokio::task::spawn_blocking(move || {
+        bench_json(
+            &url,
+            &[
+                "--pid",
+                &pid,
+                "rpc",
+                "--conns",
+                "2",
+                "--inflight",
+                "4",
+                "--duration",
+                "1s",
+                "--params",
+                r#"["a", 1]"#,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(rpc["errors"], 0, "{rpc}");
+    assert!(rpc["count"].as_u64().unwrap() > 0, "{rpc}");
+    let busy = rpc["cpu"]["server"].as_f64().unwrap();
+    assert!(busy > 0.0 && busy < 3.0, "{rpc}");
+    assert!(
+        rpc["per_server_cpu_second"].as_f64().unwrap() > 0.0,
+        "{rpc}"
+    );
+    assert!(rpc["generator_bound"].is_boolean(), "{rpc}");
+}
+
 #[test]
 fn the_floor_server_answers_echo_join_and_publish() {
     let mut floor = Command::new(binary().with_file_name("switchboard-floor"))

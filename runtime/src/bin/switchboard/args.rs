@@ -93,6 +93,26 @@ pub(crate) struct BenchArgs {
         conflicts_with = "jwt_secret"
     )]
     pub(crate) jwt_secret_file: Option<PathBuf>,
+    /// Sign every connection in with this token instead (a token your
+    /// own issuer minted; the server must accept it as many times).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_TOKEN",
+        hide_env_values = true,
+        global = true,
+        conflicts_with_all = ["jwt_secret", "jwt_secret_file"]
+    )]
+    pub(crate) token: Option<String>,
+    /// The server's process id: its CPU use over the measured period is
+    /// reported, with the rate per server CPU-second, and a run where its
+    /// core was less than 90% busy is marked generator-bound (`conns`:
+    /// its memory per connection).
+    #[arg(long, global = true)]
+    pub(crate) pid: Option<u32>,
+    /// Threads of the load generator (default: the cores it may run on,
+    /// see `taskset`).
+    #[arg(long, global = true)]
+    pub(crate) threads: Option<usize>,
     /// Print the result as JSON.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -113,7 +133,11 @@ pub(crate) enum BenchScenario {
         /// The method to call.
         #[arg(long, default_value = "echo")]
         method: String,
-        /// Bytes of padding in each call's params.
+        /// Each call's params, JSON (e.g. '{"a": 6, "b": 3}'); default
+        /// `{"pad": "xxx..."}` of --payload bytes.
+        #[arg(long, value_name = "JSON", conflicts_with = "payload")]
+        params: Option<String>,
+        /// Bytes of padding in each call's default params.
         #[arg(long, default_value_t = 16)]
         payload: usize,
         /// How long to measure, after a 1 s warm-up.
@@ -147,9 +171,6 @@ pub(crate) enum BenchScenario {
         /// Connections to open.
         #[arg(long, default_value_t = 10_000)]
         count: usize,
-        /// The server's process id, to read its memory.
-        #[arg(long)]
-        pid: Option<u32>,
         /// After measuring, keep them open this long, then check each one
         /// still answers (for several servers measured at once).
         #[arg(long, value_parser = humantime::parse_duration)]

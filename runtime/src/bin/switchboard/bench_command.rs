@@ -1,5 +1,6 @@
 //! `switchboard bench`: runs one load scenario ([`crate::bench`]) on a
-//! one-thread runtime and prints its report.
+//! multi-threaded runtime (one thread per core it may use) and prints its
+//! report; exits non-zero when most operations failed.
 
 use crate::args::{BenchArgs, BenchScenario};
 use crate::settings::read_secret_file;
@@ -27,12 +28,17 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let target = Target {
         url: args.url,
         secret,
+        token: args.token,
     };
-    // One thread: the load generator is pinned to its own core.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
+    let pid = args.pid;
     let json = args.json;
     runtime.block_on(async move {
         match args.scenario {
@@ -40,6 +46,7 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 conns,
                 inflight,
                 method,
+                params,
                 payload,
                 duration,
             } => {
@@ -47,8 +54,10 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     conns,
                     inflight,
                     method,
+                    params,
                     payload,
                     duration,
+                    pid,
                 };
                 let report = rpc::run(&target, &scenario).await?;
                 print_report(&report, json)
@@ -68,6 +77,7 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     payload,
                     duration,
                     subscriber_urls,
+                    pid,
                 };
                 let report = fanout::run(&target, &scenario).await?;
                 print_report(&report, json)
@@ -101,7 +111,7 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            BenchScenario::Conns { count, pid, hold } => {
+            BenchScenario::Conns { count, hold } => {
                 let report = conns::run(&target, count, pid, hold).await?;
                 if json {
                     println!("{}", serde_json::to_string(&report)?);
@@ -126,5 +136,5 @@ pub(crate) fn print_report(report: &crate::bench::Report, json: bool) -> anyhow:
     } else {
         print!("{report}");
     }
-    Ok(())
+    report.check()
 }

@@ -23,12 +23,17 @@ pub(crate) struct Target {
     pub(crate) url: String,
     /// Signs each connection in with a token for `bench-<n>`, if given.
     pub(crate) secret: Option<String>,
+    /// Signs every connection in with this token (instead of minting).
+    pub(crate) token: Option<String>,
 }
 
 impl Target {
     /// A token for connection number `n` (user `bench-<n>`), if the target
     /// has a secret.
     pub(crate) fn token_for(&self, n: usize) -> anyhow::Result<Option<String>> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.clone()));
+        }
         let Some(secret) = &self.secret else {
             return Ok(None);
         };

@@ -4,8 +4,7 @@
 //! be spread over several nodes of a cluster (`--subscriber-url`).
 
 use super::client::Target;
-use super::stats::Latencies;
-use super::{Progress, Report};
+use super::{Progress, Report, Tally};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +26,8 @@ pub(crate) struct FanoutScenario {
     /// Where subscribers connect, round-robin (other nodes of a cluster);
     /// empty: the target's URL, as the publishers.
     pub(crate) subscriber_urls: Vec<String>,
+    /// The server's process id, to measure its CPU.
+    pub(crate) pid: Option<u32>,
 }
 
 fn join(room: usize) -> Message {
@@ -61,7 +62,7 @@ pub(crate) async fn run(target: &Target, scenario: &FanoutScenario) -> anyhow::R
             .iter()
             .map(|url| Target {
                 url: url.clone(),
-                secret: target.secret.clone(),
+                ..target.clone()
             })
             .collect()
     };
@@ -91,12 +92,13 @@ pub(crate) async fn run(target: &Target, scenario: &FanoutScenario) -> anyhow::R
     let warmup_end = origin + Duration::from_secs(1);
     let end = warmup_end + scenario.duration;
     let ticker = progress.start_ticker("fanout", "deliveries/s", end);
+    let cpu = super::cpu::measure(scenario.pid, warmup_end, end);
     let mut tasks = Vec::new();
     for ws in subscribers {
         let progress = Arc::clone(&progress);
         tasks.push(tokio::spawn(async move {
             let mut ws = ws;
-            let mut latencies = Latencies::default();
+            let mut tally = Tally::default();
             loop {
                 let Ok(Some(message)) = tokio::time::timeout_at(end.into(), ws.next()).await else {
                     break;
@@ -118,12 +120,12 @@ pub(crate) async fn run(target: &Target, scenario: &FanoutScenario) -> anyhow::R
                 let now = Instant::now();
                 if now >= warmup_end {
                     let now_us = now.duration_since(origin).as_micros() as u64;
-                    latencies.record(now_us.saturating_sub(sent));
+                    tally.latencies.record(now_us.saturating_sub(sent));
                     progress.add(1);
                 }
             }
             let _ = ws.close(None).await;
-            anyhow::Ok((latencies, 0u64))
+            anyhow::Ok(tally)
         }));
     }
     let per_room = (scenario.rate as f64 / scenario.rooms as f64).max(0.001);
@@ -132,33 +134,54 @@ pub(crate) async fn run(target: &Target, scenario: &FanoutScenario) -> anyhow::R
         let pad = pad.clone();
         tasks.push(tokio::spawn(async move {
             let (mut sink, mut stream) = ws.split();
-            // Replies and our own messages are read and dropped.
-            let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+            // Replies are read for errors (a refused publish: the server's
+            // publish_rate, a room bound); our own messages are dropped.
+            let drain = tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while let Some(Ok(message)) = stream.next().await {
+                    if let Message::Text(text) = message
+                        && text.contains(r#""id":"p""#)
+                        && text.contains(r#""error""#)
+                        && Instant::now() >= warmup_end
+                        && Instant::now() < end
+                    {
+                        tally.error(&text);
+                    }
+                }
+                tally
+            });
             let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / per_room));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             while Instant::now() < end {
                 every.tick().await;
                 let t = Instant::now().duration_since(origin).as_micros();
                 let frame = format!(
-                    r#"{{"jsonrpc":"2.0","method":"rpc.publish","params":{{"room":"bench-{room}","data":{{"t":{t},"pad":"{pad}"}}}}}}"#
+                    r#"{{"jsonrpc":"2.0","id":"p","method":"rpc.publish","params":{{"room":"bench-{room}","data":{{"t":{t},"pad":"{pad}"}}}}}}"#
                 );
                 sink.send(Message::text(frame)).await?;
             }
-            drain.abort();
-            anyhow::Ok((Latencies::default(), 0u64))
+            // The last replies, then the errors among them.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = sink.close().await;
+            let tally = tokio::time::timeout(Duration::from_secs(2), drain)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            anyhow::Ok(tally)
         }));
     }
-    let mut latencies = Latencies::default();
+    let mut tally = Tally::default();
     for task in tasks {
-        let (l, _) = task.await??;
-        latencies.merge(&l);
+        tally.merge(task.await??);
     }
     ticker.abort();
+    let cpu = cpu.await.unwrap_or_default();
     Ok(Report::new(
         "fanout",
         "deliveries/s",
-        latencies,
-        0,
+        tally,
         scenario.duration,
+        cpu,
     ))
 }

@@ -7,9 +7,10 @@
 //! gap that is not counted, until the swap in progress when the storm
 //! window ended has finished and the retired build has had time to go.
 
-use super::Report;
 use super::client::Target;
+use super::cpu::CpuUse;
 use super::stats::Latencies;
+use super::{Report, Tally};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -140,8 +141,28 @@ pub(crate) async fn run(
     Ok(StormReport {
         steady_windows: rates(0),
         storm_windows: rates(1),
-        steady: Report::new("rpc", "calls/s", steady, errors[0], total(0)),
-        storm: Report::new("rpc", "calls/s", storm, errors[1], total(1)),
+        steady: Report::new(
+            "rpc",
+            "calls/s",
+            Tally {
+                latencies: steady,
+                errors: errors[0],
+                first_error: None,
+            },
+            total(0),
+            CpuUse::default(),
+        ),
+        storm: Report::new(
+            "rpc",
+            "calls/s",
+            Tally {
+                latencies: storm,
+                errors: errors[1],
+                first_error: None,
+            },
+            total(1),
+            CpuUse::default(),
+        ),
         swaps,
     })
 }
