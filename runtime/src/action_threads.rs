@@ -14,7 +14,13 @@
 //! - past that, only when the queue stalls: a watcher checks every
 //!   millisecond while calls wait, and if no call has started since the
 //!   last check (every thread is blocked in a slow action), it adds a
-//!   thread for every waiting call, up to the cap.
+//!   thread for every waiting call, at most doubling the pool per check,
+//!   up to the cap. A thread that was
+//!   ready to run but waited for a CPU meanwhile (the kernel's
+//!   `schedstat`) means the process is short of CPU, not blocked: more
+//!   threads would only take turns on the same cores, so none is added
+//!   (on a saturated core, a millisecond without a started call is
+//!   normal, and growing on it once took the pool to 300 threads).
 //!
 //! So short calls share a few hot threads, and a slow call never holds up
 //! another by more than about a millisecond. Threads idle for 10 s exit.
@@ -68,6 +74,8 @@ struct State {
     idle: usize,
     /// Calls taken off the queue so far: the watcher's sign of progress.
     started: u64,
+    /// The kernel ids of the pool's threads.
+    tids: Vec<i32>,
     /// Threads that could not be started (the error, once).
     spawn_failed: bool,
 }
@@ -147,7 +155,9 @@ fn start_thread(shared: &Arc<Shared>, state: &mut State) {
 /// A pool thread: runs queued calls until it has been idle for
 /// [`KEEP_ALIVE`].
 fn work(shared: &Arc<Shared>) {
+    let tid = crate::sys::thread_id();
     let mut state = lock(&shared.state);
+    state.tids.push(tid);
     loop {
         if let Some(job) = state.queue.pop_front() {
             state.started += 1;
@@ -167,6 +177,9 @@ fn work(shared: &Arc<Shared>) {
         state.idle -= 1;
         if timeout.timed_out() && state.queue.is_empty() {
             state.threads -= 1;
+            if let Some(at) = state.tids.iter().position(|t| *t == tid) {
+                state.tids.swap_remove(at);
+            }
             return;
         }
     }
@@ -176,6 +189,7 @@ fn work(shared: &Arc<Shared>) {
 /// has started since the last check; if none has, every thread is busy in
 /// a slow call, so it adds a thread for each waiting call.
 fn watch(shared: &Arc<Shared>) {
+    let me = crate::sys::thread_id();
     let mut state = lock(&shared.state);
     loop {
         while state.queue.is_empty() {
@@ -185,13 +199,32 @@ fn watch(shared: &Arc<Shared>) {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         let seen = state.started;
+        // The pool's threads and the watcher itself.
+        let mut threads: Vec<i32> = state.tids.clone();
+        threads.push(me);
         drop(state);
+        let waited_before: Vec<Option<u64>> = threads
+            .iter()
+            .map(|tid| crate::sys::run_queue_wait_ns(*tid))
+            .collect();
         std::thread::sleep(shared.stall_check);
+        // Short of CPU rather than blocked: a thread waited to run for half
+        // the check or more.
+        let starved = threads.iter().zip(&waited_before).any(|(tid, before)| {
+            let after = crate::sys::run_queue_wait_ns(*tid);
+            before.zip(after).is_some_and(|(before, after)| {
+                after.saturating_sub(before) >= shared.stall_check.as_nanos() as u64 / 2
+            })
+        });
         state = lock(&shared.state);
-        if !state.queue.is_empty() && state.started == seen && state.idle == 0 {
+        if !starved && !state.queue.is_empty() && state.started == seen && state.idle == 0 {
+            // At most as many again as there are: a stall that lasts keeps
+            // doubling the pool each check (64 threads in 6 ms), while a
+            // single slow moment (a burst of calls read at once) adds few.
             let wanted = state
                 .queue
                 .len()
+                .min(state.threads.max(1))
                 .min(shared.max - state.threads.min(shared.max));
             for _ in 0..wanted {
                 start_thread(shared, &mut state);

@@ -1,6 +1,7 @@
 //! The server's few direct calls into the C library, outside plugin
-//! loading: the open-file limit, handing freed memory back to the OS, and
-//! who the server runs as.
+//! loading: the open-file limit, handing freed memory back to the OS, who
+//! the server runs as, and a thread's id and time spent waiting for a CPU
+//! (for the action pool's growth).
 //! Each `unsafe` block here says why it is sound.
 
 /// Raises this process's soft open-file limit to its hard limit (which an
@@ -53,4 +54,19 @@ pub fn release_free_memory() {
 pub fn effective_uid() -> u32 {
     // SAFETY: `geteuid` takes nothing and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// The kernel's id of the calling thread (what `/proc/self/task/<id>`
+/// names).
+pub fn thread_id() -> i32 {
+    // SAFETY: `gettid` takes nothing and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// How long thread `tid` of this process has waited, ready to run, for a
+/// CPU so far, in nanoseconds (the second field of the kernel's
+/// `schedstat`); `None` where the kernel does not say.
+pub fn run_queue_wait_ns(tid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    stat.split_whitespace().nth(1)?.parse().ok()
 }

@@ -59,6 +59,11 @@ impl ConnectionRates {
         }
     }
 
+    /// Whether the connection's message rate is limited.
+    pub fn limits_messages(&self) -> bool {
+        self.messages.is_some()
+    }
+
     /// Takes one message from the connection's allowance; the refusal if
     /// it has none left.
     pub fn take_message(&mut self, config: &Config, now: Instant) -> Result<(), RpcError> {

@@ -43,6 +43,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// Turns of a connection's loop between its checks for shutdown and its
+/// timer outside of waiting for them (see `Connection::run`).
+const STARVATION_CHECK_TURNS: u32 = 32;
+
 /// Most frames written before a flush is forced.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 
@@ -218,12 +222,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     async fn run(mut self, shutdown: CancellationToken) -> Ended {
         tracing::debug!("connected");
+        let mut turns: u32 = 0;
         let why = loop {
-            let next = if shutdown.is_cancelled() {
+            // Every so many turns, checked here too: a client that keeps
+            // frames queued must not starve shutdown or its own auth
+            // timeout or expiry (each check costs a lock or a clock read,
+            // too much for every frame; calls past an expiry are refused
+            // on their own).
+            turns = turns.wrapping_add(1);
+            let check = turns.is_multiple_of(STARVATION_CHECK_TURNS);
+            let next = if check && shutdown.is_cancelled() {
                 Next::Shutdown
-            } else if self.timer_for.is_some() && self.timer.deadline() <= Instant::now() {
-                // Checked here too: a client that keeps frames queued must
-                // not starve its own auth timeout or expiry.
+            } else if check && self.timer_for.is_some() && self.timer.deadline() <= Instant::now() {
                 self.on_timer().await
             } else if self.unflushed > 0 {
                 self.step_before_flush().await
