@@ -178,15 +178,17 @@ impl Routes {
                 &self.state.config.trusted_proxies,
             )
         });
+        // Only an auth plugin reads the headers and the query (on the
+        // handshake and on later `rpc.auth`s): without one, an idle
+        // connection keeps neither (the query holds the token).
+        let for_plugin = self.state.config.auth_chain.contains(&AuthStep::Plugin);
         let handshake = Arc::new(Handshake {
-            // Only an auth plugin reads the headers (on the handshake and on
-            // later `rpc.auth`s): without one, an idle connection keeps none.
-            headers_json: if self.state.config.auth_chain.contains(&AuthStep::Plugin) {
+            headers_json: if for_plugin {
                 headers_json(headers)
             } else {
                 String::new()
             },
-            query: req.uri().query().map(str::to_owned),
+            query: req.uri().query().filter(|_| for_plugin).map(str::to_owned),
             remote_addr: client.map(|a| a.to_string()).unwrap_or_default(),
         });
         let header = bearer_token(headers);
@@ -351,10 +353,13 @@ fn refused_handshake(mut response: Response<Body>) -> Response<Body> {
 }
 
 /// The WebSocket settings for every connection: small buffers for many
-/// small JSON messages, and hard caps so one peer cannot grow memory.
+/// small JSON messages, and hard caps so one peer cannot grow memory. The
+/// read buffer is held by every idle connection: 1 KiB (a larger frame
+/// grows it while it is read) costs no measurable throughput against
+/// 2 KiB and saves a kilobyte per connection; 512 bytes cost 3%.
 pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(2 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(2 * max_message_bytes + 64 * 1024)
         .max_message_size(Some(max_message_bytes))

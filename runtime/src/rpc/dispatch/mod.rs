@@ -157,8 +157,10 @@ pub async fn dispatch(
             return room_call_in_lane(state, session, builtin, envelope, frame, text, id);
         }
         let outcome = match builtin {
-            Some(builtin) => builtin
-                .run(state, session, envelope.params)
+            // Boxed: a built-in may wait (a sign-in on an auth plugin), and
+            // its state would otherwise make every connection's task, idle
+            // or not, that much larger.
+            Some(builtin) => Box::pin(builtin.run(state, session, envelope.params))
                 .await
                 .map_err(CallError::from),
             None => Err(RpcError::new(

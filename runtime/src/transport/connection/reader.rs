@@ -42,9 +42,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Some(Ok(Message::Close(_))) => {
                 // Keep polling so tungstenite can send the close reply.
                 let grace = self.state.config.shutdown_grace();
-                let _ = timeout(grace, async {
+                let _ = Box::pin(timeout(grace, async {
                     while let Some(Ok(_)) = self.ws.next().await {}
-                })
+                }))
                 .await;
                 Next::Stop(super::CLIENT_CLOSED)
             }

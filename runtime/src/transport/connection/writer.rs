@@ -13,10 +13,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub(super) async fn step_before_flush(&mut self) -> Next {
         if self.unflushed < MAX_FRAMES_PER_FLUSH {
             if let Ok(first) = self.replies_rx.try_recv() {
-                return self.write_burst(first).await;
+                return Box::pin(self.write_burst(first)).await;
             }
             if let Some(incoming) = self.ws.next().now_or_never() {
-                return self.on_incoming(incoming).await;
+                return Box::pin(self.on_incoming(incoming)).await;
             }
         }
         self.flush().await
