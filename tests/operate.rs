@@ -164,12 +164,17 @@ async fn the_api_methods_reach_real_websocket_clients() {
         {"jsonrpc": "2.0", "method": "send", "params": {"user": "bob", "event": "quiet", "data": 0}},
         {"jsonrpc": "2.0", "id": "b", "method": "nope"},
         {"jsonrpc": "2.0", "id": "c", "method": "publish", "params": {"room": "news"}},
+        {"jsonrpc": "2.0", "id": null, "method": "info"},
     ]);
     let (status, body) = post_api(&server, Some(ADMIN), &batch.to_string());
     assert_eq!(status, 200, "{body}");
     let replies: Value = serde_json::from_str(&body).unwrap();
     let replies = replies.as_array().unwrap();
-    assert_eq!(replies.len(), 3, "{body}");
+    assert_eq!(replies.len(), 4, "{body}");
+    assert!(
+        replies[3]["id"].is_null() && replies[3]["result"]["version"].is_string(),
+        "a request with a null id is answered: {body}"
+    );
     assert_eq!(
         replies[0],
         json!({"jsonrpc": "2.0", "id": "a", "result": {"offset": 3}})

@@ -29,9 +29,16 @@ struct ApiRequest {
     method: Option<String>,
     #[serde(default)]
     params: Option<Value>,
-    /// Absent for a notification; any JSON value otherwise (kept as sent).
-    #[serde(default)]
+    /// Absent for a notification; any JSON value otherwise, `null` too
+    /// (kept as sent).
+    #[serde(default, deserialize_with = "present")]
     id: Option<Box<RawValue>>,
+}
+
+/// A field that is present, whatever its value (`null` included: a
+/// request with `"id": null` is answered, JSON-RPC 2.0 section 4).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// Answers one `POST /api` (the caller checked the admin credential).
