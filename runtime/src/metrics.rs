@@ -151,6 +151,8 @@ pub struct Metrics {
     calls: Family<CallLabels, Counter>,
     call_seconds: HistogramFamily<ActionLabels>,
     actions: Mutex<HashMap<Arc<str>, ActionMetrics>>,
+    /// The built-ins' handles, then `unknown`'s.
+    builtins: std::sync::OnceLock<Vec<(&'static str, ActionMetrics)>>,
     publishes: Counter,
     deliveries: Counter,
     recoveries: Family<ResultLabels, Counter>,
@@ -180,6 +182,7 @@ impl Metrics {
             calls: Family::default(),
             call_seconds: Family::new_with_constructor(call_histogram),
             actions: Mutex::new(HashMap::new()),
+            builtins: std::sync::OnceLock::new(),
             publishes: Counter::default(),
             deliveries: Counter::default(),
             recoveries: Family::default(),
@@ -301,13 +304,20 @@ impl Metrics {
 
     /// The handles of a built-in method, or of `unknown` (any other
     /// `rpc.` name: never a client's own string).
-    pub fn builtin(&self, method: &str) -> ActionMetrics {
-        let label = BUILTINS
+    /// Made once, so a built-in call takes no lock and no map lookup.
+    pub fn builtin(&self, method: &str) -> &ActionMetrics {
+        let handles = self.builtins.get_or_init(|| {
+            BUILTINS
+                .iter()
+                .chain(std::iter::once(&"unknown"))
+                .map(|name| (*name, self.action(name)))
+                .collect()
+        });
+        let (_, unknown) = &handles[BUILTINS.len()];
+        handles
             .iter()
-            .find(|b| **b == method)
-            .copied()
-            .unwrap_or("unknown");
-        self.action(label)
+            .find(|(name, _)| *name == method)
+            .map_or(unknown, |(_, handles)| handles)
     }
 
     /// Counts a completed upgrade.

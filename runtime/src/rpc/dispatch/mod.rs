@@ -77,7 +77,7 @@ fn room_call_in_lane(
     let turn = session.room_turn();
     let state = Arc::clone(state);
     let params = envelope.params.map(|p| share(frame, text, p.get()));
-    let metrics = crate::metrics::global().builtin(&envelope.method);
+    let metrics: &'static ActionMetrics = crate::metrics::global().builtin(&envelope.method);
     let started = Instant::now();
     Dispatched::Running(Box::pin(async move {
         turn.wait().await;
@@ -99,7 +99,7 @@ fn room_call_in_lane(
             .run_room(&state, &caller, params)
             .await
             .map_err(CallError::from);
-        record(&metrics, started, &outcome);
+        record(metrics, started, &outcome);
         reply(id.as_ref(), outcome)
     }))
 }
@@ -149,7 +149,7 @@ pub async fn dispatch(
             && let Err(error) = session.rates.take_publish(&state.config, started)
         {
             let outcome = Err(error.into());
-            record(&crate::metrics::global().builtin(method), started, &outcome);
+            record(crate::metrics::global().builtin(method), started, &outcome);
             return Dispatched::Ready(reply(id.as_ref(), outcome));
         }
         let builtin = Builtin::from_method(method);
@@ -169,7 +169,7 @@ pub async fn dispatch(
             )
             .into()),
         };
-        record(&crate::metrics::global().builtin(method), started, &outcome);
+        record(crate::metrics::global().builtin(method), started, &outcome);
         return Dispatched::Ready(reply(id.as_ref(), outcome));
     }
     let Authorized {
@@ -179,12 +179,12 @@ pub async fn dispatch(
     } = match authorize(state, session, method) {
         Ok(authorized) => authorized,
         Err(error) => {
-            let metrics = state.registry.snapshot().get(method).map_or_else(
-                || crate::metrics::global().builtin(""),
-                |e| e.metrics.clone(),
-            );
+            let snapshot = state.registry.snapshot();
+            let metrics = snapshot
+                .get(method)
+                .map_or(crate::metrics::global().builtin(""), |e| &e.metrics);
             let outcome = Err(error.into());
-            record(&metrics, started, &outcome);
+            record(metrics, started, &outcome);
             return Dispatched::Ready(reply(id.as_ref(), outcome));
         }
     };
