@@ -374,5 +374,12 @@ settings! {
         /// false: such folders and files are refused.
         #[arg(long, env = "SWITCHBOARD_ALLOW_UNSAFE_PLUGIN_FOLDER", value_name = "BOOL", action = clap::ArgAction::Set)]
         pub allow_unsafe_plugin_folder: bool = false,
+        /// Conformance testing only: serve `/autobahn`, a WebSocket that
+        /// echoes every text and binary message back verbatim instead of
+        /// reading JSON-RPC, through the same upgrade, limits, reader and
+        /// writer as `/ws` (for the Autobahn TestSuite). Never turn it on in
+        /// production. Default false.
+        #[arg(long, env = "SWITCHBOARD_CONFORMANCE_ECHO", value_name = "BOOL", action = clap::ArgAction::Set)]
+        pub conformance_echo: bool = false,
     }
 }

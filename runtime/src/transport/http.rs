@@ -10,7 +10,7 @@ use crate::rpc::session::Session;
 use crate::rpc::session::next_conn_id;
 use crate::state::ServerState;
 use crate::transport::assets;
-use crate::transport::connection::{self, Outbound};
+use crate::transport::connection::{self, Outbound, Speaks};
 pub use crate::transport::response::Body;
 use crate::transport::response::{respond, text};
 use bytes::Bytes;
@@ -53,7 +53,10 @@ impl Routes {
             req.method().clone()
         };
         let response = match (&method, req.uri().path()) {
-            (&Method::GET, "/ws") => self.upgrade(req).await,
+            (&Method::GET, "/ws") => self.upgrade(req, Speaks::JsonRpc).await,
+            (&Method::GET, "/autobahn") if self.state.config.conformance_echo => {
+                self.upgrade(req, Speaks::Echo).await
+            }
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/status") => match self.admin_check(&req) {
                 Ok(()) => respond(
@@ -155,7 +158,7 @@ impl Routes {
         )
     }
 
-    async fn upgrade(self, mut req: Request<Incoming>) -> Response<Body> {
+    async fn upgrade(self, mut req: Request<Incoming>, speaks: Speaks) -> Response<Body> {
         let headers = req.headers();
         let key = match check_upgrade(headers) {
             Ok(key) => key,
@@ -295,7 +298,8 @@ impl Routes {
                 state.auth.leeway(),
                 crate::rpc::rates::ConnectionRates::new(&state.config),
             );
-            let connection = connection::serve(ws, Arc::clone(&state), session, outbound, shutdown);
+            let connection =
+                connection::serve(ws, Arc::clone(&state), session, outbound, shutdown, speaks);
             tracker.spawn(futures_util::FutureExt::map(connection, move |ended| {
                 drop(counted);
                 lifecycle::emit(

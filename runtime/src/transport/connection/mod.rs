@@ -71,6 +71,17 @@ pub struct Ended {
     pub user: Option<Arc<str>>,
 }
 
+/// What a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// JSON-RPC 2.0 (`/ws`).
+    JsonRpc,
+    /// Echoes every text and binary message back verbatim (`/autobahn`,
+    /// only with `conformance_echo`): for the Autobahn TestSuite, which
+    /// then tests the very reader, writer and limits `/ws` uses.
+    Echo,
+}
+
 /// Serves one upgraded connection until it closes or the server stops.
 ///
 /// Not an `async fn`: the connection is built here, so the future holds
@@ -83,6 +94,7 @@ pub fn serve<S>(
     session: Session,
     outbound: Outbound,
     shutdown: CancellationToken,
+    speaks: Speaks,
 ) -> impl Future<Output = Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -93,9 +105,9 @@ where
         user = session.identity().map(|i| &*i.user),
         addr = &*session.handshake.remote_addr
     );
-    Connection::new(ws, state, session, outbound)
-        .run(shutdown)
-        .instrument(span)
+    let mut connection = Connection::new(ws, state, session, outbound);
+    connection.echo = speaks == Speaks::Echo;
+    connection.run(shutdown).instrument(span)
 }
 
 /// A connection's outbound queue, registered in the hub (so pushes reach
@@ -164,6 +176,8 @@ struct Connection<S> {
     beat: Beat,
     beat_at: Instant,
     heard: bool,
+    /// Echo messages instead of reading JSON-RPC ([`Speaks::Echo`]).
+    echo: bool,
 }
 
 /// What one step of the loop decided.
@@ -210,6 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             beat: Beat::Off,
             beat_at: Instant::now(),
             heard: false,
+            echo: false,
         };
         let ping_interval = connection.state.config.ping_interval_ms;
         if ping_interval > 0 {

@@ -31,6 +31,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.heard = true;
         }
         match incoming {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) if self.echo => {
+                self.write_message(message).await
+            }
             Some(Ok(Message::Text(text))) => self.on_text(text).await,
             Some(Ok(Message::Binary(_))) => {
                 let error = RpcError::new(

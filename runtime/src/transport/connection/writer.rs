@@ -96,8 +96,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// when its buffer fills, which is where a stalled client shows). A
     /// kick (the queue overflowed meanwhile) ends a stalled write at once.
     pub(super) async fn write(&mut self, reply: impl Into<Utf8Bytes>) -> Next {
+        self.write_message(Message::Text(reply.into())).await
+    }
+
+    /// [`write`](Self::write) for any message (text or binary).
+    pub(super) async fn write_message(&mut self, message: Message) -> Next {
         self.unflushed += 1;
-        let feed = self.ws.feed(Message::Text(reply.into()));
+        let feed = self.ws.feed(message);
         let outcome = bounded(feed, self.write_timeout, &self.kick).await;
         self.after_write(outcome)
     }
