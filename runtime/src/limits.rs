@@ -77,6 +77,31 @@ impl ConnectionLimits {
     }
 }
 
+/// The fewest and the most connections not yet upgraded that the
+/// default allows at once.
+const PENDING_DEFAULT_RANGE: (usize, usize) = (16, 4096);
+
+/// The bound on connections not (yet) upgraded to a WebSocket (see
+/// [`Config::max_pending_handshakes`]): the setting, or by default half
+/// the files `open_files` leaves beside `max_connections` (the other half
+/// stays for everything else), within [`PENDING_DEFAULT_RANGE`]; 1024
+/// when the open-file limit is unknown.
+pub fn max_pending_handshakes(config: &Config, limits: &ConnectionLimits) -> usize {
+    if let Some(set) = config.max_pending_handshakes {
+        return set;
+    }
+    let (least, most) = PENDING_DEFAULT_RANGE;
+    match limits.open_files {
+        Some(files) => {
+            let spare = usize::try_from(files)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(limits.max_connections);
+            (spare / 2).clamp(least, most)
+        }
+        None => 1024,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +130,21 @@ mod tests {
         config.max_anonymous_connections = Some(500);
         let (limits, _) = ConnectionLimits::resolve(&config, Some(512));
         assert_eq!((limits.max_connections, limits.max_anonymous), (100, 100));
+    }
+
+    #[test]
+    fn pending_handshakes_get_half_the_files_left_beside_connections() {
+        let mut config = Config::default();
+        let (limits, _) = ConnectionLimits::resolve(&config, Some(20_000));
+        assert_eq!(max_pending_handshakes(&config, &limits), 500);
+        let (limits, _) = ConnectionLimits::resolve(&config, Some(512));
+        assert_eq!(max_pending_handshakes(&config, &limits), 32);
+        config.max_connections = Some(100);
+        let (limits, _) = ConnectionLimits::resolve(&config, Some(1_000_000));
+        assert_eq!(max_pending_handshakes(&config, &limits), 4096);
+        let (limits, _) = ConnectionLimits::resolve(&config, None);
+        assert_eq!(max_pending_handshakes(&config, &limits), 1024);
+        config.max_pending_handshakes = Some(7);
+        assert_eq!(max_pending_handshakes(&config, &limits), 7);
     }
 }

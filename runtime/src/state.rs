@@ -40,6 +40,8 @@ pub struct ServerState {
     pub limits: ConnectionLimits,
     /// Connections that have not signed in, in all and per address.
     pub anonymous: Arc<AnonymousSlots>,
+    /// TCP connections not yet upgraded, in all and per address.
+    pub pending: crate::transport::pending::PendingHandshakes,
     /// Each user's message allowance across its connections here.
     pub user_rates: crate::rpc::rates::UserRates,
     connections: AtomicUsize,
@@ -88,6 +90,10 @@ impl ServerState {
                 limits.max_anonymous,
                 limits.max_anonymous_per_address,
             )),
+            pending: crate::transport::pending::PendingHandshakes::new(
+                crate::limits::max_pending_handshakes(&config, &limits),
+                config.max_pending_per_address,
+            ),
             limits,
             inflight: Arc::new(Semaphore::new(config.max_inflight_calls)),
             // One per call slot: a call never waits for a thread while

@@ -67,6 +67,12 @@ fn bounds(state: &ServerState) -> serde_json::Value {
             "max": limits.max_connections,
             "open_file_limit": limits.open_files,
         },
+        "pending_handshakes": {
+            "open": state.pending.open(),
+            "max": state.pending.max(),
+            "max_per_address": state.pending.max_per_address(),
+            "refused": state.pending.refused(),
+        },
         "anonymous_connections": {
             "open": state.anonymous.count(),
             "max": state.anonymous.max_total(),

@@ -37,6 +37,12 @@ impl Config {
                 self.max_room_creations_per_minute as usize,
             ),
             ("max_anonymous_per_address", self.max_anonymous_per_address),
+            ("max_pending_per_address", self.max_pending_per_address),
+            ("handshake_timeout_ms", self.handshake_timeout_ms as usize),
+            (
+                "max_pending_handshakes",
+                self.max_pending_handshakes.unwrap_or(1),
+            ),
             ("write_timeout_ms", self.write_timeout_ms as usize),
             ("max_generations", self.max_generations),
             ("preflight_timeout_ms", self.preflight_timeout_ms as usize),
@@ -104,6 +110,11 @@ impl Config {
     /// [`Config::write_timeout_ms`] as a duration.
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// [`Config::handshake_timeout_ms`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
     }
 
     /// [`Config::shutdown_grace_ms`] as a duration.

@@ -200,6 +200,27 @@ settings! {
         /// one /64). Default 32.
         #[arg(long, env = "SWITCHBOARD_MAX_ANONYMOUS_PER_ADDRESS", value_name = "N")]
         pub max_anonymous_per_address: usize = 32,
+        /// Most TCP connections not (yet) upgraded to a WebSocket: requests
+        /// in progress, idle keep-alive connections, clients that connected
+        /// and sent nothing yet. Past it a new connection is answered 503 at
+        /// once and closed, so a flood of connects that never upgrade cannot
+        /// take the file descriptors that open connections and new upgrades
+        /// need. Default: half the files the open-file limit leaves beside
+        /// `max_connections`, at least 16 and at most 4096 (see the `limits`
+        /// module).
+        #[arg(long, env = "SWITCHBOARD_MAX_PENDING_HANDSHAKES", value_name = "N")]
+        pub max_pending_handshakes: Option<usize> = None,
+        /// Most such connections from one address (IPv6: one /64); past it
+        /// 503 as well. Connections from `trusted_proxies` count only
+        /// towards `max_pending_handshakes`. Default 64.
+        #[arg(long, env = "SWITCHBOARD_MAX_PENDING_PER_ADDRESS", value_name = "N")]
+        pub max_pending_per_address: usize = 64,
+        /// How long a connection has to send a request's headers (the
+        /// upgrade's, or the next one on a keep-alive connection) and to
+        /// finish its TLS handshake, in milliseconds; then it is closed.
+        /// Default 10000.
+        #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
+        pub handshake_timeout_ms: u64 = 10_000,
         /// PEM certificate chain for TLS (wss://); needs `tls_key`.
         #[arg(long, env = "SWITCHBOARD_TLS_CERT", value_name = "FILE")]
         pub tls_cert: Option<PathBuf> = None,

@@ -416,6 +416,7 @@ fn connection_limits(config: &Config) -> ConnectionLimits {
         max_connections = limits.max_connections,
         max_anonymous = limits.max_anonymous,
         max_anonymous_per_address = limits.max_anonymous_per_address,
+        max_pending_handshakes = crate::limits::max_pending_handshakes(config, &limits),
         open_files = ?limits.open_files,
         "connection limits"
     );

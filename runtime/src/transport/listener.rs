@@ -1,10 +1,13 @@
-//! The listener: accepts TCP connections, serves HTTP/1.1 with upgrades on
+//! The listener: accepts TCP connections (each takes a place among the
+//! pending ones first, or is refused, see [`crate::transport::pending`]),
+//! serves HTTP/1.1 with upgrades on
 //! each (over TLS when an acceptor is given), and shuts down cleanly when
 //! the injected shutdown future resolves (Close 1001 to every connection, a
 //! grace period, then plugin shutdown hooks). It also runs the room sweep.
 
 use crate::state::ServerState;
 use crate::transport::http::Routes;
+use crate::transport::pending::{self, PendingSlot};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -16,9 +19,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// How long a client has to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown` resolves, then stops: no new
 /// connections, Close 1001 to open ones, and up to the configured grace
@@ -44,8 +44,15 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
                     backoff = Duration::from_millis(10);
-                    let routes = Routes { remote: Some(remote), ..routes.clone() };
-                    routes.tracker.clone().spawn(serve_tcp(stream, tls.clone(), routes));
+                    match state.pending.admit(remote, &state.config.trusted_proxies) {
+                        Ok(slot) => {
+                            let routes = Routes { remote: Some(remote), ..routes.clone() };
+                            routes.tracker.clone().spawn(serve_tcp(stream, tls.clone(), routes, slot));
+                        }
+                        Err(full) => {
+                            routes.tracker.spawn(pending::refuse(stream, full, tls.is_some()));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Usually out of file descriptors: wait for some to free.
@@ -92,9 +99,17 @@ pub async fn run(
 }
 
 /// One accepted connection, in its own task: the TLS handshake (if any,
-/// bounded by [`TLS_HANDSHAKE_TIMEOUT`] and by shutdown), then HTTP. A
-/// failed handshake only ends this connection.
-async fn serve_tcp(stream: TcpStream, tls: Option<TlsAcceptor>, routes: Routes) {
+/// bounded by `handshake_timeout_ms` and by shutdown), then HTTP. A
+/// failed handshake only ends this connection. It holds its place among
+/// the pending connections (`_pending`) until it has upgraded (hyper's
+/// connection then ends, handing the socket to the WebSocket's task) or
+/// closed.
+async fn serve_tcp(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    routes: Routes,
+    _pending: PendingSlot,
+) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("could not set TCP_NODELAY: {e}");
     }
@@ -102,7 +117,8 @@ async fn serve_tcp(stream: TcpStream, tls: Option<TlsAcceptor>, routes: Routes) 
         return serve_http(stream, routes).await;
     };
     let peer = stream.peer_addr().ok();
-    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let limit = routes.state.config.handshake_timeout();
+    let handshake = tokio::time::timeout(limit, acceptor.accept(stream));
     let shutdown = routes.shutdown.clone();
     tokio::select! {
         result = handshake => match result {
@@ -110,7 +126,7 @@ async fn serve_tcp(stream: TcpStream, tls: Option<TlsAcceptor>, routes: Routes) 
             Ok(Err(e)) => tracing::debug!(?peer, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(
                 ?peer,
-                "TLS handshake not finished after {TLS_HANDSHAKE_TIMEOUT:?}; dropped"
+                "TLS handshake not finished after {limit:?}; dropped"
             ),
         },
         () = shutdown.cancelled() => {}
@@ -122,10 +138,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shutdown = routes.shutdown.clone();
+    let header_timeout = routes.state.config.handshake_timeout();
     let service = service_fn(move |req| routes.clone().handle(req));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(header_timeout)
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();

@@ -1,7 +1,8 @@
 //! The transport: from a TCP connection to JSON-RPC frames and back.
 //!
 //! - [`listener`]: accepts TCP connections, serves HTTP/1.1 with upgrades
-//!   (over [`tls`] when configured), and shuts down cleanly;
+//!   (over [`tls`] when configured), and shuts down cleanly; [`pending`]:
+//!   the bound on connections that have not upgraded yet;
 //! - [`http`]: the routes (`/ws`, `/healthz`, `/status`) and the WebSocket
 //!   upgrade, with its admission checks ([`handshake`]) and token check;
 //!   [`response`]: the responses the server writes itself; [`assets`]:
@@ -20,6 +21,7 @@ pub mod forwarded;
 pub mod handshake;
 pub mod http;
 pub mod listener;
+pub mod pending;
 pub mod response;
 pub mod static_files;
 pub mod tls;
