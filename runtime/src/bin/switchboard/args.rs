@@ -210,6 +210,63 @@ pub(crate) enum BenchScenario {
         #[arg(long, default_value_t = 5)]
         windows: usize,
     },
+    /// A bounded soak: thousands of connections doing mixed calls, joins,
+    /// publishes and leaves, reconnect storms with recovery, hot reloads
+    /// and hostile clients; checks at the end that nothing was lost and
+    /// memory stayed flat, and exits non-zero when a check fails.
+    Soak(SoakArgs),
+}
+
+/// `switchboard bench soak`'s settings.
+#[derive(Debug, Args)]
+pub(crate) struct SoakArgs {
+    /// How long the load runs (then a drain and the checks).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub(crate) duration: Duration,
+    /// Well-behaved connections, each signed in as its own user.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) conns: usize,
+    /// Operations (calls, publishes, joins, leaves) per second over all
+    /// connections.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) rate: u64,
+    /// Rooms the connections join and publish to (`soak-<n>`).
+    #[arg(long, default_value_t = 40)]
+    pub(crate) rooms: usize,
+    /// A reconnect storm this often: a share of the connections drop at
+    /// once, reconnect and rejoin their rooms with recovery.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) storm_every: Duration,
+    /// The share of connections each storm drops, in percent.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) storm_percent: u64,
+    /// A plugin file in the server's actions folder to hot-reload (e.g.
+    /// the echo plugin the load calls); none: no reloads.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) reload_target: Option<PathBuf>,
+    /// Builds installed over the target in turn (repeat for several);
+    /// default: the target as it was at the start. Each install is a
+    /// content the server has never seen, so each is a full reload.
+    #[arg(long = "reload-build", value_name = "FILE")]
+    pub(crate) reload_builds: Vec<PathBuf>,
+    /// A hot reload this often.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) reload_every: Duration,
+    /// A round of hostile clients (oversized frame, flood, garbage, slow
+    /// reader) this often.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) hostile_every: Duration,
+    /// The server's `max_message_bytes` (the oversized client sends more).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub(crate) max_message_bytes: usize,
+    /// RSS check: the largest growth allowed over the second half of the
+    /// run, in percent of the server's RSS per minute (or
+    /// `--rss-slope-mib`, whichever is larger).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) rss_slope_percent: f64,
+    /// RSS check: the same bound in MiB per minute.
+    #[arg(long, default_value_t = 4.0)]
+    pub(crate) rss_slope_mib: f64,
 }
 
 /// The TOML config file settings are read from first.

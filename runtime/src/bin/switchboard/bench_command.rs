@@ -111,6 +111,40 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            BenchScenario::Soak(soak) => {
+                let scenario = crate::bench::soak::SoakScenario {
+                    duration: soak.duration,
+                    plan: crate::bench::soak::shared::LoadPlan {
+                        conns: soak.conns,
+                        rate: soak.rate,
+                        storm_percent: soak.storm_percent.min(100),
+                    },
+                    rooms: soak.rooms,
+                    storm_every: soak.storm_every,
+                    reload: soak
+                        .reload_target
+                        .map(|target| crate::bench::soak::reloads::ReloadPlan {
+                            target,
+                            builds: soak.reload_builds,
+                            every: soak.reload_every,
+                        }),
+                    hostile_every: soak.hostile_every,
+                    max_message_bytes: soak.max_message_bytes,
+                    rss_slope_percent: soak.rss_slope_percent,
+                    rss_slope_mib: soak.rss_slope_mib,
+                    pid,
+                };
+                let report = crate::bench::soak::run(&target, &scenario).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print!("{report}");
+                }
+                match report.failed() {
+                    0 => Ok(()),
+                    failed => anyhow::bail!("{failed} of the soak's checks failed"),
+                }
+            }
             BenchScenario::Conns { count, hold } => {
                 let report = conns::run(&target, count, pid, hold).await?;
                 if json {

@@ -4,7 +4,9 @@
 //! Scenarios: [`rpc`] (calls in flight over many connections), [`fanout`]
 //! (rooms of subscribers and publishers), [`conns`] (idle connections and
 //! server memory per connection), [`reload`] (hot-reload swap latency, and
-//! load during a reload storm). Each prints a live progress line on
+//! load during a reload storm), [`soak`] (a bounded run of mixed load,
+//! storms, reloads and hostile clients, checked for loss at the end).
+//! Each prints a live progress line on
 //! stderr and a final table, or JSON with `--json`.
 
 pub(crate) mod client;
@@ -13,6 +15,7 @@ pub(crate) mod cpu;
 pub(crate) mod fanout;
 pub(crate) mod reload;
 pub(crate) mod rpc;
+pub(crate) mod soak;
 pub(crate) mod stats;
 pub(crate) mod storm;
 

@@ -359,7 +359,7 @@ impl Swapper {
 /// describe, so the loader ignores it) makes each write a content the
 /// server has never seen: every swap is a full reload, preflight included,
 /// as after a real rebuild.
-fn install(build: &Path, target: &Path, trailer: u64) -> anyhow::Result<()> {
+pub(crate) fn install(build: &Path, target: &Path, trailer: u64) -> anyhow::Result<()> {
     use std::io::Write;
     let staged = target.with_extension("staged");
     std::fs::copy(build, &staged)
