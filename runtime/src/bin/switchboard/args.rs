@@ -223,12 +223,18 @@ pub(crate) struct SoakArgs {
     /// How long the load runs (then a drain and the checks).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub(crate) duration: Duration,
-    /// Well-behaved connections, each signed in as its own user.
-    #[arg(long, default_value_t = 2000)]
+    /// Well-behaved connections, each signed in as its own user (at most
+    /// 15000: the generator holds each, and one process may hold 20000
+    /// open files here).
+    #[arg(
+        long,
+        default_value_t = 2000,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=15_000)
+    )]
     pub(crate) conns: usize,
     /// Operations (calls, publishes, joins, leaves) per second over all
     /// connections.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) rate: u64,
     /// Rooms the connections join and publish to (`soak-<n>`).
     #[arg(long, default_value_t = 40)]
