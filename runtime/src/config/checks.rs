@@ -5,6 +5,9 @@ use super::{Config, ConfigError};
 use std::path::Path;
 use std::time::Duration;
 
+/// The most permits a tokio semaphore (and so a bounded channel) holds.
+const MAX_PERMITS: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
 impl Config {
     /// Reads a TOML file; missing keys take their defaults.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -12,10 +15,17 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        Config::from_toml(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
         })
+    }
+
+    /// Parses a settings file's text; missing keys take their defaults.
+    /// What [`Config::from_file`] does once the file is read (and what the
+    /// settings fuzz target feeds arbitrary text to).
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// Checks ranges that serde cannot.
@@ -57,6 +67,25 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     field,
                     reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        // Each becomes a tokio semaphore or channel bound, which panics past
+        // its maximum: at start (the server's call slots) or in every
+        // connection's task (found by the settings fuzz target).
+        let bounded = [
+            ("max_inflight_calls", self.max_inflight_calls),
+            (
+                "max_inflight_per_connection",
+                self.max_inflight_per_connection,
+            ),
+            ("outbound_queue", self.outbound_queue),
+        ];
+        for (field, value) in bounded {
+            if value > MAX_PERMITS {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("must be at most {MAX_PERMITS}"),
                 });
             }
         }
@@ -120,5 +149,36 @@ impl Config {
     /// [`Config::shutdown_grace_ms`] as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings fuzz target's find: these validated, then the server
+    /// panicked building its call slots, or every connection's task
+    /// panicked building its queue.
+    #[test]
+    fn bounds_past_what_tokio_holds_are_refused() {
+        for field in [
+            "max_inflight_calls",
+            "max_inflight_per_connection",
+            "outbound_queue",
+        ] {
+            let at_most = Config::from_toml(&format!("{field} = {MAX_PERMITS}"));
+            assert!(
+                at_most.is_ok_and(|c| c.validate().is_ok()),
+                "{field} = {MAX_PERMITS} should be accepted"
+            );
+            let past = Config::from_toml(&format!("{field} = {}", MAX_PERMITS + 1));
+            assert!(
+                matches!(
+                    past.map(|c| c.validate()),
+                    Ok(Err(ConfigError::Invalid { field: f, .. })) if f == field
+                ),
+                "{field} past the maximum should be refused"
+            );
+        }
     }
 }

@@ -1,0 +1,265 @@
+//! Fuzzes the dispatch path with a real plugin loaded: the `echo` plugin
+//! (built by `.ci/fuzz`; its path in `SWITCHBOARD_FUZZ_PLUGIN`) in a
+//! registry loaded through the server's own loader (`Dlopen`), a
+//! `ServerState` as the server builds it, and a connection's `Session`.
+//! Each input is one frame, parsed with `parse_frame` and every request
+//! dispatched as a connection does (built-ins inline, actions on the action
+//! pool under a deadline). Checked: no panic, and every reply is JSON-RPC
+//! 2.0 with the request's id and either a result or an error with an
+//! integer code; notifications get no reply.
+//!
+//! Requests to the actions that only wait (`echo/sleep`, `echo/spin`,
+//! `echo/later`) are skipped: they would hold pool threads for up to a
+//! minute, which costs throughput and tests nothing a deadline test does
+//! not. The state lives for the whole run (its action pool's threads do),
+//! so one input's joins and sign-ins are seen by the next, as on a server.
+
+#![no_main]
+
+use arbitrary::Arbitrary;
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use switchboard::auth::{Authenticator, Handshake, Identity};
+use switchboard::config::{AuthStep, Config};
+use switchboard::limits::ConnectionLimits;
+use switchboard::plugins::loader::Dlopen;
+use switchboard::plugins::services::NoServer;
+use switchboard::plugins::{Registry, ReloadSettings, ShadowDir};
+use switchboard::rpc::dispatch::{Dispatched, dispatch};
+use switchboard::rpc::protocol::{Frame, parse_frame};
+use switchboard::rpc::rates::ConnectionRates;
+use switchboard::rpc::session::{Session, next_conn_id};
+use switchboard::state::ServerState;
+
+struct World {
+    runtime: tokio::runtime::Runtime,
+    state: Arc<ServerState>,
+    _folders: Vec<PathBuf>,
+}
+
+static WORLD: LazyLock<World> = LazyLock::new(world);
+
+fn world() -> World {
+    let plugin = std::env::var_os("SWITCHBOARD_FUZZ_PLUGIN").map(PathBuf::from).expect(
+        "SWITCHBOARD_FUZZ_PLUGIN must name the built echo plugin (libecho.so); .ci/fuzz sets it",
+    );
+    let base =
+        std::env::temp_dir().join(format!("switchboard-fuzz-dispatch-{}", std::process::id()));
+    let (actions, shadow) = (base.join("actions"), base.join("shadow"));
+    std::fs::create_dir_all(&actions).expect("an actions folder");
+    std::fs::create_dir_all(&shadow).expect("a shadow folder");
+    std::fs::copy(&plugin, actions.join("libecho.so")).expect("the plugin copied");
+    let config = Config {
+        call_timeout_ms: 200,
+        max_batch: 8,
+        max_inflight_calls: 64,
+        ..Config::default()
+    };
+    let settings = ReloadSettings {
+        default_timeout: config.call_timeout(),
+        max_generations: 2,
+        preflight_timeout: None,
+        protect_retired: false,
+        trust: None,
+        services: Arc::new(NoServer),
+        loader: Arc::new(Dlopen),
+    };
+    let shadow = ShadowDir::create(&shadow, true).expect("a shadow folder");
+    let registry = Registry::load(&actions, shadow, settings).expect("the plugin folder loads");
+    assert!(
+        registry.snapshot().get("echo").is_some(),
+        "the echo plugin did not load: {:?}",
+        registry.generations()
+    );
+    let auth = Authenticator::new(&config, None);
+    let limits = ConnectionLimits {
+        max_connections: 16,
+        max_anonymous: 16,
+        max_anonymous_per_address: 16,
+        open_files: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    World {
+        runtime,
+        state: Arc::new(ServerState::new(config, registry, auth, limits)),
+        _folders: vec![base],
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+enum Input {
+    /// A frame as a client sends it.
+    Frame { text: String, signed_in: bool },
+    /// One request to a method the server knows, with any id and params.
+    Call {
+        method: u8,
+        id: Option<Id>,
+        params: Option<String>,
+        signed_in: bool,
+    },
+}
+
+#[derive(Arbitrary, Debug)]
+enum Id {
+    Number(i64),
+    Text(String),
+    Null,
+}
+
+/// The actions that only wait (see the module comment).
+const SLOW: [&str; 3] = ["echo/sleep", "echo/spin", "echo/later"];
+
+const METHODS: [&str; 16] = [
+    "echo",
+    "echo/error",
+    "echo/fail",
+    "echo/panic",
+    "echo/whoami",
+    "echo/count",
+    "rpc.ping",
+    "rpc.join",
+    "rpc.leave",
+    "rpc.publish",
+    "rpc.leave_all",
+    "rpc.presence",
+    "rpc.auth",
+    "rpc.actions",
+    "rpc.subscribe",
+    "nope/missing",
+];
+
+fuzz_target!(|input: Input| {
+    let (text, signed_in) = match input {
+        Input::Frame { text, signed_in } => (text, signed_in),
+        Input::Call {
+            method,
+            id,
+            params,
+            signed_in,
+        } => {
+            let method = METHODS[usize::from(method) % METHODS.len()];
+            let id = match id {
+                Some(Id::Number(n)) => format!(r#","id":{n}"#),
+                Some(Id::Text(s)) => format!(r#","id":{}"#, Value::String(s)),
+                Some(Id::Null) => r#","id":null"#.to_owned(),
+                None => String::new(),
+            };
+            let params = params.map_or(String::new(), |p| format!(r#","params":{p}"#));
+            let text = format!(r#"{{"jsonrpc":"2.0","method":"{method}"{id}{params}}}"#);
+            (text, signed_in)
+        }
+    };
+    let world = &*WORLD;
+    world.runtime.block_on(run(&world.state, text, signed_in));
+});
+
+async fn run(state: &Arc<ServerState>, text: String, signed_in: bool) {
+    let mut session = session(state, signed_in);
+    let frame = Bytes::from(text);
+    let Ok(text) = std::str::from_utf8(&frame) else {
+        return;
+    };
+    let items = match parse_frame(text, state.config.max_batch) {
+        Frame::Refused(_) => return,
+        Frame::Single(item) => vec![item],
+        Frame::Batch(items) => items,
+    };
+    for envelope in items.iter().filter_map(|item| item.as_ref().ok()) {
+        if SLOW.contains(&&*envelope.method) {
+            continue;
+        }
+        let dispatched = dispatch(state, &mut session, envelope, &frame, text).await;
+        let reply = match dispatched {
+            Dispatched::Ready(reply) => reply,
+            Dispatched::Running(reply) => {
+                match tokio::time::timeout(Duration::from_secs(5), reply).await {
+                    Ok(reply) => reply,
+                    Err(_) => panic!("no reply within 5 s (the deadline is 200 ms): {text}"),
+                }
+            }
+        };
+        let is_call = envelope.id.is_some() && envelope.answer.is_none();
+        match reply {
+            None => assert!(!is_call, "a request got no reply: {text}"),
+            Some(reply) => {
+                assert!(is_call, "a notification got a reply: {reply}");
+                check_reply(&reply, envelope.id.map(|id| id.get()));
+            }
+        }
+    }
+}
+
+/// A reply as sent: the id as it was spliced in, the result as the action
+/// gave it, the error's code and message. (Parsed with raw values, not
+/// into a `Value`: an id or result such as `1e999` is JSON, but no `f64`.)
+#[derive(Deserialize)]
+struct Reply<'a> {
+    jsonrpc: &'a str,
+    #[serde(borrow)]
+    id: &'a RawValue,
+    #[serde(borrow, default, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<ErrorObject>,
+}
+
+/// A member that is there, whatever its value (`null` too).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct ErrorObject {
+    #[allow(dead_code)]
+    code: i64,
+    #[allow(dead_code)]
+    message: String,
+}
+
+fn check_reply(reply: &str, id: Option<&str>) {
+    let parsed: Reply<'_> = match serde_json::from_str(reply) {
+        Ok(parsed) => parsed,
+        Err(e) => panic!("not a JSON-RPC reply with an integer code and a message ({e}): {reply}"),
+    };
+    assert_eq!(parsed.jsonrpc, "2.0", "{reply}");
+    if let Some(id) = id {
+        assert_eq!(parsed.id.get(), id, "{reply}");
+    }
+    assert!(
+        parsed.result.is_some() != parsed.error.is_some(),
+        "result xor error: {reply}"
+    );
+}
+
+fn session(state: &ServerState, signed_in: bool) -> Session {
+    let identity = signed_in.then(|| {
+        Arc::new(Identity {
+            user: Arc::from("fuzzer"),
+            expires_at: None,
+            scopes: Arc::from(""),
+            rooms: Arc::from(Vec::new()),
+            data: None,
+            source: AuthStep::Jwt,
+            issued_at: None,
+            jti: None,
+        })
+    });
+    Session::new(
+        next_conn_id(),
+        identity,
+        None,
+        Arc::new(Handshake::default()),
+        state.config.max_inflight_per_connection,
+        0,
+        ConnectionRates::new(&state.config),
+    )
+}
