@@ -170,6 +170,30 @@ pub fn now_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Milliseconds since the Unix epoch at `now` (a moment just read from the
+/// monotonic clock): the system clock is read at most once a second per
+/// thread, and in between the time is derived from `now`, so a call that
+/// has read the monotonic clock anyway reads no other. A step of the system
+/// clock shows within a second.
+pub fn unix_millis_at(now: std::time::Instant) -> u64 {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    const REREAD: Duration = Duration::from_secs(1);
+    thread_local! {
+        static ANCHOR: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+    }
+    ANCHOR.with(|anchor| match anchor.get() {
+        Some((at, millis)) if now >= at && now - at < REREAD => {
+            millis + u64::try_from((now - at).as_millis()).unwrap_or(0)
+        }
+        _ => {
+            let millis = now_millis();
+            anchor.set(Some((now, millis)));
+            millis
+        }
+    })
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn now_secs() -> u64 {
     SystemTime::now()

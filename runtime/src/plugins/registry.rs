@@ -44,7 +44,7 @@ pub struct ActionEntry {
 /// Everything callable at one moment. Never changed after it is built.
 #[derive(Debug, Default)]
 pub struct RegistrySnapshot {
-    actions: HashMap<String, Arc<ActionEntry>>,
+    actions: HashMap<String, Arc<ActionEntry>, foldhash::fast::RandomState>,
     /// The plugins loaded, in file order.
     pub plugins: Vec<Arc<LoadedPlugin>>,
     /// Files refused when this snapshot was built.
@@ -76,7 +76,8 @@ impl RegistrySnapshot {
         refused: Vec<RefusedFile>,
         default_timeout: Duration,
     ) -> RegistrySnapshot {
-        let mut actions: HashMap<String, Arc<ActionEntry>> = HashMap::new();
+        let mut actions: HashMap<String, Arc<ActionEntry>, foldhash::fast::RandomState> =
+            HashMap::default();
         for plugin in &plugins {
             for (index, meta) in plugin.actions.iter().enumerate() {
                 let entry = ActionEntry {

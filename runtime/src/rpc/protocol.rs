@@ -59,11 +59,11 @@ pub struct Refusal {
 
 #[derive(Deserialize)]
 struct RawEnvelope<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
     jsonrpc: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
     method: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     params: Option<&'a RawValue>,
@@ -86,6 +86,35 @@ where
     D: serde::Deserializer<'de>,
 {
     <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// A string borrowed from the frame (copied only when it has escapes), or
+/// `None` for `null`. Serde's own `Option<Cow<str>>` always copies, which
+/// would cost two allocations per request (`jsonrpc` and `method`).
+fn borrowed_str<'de, D>(deserializer: D) -> Result<Option<Cow<'de, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct BorrowedStr;
+    impl<'de> serde::de::Visitor<'de> for BorrowedStr {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or null")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v)))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    deserializer.deserialize_any(BorrowedStr)
 }
 
 /// Parses a text frame. The returned envelopes borrow from `text`.
@@ -340,6 +369,23 @@ mod tests {
             env.ok().map(|e| e.method.into_owned()).as_deref(),
             Some("echo/sleep")
         );
+    }
+
+    #[test]
+    fn plain_method_names_are_borrowed_and_null_ones_refused() {
+        let env = single(r#"{"jsonrpc":"2.0","id":1,"method":"echo"}"#);
+        assert!(matches!(env.map(|e| e.method), Ok(Cow::Borrowed("echo"))));
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"method":null}"#,
+            r#"{"jsonrpc":null,"id":1,"method":"echo"}"#,
+        ] {
+            let refusal = single(text).err().map(|r| (r.id, r.error.code));
+            assert_eq!(
+                refusal,
+                Some((Some(Bytes::from_static(b"1")), ErrorCode::InvalidRequest)),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the call limits.
 
 use crate::anonymous::AnonymousSlot;
-use crate::auth::{Handshake, Identity, now_millis};
+use crate::auth::{Handshake, Identity, now_millis, unix_millis_at};
 use crate::rooms::hub::ConnHandle;
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::rates::ConnectionRates;
@@ -109,6 +109,14 @@ impl Session {
             .filter(|i| !i.expired_at(now_millis(), self.leeway))
     }
 
+    /// [`Session::live_identity`] at `now`, a moment the caller has just
+    /// read (see [`unix_millis_at`]).
+    pub fn live_identity_at(&self, now: std::time::Instant) -> Option<&Arc<Identity>> {
+        self.identity
+            .as_ref()
+            .filter(|i| i.expires_at.is_none() || !i.expired_at(unix_millis_at(now), self.leeway))
+    }
+
     /// Signs the connection in, or refreshes its sign-in.
     pub fn sign_in(&mut self, identity: Identity) {
         let identity = Arc::new(identity);
@@ -122,6 +130,16 @@ impl Session {
 
     /// The identity a non-public action runs for, or why there is none.
     pub fn require_identity(&self, action: &str) -> Result<&Arc<Identity>, RpcError> {
+        self.require_identity_at(action, std::time::Instant::now())
+    }
+
+    /// [`Session::require_identity`] at `now`, a moment the caller has
+    /// just read (see [`unix_millis_at`]).
+    pub fn require_identity_at(
+        &self,
+        action: &str,
+        now: std::time::Instant,
+    ) -> Result<&Arc<Identity>, RpcError> {
         match &self.identity {
             None => Err(RpcError::new(
                 ErrorCode::Unauthenticated,
@@ -129,13 +147,18 @@ impl Session {
                     "action '{action}' needs a signed-in connection: send a token (Authorization: Bearer, ?token=, or rpc.auth)"
                 ),
             )),
-            Some(identity) if identity.expired_at(now_millis(), self.leeway) => Err(RpcError::new(
-                ErrorCode::Unauthenticated,
-                format!(
-                    "your sign-in expired at {} (Unix time); call rpc.auth with a fresh token",
-                    identity.expires_at.unwrap_or_default()
-                ),
-            )),
+            Some(identity)
+                if identity.expires_at.is_some()
+                    && identity.expired_at(unix_millis_at(now), self.leeway) =>
+            {
+                Err(RpcError::new(
+                    ErrorCode::Unauthenticated,
+                    format!(
+                        "your sign-in expired at {} (Unix time); call rpc.auth with a fresh token",
+                        identity.expires_at.unwrap_or_default()
+                    ),
+                ))
+            }
             Some(identity) => Ok(identity),
         }
     }

@@ -11,6 +11,8 @@
 //!   [`token_endpoint`]: `POST /token`;
 //!   [`forwarded`]:
 //!   the client's address behind a trusted reverse proxy;
+//! - [`read_ahead`]: socket reads in large gulps through a per-thread
+//!   buffer, so an idle connection holds no read buffer;
 //! - [`connection`]: one task per WebSocket: reads frames, hands them to
 //!   [`crate::rpc`], writes replies and pushes in bursts.
 
@@ -22,6 +24,7 @@ pub mod handshake;
 pub mod http;
 pub mod listener;
 pub mod pending;
+pub mod read_ahead;
 pub mod response;
 pub mod static_files;
 pub mod tls;

@@ -176,7 +176,7 @@ pub async fn dispatch(
         entry,
         identity,
         report_errors,
-    } = match authorize(state, session, method) {
+    } = match authorize(state, session, method, started) {
         Ok(authorized) => authorized,
         Err(error) => {
             let snapshot = state.registry.snapshot();
@@ -329,7 +329,12 @@ struct PreparedCall {
 
 /// The action at `method`, if this connection may call it, with the
 /// identity it runs for and whether plugins listen for error events.
-fn authorize(state: &ServerState, session: &Session, method: &str) -> Result<Authorized, RpcError> {
+fn authorize(
+    state: &ServerState,
+    session: &Session,
+    method: &str,
+    now: Instant,
+) -> Result<Authorized, RpcError> {
     let snapshot = state.registry.snapshot();
     let entry = snapshot
         .get(method)
@@ -337,9 +342,9 @@ fn authorize(state: &ServerState, session: &Session, method: &str) -> Result<Aut
         .ok_or_else(|| RpcError::new(ErrorCode::MethodNotFound, format!("no action '{method}'")))?;
     let report_errors = snapshot.wants_event(lifecycle::ERROR);
     let identity = if entry.public {
-        session.live_identity().cloned()
+        session.live_identity_at(now).cloned()
     } else {
-        let identity = session.require_identity(method)?;
+        let identity = session.require_identity_at(method, now)?;
         if !identity.has_scopes(&entry.scopes) {
             return Err(RpcError::new(
                 ErrorCode::Forbidden,

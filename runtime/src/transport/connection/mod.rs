@@ -99,16 +99,37 @@ pub fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let span = tracing::info_span!(
+    // A span entered and left at every poll costs on every call, and the
+    // subscriber holds a few hundred bytes per span: only when debug
+    // logging is on does the connection carry one. Otherwise its few
+    // info-level events get a span made for them (`conn_info!`).
+    let traced = tracing::enabled!(tracing::Level::DEBUG);
+    let span = traced.then(|| conn_span(&session));
+    let mut connection = Connection::new(ws, state, session, outbound, traced);
+    connection.echo = speaks == Speaks::Echo;
+    match span {
+        None => Either::Left(connection.run(shutdown)),
+        Some(span) => Either::Right(connection.run(shutdown).instrument(span)),
+    }
+}
+
+/// The span a connection's events are logged in.
+fn conn_span(session: &Session) -> tracing::Span {
+    tracing::info_span!(
         "conn",
         id = session.conn_id,
         user = session.identity().map(|i| &*i.user),
         addr = &*session.handshake.remote_addr
-    );
-    let mut connection = Connection::new(ws, state, session, outbound);
-    connection.echo = speaks == Speaks::Echo;
-    connection.run(shutdown).instrument(span)
+    )
 }
+
+/// Logs an info-level event of a connection in its span (see `serve`).
+macro_rules! conn_info {
+    ($conn:expr, $($event:tt)+) => {
+        $conn.log_span().in_scope(|| tracing::info!($($event)+))
+    };
+}
+use conn_info;
 
 /// A connection's outbound queue, registered in the hub (so pushes reach
 /// it) before the upgrade is answered: a client that has its `101` can be
@@ -171,6 +192,8 @@ struct Connection<S> {
     /// The sign-in (by count) whose expiry warning was already sent.
     warned_sign_in: u64,
     connected_at: Instant,
+    /// Whether the task runs in the connection's span (debug logging).
+    traced: bool,
     /// The heartbeat: where it stands, when it is next due, and whether
     /// anything came from the peer since it was last due.
     beat: Beat,
@@ -196,6 +219,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         state: Arc<ServerState>,
         mut session: Session,
         outbound: Outbound,
+        traced: bool,
     ) -> Self {
         let write_timeout = state.config.write_timeout();
         let Outbound {
@@ -221,6 +245,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             armed_at_sign_in: 0,
             warned_sign_in: 0,
             connected_at: Instant::now(),
+            traced,
             beat: Beat::Off,
             beat_at: Instant::now(),
             heard: false,
@@ -281,7 +306,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     break reason;
                 }
                 Next::Asked(asked) => {
-                    tracing::info!(code = asked.code, reason = %asked.reason, "closed by the server");
+                    conn_info!(self, code = asked.code, reason = %asked.reason, "closed by the server");
                     crate::metrics::global().connection_closed(asked.code);
                     Box::pin(self.close(CloseCode::from(asked.code), clip_reason(asked.reason)))
                         .await;
@@ -309,6 +334,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ended {
             reason: why,
             user: self.session.identity().map(|i| Arc::clone(&i.user)),
+        }
+    }
+
+    /// The span to log an event in: none when the task runs in the
+    /// connection's span already, else one made for the event.
+    fn log_span(&self) -> tracing::Span {
+        if self.traced {
+            tracing::Span::none()
+        } else {
+            conn_span(&self.session)
         }
     }
 

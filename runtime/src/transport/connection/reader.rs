@@ -53,15 +53,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Some(Ok(_)) => Next::Continue, // ping/pong: tungstenite answers pings itself
             Some(Err(WsError::Capacity(e))) => {
-                tracing::info!("closing: {e}");
+                conn_info!(self, "closing: {e}");
                 Next::Close(CloseCode::Size, "message too large")
             }
             Some(Err(WsError::Utf8(e))) => {
-                tracing::info!("closing: a text frame is not valid UTF-8 ({e})");
+                conn_info!(self, "closing: a text frame is not valid UTF-8 ({e})");
                 Next::Close(CloseCode::Invalid, "text frame is not valid UTF-8")
             }
             Some(Err(WsError::Protocol(e))) if is_peer_violation(&e) => {
-                tracing::info!("closing: WebSocket protocol error: {e}");
+                conn_info!(self, "closing: WebSocket protocol error: {e}");
                 Next::Close(CloseCode::Protocol, "WebSocket protocol error")
             }
             Some(Err(e)) => {
@@ -78,15 +78,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let text = text.as_str();
         if let Err(error) = self.take_message() {
             if self.session.rates.exhausted() {
-                return over_rate();
+                return self.over_rate();
             }
             return self.refuse_for_rate(text, &error).await;
         }
         let next = self.dispatch_frame(&frame, text).await;
         if self.session.rates.exhausted() {
-            return over_rate();
+            return self.over_rate();
         }
         next
+    }
+
+    /// A connection that kept exceeding its rate limits: closed with 1008.
+    fn over_rate(&self) -> Next {
+        conn_info!(self, "closing: over the rate limits, again and again");
+        Next::Close(CloseCode::Policy, "rate limit exceeded repeatedly")
     }
 
     /// Takes one message from the connection's and its user's allowances.
@@ -213,10 +219,4 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         });
         self.spawn_reply(batch)
     }
-}
-
-/// A connection that kept exceeding its rate limits: closed with 1008.
-fn over_rate() -> Next {
-    tracing::info!("closing: over the rate limits, again and again");
-    Next::Close(CloseCode::Policy, "rate limit exceeded repeatedly")
 }

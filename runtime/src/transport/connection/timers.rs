@@ -86,7 +86,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.beat = Beat::Listening;
             Next::Continue
         } else if self.beat == Beat::Pinged {
-            tracing::info!(
+            conn_info!(
+                self,
                 "closing: no answer to a ping within {} ms",
                 config.pong_timeout_ms
             );
@@ -111,7 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let fired = self.timer_for.take();
         match fired {
             Some(Timer::AuthTimeout) if self.session.identity().is_none() => {
-                tracing::info!("closing: no valid token within auth_timeout");
+                conn_info!(self, "closing: no valid token within auth_timeout");
                 Next::Close(CloseCode::from(4001), "no valid token before auth_timeout")
             }
             Some(Timer::ExpiryWarning) => {
@@ -137,7 +138,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .identity()
                     .is_some_and(|i| i.expired_at(now_millis(), self.state.auth.leeway())) =>
             {
-                tracing::info!("closing: the token expired and was not refreshed");
+                conn_info!(self, "closing: the token expired and was not refreshed");
                 Next::Close(
                     CloseCode::from(4002),
                     "the token expired and was not refreshed",

@@ -30,7 +30,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     pub(super) fn stalled(&self) -> Next {
         self.state.hub.count_stalled_write();
-        tracing::info!(
+        conn_info!(
+            self,
             "dropping the connection: the client stopped reading (a write stalled for {} ms)",
             self.write_timeout.as_millis()
         );
