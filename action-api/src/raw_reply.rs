@@ -23,8 +23,17 @@ impl RawReply {
         unsafe { (self.host.complete)(self.handle, status, ByteView::of(body)) }
     }
 
+    /// Answers with `json`, which serde_json wrote: through
+    /// `complete_serialized` when the host has it, so the host need not
+    /// parse it again.
     pub(crate) fn ok(self, json: &[u8]) {
-        self.complete(status::OK, json)
+        match self.host.complete_serialized {
+            // SAFETY: as in `complete`; `json` is serde_json's output (both
+            // callers pass what `serde_json::to_vec` returned), which is
+            // what `complete_serialized` asks for.
+            Some(complete) => unsafe { complete(self.handle, ByteView::of(json)) },
+            None => self.complete(status::OK, json),
+        }
     }
 
     pub(crate) fn error(self, err: &ActionError) {

@@ -125,6 +125,12 @@ pub struct HostTable {
             except_len: usize,
         ) -> u64,
     >,
+    /// Appended in revision 5 (absent in older hosts): like `complete`
+    /// with [`status::OK`](super::status::OK), for a result this crate's
+    /// serializer (serde_json) wrote. A plugin that calls it promises the
+    /// body is well-formed JSON, and the host splices it into the reply
+    /// without parsing it again (it still checks that it is UTF-8).
+    pub complete_serialized: Option<unsafe extern "C" fn(reply: *mut c_void, body: ByteView)>,
 }
 
 /// What [`HostTable::query`] can read.
@@ -144,12 +150,13 @@ pub const HOST_TABLE_MIN_SIZE: usize = std::mem::offset_of!(HostTable, send_to_c
 
 /// The sizes of [`HostTable`]'s revisions, oldest first: 1 ends at
 /// `complete`, 2 adds the services up to `call_client`, 4 adds
-/// `broadcast_signed_in`. A plugin takes the largest revision a host's
-/// `size` covers, whole, and nothing past it: a field cut in two by an odd
-/// `size` must never read as a function pointer.
-pub const HOST_TABLE_REVISIONS: [usize; 3] = [
+/// `broadcast_signed_in`, 5 adds `complete_serialized`. A plugin takes the
+/// largest revision a host's `size` covers, whole, and nothing past it: a
+/// field cut in two by an odd `size` must never read as a function pointer.
+pub const HOST_TABLE_REVISIONS: [usize; 4] = [
     HOST_TABLE_MIN_SIZE,
     std::mem::offset_of!(HostTable, broadcast_signed_in),
+    std::mem::offset_of!(HostTable, complete_serialized),
     std::mem::size_of::<HostTable>(),
 ];
 

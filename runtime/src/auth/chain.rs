@@ -228,7 +228,7 @@ impl Authenticator {
         })
         .await;
         let body = match answer {
-            Ok(body) => body,
+            Ok(answered) => answered.body,
             Err(fault @ PluginFault::Refused(_)) => {
                 let reason = fault
                     .refusal_message(200)

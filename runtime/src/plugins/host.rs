@@ -34,6 +34,7 @@ pub(crate) fn host_table(ctx: &'static PluginLogContext) -> HostTable {
         set_conn_data: Some(super::shims::set_conn_data),
         call_client: Some(super::shims::call_client),
         broadcast_signed_in: Some(super::shims::broadcast_signed_in),
+        complete_serialized: Some(super::replies::complete_serialized),
     }
 }
 

@@ -60,6 +60,16 @@ impl PluginFault {
 }
 
 /// A question put to a plugin, whose answer may not have come yet.
+/// A plugin's successful answer.
+#[derive(Debug)]
+pub(crate) struct Answered {
+    /// Its JSON body.
+    pub(crate) body: Vec<u8>,
+    /// Whether the plugin's serializer wrote it (`complete_serialized`):
+    /// then it is well-formed JSON, and need not be parsed again.
+    pub(crate) serialized: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct Asked {
     answer: oneshot::Receiver<Completion>,
@@ -68,7 +78,7 @@ pub(crate) struct Asked {
 impl Asked {
     /// The answer, if the plugin has already given it (an inline action
     /// usually has by the time `ask_here` returns).
-    pub(crate) fn now(&mut self) -> Option<Result<Vec<u8>, PluginFault>> {
+    pub(crate) fn now(&mut self) -> Option<Result<Answered, PluginFault>> {
         match self.answer.try_recv() {
             Ok(done) => Some(read(done)),
             Err(oneshot::error::TryRecvError::Empty) => None,
@@ -77,7 +87,7 @@ impl Asked {
     }
 
     /// Waits for the answer for at most `deadline`.
-    pub(crate) async fn answer(self, deadline: Duration) -> Result<Vec<u8>, PluginFault> {
+    pub(crate) async fn answer(self, deadline: Duration) -> Result<Answered, PluginFault> {
         match tokio::time::timeout(deadline, self.answer).await {
             Ok(Ok(done)) => read(done),
             Ok(Err(_)) => Err(PluginFault::NotAsked),
@@ -104,7 +114,7 @@ pub(crate) async fn invoke(
     thread: Thread<'_>,
     deadline: Duration,
     question: impl FnOnce(PendingReply) + Send + 'static,
-) -> Result<Vec<u8>, PluginFault> {
+) -> Result<Answered, PluginFault> {
     let (pending, answer) = PendingReply::new();
     match thread {
         Thread::Actions(threads) => threads.run(move || question(pending)),
@@ -125,9 +135,12 @@ pub(crate) fn ask_here(question: impl FnOnce(PendingReply)) -> Asked {
 }
 
 /// Reads a completion's status.
-fn read(done: Completion) -> Result<Vec<u8>, PluginFault> {
+fn read(done: Completion) -> Result<Answered, PluginFault> {
     match done.status {
-        status::OK => Ok(done.body),
+        status::OK => Ok(Answered {
+            body: done.body,
+            serialized: done.serialized,
+        }),
         status::ACTION_ERROR => Err(PluginFault::Refused(done.body)),
         status::PANICKED => Err(PluginFault::Panicked(
             String::from_utf8_lossy(&done.body).into_owned(),
@@ -160,9 +173,20 @@ mod tests {
     #[test]
     fn each_status_reads_as_its_answer_or_fault() {
         assert_eq!(
-            completing(status::OK, b"{\"a\":1}").now().map(|a| a.ok()),
-            Some(Some(b"{\"a\":1}".to_vec()))
+            completing(status::OK, b"{\"a\":1}")
+                .now()
+                .map(|a| a.ok().map(|a| (a.body, a.serialized))),
+            Some(Some((b"{\"a\":1}".to_vec(), false)))
         );
+        let serialized = ask_here(|pending| {
+            let handle = pending.into_handle();
+            // SAFETY: as in `complete`.
+            unsafe { super::super::replies::complete_serialized(handle, ByteView::of(b"[1]")) };
+        })
+        .now()
+        .and_then(Result::ok)
+        .map(|a| (a.body, a.serialized));
+        assert_eq!(serialized, Some((b"[1]".to_vec(), true)));
         let refused = completing(status::ACTION_ERROR, br#"{"code":7,"message":"no way"}"#)
             .now()
             .and_then(Result::err);
@@ -217,7 +241,7 @@ mod tests {
             complete(pending, status::OK, b"1")
         })
         .await;
-        assert_eq!(answered.ok(), Some(b"1".to_vec()));
+        assert_eq!(answered.ok().map(|a| a.body), Some(b"1".to_vec()));
     }
 
     #[tokio::test]
@@ -229,6 +253,6 @@ mod tests {
             |pending| complete(pending, status::OK, b"2"),
         )
         .await;
-        assert_eq!(answered.ok(), Some(b"2".to_vec()));
+        assert_eq!(answered.ok().map(|a| a.body), Some(b"2".to_vec()));
     }
 }

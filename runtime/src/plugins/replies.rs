@@ -32,6 +32,9 @@ use tokio::sync::oneshot;
 pub(crate) struct Completion {
     pub(crate) status: u32,
     pub(crate) body: Vec<u8>,
+    /// Completed through `complete_serialized`: the plugin's serializer
+    /// wrote the body.
+    pub(crate) serialized: bool,
 }
 
 /// A generation as a reply's pin sees it: code that must stay mapped,
@@ -91,6 +94,22 @@ impl PendingReply {
 /// waits for it. A handle completed before, or never handed out, is
 /// refused with a log line.
 pub(crate) unsafe extern "C" fn complete_call(reply: *mut c_void, status: u32, body: ByteView) {
+    // SAFETY: this function's contract is `finish`'s.
+    unsafe { finish(reply, status, body, false) }
+}
+
+/// The host's `complete_serialized` callback: a success whose body the
+/// plugin's serializer wrote (well-formed JSON: not parsed again).
+pub(crate) unsafe extern "C" fn complete_serialized(reply: *mut c_void, body: ByteView) {
+    // SAFETY: this function's contract is `finish`'s.
+    unsafe { finish(reply, action_api::abi::status::OK, body, true) }
+}
+
+/// Hands an answer to whoever waits for it (see [`complete_call`]).
+///
+/// # Safety
+/// `body` views bytes that stay readable until this returns.
+unsafe fn finish(reply: *mut c_void, status: u32, body: ByteView, serialized: bool) {
     if reply.is_null() {
         return;
     }
@@ -107,7 +126,11 @@ pub(crate) unsafe extern "C" fn complete_call(reply: *mut c_void, status: u32, b
         let pin = pending.generation.take();
         // The receiver is gone when the caller stopped waiting (deadline
         // passed, connection closed): the late answer is dropped.
-        let _ = pending.tx.send(Completion { status, body });
+        let _ = pending.tx.send(Completion {
+            status,
+            body,
+            serialized,
+        });
         if let Some(pin) = pin {
             park(pin);
         }

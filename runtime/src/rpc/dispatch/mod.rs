@@ -14,7 +14,7 @@ use crate::auth::Identity;
 use crate::lifecycle;
 use crate::metrics::ActionMetrics;
 use crate::plugins::ActionEntry;
-use crate::plugins::invoke::{self, PluginFault, Thread, invoke};
+use crate::plugins::invoke::{self, Answered, PluginFault, Thread, invoke};
 use crate::plugins::loader::CallArgs;
 use crate::rpc::builtins::Builtin;
 use crate::rpc::error::{ErrorCode, RpcError};
@@ -470,11 +470,11 @@ struct ActionErrorObject<'a> {
 /// Maps a plugin's answer to a result or an error.
 fn interpret(
     entry: &ActionEntry,
-    answer: Result<Vec<u8>, PluginFault>,
+    answer: Result<Answered, PluginFault>,
 ) -> Result<String, CallError> {
     let path = &*entry.path;
     match answer {
-        Ok(body) => {
+        Ok(Answered { body, serialized }) => {
             let result = String::from_utf8(body).map_err(|_| {
                 RpcError::new(
                     ErrorCode::Internal,
@@ -483,8 +483,9 @@ fn interpret(
             })?;
             // Spliced into the reply as it is: one malformed result must
             // not corrupt the client's stream. One linear pass, no values
-            // built.
-            if serde_json::from_str::<serde::de::IgnoredAny>(&result).is_err() {
+            // built; skipped for a result the plugin's serializer wrote
+            // (`complete_serialized`, the authoring API's way).
+            if !serialized && serde_json::from_str::<serde::de::IgnoredAny>(&result).is_err() {
                 tracing::error!(
                     action = path,
                     "an action returned a result that is not JSON"
