@@ -298,12 +298,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::rooms::hub::{ConnFlow, outgoing};
+    use crate::rooms::queue;
     use std::sync::Arc;
-    use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
-    fn connect(hub: &Hub, conn_id: u64) -> (ConnHandle, mpsc::Receiver<Outgoing>) {
-        let (tx, rx) = mpsc::channel(64);
+    fn connect(hub: &Hub, conn_id: u64) -> (ConnHandle, queue::Receiver<Outgoing>) {
+        let (tx, rx) = queue::channel(64);
         let handle = ConnHandle {
             conn_id,
             user: None,
@@ -317,7 +317,7 @@ mod tests {
         (handle, rx)
     }
 
-    fn frames(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<String> {
+    fn frames(rx: &mut queue::Receiver<Outgoing>) -> Vec<String> {
         std::iter::from_fn(|| rx.try_recv().ok())
             .map(|f| f.as_str().to_owned())
             .collect()

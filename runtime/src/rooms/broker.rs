@@ -319,7 +319,7 @@ mod tests {
     use super::*;
     use crate::rooms::RoomLimits;
     use crate::rooms::hub::{ConnFlow, outgoing};
-    use tokio::sync::mpsc;
+    use crate::rooms::queue;
     use tokio_util::sync::CancellationToken;
 
     fn broker() -> (LocalBroker, Arc<Hub>) {
@@ -332,8 +332,8 @@ mod tests {
         (broker, hub)
     }
 
-    fn connect(hub: &Hub, conn_id: u64, user: &str) -> (ConnHandle, mpsc::Receiver<Outgoing>) {
-        let (tx, rx) = mpsc::channel(64);
+    fn connect(hub: &Hub, conn_id: u64, user: &str) -> (ConnHandle, queue::Receiver<Outgoing>) {
+        let (tx, rx) = queue::channel(64);
         let handle = ConnHandle {
             conn_id,
             user: Some(Arc::from(user)),

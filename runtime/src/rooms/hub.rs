@@ -11,10 +11,10 @@
 
 use crate::auth::Identity;
 use crate::rate::TokenBucket;
+use crate::rooms::queue::{self, TrySendError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -156,7 +156,7 @@ pub struct ConnHandle {
     /// Who is signed in on it, if anyone.
     pub user: Option<Arc<str>>,
     /// Its outbound queue.
-    pub tx: mpsc::Sender<Outgoing>,
+    pub tx: queue::Sender<Outgoing>,
     /// Cancelled to make the connection close with 4008.
     pub kick: CancellationToken,
     /// When it connected (seconds since the Unix epoch).
@@ -545,8 +545,8 @@ mod tests {
         conn_id: u64,
         user: Option<&str>,
         slots: usize,
-    ) -> mpsc::Receiver<Outgoing> {
-        let (tx, rx) = mpsc::channel(slots);
+    ) -> queue::Receiver<Outgoing> {
+        let (tx, rx) = queue::channel(slots);
         hub.register(ConnHandle {
             conn_id,
             user: user.map(Arc::from),

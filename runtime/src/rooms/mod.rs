@@ -1,7 +1,8 @@
 //! Rooms: membership, fan-out, history with recovery, and presence.
 //!
 //! - [`hub`]: every open connection's outbound queue, by connection id and
-//!   by user: what every push (room message, send, broadcast) goes through.
+//!   by user: what every push (room message, send, broadcast) goes through;
+//!   [`queue`]: that queue, small while idle.
 //! - [`policy`]: the `[[rooms]]` rules and their name patterns.
 //! - [`history`]: each room's kept messages, and the server-wide budget
 //!   of history bytes they share.
@@ -38,6 +39,7 @@ pub mod hub;
 mod idle;
 mod membership;
 pub mod policy;
+pub mod queue;
 
 pub use capacity::{RoomLimits, RoomsUsage};
 
@@ -473,7 +475,7 @@ mod tests {
     use super::*;
 
     use crate::rooms::hub::ConnFlow;
-    use tokio::sync::mpsc;
+    use crate::rooms::queue;
     use tokio_util::sync::CancellationToken;
 
     fn rooms(max_rooms: usize, max_history_bytes: usize) -> (Rooms, Hub) {
@@ -485,8 +487,8 @@ mod tests {
     }
 
     /// A connection registered in `hub`, and its queue.
-    fn member(hub: &Hub, conn_id: u64) -> (ConnHandle, mpsc::Receiver<Outgoing>) {
-        let (tx, rx) = mpsc::channel(64);
+    fn member(hub: &Hub, conn_id: u64) -> (ConnHandle, queue::Receiver<Outgoing>) {
+        let (tx, rx) = queue::channel(64);
         let handle = ConnHandle {
             conn_id,
             user: Some(Arc::from(format!("user-{conn_id}"))),
@@ -501,7 +503,7 @@ mod tests {
     }
 
     /// The offsets of the `rpc.message` frames queued on `rx`.
-    fn offsets(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<u64> {
+    fn offsets(rx: &mut queue::Receiver<Outgoing>) -> Vec<u64> {
         let mut seen = Vec::new();
         while let Ok(frame) = rx.try_recv() {
             let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap_or_default();

@@ -20,6 +20,7 @@ mod writer;
 use crate::auth::{Identity, ends_at_ms, now_millis, now_secs};
 use crate::lifecycle;
 use crate::rooms::hub::{CloseRequest, ConnFlow, ConnHandle, Outgoing, outgoing};
+use crate::rooms::queue;
 use crate::rpc::dispatch::{Dispatched, dispatch};
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::protocol::{self, Envelope, Frame, Refusal};
@@ -33,7 +34,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use timers::{Beat, Timer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -139,7 +139,7 @@ pub struct Outbound {
     /// How pushes reach the connection.
     pub handle: ConnHandle,
     /// The queue's receiving end, drained by the connection's task.
-    pub rx: mpsc::Receiver<Outgoing>,
+    pub rx: queue::Receiver<Outgoing>,
 }
 
 impl Outbound {
@@ -150,7 +150,7 @@ impl Outbound {
         identity: Option<Arc<Identity>>,
         remote_addr: &str,
     ) -> Outbound {
-        let (tx, rx) = mpsc::channel(state.config.outbound_queue);
+        let (tx, rx) = queue::channel(state.config.outbound_queue);
         let flow = Arc::new(ConnFlow::new(state.config.max_room_creations_per_minute));
         let user = identity.as_ref().map(|i| Arc::clone(&i.user));
         flow.set_identity(identity);
@@ -174,8 +174,8 @@ struct Connection<S> {
     session: Session,
     /// Handed to running calls; dropped at shutdown so the queue ends when
     /// the last running call has answered.
-    replies_tx: Option<mpsc::Sender<Outgoing>>,
-    replies_rx: mpsc::Receiver<Outgoing>,
+    replies_tx: Option<queue::Sender<Outgoing>>,
+    replies_rx: queue::Receiver<Outgoing>,
     /// Cancelled by a push that found the queue full: close with 4008.
     kick: CancellationToken,
     /// The queue's byte count, shared with those who push.
