@@ -66,7 +66,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// a client that gets its `rpc.leave` answer must not then see a
     /// message of that room that was queued before it.
     pub(super) async fn write_ready(&mut self, reply: impl Into<Utf8Bytes>) -> Next {
-        while let Ok(queued) = self.replies_rx.try_recv() {
+        // Every queued frame's bytes are counted before it is queued, so
+        // none counted means none queued: no lock taken to find out.
+        while self.flow.queued_bytes() > 0
+            && let Ok(queued) = self.replies_rx.try_recv()
+        {
             let queued = self.dequeued(queued);
             if let next @ (Next::Stop(_) | Next::Close(..) | Next::Shutdown) =
                 self.write(queued).await
