@@ -351,6 +351,7 @@ mod tests {
 
     unsafe extern "C" fn log(_: *const c_void, _: u32, _: u64, _: ByteView) {}
     unsafe extern "C" fn complete(_: *mut c_void, _: u32, _: ByteView) {}
+    unsafe extern "C" fn complete_serialized(_: *mut c_void, _: ByteView) {}
     unsafe extern "C" fn send(_: *const c_void, _: u64, _: ByteView, _: ByteView) -> u32 {
         1
     }
@@ -381,6 +382,7 @@ mod tests {
             set_conn_data: None,
             call_client: None,
             broadcast_signed_in: Some(broadcast),
+            complete_serialized: Some(complete_serialized),
         }
     }
 
@@ -398,10 +400,16 @@ mod tests {
         let copy = unsafe { copy_host_table(&full_table(size), size) };
         assert!(copy.send_to_conn.is_some() && copy.broadcast.is_some());
         assert!(copy.broadcast_signed_in.is_none());
+        // Revision 4: `broadcast_signed_in`, not `complete_serialized`.
+        let size = HOST_TABLE_REVISIONS[2];
+        // SAFETY: as above.
+        let copy = unsafe { copy_host_table(&full_table(size), size) };
+        assert!(copy.broadcast_signed_in.is_some());
+        assert!(copy.complete_serialized.is_none());
         // Everything.
         let size = std::mem::size_of::<HostTable>();
         // SAFETY: as above.
         let copy = unsafe { copy_host_table(&full_table(size), size) };
-        assert!(copy.broadcast_signed_in.is_some());
+        assert!(copy.broadcast_signed_in.is_some() && copy.complete_serialized.is_some());
     }
 }

@@ -9,6 +9,7 @@ use switchboard::auth::TokenMinter;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Loopback source addresses connections are spread over.
 const SOURCES: usize = 250;
@@ -71,7 +72,17 @@ impl Target {
         }
         let stream = socket.connect(server).await?;
         stream.set_nodelay(true)?;
-        let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())).await?;
         Ok(ws)
     }
+}
+
+/// The generator's WebSocket settings. tungstenite zero-fills its read
+/// buffer before every read, up to the buffer's size: with the default
+/// (128 KiB) each read of a few frames cost a 128 KiB `memset`, which made
+/// the generator, not the server, the limit of a fanout to 10,000 sockets.
+/// 8 KiB holds a burst of replies; a larger message grows it while read.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
