@@ -107,7 +107,12 @@ impl<T> Sender<T> {
     /// Queues `item`, waiting for a free slot; gives it back if the
     /// receiver closed the queue.
     pub async fn send(&self, item: T) -> Result<(), T> {
-        let mut item = item;
+        // Usually a slot is free: no waiting registered (which locks).
+        let mut item = match self.try_send(item) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(item)) => return Err(item),
+            Err(TrySendError::Full(item)) => item,
+        };
         loop {
             // Registered before the attempt, so a slot freed in between
             // is not missed.
