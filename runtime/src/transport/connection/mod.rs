@@ -265,6 +265,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// binding the body moves it into), 696 bytes more per connection.
     /// Here the block captures the connection once and works on it in
     /// place.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold the connection twice (see above)"
+    )]
     fn run(mut self, shutdown: CancellationToken) -> impl Future<Output = Ended> {
         async move {
             let why = self.serve_until_closed(&shutdown).await;
