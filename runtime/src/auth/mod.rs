@@ -187,7 +187,9 @@ pub fn unix_millis_at(now: std::time::Instant) -> u64 {
             millis + u64::try_from((now - at).as_millis()).unwrap_or(0)
         }
         _ => {
-            let millis = now_millis();
+            // Read now; `now` was a moment ago (usually microseconds).
+            let ago = u64::try_from(now.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let millis = now_millis().saturating_sub(ago);
             anchor.set(Some((now, millis)));
             millis
         }
@@ -206,4 +208,28 @@ pub fn random_secret() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn unix_millis_at_follows_the_system_clock_and_the_moment_given() {
+        let start = Instant::now();
+        let first = unix_millis_at(start);
+        let system = now_millis();
+        assert!(first.abs_diff(system) < 1_000, "{first} against {system}");
+        // Derived from the anchor: later moments read later, by as much.
+        let later = unix_millis_at(start + Duration::from_millis(250));
+        assert_eq!(later - first, 250);
+        // A moment before the anchor re-reads the system clock, less the
+        // time since that moment.
+        if let Some(earlier) = start.checked_sub(Duration::from_secs(5)) {
+            let read = unix_millis_at(earlier);
+            let expected = now_millis() - 5_000;
+            assert!(read.abs_diff(expected) < 1_000, "{read} against {expected}");
+        }
+    }
 }
