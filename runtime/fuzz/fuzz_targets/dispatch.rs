@@ -18,8 +18,6 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -34,6 +32,10 @@ use switchboard::rpc::protocol::{Frame, parse_frame};
 use switchboard::rpc::rates::ConnectionRates;
 use switchboard::rpc::session::{Session, next_conn_id};
 use switchboard::state::ServerState;
+
+#[path = "common/reply.rs"]
+mod reply;
+use reply::Reply;
 
 struct World {
     runtime: tokio::runtime::Runtime,
@@ -145,33 +147,6 @@ async fn run(state: &Arc<ServerState>, text: String, signed_in: bool) {
             }
         }
     }
-}
-
-/// A reply as sent: the id as it was spliced in, the result as the action
-/// gave it, the error's code and message. (Parsed with raw values, not
-/// into a `Value`: an id or result such as `1e999` is JSON, but no `f64`.)
-#[derive(Deserialize)]
-struct Reply<'a> {
-    jsonrpc: &'a str,
-    #[serde(borrow)]
-    id: &'a RawValue,
-    #[serde(borrow, default, deserialize_with = "present")]
-    result: Option<&'a RawValue>,
-    #[serde(default)]
-    error: Option<ErrorObject>,
-}
-
-/// A member that is there, whatever its value (`null` too).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
-#[derive(Deserialize)]
-struct ErrorObject {
-    #[allow(dead_code)]
-    code: i64,
-    #[allow(dead_code)]
-    message: String,
 }
 
 fn check_reply(reply: &str, id: Option<&str>) {

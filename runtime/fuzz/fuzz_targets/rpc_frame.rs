@@ -14,7 +14,6 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -22,6 +21,10 @@ use switchboard::rpc::error::ErrorCode;
 use switchboard::rpc::protocol::{
     Envelope, Frame, Refusal, join_batch, parse_frame, reply_error, reply_ok, share,
 };
+
+#[path = "common/reply.rs"]
+mod reply;
+use reply::Reply;
 
 const MAX_BATCH: usize = 8;
 
@@ -149,30 +152,6 @@ fn json(text: &str) -> Option<Value> {
         panic!("not JSON ({e}): {text}");
     }
     serde_json::from_str(text).ok()
-}
-
-/// A reply as sent: the id as it was spliced in, and the error's code.
-#[derive(Deserialize)]
-struct Reply<'a> {
-    jsonrpc: &'a str,
-    #[serde(borrow)]
-    id: &'a RawValue,
-    #[serde(borrow, default, deserialize_with = "present")]
-    result: Option<&'a RawValue>,
-    #[serde(default)]
-    error: Option<ErrorObject>,
-}
-
-/// A member that is there, whatever its value (`null` too).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
-#[derive(Deserialize)]
-struct ErrorObject {
-    code: i64,
-    #[allow(dead_code)]
-    message: String,
 }
 
 /// Checks a reply built for a request with `id` (its raw text) and

@@ -3,7 +3,7 @@
 //! the call limits.
 
 use crate::anonymous::AnonymousSlot;
-use crate::auth::{Handshake, Identity, now_millis, unix_millis_at};
+use crate::auth::{Handshake, Identity, unix_millis_at};
 use crate::rooms::hub::ConnHandle;
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::rates::ConnectionRates;
@@ -104,9 +104,7 @@ impl Session {
 
     /// The signed-in identity, if its sign-in has not ended.
     pub fn live_identity(&self) -> Option<&Arc<Identity>> {
-        self.identity
-            .as_ref()
-            .filter(|i| !i.expired_at(now_millis(), self.leeway))
+        self.live_identity_at(std::time::Instant::now())
     }
 
     /// [`Session::live_identity`] at `now`, a moment the caller has just
@@ -129,12 +127,7 @@ impl Session {
     }
 
     /// The identity a non-public action runs for, or why there is none.
-    pub fn require_identity(&self, action: &str) -> Result<&Arc<Identity>, RpcError> {
-        self.require_identity_at(action, std::time::Instant::now())
-    }
-
-    /// [`Session::require_identity`] at `now`, a moment the caller has
-    /// just read (see [`unix_millis_at`]).
+    /// `now` is a moment the caller has just read (see [`unix_millis_at`]).
     pub fn require_identity_at(
         &self,
         action: &str,
