@@ -352,13 +352,32 @@ pub fn become_preflight_child() {
 /// This very executable. On Linux `/proc/self/exe`, which still opens
 /// after the file on disk was replaced (a rebuild of the server while it
 /// runs); elsewhere the path it was started from.
+///
+/// Under an instrumenting tool (valgrind) the kernel's `/proc/self/exe`
+/// is the tool, while the link it reports (what `current_exe` reads) is
+/// the program: when that link names an existing file other than the one
+/// `/proc/self/exe` opens, the link is what was started. A replaced file
+/// reads as `… (deleted)`, which does not exist, so a rebuild still
+/// re-executes the running image.
 fn this_executable() -> Result<std::path::PathBuf, PreflightError> {
     let proc_exe = Path::new("/proc/self/exe");
-    if proc_exe.exists() {
+    if let Ok(running) = std::fs::metadata(proc_exe) {
+        if let Ok(started) = std::env::current_exe()
+            && let Ok(named) = std::fs::metadata(&started)
+            && !same_file(&running, &named)
+        {
+            return Ok(started);
+        }
         return Ok(proc_exe.to_path_buf());
     }
     std::env::current_exe()
         .map_err(|e| PreflightError::Broken(format!("cannot find this executable: {e}")))
+}
+
+/// Whether two metadata describe the same file (device and inode).
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
 }
 
 /// How long, once the child has exited, its pipes are read for what is

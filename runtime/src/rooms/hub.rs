@@ -92,6 +92,12 @@ impl ConnFlow {
         lock(&self.control).identity.clone()
     }
 
+    /// Whether the connection was told to close (a full queue, or a
+    /// close the server asked for).
+    pub fn kicked(&self) -> bool {
+        self.kicked.load(Ordering::Relaxed)
+    }
+
     /// The close the server asked of this connection, if any (taken: the
     /// connection closes once).
     pub fn take_close_request(&self) -> Option<CloseRequest> {
@@ -157,7 +163,9 @@ pub struct ConnHandle {
     pub user: Option<Arc<str>>,
     /// Its outbound queue.
     pub tx: queue::Sender<Outgoing>,
-    /// Cancelled to make the connection close with 4008.
+    /// Cancelled to make the connection close with 4008 (or as its
+    /// `flow` asks); its queue is nudged too, which is what an idle
+    /// connection waits on. The token ends a write that is stalled.
     pub kick: CancellationToken,
     /// When it connected (seconds since the Unix epoch).
     pub connected_at: u64,
@@ -181,6 +189,9 @@ pub struct Hub {
     next_call: AtomicU64,
     /// Connections subscribed to server events (`rpc.subscribe`), by event.
     event_subscribers: Mutex<HashMap<&'static str, HashSet<u64>>>,
+    /// The server is stopping: every connection, and any registered from
+    /// now on, has been nudged to look at its shutdown signal.
+    stopping: AtomicBool,
 }
 
 /// The server events a client may subscribe to with `rpc.subscribe`.
@@ -217,6 +228,7 @@ impl Hub {
             slow_consumers: AtomicU64::new(0),
             stalled_writes: AtomicU64::new(0),
             pending_calls: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
             next_call: AtomicU64::new(1),
             event_subscribers: Mutex::new(HashMap::new()),
         }
@@ -242,7 +254,25 @@ impl Hub {
                 .or_default()
                 .insert(handle.conn_id);
         }
+        let nudge = handle.tx.clone();
         lock(self.shard(handle.conn_id)).insert(handle.conn_id, handle);
+        // After the insert: either `nudge_all` finds it, or this sees the
+        // flag `nudge_all` set before it looked.
+        if self.stopping.load(Ordering::SeqCst) {
+            nudge.nudge();
+        }
+    }
+
+    /// Nudges every connection, now and any registered later, to look at
+    /// the server's shutdown signal (cancel it first). A connection waits
+    /// on its queue alone, so this is how shutdown reaches an idle one.
+    pub fn nudge_all(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for shard in &self.shards {
+            for handle in lock(shard).values() {
+                handle.tx.nudge();
+            }
+        }
     }
 
     /// Removes a connection, and ends the server calls waiting on it.
@@ -331,6 +361,7 @@ impl Hub {
                 "slow consumer: its outbound queue is full in {full_in}; closing with 4008"
             );
             handle.kick.cancel();
+            handle.tx.nudge();
         }
     }
 
@@ -351,6 +382,7 @@ impl Hub {
         }
         lock(&handle.flow.control).close = Some(Box::new(request.clone()));
         handle.kick.cancel();
+        handle.tx.nudge();
         true
     }
 

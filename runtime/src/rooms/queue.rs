@@ -9,13 +9,22 @@
 //! drained. Pushes never wait (a full queue is refused at once, and the hub
 //! closes the connection as a slow consumer); a running call's reply waits
 //! for a free slot instead.
+//!
+//! A sender can also [`nudge`](Sender::nudge) the receiver: wake it with
+//! no item, so it looks at its signals (a kick, a close request, the
+//! server stopping). The connection's task then waits on this queue alone,
+//! rather than also on a future per signal made and dropped at every turn.
 
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use tokio::sync::Notify;
+
+/// Added to `queued` once every sender is gone.
+const ENDED: usize = 1 << (usize::BITS - 1);
 
 /// Slots a drained queue keeps; a larger buffer is freed.
 const KEPT_SLOTS: usize = 16;
@@ -30,6 +39,8 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         }),
         capacity: capacity.max(1),
         receiver: AtomicWaker::new(),
+        nudged: AtomicBool::new(false),
+        queued: AtomicUsize::new(0),
         room: Notify::new(),
     });
     (
@@ -43,8 +54,15 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
 struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
-    /// The receiver's task, woken by a new item or the last sender leaving.
+    /// The receiver's task, woken by a new item, a nudge, or the last
+    /// sender leaving.
     receiver: AtomicWaker,
+    /// A nudge the receiver has not seen yet.
+    nudged: AtomicBool,
+    /// Items queued, or senders gone (`ENDED`): kept beside the state so
+    /// the receiver finds an empty queue without taking the lock, which
+    /// it does at most turns (a wait, a burst's end).
+    queued: AtomicUsize,
     /// Senders waiting for a free slot.
     room: Notify,
 }
@@ -73,6 +91,17 @@ pub enum TrySendError<T> {
     Closed(T),
 }
 
+/// What [`Receiver::recv_or_nudge`] woke for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received<T> {
+    /// The next item.
+    Item(T),
+    /// A sender nudged the receiver (see [`Sender::nudge`]).
+    Nudged,
+    /// Nothing is queued, and every sender is gone.
+    Ended,
+}
+
 /// Why [`Receiver::try_recv`] returned nothing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TryRecvError {
@@ -99,6 +128,7 @@ impl<T> Sender<T> {
                 return Err(TrySendError::Full(item));
             }
             state.items.push_back(item);
+            self.shared.queued.fetch_add(1, Ordering::Release);
         }
         self.shared.receiver.wake();
         Ok(())
@@ -128,6 +158,14 @@ impl<T> Sender<T> {
         }
     }
 
+    /// Wakes the receiver with no item, so that it looks at whatever it
+    /// was signalled through (set the signal first). A nudge not yet seen
+    /// is not repeated: many nudges may wake it once.
+    pub fn nudge(&self) {
+        self.shared.nudged.store(true, Ordering::Release);
+        self.shared.receiver.wake();
+    }
+
     /// Free slots now.
     pub fn capacity(&self) -> usize {
         self.shared
@@ -150,6 +188,9 @@ impl<T> Drop for Sender<T> {
         let last = {
             let mut state = self.shared.state();
             state.senders -= 1;
+            if state.senders == 0 {
+                self.shared.queued.fetch_add(ENDED, Ordering::Release);
+            }
             state.senders == 0
         };
         if last {
@@ -174,11 +215,18 @@ pub struct Receiver<T> {
 impl<T> Receiver<T> {
     /// Takes the next item if there is one, without waiting.
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        // Changed only under the lock, after the change it counts: zero
+        // here means nothing was queued when it was read, and a sender
+        // queueing now wakes the receiver after it counts.
+        if self.shared.queued.load(Ordering::Acquire) == 0 {
+            return Err(TryRecvError::Empty);
+        }
         let (taken, was_full) = {
             let mut state = self.shared.state();
             let was_full = state.items.len() >= self.shared.capacity;
             let taken = match state.items.pop_front() {
                 Some(item) => {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                     if state.items.is_empty() && state.items.capacity() > KEPT_SLOTS {
                         state.items = VecDeque::new();
                     }
@@ -218,6 +266,39 @@ impl<T> Receiver<T> {
         .await
     }
 
+    /// Waits for the next item or a nudge, whichever comes first; a nudge
+    /// comes before items queued earlier (a signal outranks the backlog).
+    pub async fn recv_or_nudge(&mut self) -> Received<T> {
+        poll_fn(|cx| {
+            if let Some(received) = self.ready() {
+                return Poll::Ready(received);
+            }
+            self.shared.receiver.register(cx.waker());
+            // Again, after registering: what came in between woke no one.
+            match self.ready() {
+                Some(received) => Poll::Ready(received),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// A nudge not yet seen, else the next item, else nothing.
+    fn ready(&mut self) -> Option<Received<T>> {
+        // Checked with a plain load first: a swap would write the flag's
+        // cache line at every turn.
+        if self.shared.nudged.load(Ordering::Acquire)
+            && self.shared.nudged.swap(false, Ordering::AcqRel)
+        {
+            return Some(Received::Nudged);
+        }
+        match self.try_recv() {
+            Ok(item) => Some(Received::Item(item)),
+            Err(TryRecvError::Disconnected) => Some(Received::Ended),
+            Err(TryRecvError::Empty) => None,
+        }
+    }
+
     /// Refuses every later send; items already queued can still be taken.
     pub fn close(&mut self) {
         self.shared.state().closed = true;
@@ -241,6 +322,7 @@ impl<T> std::fmt::Debug for Receiver<T> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used)]
     use super::*;
     use std::time::Duration;
 
@@ -282,6 +364,29 @@ mod tests {
         assert_eq!(rx.recv().await, Some(2));
         assert_eq!(rx.recv().await, None);
         let _ = later.await;
+    }
+
+    #[tokio::test]
+    async fn a_nudge_wakes_the_receiver_once_and_comes_before_items() {
+        let (tx, mut rx) = channel(4);
+        let waiting = tokio::spawn(async move {
+            let first = rx.recv_or_nudge().await;
+            (first, rx)
+        });
+        tokio::task::yield_now().await;
+        tx.nudge();
+        let (first, mut rx) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the nudge woke the waiting receiver")
+            .expect("the task ran");
+        assert_eq!(first, Received::Nudged);
+        assert_eq!(tx.try_send(1), Ok(()));
+        tx.nudge();
+        tx.nudge();
+        assert_eq!(rx.recv_or_nudge().await, Received::Nudged);
+        assert_eq!(rx.recv_or_nudge().await, Received::Item(1));
+        drop(tx);
+        assert_eq!(rx.recv_or_nudge().await, Received::Ended);
     }
 
     #[tokio::test]

@@ -68,6 +68,8 @@ pub async fn run(
     let open = state.connections();
     tracing::info!(connections = open, "shutting down: closing connections");
     routes.shutdown.cancel();
+    // Connections wait on their queues: nudged, each sees the token.
+    state.hub.nudge_all();
     routes.tracker.close();
     sweeper.abort();
     let grace = state.config.shutdown_grace() + Duration::from_millis(500);

@@ -25,6 +25,15 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
 }
 
+/// What a connection's stream can say of its read side without reading.
+pub trait ReadState {
+    /// Whether the last read found the socket empty and nothing it read
+    /// is left over: reading again before the socket is ready again would
+    /// find nothing (and its reader holds no whole frame, since a reader
+    /// only reads when it has none).
+    fn drained(&self) -> bool;
+}
+
 /// A stream whose reads go through a per-thread scratch buffer; see the
 /// module documentation. Writes pass straight through.
 #[derive(Debug)]
@@ -34,6 +43,14 @@ pub struct ReadAhead<S> {
     /// empty, holding no allocation, once they all are.
     left: Vec<u8>,
     taken: usize,
+    /// The last read from `inner` found nothing (see [`ReadState`]).
+    drained: bool,
+}
+
+impl<S> ReadState for ReadAhead<S> {
+    fn drained(&self) -> bool {
+        self.drained && self.taken == self.left.len()
+    }
 }
 
 impl<S> ReadAhead<S> {
@@ -43,6 +60,7 @@ impl<S> ReadAhead<S> {
             inner,
             left: Vec::new(),
             taken: 0,
+            drained: false,
         }
     }
 
@@ -72,9 +90,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             return Poll::Ready(Ok(()));
         }
         if buf.remaining() >= SCRATCH_BYTES {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+            let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+            this.drained = read.is_pending();
+            return read;
         }
-        SCRATCH.with(|scratch| {
+        let read = SCRATCH.with(|scratch| {
             // Never re-entered (the inner read does not read another
             // `ReadAhead`), but if it were, read straight into `buf`.
             let Ok(mut scratch) = scratch.try_borrow_mut() else {
@@ -94,7 +114,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
                 }
                 other => other,
             }
-        })
+        });
+        this.drained = read.is_pending();
+        read
     }
 }
 
@@ -151,5 +173,24 @@ mod tests {
         }
         assert_eq!(got, sent);
         assert_eq!(reader.left.capacity(), 0, "nothing held once all is read");
+    }
+
+    #[tokio::test]
+    async fn drained_only_after_a_read_found_nothing_and_until_one_finds_something() {
+        use futures_util::FutureExt;
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut reader = ReadAhead::new(server);
+        assert!(!reader.drained(), "nothing read yet: unknown");
+        let mut chunk = [0u8; 4];
+        assert!(reader.read(&mut chunk).now_or_never().is_none());
+        assert!(reader.drained(), "the read found nothing");
+        client.write_all(b"0123456789").await.unwrap_or_default();
+        assert_eq!(reader.read(&mut chunk).await.unwrap_or(0), 4);
+        assert!(!reader.drained(), "six bytes are left over");
+        let mut rest = [0u8; 6];
+        assert_eq!(reader.read(&mut rest).await.unwrap_or(0), 6);
+        assert!(!reader.drained(), "the last read found bytes");
+        assert!(reader.read(&mut chunk).now_or_never().is_none());
+        assert!(reader.drained());
     }
 }

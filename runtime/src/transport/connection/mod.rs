@@ -26,6 +26,7 @@ use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::protocol::{self, Envelope, Frame, Refusal};
 use crate::rpc::session::Session;
 use crate::state::ServerState;
+use crate::transport::read_ahead::ReadState;
 use bytes::Bytes;
 use futures_util::future::{self, Either};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -97,7 +98,7 @@ pub fn serve<S>(
     speaks: Speaks,
 ) -> impl Future<Output = Ended>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + ReadState,
 {
     // A span entered and left at every poll costs on every call, and the
     // subscriber holds a few hundred bytes per span: only when debug
@@ -213,7 +214,7 @@ enum Next {
     Stop(&'static str),
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
     fn new(
         ws: WebSocketStream<S>,
         state: Arc<ServerState>,
@@ -303,14 +304,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             } else if self.unflushed > 0 {
                 self.step_before_flush().await
             } else {
+                // The queue carries the signals too: a kick, a close the
+                // server asked for and shutdown each nudge it, so there is
+                // one waiter per connection, not a future per signal made
+                // and dropped at every turn (two locks each).
                 tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => Next::Shutdown,
-                    () = self.kick.cancelled() => match self.flow.take_close_request() {
-                        Some(asked) => Next::Asked(asked),
-                        None => Next::Close(CloseCode::from(4008), SLOW_CONSUMER),
+                    received = self.replies_rx.recv_or_nudge() => match received {
+                        queue::Received::Item(first) => Box::pin(self.write_burst(first)).await,
+                        queue::Received::Nudged => self.signalled(shutdown),
+                        // The task holds a sender until the loop ends.
+                        queue::Received::Ended => Next::Stop("the outbound queue ended"),
                     },
-                    Some(first) = self.replies_rx.recv() => Box::pin(self.write_burst(first)).await,
                     // Boxed (here and in `step_before_flush`), as is a
                     // burst of writes: handling a frame takes more state
                     // than the rest of the loop, and inline it would make
@@ -350,6 +355,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     break why;
                 }
             }
+        }
+    }
+
+    /// What a nudge of the queue signalled: shutdown, a kick (a full
+    /// queue: 4008) or a close the server asked for; else nothing (a
+    /// nudge may be late for a signal already handled).
+    fn signalled(&self, shutdown: &CancellationToken) -> Next {
+        if shutdown.is_cancelled() {
+            return Next::Shutdown;
+        }
+        if !self.flow.kicked() {
+            return Next::Continue;
+        }
+        match self.flow.take_close_request() {
+            Some(asked) => Next::Asked(asked),
+            None => Next::Close(CloseCode::from(4008), SLOW_CONSUMER),
         }
     }
 

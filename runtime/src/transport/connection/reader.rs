@@ -24,7 +24,7 @@ fn is_peer_violation(error: &ProtocolError) -> bool {
     )
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
     pub(super) async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Next {
         if matches!(incoming, Some(Ok(_))) {
             // Anything from the peer (a pong included) says it is there.

@@ -5,7 +5,7 @@
 
 use super::*;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
     /// With writes buffered: handle whatever is ready at once (queued
     /// replies, frames already received), and flush as soon as nothing is,
     /// or after [`MAX_FRAMES_PER_FLUSH`] frames. One flush then covers many
@@ -15,7 +15,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if let Ok(first) = self.replies_rx.try_recv() {
                 return Box::pin(self.write_burst(first)).await;
             }
-            if let Some(incoming) = self.ws.next().now_or_never() {
+            // Frames that came meanwhile are answered in this flush too;
+            // a socket the last read found empty is not read again (the
+            // loop's wait reads it when it is ready): a push to an idle
+            // reader costs no futile read.
+            if !self.ws.get_ref().drained()
+                && let Some(incoming) = self.ws.next().now_or_never()
+            {
                 return Box::pin(self.on_incoming(incoming)).await;
             }
         }
