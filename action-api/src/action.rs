@@ -13,7 +13,7 @@ use std::time::Duration;
 /// A type-erased action body: gets the raw params and the reply slot. A
 /// synchronous action fills the slot before it returns; a deferred one
 /// takes the [`Reply`] out of it and answers later.
-pub(crate) type ErasedHandler = Box<dyn Fn(&Context<'_>, &[u8], &mut Option<Reply>) + Send + Sync>;
+pub(crate) type ErasedHandler = Box<dyn Fn(&Context<'_>, &str, &mut Option<Reply>) + Send + Sync>;
 
 /// One action as the plugin exports it: a method path, its [`Policy`], and
 /// what runs it (a [`Handler`], or a function: [`Action::new`]).
@@ -32,8 +32,8 @@ impl std::fmt::Debug for Action {
     }
 }
 
-fn parse_params<P: DeserializeOwned>(raw: &[u8]) -> Result<P, ActionError> {
-    serde_json::from_slice(raw)
+fn parse_params<P: DeserializeOwned>(raw: &str) -> Result<P, ActionError> {
+    serde_json::from_str(raw)
         .map_err(|e| ActionError::invalid_params(format!("invalid params: {e}")))
 }
 

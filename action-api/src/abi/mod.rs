@@ -275,6 +275,10 @@ pub const ACTION_DESCRIPTOR_MIN_SIZE: usize = std::mem::offset_of!(ActionDescrip
 /// Valid only until `call` returns; a plugin that answers later copies
 /// what it needs first. Fields are only ever appended; a plugin reads
 /// fields past the ones it knows only after checking `size`.
+///
+/// Every text field (`params`, `user`, `scopes`, `conn_data`) is UTF-8: a
+/// host must never pass anything else, and a plugin may rely on it without
+/// checking again (the host checked the client's frame once, on arrival).
 #[repr(C)]
 #[derive(Debug)]
 pub struct CallInfo {

@@ -54,6 +54,22 @@ unsafe fn view_text<'a>(view: ByteView) -> Option<&'a str> {
     std::str::from_utf8(unsafe { view.as_slice() }).ok()
 }
 
+/// Text the host passed in a [`CallInfo`](crate::abi::CallInfo). The ABI
+/// promises UTF-8 for each of its text fields (the host checked the client's
+/// frame once, when it came in, and holds the rest as Rust strings), so
+/// it is not checked again on every call; debug builds still check.
+///
+/// # Safety
+/// `bytes` is a text field of the host's `CallInfo`.
+unsafe fn host_text(bytes: &[u8]) -> &str {
+    debug_assert!(
+        std::str::from_utf8(bytes).is_ok(),
+        "the host passed call text that is not UTF-8"
+    );
+    // SAFETY: UTF-8 per the ABI (see above).
+    unsafe { std::str::from_utf8_unchecked(bytes) }
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -251,12 +267,14 @@ unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
     // SAFETY: the host keeps `params` and `user` alive until we return; we
     // use them only inside this call.
     let (params, user) = unsafe { (call.params.as_slice(), call.user.as_slice()) };
-    let params: &[u8] = if params.is_empty() { b"null" } else { params };
-    let user = if call.user.is_absent() {
-        None
+    // SAFETY: text fields of the host's `CallInfo`.
+    let params = if params.is_empty() {
+        "null"
     } else {
-        std::str::from_utf8(user).ok()
+        unsafe { host_text(params) }
     };
+    // SAFETY: as above.
+    let user = (!call.user.is_absent()).then(|| unsafe { host_text(user) });
     // Fields appended in revision 2 are read only if the host sent them.
     let has_rev2 = call.size as usize >= std::mem::size_of::<CallInfo>();
     // SAFETY: present per `size`, and alive until we return.
@@ -284,8 +302,10 @@ unsafe extern "C" fn call_action(action: usize, call: *const CallInfo) {
     let ctx = Context {
         conn_id: call.conn_id,
         user,
-        scopes: std::str::from_utf8(scopes).unwrap_or(""),
-        conn_data: conn_data.and_then(|d| std::str::from_utf8(d).ok()),
+        // SAFETY: text fields of the host's `CallInfo`.
+        scopes: unsafe { host_text(scopes) },
+        // SAFETY: as above.
+        conn_data: conn_data.map(|d| unsafe { host_text(d) }),
         logger: Logger::new(host, call.conn_id),
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| {

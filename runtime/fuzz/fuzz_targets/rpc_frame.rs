@@ -95,7 +95,7 @@ fn check_item(
                     "id {id}"
                 );
                 let shared = share(frame, text, id);
-                assert_eq!(&shared[..], id.as_bytes());
+                assert_eq!(&*shared, id);
                 assert_eq!(shared.as_ptr(), id.as_ptr(), "the id was copied");
             }
             if let Some(params) = envelope.params {
@@ -120,7 +120,7 @@ fn check_item(
             }
             let id = id.unwrap_or("null");
             let result = envelope.params.map_or("null", |p| p.get());
-            let reply = reply_ok(id.as_bytes(), result);
+            let reply = reply_ok(id, result);
             assert_eq!(check_reply(&reply, id), None);
             reply
         }
@@ -133,11 +133,8 @@ fn check_item(
                 refusal.error.message
             );
             let reply_text = reply_error(refusal.id.as_deref(), &refusal.error);
-            let id = refusal
-                .id
-                .as_deref()
-                .map_or("null".into(), String::from_utf8_lossy);
-            let code = check_reply(&reply_text, &id);
+            let id = refusal.id.as_deref().unwrap_or("null");
+            let code = check_reply(&reply_text, id);
             assert_eq!(code, Some(refusal.error.code.code()));
             reply_text
         }

@@ -3,8 +3,9 @@
 //!
 //! Parsing borrows from the frame: `id` and `params` stay [`RawValue`]s
 //! pointing into it, and [`share`] turns them into reference-
-//! counted slices of the frame's own buffer, so params reach a plugin
-//! without a copy.
+//! counted slices of the frame's own buffer ([`FrameText`]), so params
+//! reach a plugin without a copy, and text validated once (when the frame
+//! came in) is never validated again.
 
 use crate::rpc::error::{ErrorCode, RpcError};
 use bytes::Bytes;
@@ -52,7 +53,7 @@ pub enum Frame<'a> {
 #[derive(Debug)]
 pub struct Refusal {
     /// The id to answer with; `None` answers with `null`.
-    pub id: Option<Bytes>,
+    pub id: Option<FrameText>,
     /// Why it was refused.
     pub error: RpcError,
 }
@@ -255,18 +256,55 @@ fn is_valid_id(id: &RawValue) -> bool {
 }
 
 /// Copies an id for a refusal (the error path, where a copy costs nothing).
-fn owned_id(id: &RawValue) -> Bytes {
-    Bytes::copy_from_slice(id.get().as_bytes())
+fn owned_id(id: &RawValue) -> FrameText {
+    FrameText::copy(id.get())
 }
 
-/// Returns the sub-slice `part` of the shared buffer `frame` without
-/// copying. `part` must point into `frame_str`, the text of `frame`.
-pub fn share(frame: &Bytes, frame_str: &str, part: &str) -> Bytes {
+/// A piece of a frame's text (an id, params), shared with the frame's
+/// buffer rather than copied. Always UTF-8: it is only ever made from a
+/// `&str`, so it reads as text without being validated again.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FrameText(Bytes);
+
+impl FrameText {
+    /// A copy of `text` (when there is no frame to share).
+    pub fn copy(text: &str) -> FrameText {
+        FrameText(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // SAFETY: made only from a `&str`'s bytes: `copy` copies one, and
+        // `share` slices `frame` only where it is the very memory of
+        // `frame_str` and `part` lies within it.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+}
+
+impl std::ops::Deref for FrameText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for FrameText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// The sub-slice `part` of the shared buffer `frame`, without copying.
+/// `frame_str` is the text of `frame` (the same memory), and `part` a
+/// slice of it; otherwise `part` is copied.
+pub fn share(frame: &Bytes, frame_str: &str, part: &str) -> FrameText {
+    let same_memory = frame.as_ptr() == frame_str.as_ptr() && frame.len() == frame_str.len();
     let start = (part.as_ptr() as usize).wrapping_sub(frame_str.as_ptr() as usize);
-    if start <= frame.len() && start + part.len() <= frame.len() {
-        frame.slice(start..start + part.len())
+    if same_memory && start <= frame.len() && start + part.len() <= frame.len() {
+        FrameText(frame.slice(start..start + part.len()))
     } else {
-        Bytes::copy_from_slice(part.as_bytes())
+        FrameText::copy(part)
     }
 }
 
@@ -279,7 +317,7 @@ pub fn event_push(event: &str, data: &serde_json::Value) -> String {
 }
 
 /// A success reply: `result` is spliced in as it is (it must be JSON).
-pub fn reply_ok(id: &[u8], result: &str) -> String {
+pub fn reply_ok(id: &str, result: &str) -> String {
     let mut out = String::with_capacity(OK_HEAD.len() + id.len() + result.len() + 12);
     out.push_str(OK_HEAD);
     push_id(&mut out, id);
@@ -290,10 +328,10 @@ pub fn reply_ok(id: &[u8], result: &str) -> String {
 }
 
 /// An error reply whose error object is already JSON (an action's own).
-pub fn reply_error_object(id: Option<&[u8]>, error_object: &str) -> String {
+pub fn reply_error_object(id: Option<&str>, error_object: &str) -> String {
     let mut out = String::with_capacity(OK_HEAD.len() + error_object.len() + 24);
     out.push_str(OK_HEAD);
-    push_id(&mut out, id.unwrap_or(b"null"));
+    push_id(&mut out, id.unwrap_or("null"));
     out.push_str(r#","error":"#);
     out.push_str(error_object);
     out.push('}');
@@ -301,7 +339,7 @@ pub fn reply_error_object(id: Option<&[u8]>, error_object: &str) -> String {
 }
 
 /// An error reply from the runtime.
-pub fn reply_error(id: Option<&[u8]>, error: &RpcError) -> String {
+pub fn reply_error(id: Option<&str>, error: &RpcError) -> String {
     reply_error_object(id, &error_object(error.code.code(), &error.message))
 }
 
@@ -311,10 +349,8 @@ pub fn error_object(code: i64, message: &str) -> String {
     format!(r#"{{"code":{code},"message":{message}}}"#)
 }
 
-fn push_id(out: &mut String, id: &[u8]) {
-    // Ids come from the client's own frame (valid UTF-8 JSON), so the
-    // lossy path is never taken; it only keeps this function total.
-    out.push_str(&String::from_utf8_lossy(id));
+fn push_id(out: &mut String, id: &str) {
+    out.push_str(id);
 }
 
 /// Joins reply objects into one batch reply (`[a,b,...]`).
@@ -382,7 +418,7 @@ mod tests {
             let refusal = single(text).err().map(|r| (r.id, r.error.code));
             assert_eq!(
                 refusal,
-                Some((Some(Bytes::from_static(b"1")), ErrorCode::InvalidRequest)),
+                Some((Some(FrameText::copy("1")), ErrorCode::InvalidRequest)),
                 "{text}"
             );
         }
@@ -394,10 +430,7 @@ mod tests {
         let refusal = refusal.map(|r| (r.id, r.error.code));
         assert_eq!(
             refusal,
-            Some((
-                Some(Bytes::from_static(b"\"x\"")),
-                ErrorCode::InvalidRequest
-            ))
+            Some((Some(FrameText::copy("\"x\"")), ErrorCode::InvalidRequest))
         );
     }
 
@@ -418,14 +451,19 @@ mod tests {
         let text = std::str::from_utf8(&frame).unwrap_or_default();
         let part = &text[10..17];
         let shared = share(&frame, text, part);
-        assert_eq!(&shared[..], b"{\"k\":1}");
+        assert_eq!(&*shared, "{\"k\":1}");
         assert_eq!(shared.as_ptr(), frame[10..].as_ptr());
+        // Text that is not the frame's own memory is copied, never sliced.
+        let elsewhere = String::from(text);
+        let copied = share(&frame, &elsewhere, &elsewhere[10..17]);
+        assert_eq!(&*copied, "{\"k\":1}");
+        assert_ne!(copied.as_ptr(), frame[10..].as_ptr());
     }
 
     #[test]
     fn replies_splice_raw_json() {
         assert_eq!(
-            reply_ok(b"7", r#"{"a":1}"#),
+            reply_ok("7", r#"{"a":1}"#),
             r#"{"jsonrpc":"2.0","id":7,"result":{"a":1}}"#
         );
         let err = reply_error(None, &RpcError::new(ErrorCode::MethodNotFound, "no \"x\""));

@@ -64,7 +64,7 @@ impl LoadedPlugin {
         let view = |s: Option<&str>| s.map_or(ByteView::ABSENT, |s| ByteView::of(s.as_bytes()));
         let info = CallInfo {
             size: std::mem::size_of::<CallInfo>() as u32,
-            params: ByteView::of(call.params),
+            params: ByteView::of(call.params.as_bytes()),
             conn_id: call.conn_id,
             user: view(call.user),
             reply: reply
@@ -168,7 +168,8 @@ unsafe extern "C" fn collect(ctx: *mut c_void, bytes: ByteView) {
 /// One call's inputs, borrowed for the duration of the plugin's `call`.
 #[derive(Debug)]
 pub(crate) struct CallArgs<'a> {
-    pub(crate) params: &'a [u8],
+    /// The params as JSON text (the ABI promises plugins UTF-8).
+    pub(crate) params: &'a str,
     pub(crate) conn_id: u64,
     pub(crate) user: Option<&'a str>,
     pub(crate) scopes: Option<&'a str>,

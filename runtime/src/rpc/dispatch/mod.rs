@@ -18,7 +18,7 @@ use crate::plugins::invoke::{self, Answered, PluginFault, Thread, invoke};
 use crate::plugins::loader::CallArgs;
 use crate::rpc::builtins::Builtin;
 use crate::rpc::error::{ErrorCode, RpcError};
-use crate::rpc::protocol::{self, Answer, Envelope, share};
+use crate::rpc::protocol::{self, Answer, Envelope, FrameText, share};
 use crate::rpc::session::Session;
 use crate::state::ServerState;
 use bytes::Bytes;
@@ -71,7 +71,7 @@ fn room_call_in_lane(
     envelope: &Envelope<'_>,
     frame: &Bytes,
     text: &str,
-    id: Option<Bytes>,
+    id: Option<FrameText>,
 ) -> Dispatched {
     let caller = session.room_caller();
     let turn = session.room_turn();
@@ -81,14 +81,8 @@ fn room_call_in_lane(
     let started = Instant::now();
     Dispatched::Running(Box::pin(async move {
         turn.wait().await;
-        let params = match params.as_deref().map(std::str::from_utf8) {
-            Some(Ok(text)) => match serde_json::from_str::<&RawValue>(text) {
-                Ok(raw) => Some(raw),
-                Err(e) => {
-                    let error = RpcError::new(ErrorCode::InvalidParams, e.to_string());
-                    return reply(id.as_ref(), Err(error.into()));
-                }
-            },
+        let params = match params.as_deref().map(serde_json::from_str::<&RawValue>) {
+            Some(Ok(raw)) => Some(raw),
             Some(Err(e)) => {
                 let error = RpcError::new(ErrorCode::InvalidParams, e.to_string());
                 return reply(id.as_ref(), Err(error.into()));
@@ -117,7 +111,7 @@ fn record(metrics: &ActionMetrics, started: Instant, outcome: &Result<String, Ca
 }
 
 /// Builds the reply for a call's outcome (`None` for a notification).
-fn reply(id: Option<&Bytes>, outcome: Result<String, CallError>) -> Option<String> {
+fn reply(id: Option<&FrameText>, outcome: Result<String, CallError>) -> Option<String> {
     let id = id?;
     Some(match outcome {
         Ok(result) => protocol::reply_ok(id, &result),
@@ -216,7 +210,6 @@ pub async fn dispatch(
             // A span per call only when debug logging wants it: an
             // instrumented future costs on every call.
             let span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-                let id = id.as_deref().map(String::from_utf8_lossy);
                 tracing::debug_span!(
                     "call",
                     method,
@@ -280,10 +273,10 @@ fn run_inline(
     identity: Option<Arc<Identity>>,
     conn_id: u64,
     params: Option<&serde_json::value::RawValue>,
-    id: Option<Bytes>,
+    id: Option<FrameText>,
     started: Instant,
 ) -> Dispatched {
-    let params = params.map_or(b"null".as_slice(), |p| p.get().as_bytes());
+    let params = params.map_or("null", |p| p.get());
     let args = call_args(params, conn_id, identity.as_deref());
     let mut asked = invoke::ask_here(|pending| entry.plugin.call(entry.index, &args, pending));
     match asked.now() {
@@ -302,7 +295,7 @@ fn run_inline(
 }
 
 /// What a plugin's `call` gets: the raw params and who is calling.
-fn call_args<'a>(params: &'a [u8], conn_id: u64, identity: Option<&'a Identity>) -> CallArgs<'a> {
+fn call_args<'a>(params: &'a str, conn_id: u64, identity: Option<&'a Identity>) -> CallArgs<'a> {
     CallArgs {
         params,
         conn_id,
@@ -420,7 +413,7 @@ fn with_permits(
 }
 
 impl PreparedCall {
-    async fn run(self, params: Option<Bytes>) -> Result<String, CallError> {
+    async fn run(self, params: Option<FrameText>) -> Result<String, CallError> {
         let PreparedCall {
             entry,
             conn_id,
@@ -439,7 +432,7 @@ impl PreparedCall {
         // whole server's.
         let answer = invoke(Thread::Actions(&threads), entry.timeout, move |pending| {
             let _permits = (server_permit, connection_permit);
-            let params = params.as_deref().unwrap_or(b"null");
+            let params = params.as_deref().unwrap_or("null");
             let args = call_args(params, conn_id, identity.as_deref());
             plugin_entry.plugin.call(plugin_entry.index, &args, pending);
         })

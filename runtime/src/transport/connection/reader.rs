@@ -142,9 +142,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
         match protocol::parse_frame(text, self.state.config.max_batch) {
             Frame::Single(Ok(envelope)) => match envelope.id {
                 Some(id) => {
-                    let id = id.get().as_bytes().to_vec();
-                    self.write_ready(protocol::reply_error(Some(&id), error))
-                        .await
+                    let reply = protocol::reply_error(Some(id.get()), error);
+                    self.write_ready(reply).await
                 }
                 None => Next::Continue,
             },
@@ -175,7 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
                         ErrorCode::InvalidRequest,
                         "invalid request: at most one rpc.auth per batch",
                     );
-                    let id = envelope.id.map(|id| id.get().as_bytes());
+                    let id = envelope.id.map(serde_json::value::RawValue::get);
                     Dispatched::Ready(
                         envelope
                             .id
