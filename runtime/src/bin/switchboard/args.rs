@@ -106,9 +106,11 @@ pub(crate) struct BenchArgs {
     /// The server's process id: its CPU use over the measured period is
     /// reported, with the rate per server CPU-second, and a run where its
     /// core was less than 90% busy is marked generator-bound (`conns`:
-    /// its memory per connection).
+    /// its memory per connection). `rpc` and `fanout` take it more than
+    /// once for a server made of several processes (a cluster's nodes and
+    /// Redis): their CPU is added up.
     #[arg(long, global = true)]
-    pub(crate) pid: Option<u32>,
+    pub(crate) pid: Vec<u32>,
     /// Threads of the load generator (default: the cores it may run on,
     /// see `taskset`).
     #[arg(long, global = true)]

@@ -38,7 +38,22 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
-    let pid = args.pid;
+    let pids = args.pid;
+    // Memory and liveness are read from one process.
+    let pid = match pids.as_slice() {
+        [] => None,
+        [one] => Some(*one),
+        _ if matches!(
+            args.scenario,
+            BenchScenario::Rpc { .. } | BenchScenario::Fanout { .. }
+        ) =>
+        {
+            None
+        }
+        _ => anyhow::bail!(
+            "only rpc and fanout add up the CPU of several processes; give this scenario one --pid"
+        ),
+    };
     let json = args.json;
     runtime.block_on(async move {
         match args.scenario {
@@ -57,7 +72,7 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     params,
                     payload,
                     duration,
-                    pid,
+                    pids,
                 };
                 let report = rpc::run(&target, &scenario).await?;
                 print_report(&report, json)
@@ -77,7 +92,7 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     payload,
                     duration,
                     subscriber_urls,
-                    pid,
+                    pids,
                 };
                 let report = fanout::run(&target, &scenario).await?;
                 print_report(&report, json)

@@ -1,5 +1,6 @@
 //! CPU time over a benchmark's measured window: the server's (given its
-//! process id) and this load generator's, from `/proc/<pid>/stat`. A
+//! process ids, added up: a cluster's nodes and Redis are one server) and
+//! this load generator's, from `/proc/<pid>/stat`. A
 //! figure counts only when the server was the bottleneck: a server core
 //! less than [`SERVER_BOUND`] busy means the generator could not drive it,
 //! and the run is marked generator-bound.
@@ -28,10 +29,19 @@ pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     (ticks > 0).then(|| (utime + stime) / ticks as f64)
 }
 
+/// CPU seconds the processes `pids` have used, added up; `None` when
+/// none is given or one cannot be read.
+pub(crate) fn total_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| cpu_seconds(Some(pid))).sum()
+}
+
 /// The start of a measured window.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct CpuWindow {
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     server: Option<f64>,
     generator: Option<f64>,
     at: Instant,
@@ -50,10 +60,10 @@ pub(crate) struct CpuUse {
 
 impl CpuWindow {
     /// Starts a window now.
-    pub(crate) fn start(server_pid: Option<u32>) -> CpuWindow {
+    pub(crate) fn start(server_pids: Vec<u32>) -> CpuWindow {
         CpuWindow {
-            server_pid,
-            server: server_pid.and_then(|pid| cpu_seconds(Some(pid))),
+            server: total_cpu_seconds(&server_pids),
+            server_pids,
             generator: cpu_seconds(None),
             at: Instant::now(),
         }
@@ -64,7 +74,7 @@ impl CpuWindow {
         let wall = self.at.elapsed().as_secs_f64().max(1e-9);
         let server_seconds = self
             .server
-            .zip(self.server_pid.and_then(|pid| cpu_seconds(Some(pid))))
+            .zip(total_cpu_seconds(&self.server_pids))
             .map(|(before, after)| after - before);
         let generator_seconds = self
             .generator
@@ -80,13 +90,13 @@ impl CpuWindow {
 
 /// Measures the window from `from` to `to` on a task of its own.
 pub(crate) fn measure(
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     from: Instant,
     to: Instant,
 ) -> tokio::task::JoinHandle<CpuUse> {
     tokio::spawn(async move {
         tokio::time::sleep_until(from.into()).await;
-        let window = CpuWindow::start(server_pid);
+        let window = CpuWindow::start(server_pids);
         tokio::time::sleep_until(to.into()).await;
         window.finish()
     })
@@ -100,7 +110,7 @@ mod tests {
     fn this_process_has_used_some_cpu() {
         let spent = cpu_seconds(None).unwrap_or(-1.0);
         assert!(spent >= 0.0, "{spent}");
-        let window = CpuWindow::start(Some(std::process::id()));
+        let window = CpuWindow::start(vec![std::process::id()]);
         let mut x = 0u64;
         let until = Instant::now() + std::time::Duration::from_millis(200);
         while Instant::now() < until {
@@ -113,5 +123,16 @@ mod tests {
             busy > 0.3 && busy < 1.5,
             "a spinning thread is about one core: {busy}"
         );
+    }
+
+    #[test]
+    fn several_processes_add_up_and_one_unreadable_reads_as_unknown() {
+        let me = std::process::id();
+        assert_eq!(total_cpu_seconds(&[]), None);
+        let once = total_cpu_seconds(&[me]).unwrap_or(-1.0);
+        let twice = total_cpu_seconds(&[me, me]).unwrap_or(-1.0);
+        assert!(once >= 0.0 && twice >= 2.0 * once, "{once} then {twice}");
+        // Past any pid the kernel hands out (pid_max is at most 2^22).
+        assert_eq!(total_cpu_seconds(&[me, u32::MAX]), None);
     }
 }

@@ -27,7 +27,7 @@ pub(crate) struct FanoutScenario {
     /// empty: the target's URL, as the publishers.
     pub(crate) subscriber_urls: Vec<String>,
     /// The server's process id, to measure its CPU.
-    pub(crate) pid: Option<u32>,
+    pub(crate) pids: Vec<u32>,
 }
 
 fn join(room: usize) -> Message {
@@ -92,7 +92,7 @@ pub(crate) async fn run(target: &Target, scenario: &FanoutScenario) -> anyhow::R
     let warmup_end = origin + Duration::from_secs(1);
     let end = warmup_end + scenario.duration;
     let ticker = progress.start_ticker("fanout", "deliveries/s", end);
-    let cpu = super::cpu::measure(scenario.pid, warmup_end, end);
+    let cpu = super::cpu::measure(scenario.pids.clone(), warmup_end, end);
     let mut tasks = Vec::new();
     for ws in subscribers {
         let progress = Arc::clone(&progress);

@@ -31,7 +31,7 @@ pub(crate) struct RpcScenario {
     /// How long to measure (after a 1 s warm-up).
     pub(crate) duration: Duration,
     /// The server's process id, to measure its CPU.
-    pub(crate) pid: Option<u32>,
+    pub(crate) pids: Vec<u32>,
 }
 
 /// The id of a reply (a number), read without parsing the rest.
@@ -81,7 +81,7 @@ pub(crate) async fn run(target: &Target, scenario: &RpcScenario) -> anyhow::Resu
     let end = warmup_end + scenario.duration;
     let progress = Arc::new(Progress::default());
     let ticker = progress.start_ticker("rpc", "calls/s", end);
-    let cpu = super::cpu::measure(scenario.pid, warmup_end, end);
+    let cpu = super::cpu::measure(scenario.pids.clone(), warmup_end, end);
     let mut tasks = Vec::new();
     for ws in sockets {
         let (frames, progress) = (Arc::clone(&frames), Arc::clone(&progress));
