@@ -121,8 +121,15 @@ unsafe fn finish(reply: *mut c_void, status: u32, body: ByteView, serialized: bo
             );
             return;
         };
-        // SAFETY: the plugin passes bytes that live for this call; we copy.
-        let body = unsafe { body.as_slice() }.to_vec();
+        // SAFETY: the plugin passes bytes that live for this call; we copy,
+        // with room for the reply's envelope around a result (see
+        // `protocol::REPLY_HEADROOM`), so the reply is made in place.
+        let body = unsafe { body.as_slice() };
+        let body = {
+            let mut copy = Vec::with_capacity(body.len() + crate::rpc::protocol::REPLY_HEADROOM);
+            copy.extend_from_slice(body);
+            copy
+        };
         let pin = pending.generation.take();
         // The receiver is gone when the caller stopped waiting (deadline
         // passed, connection closed): the late answer is dropped.

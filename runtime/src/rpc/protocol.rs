@@ -316,6 +316,24 @@ pub fn event_push(event: &str, data: &serde_json::Value) -> String {
         .to_string()
 }
 
+/// Room a buffer holding a result leaves for the reply around it
+/// ([`reply_ok_around`]): the envelope and an id of up to 64 bytes.
+pub const REPLY_HEADROOM: usize = OK_HEAD.len() + RESULT_KEY.len() + 1 + 64;
+
+const RESULT_KEY: &str = r#","result":"#;
+
+/// A success reply made around `result` in its own buffer (no copy into a
+/// new one when the buffer has [`REPLY_HEADROOM`] to spare).
+pub fn reply_ok_around(id: &str, mut result: String) -> String {
+    let head_len = OK_HEAD.len() + id.len() + RESULT_KEY.len();
+    result.reserve(head_len + 1);
+    result.insert_str(0, RESULT_KEY);
+    result.insert_str(0, id);
+    result.insert_str(0, OK_HEAD);
+    result.push('}');
+    result
+}
+
 /// A success reply: `result` is spliced in as it is (it must be JSON).
 pub fn reply_ok(id: &str, result: &str) -> String {
     let mut out = String::with_capacity(OK_HEAD.len() + id.len() + result.len() + 12);
@@ -466,6 +484,13 @@ mod tests {
             reply_ok("7", r#"{"a":1}"#),
             r#"{"jsonrpc":"2.0","id":7,"result":{"a":1}}"#
         );
+        let mut result = String::with_capacity(7 + REPLY_HEADROOM);
+        result.push_str(r#"{"a":1}"#);
+        let buffer = result.as_ptr();
+        let around = reply_ok_around(r#""an id""#, result);
+        assert_eq!(around, r#"{"jsonrpc":"2.0","id":"an id","result":{"a":1}}"#);
+        assert_eq!(around.as_ptr(), buffer, "made in the result's own buffer");
+        assert_eq!(reply_ok_around("1", "2".to_owned()), reply_ok("1", "2"));
         let err = reply_error(None, &RpcError::new(ErrorCode::MethodNotFound, "no \"x\""));
         assert_eq!(
             err,

@@ -114,7 +114,7 @@ fn record(metrics: &ActionMetrics, started: Instant, outcome: &Result<String, Ca
 fn reply(id: Option<&FrameText>, outcome: Result<String, CallError>) -> Option<String> {
     let id = id?;
     Some(match outcome {
-        Ok(result) => protocol::reply_ok(id, &result),
+        Ok(result) => protocol::reply_ok_around(id, result),
         Err(CallError::Rpc(error)) => protocol::reply_error(Some(id), &error),
         Err(CallError::Action(object)) => protocol::reply_error_object(Some(id), &object),
     })
