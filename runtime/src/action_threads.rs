@@ -13,17 +13,24 @@
 //! - eagerly, up to one per core, when a call finds no idle thread;
 //! - past that, only when the queue stalls: a watcher checks every
 //!   millisecond while calls wait, and if no call has started since the
-//!   last check (every thread is blocked in a slow action), it adds a
-//!   thread for every waiting call, at most doubling the pool per check,
-//!   up to the cap. A thread that was
-//!   ready to run but waited for a CPU meanwhile (the kernel's
-//!   `schedstat`) means the process is short of CPU, not blocked: more
-//!   threads would only take turns on the same cores, so none is added
-//!   (on a saturated core, a millisecond without a started call is
-//!   normal, and growing on it once took the pool to 300 threads).
+//!   last check, it watches one more millisecond, this time reading how
+//!   long each thread waited for a CPU (the kernel's `schedstat`). Still
+//!   no call started, and no thread short of CPU: every thread is blocked
+//!   in a slow action, so it adds a thread for every waiting call, at most
+//!   doubling the pool per check, up to the cap. A thread that was ready
+//!   to run but waited for a CPU means the process is short of CPU, not
+//!   blocked: more threads would only take turns on the same cores, so
+//!   none is added (on a saturated core, a millisecond without a started
+//!   call is normal, and growing on it once took the pool to 300 threads).
+//!
+//! The watcher sleeps while no call waits, and is woken only by a call
+//! that finds no idle thread; while calls move it reads no kernel
+//! statistics (reading them every millisecond once cost the pool's core
+//! 7%).
 //!
 //! So short calls share a few hot threads, and a slow call never holds up
-//! another by more than about a millisecond. Threads idle for 10 s exit.
+//! another by more than about two milliseconds. Threads idle for 10 s
+//! exit.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -78,6 +85,8 @@ struct State {
     tids: Vec<i32>,
     /// Threads that could not be started (the error, once).
     spawn_failed: bool,
+    /// The watcher is waiting for a call to queue.
+    watcher_asleep: bool,
 }
 
 impl ActionThreads {
@@ -112,14 +121,18 @@ impl ActionThreads {
     /// Runs `job` on a pool thread as soon as one is free.
     pub fn run(&self, job: impl FnOnce() + Send + 'static) {
         let mut state = lock(&self.shared.state);
-        let was_empty = state.queue.is_empty();
         state.queue.push_back(Box::new(job));
         if state.idle > 0 {
             self.shared.work.notify_one();
-        } else if state.threads < self.shared.eager {
+            return;
+        }
+        if state.threads < self.shared.eager {
             start_thread(&self.shared, &mut state);
         }
-        if was_empty {
+        // The call waits for a thread: the watcher keeps an eye on it.
+        // Woken once (a notify is a system call even with none waiting).
+        if state.watcher_asleep {
+            state.watcher_asleep = false;
             self.shared.queued.notify_one();
         }
     }
@@ -186,18 +199,30 @@ fn work(shared: &Arc<Shared>) {
 }
 
 /// The watcher: while calls wait, checks every [`STALL_CHECK`] that one
-/// has started since the last check; if none has, every thread is busy in
-/// a slow call, so it adds a thread for each waiting call.
+/// has started since the last check; if none has, and none does during
+/// one more check in which no thread was short of CPU, every thread is
+/// busy in a slow call, so it adds a thread for each waiting call.
 fn watch(shared: &Arc<Shared>) {
     let me = crate::sys::thread_id();
     let mut state = lock(&shared.state);
     loop {
         while state.queue.is_empty() {
+            state.watcher_asleep = true;
             state = shared
                 .queued
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
+        state.watcher_asleep = false;
+        // A cheap check first: did any call start within one interval?
+        let seen = state.started;
+        drop(state);
+        std::thread::sleep(shared.stall_check);
+        state = lock(&shared.state);
+        if state.queue.is_empty() || state.started != seen || state.idle > 0 {
+            continue;
+        }
+        // None did: watch one more interval, reading run-queue waits.
         let seen = state.started;
         // The pool's threads and the watcher itself.
         let mut threads: Vec<i32> = state.tids.clone();
