@@ -23,10 +23,9 @@
 //!   none is added (on a saturated core, a millisecond without a started
 //!   call is normal, and growing on it once took the pool to 300 threads).
 //!
-//! The watcher sleeps while no call waits, and is woken only by a call
-//! that finds no idle thread; while calls move it reads no kernel
-//! statistics (reading them every millisecond once cost the pool's core
-//! 7%).
+//! The watcher sleeps while no call waits, is woken at most once per
+//! check interval, and while calls move reads no kernel statistics
+//! (reading them at every wake once cost the pool's core 7%).
 //!
 //! So short calls share a few hot threads, and a slow call never holds up
 //! another by more than about two milliseconds. Threads idle for 10 s
@@ -132,13 +131,14 @@ impl ActionThreads {
         state.queue.push_back(Box::new(job));
         if state.idle > 0 {
             self.shared.work.notify_one();
-            return;
-        }
-        if state.threads < self.shared.eager {
+        } else if state.threads < self.shared.eager {
             start_thread(&self.shared, &mut state);
         }
-        // The call waits for a thread: the watcher keeps an eye on it.
-        // Woken once (a notify is a system call even with none waiting).
+        // The watcher keeps an eye on every queued call (the thread taking
+        // it may block, and nothing else may come to wake the watcher).
+        // Woken only when asleep: a notify is a system call even with none
+        // waiting, and once awake it checks every interval until the queue
+        // is empty, so this is at most once per interval.
         if state.watcher_asleep {
             state.watcher_asleep = false;
             self.shared.queued.notify_one();
@@ -345,6 +345,47 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn a_burst_that_reaches_idle_threads_and_blocks_them_does_not_hold_up_the_rest() {
+        let pool = ActionThreads::new(64);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Start the eager threads, and let them go idle (the watcher asleep).
+        let (warm, warmed) = mpsc::channel();
+        for _ in 0..cores {
+            let warm = warm.clone();
+            pool.run(move || {
+                let _ = warm.send(());
+            });
+        }
+        for _ in 0..cores {
+            let _ = warmed.recv_timeout(Duration::from_secs(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        // A burst: each call finds threads idle, and every thread then
+        // blocks; no further call comes to wake anyone.
+        let (release, blocked) = mpsc::channel::<()>();
+        let blocked = Arc::new(Mutex::new(blocked));
+        for _ in 0..cores {
+            let blocked = Arc::clone(&blocked);
+            pool.run(move || {
+                let _ = lock_receiver(&blocked).recv_timeout(Duration::from_secs(10));
+            });
+        }
+        let (done, finished) = mpsc::channel();
+        pool.run(move || {
+            let _ = done.send(());
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_secs(1)).is_ok(),
+            "the last call of the burst waited for a blocked one"
+        );
+        drop(release);
+    }
+
+    fn lock_receiver<T>(m: &Mutex<mpsc::Receiver<T>>) -> MutexGuard<'_, mpsc::Receiver<T>> {
+        m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     #[test]
