@@ -30,14 +30,6 @@
 //! So short calls share a few hot threads, and a slow call never holds up
 //! another by more than about two milliseconds. Threads idle for 10 s
 //! exit.
-//!
-//! The threads are throughput work to the kernel ([`sys::prefer_batches`]):
-//! handing one a call does not switch out the thread that reads sockets,
-//! so calls reach it in batches. On one core shared by both, that took
-//! pool calls from about 120,000 to 180,000 per second and their p99 from
-//! 9 ms to under 3 ms (`switchboard bench rpc --method echo/sleep`).
-//!
-//! [`sys::prefer_batches`]: crate::sys::prefer_batches
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -177,9 +169,6 @@ fn start_thread(shared: &Arc<Shared>, state: &mut State) {
 /// [`KEEP_ALIVE`].
 fn work(shared: &Arc<Shared>) {
     let tid = crate::sys::thread_id();
-    if !crate::sys::prefer_batches() {
-        tracing::debug!("an action thread stays an ordinary thread: SCHED_BATCH refused");
-    }
     let mut state = lock(&shared.state);
     state.tids.push(tid);
     loop {
@@ -296,26 +285,6 @@ mod tests {
             "{} threads for 1000 short calls on {cores} cores",
             threads.len()
         );
-    }
-
-    #[test]
-    fn pool_threads_are_batch_work_where_the_kernel_allows_it() {
-        let allowed = std::thread::spawn(crate::sys::prefer_batches)
-            .join()
-            .unwrap_or(false);
-        let pool = ActionThreads::with_stall_check(4, Duration::from_secs(3600));
-        let (done, policy) = mpsc::channel();
-        pool.run(move || {
-            // SAFETY: reads the calling thread's own policy.
-            let _ = done.send(unsafe { libc::sched_getscheduler(0) });
-        });
-        let policy = policy.recv_timeout(Duration::from_secs(5));
-        let expected = if allowed {
-            libc::SCHED_BATCH
-        } else {
-            libc::SCHED_OTHER
-        };
-        assert_eq!(policy, Ok(expected));
     }
 
     #[test]

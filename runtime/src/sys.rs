@@ -63,21 +63,6 @@ pub fn thread_id() -> i32 {
     unsafe { libc::gettid() }
 }
 
-/// Marks the calling thread as throughput work (`SCHED_BATCH`, same
-/// priority): the kernel shares the CPU with it as fairly as ever, but
-/// waking it never preempts the thread that is running, so the threads
-/// that serve sockets are not switched out each time they hand it a call;
-/// it runs when they wait, or at the end of their turn, and then takes the
-/// calls queued meanwhile in one go. Threads it starts (a plugin's own)
-/// inherit the policy, which costs them nothing but the same. Returns
-/// whether the kernel agreed.
-pub fn prefer_batches() -> bool {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: a plain system call on the calling thread (0), with a
-    // parameter that lives across it.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0 }
-}
-
 /// How long thread `tid` of this process has waited, ready to run, for a
 /// CPU so far, in nanoseconds (the second field of the kernel's
 /// `schedstat`); `None` where the kernel does not say.
