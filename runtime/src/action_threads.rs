@@ -138,7 +138,7 @@ impl ActionThreads {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
     // A job never runs under the lock, so a poisoned lock only means a
     // panic in this module's own few lines: the state is still whole.
     state
@@ -339,7 +339,7 @@ mod tests {
         for _ in 0..cores {
             let blocked = Arc::clone(&blocked);
             pool.run(move || {
-                let _ = lock_receiver(&blocked).recv_timeout(Duration::from_secs(10));
+                let _ = lock(&blocked).recv_timeout(Duration::from_secs(10));
             });
         }
         let (done, finished) = mpsc::channel();
@@ -351,10 +351,6 @@ mod tests {
             "the last call of the burst waited for a blocked one"
         );
         drop(release);
-    }
-
-    fn lock_receiver<T>(m: &Mutex<mpsc::Receiver<T>>) -> MutexGuard<'_, mpsc::Receiver<T>> {
-        m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     #[test]

@@ -246,24 +246,16 @@ impl<T> Receiver<T> {
         taken
     }
 
-    /// Waits for the next item; `None` once nothing is queued and every
-    /// sender is gone.
+    /// Waits for the next item, passing over nudges; `None` once nothing
+    /// is queued and every sender is gone.
     pub async fn recv(&mut self) -> Option<T> {
-        poll_fn(|cx| {
-            match self.try_recv() {
-                Ok(item) => return Poll::Ready(Some(item)),
-                Err(TryRecvError::Disconnected) => return Poll::Ready(None),
-                Err(TryRecvError::Empty) => {}
+        loop {
+            match self.recv_or_nudge().await {
+                Received::Item(item) => return Some(item),
+                Received::Ended => return None,
+                Received::Nudged => {}
             }
-            self.shared.receiver.register(cx.waker());
-            // Again, after registering: an item sent in between woke no one.
-            match self.try_recv() {
-                Ok(item) => Poll::Ready(Some(item)),
-                Err(TryRecvError::Disconnected) => Poll::Ready(None),
-                Err(TryRecvError::Empty) => Poll::Pending,
-            }
-        })
-        .await
+        }
     }
 
     /// Waits for the next item or a nudge, whichever comes first; a nudge

@@ -49,7 +49,9 @@ pub struct ReadAhead<S> {
 
 impl<S> ReadState for ReadAhead<S> {
     fn drained(&self) -> bool {
-        self.drained && self.taken == self.left.len()
+        // Set only by a read from `inner`, which happens only once every
+        // leftover byte was taken.
+        self.drained
     }
 }
 
