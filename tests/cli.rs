@@ -367,7 +367,8 @@ async fn bench_measures_rpc_fanout_and_connections() {
 
 /// `bench` as a tool: failed calls never count as throughput, the first
 /// error is shown, and a run where most calls fail exits non-zero;
-/// `--params` sends the params given; `--pid` reports the server's CPU.
+/// `--params` sends the params given; `--pid` reports the server's CPU;
+/// `--busy-poll` runs the same.
 #[tokio::test(flavor = "multi_thread")]
 async fn bench_reports_failures_apart_and_the_servers_cpu() {
     let server = ServerConfig::default().start();
@@ -400,6 +401,8 @@ async fn bench_reports_failures_apart_and_the_servers_cpu() {
             &[
                 "--pid",
                 &pid,
+                // The generator polls instead of sleeping; the run is the same.
+                "--busy-poll",
                 "rpc",
                 "--conns",
                 "2",

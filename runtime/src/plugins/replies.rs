@@ -218,8 +218,13 @@ impl Drop for InPlugin {
             left
         });
         if depth == 0 {
-            let released = DEFERRED.with(|deferred| std::mem::take(&mut *deferred.borrow_mut()));
-            drop(released);
+            // One at a time, each dropped outside the borrow (a last pin's
+            // drop may close its generation, whose shutdown hook may
+            // complete replies here), and the list keeps its capacity: no
+            // allocation per call.
+            while let Some(pin) = DEFERRED.with(|deferred| deferred.borrow_mut().pop()) {
+                drop(pin);
+            }
         }
     }
 }

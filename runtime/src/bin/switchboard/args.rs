@@ -115,6 +115,13 @@ pub(crate) struct BenchArgs {
     /// see `taskset`).
     #[arg(long, global = true)]
     pub(crate) threads: Option<usize>,
+    /// Keep the generator's threads polling their sockets instead of
+    /// sleeping while the run is on. On one machine, a server's reply that
+    /// finds the generator asleep pays for waking its core, and the slower
+    /// the server the more often it does; with this flag neither server
+    /// compared pays it (the generator's CPU then reads as fully busy).
+    #[arg(long, global = true)]
+    pub(crate) busy_poll: bool,
     /// Print the result as JSON.
     #[arg(long, global = true)]
     pub(crate) json: bool,

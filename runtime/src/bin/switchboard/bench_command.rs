@@ -55,6 +55,10 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         ),
     };
     let json = args.json;
+    // Stops the spinners when the run is over, before the runtime goes.
+    let _busy_poll = args
+        .busy_poll
+        .then(|| crate::bench::busy_poll::start(&runtime, threads));
     runtime.block_on(async move {
         match args.scenario {
             BenchScenario::Rpc {

@@ -9,6 +9,7 @@
 //! Each prints a live progress line on
 //! stderr and a final table, or JSON with `--json`.
 
+pub(crate) mod busy_poll;
 pub(crate) mod client;
 pub(crate) mod conns;
 pub(crate) mod cpu;
