@@ -206,6 +206,22 @@ mod tests {
     }
 
     #[test]
+    fn a_success_comes_after_the_room_asked_for_and_a_refusal_as_it_is() {
+        let answered = ask_here(|pending| complete(pending.leaving_room(5), status::OK, b"[1]"))
+            .now()
+            .and_then(Result::ok);
+        let body = answered.map(|a| a.body).unwrap_or_default();
+        assert_eq!(body, b"     [1]".to_vec());
+        assert_eq!(body.capacity(), 5 + 3 + 1, "one byte to spare, no more");
+        let refused = ask_here(|pending| {
+            complete(pending.leaving_room(5), status::ACTION_ERROR, b"{}");
+        })
+        .now()
+        .and_then(Result::err);
+        assert!(matches!(refused, Some(PluginFault::Refused(body)) if body == b"{}"));
+    }
+
+    #[test]
     fn a_reply_dropped_unanswered_reads_as_not_asked() {
         let mut asked = ask_here(drop);
         assert!(matches!(asked.now(), Some(Err(PluginFault::NotAsked))));

@@ -49,6 +49,9 @@ pub(crate) trait Pinned: Send + Sync + std::fmt::Debug {
 pub(crate) struct PendingReply {
     tx: oneshot::Sender<Completion>,
     generation: Option<Arc<dyn Pinned>>,
+    /// Bytes a success's body is preceded by (ASCII spaces), for the
+    /// caller to write its reply's head over (see [`PendingReply::leaving_room`]).
+    room: usize,
 }
 
 /// Every reply handle a plugin holds now.
@@ -62,6 +65,7 @@ impl PendingReply {
             PendingReply {
                 tx,
                 generation: None,
+                room: 0,
             },
             rx,
         )
@@ -71,6 +75,16 @@ impl PendingReply {
     /// this reply, and has left the code that completed it.
     pub(crate) fn holding(mut self, generation: Arc<dyn Pinned>) -> Self {
         self.generation = Some(generation);
+        self
+    }
+
+    /// Has a success's body copied in after `bytes` ASCII spaces (JSON
+    /// whitespace, so the body stays the same JSON), with one byte to
+    /// spare at the end: room for the reply's envelope, written over the
+    /// spaces in place (`protocol::reply_ok_around`), so the reply is
+    /// made in this one buffer, filled exactly.
+    pub(crate) fn leaving_room(mut self, bytes: usize) -> Self {
+        self.room = bytes;
         self
     }
 
@@ -122,13 +136,15 @@ unsafe fn finish(reply: *mut c_void, status: u32, body: ByteView, serialized: bo
             return;
         };
         // SAFETY: the plugin passes bytes that live for this call; we copy,
-        // with room for the reply's envelope around a result (see
-        // `protocol::REPLY_HEADROOM`), so the reply is made in place.
+        // a success after the room its caller asked for.
         let body = unsafe { body.as_slice() };
-        let body = {
-            let mut copy = Vec::with_capacity(body.len() + crate::rpc::protocol::REPLY_HEADROOM);
+        let body = if status == action_api::abi::status::OK && pending.room > 0 {
+            let mut copy = Vec::with_capacity(pending.room + body.len() + 1);
+            copy.resize(pending.room, b' ');
             copy.extend_from_slice(body);
             copy
+        } else {
+            body.to_vec()
         };
         let pin = pending.generation.take();
         // The receiver is gone when the caller stopped waiting (deadline

@@ -316,22 +316,51 @@ pub fn event_push(event: &str, data: &serde_json::Value) -> String {
         .to_string()
 }
 
-/// Room a buffer holding a result leaves for the reply around it
-/// ([`reply_ok_around`]): the envelope and an id of up to 64 bytes.
-pub const REPLY_HEADROOM: usize = OK_HEAD.len() + RESULT_KEY.len() + 1 + 64;
-
 const RESULT_KEY: &str = r#","result":"#;
 
-/// A success reply made around `result` in its own buffer (no copy into a
-/// new one when the buffer has [`REPLY_HEADROOM`] to spare).
+/// The length of a success reply's head for `id` (`{"jsonrpc":"2.0",
+/// "id":<id>,"result":`): the room to leave before a result so that
+/// [`reply_ok_around`] makes the reply in the result's own buffer.
+pub fn reply_head_len(id: &str) -> usize {
+    OK_HEAD.len() + id.len() + RESULT_KEY.len()
+}
+
+/// A success reply made around `result` (JSON). When `result` begins
+/// with [`reply_head_len`] spaces (the room a plugin's answer is copied in
+/// after), the head is written over them and the reply is made in the
+/// result's own buffer; otherwise it is made in a new one, sized exactly.
 pub fn reply_ok_around(id: &str, mut result: String) -> String {
-    let head_len = OK_HEAD.len() + id.len() + RESULT_KEY.len();
-    result.reserve(head_len + 1);
-    result.insert_str(0, RESULT_KEY);
-    result.insert_str(0, id);
-    result.insert_str(0, OK_HEAD);
-    result.push('}');
-    result
+    let head_len = reply_head_len(id);
+    /// As many spaces as the head of a reply with an id of 96 bytes;
+    /// compared at once (a longer id's reply is made in a new buffer).
+    const SPACES: [u8; 128] = [b' '; 128];
+    let roomy = SPACES
+        .get(..head_len)
+        .is_some_and(|spaces| result.as_bytes().starts_with(spaces));
+    if roomy {
+        let id_at = OK_HEAD.len();
+        let key_at = id_at + id.len();
+        // SAFETY: the first `head_len` bytes are ASCII spaces, each a
+        // character of its own, and they are overwritten by three whole
+        // `str`s exactly `head_len` bytes long in all; the bytes after
+        // them are untouched and begin on a character boundary. The string
+        // stays UTF-8. (`replace_range` would be safe, but goes through
+        // `splice`: several times the cost of the whole call here.)
+        let bytes = unsafe { result.as_mut_vec() };
+        bytes[..id_at].copy_from_slice(OK_HEAD.as_bytes());
+        bytes[id_at..key_at].copy_from_slice(id.as_bytes());
+        bytes[key_at..head_len].copy_from_slice(RESULT_KEY.as_bytes());
+        result.push('}');
+        return result;
+    }
+    // Sized exactly: the frame takes the buffer as it is.
+    let mut reply = String::with_capacity(head_len + result.len() + 1);
+    reply.push_str(OK_HEAD);
+    reply.push_str(id);
+    reply.push_str(RESULT_KEY);
+    reply.push_str(&result);
+    reply.push('}');
+    reply
 }
 
 /// A success reply: `result` is spliced in as it is (it must be JSON).
@@ -484,13 +513,27 @@ mod tests {
             reply_ok("7", r#"{"a":1}"#),
             r#"{"jsonrpc":"2.0","id":7,"result":{"a":1}}"#
         );
-        let mut result = String::with_capacity(7 + REPLY_HEADROOM);
+        // With the room left for it: made in the result's buffer, filled
+        // exactly.
+        let id = r#""an id""#;
+        let room = reply_head_len(id);
+        let mut result = String::with_capacity(room + 7 + 1);
+        result.push_str(&" ".repeat(room));
         result.push_str(r#"{"a":1}"#);
-        let buffer = result.as_ptr();
-        let around = reply_ok_around(r#""an id""#, result);
+        let (buffer, capacity) = (result.as_ptr(), result.capacity());
+        let around = reply_ok_around(id, result);
         assert_eq!(around, r#"{"jsonrpc":"2.0","id":"an id","result":{"a":1}}"#);
         assert_eq!(around.as_ptr(), buffer, "made in the result's own buffer");
+        assert_eq!(around.len(), capacity, "filled exactly");
+        // Without it (or with too little), the head goes in front.
         assert_eq!(reply_ok_around("1", "2".to_owned()), reply_ok("1", "2"));
+        assert_eq!(
+            reply_ok_around("12", format!("{}[]", " ".repeat(reply_head_len("1")))),
+            format!(
+                r#"{{"jsonrpc":"2.0","id":12,"result":{}[]}}"#,
+                " ".repeat(reply_head_len("1"))
+            )
+        );
         let err = reply_error(None, &RpcError::new(ErrorCode::MethodNotFound, "no \"x\""));
         assert_eq!(
             err,

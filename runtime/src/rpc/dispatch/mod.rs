@@ -219,7 +219,7 @@ pub async fn dispatch(
             });
             let running = async move {
                 let metrics = call.entry.metrics.clone();
-                let outcome = call.run(params).await;
+                let outcome = call.run(params, reply_room(id.as_ref())).await;
                 record(&metrics, started, &outcome);
                 tracing::debug!(ok = outcome.is_ok(), "answered");
                 reply(id.as_ref(), outcome)
@@ -278,7 +278,12 @@ fn run_inline(
 ) -> Dispatched {
     let params = params.map_or("null", |p| p.get());
     let args = call_args(params, conn_id, identity.as_deref());
-    let mut asked = invoke::ask_here(|pending| entry.plugin.call(entry.index, &args, pending));
+    let room = reply_room(id.as_ref());
+    let mut asked = invoke::ask_here(|pending| {
+        entry
+            .plugin
+            .call(entry.index, &args, pending.leaving_room(room));
+    });
     match asked.now() {
         Some(answer) => {
             let outcome = interpret(&entry, answer);
@@ -292,6 +297,12 @@ fn run_inline(
             reply(id.as_ref(), outcome)
         })),
     }
+}
+
+/// The room to leave before a call's result for its reply's head (none
+/// for a notification): the reply is then made in the result's buffer.
+fn reply_room(id: Option<&FrameText>) -> usize {
+    id.map_or(0, |id| protocol::reply_head_len(id))
 }
 
 /// What a plugin's `call` gets: the raw params and who is calling.
@@ -413,7 +424,9 @@ fn with_permits(
 }
 
 impl PreparedCall {
-    async fn run(self, params: Option<FrameText>) -> Result<String, CallError> {
+    /// Runs the call on the action pool; a result comes after `room`
+    /// spaces (see [`reply_room`]).
+    async fn run(self, params: Option<FrameText>, room: usize) -> Result<String, CallError> {
         let PreparedCall {
             entry,
             conn_id,
@@ -434,7 +447,9 @@ impl PreparedCall {
             let _permits = (server_permit, connection_permit);
             let params = params.as_deref().unwrap_or("null");
             let args = call_args(params, conn_id, identity.as_deref());
-            plugin_entry.plugin.call(plugin_entry.index, &args, pending);
+            plugin_entry
+                .plugin
+                .call(plugin_entry.index, &args, pending.leaving_room(room));
         })
         .await;
         let outcome = interpret(&entry, answer);
