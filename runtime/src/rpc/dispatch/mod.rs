@@ -166,6 +166,46 @@ pub async fn dispatch(
         record(crate::metrics::global().builtin(method), started, &outcome);
         return Dispatched::Ready(reply(id.as_ref(), outcome));
     }
+    dispatch_action(state, session, envelope, frame, text, id, started)
+}
+
+/// Dispatches one request at once if it waits for nothing: a call to an
+/// action. `None` for a built-in (`rpc.*`) or an answer to a server call,
+/// which [`dispatch`] takes.
+pub fn dispatch_now(
+    state: &Arc<ServerState>,
+    session: &mut Session,
+    envelope: &Envelope<'_>,
+    frame: &Bytes,
+    text: &str,
+) -> Option<Dispatched> {
+    if envelope.answer.is_some() || envelope.method.starts_with("rpc.") {
+        return None;
+    }
+    let id = envelope.id.map(|id| share(frame, text, id.get()));
+    Some(dispatch_action(
+        state,
+        session,
+        envelope,
+        frame,
+        text,
+        id,
+        Instant::now(),
+    ))
+}
+
+/// A call to an action: checked (sign-in, scopes, rates, slots), then run
+/// inline or handed to the action pool.
+fn dispatch_action(
+    state: &Arc<ServerState>,
+    session: &mut Session,
+    envelope: &Envelope<'_>,
+    frame: &Bytes,
+    text: &str,
+    id: Option<FrameText>,
+    started: Instant,
+) -> Dispatched {
+    let method: &str = &envelope.method;
     let Authorized {
         entry,
         identity,

@@ -21,7 +21,7 @@ use crate::auth::{Identity, ends_at_ms, now_millis, now_secs};
 use crate::lifecycle;
 use crate::rooms::hub::{CloseRequest, ConnFlow, ConnHandle, Outgoing, outgoing};
 use crate::rooms::queue;
-use crate::rpc::dispatch::{Dispatched, dispatch};
+use crate::rpc::dispatch::{Dispatched, dispatch, dispatch_now};
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::protocol::{self, Envelope, Frame, Refusal};
 use crate::rpc::session::Session;
@@ -98,7 +98,7 @@ pub fn serve<S>(
     speaks: Speaks,
 ) -> impl Future<Output = Ended>
 where
-    S: AsyncRead + AsyncWrite + Unpin + ReadState,
+    S: AsyncRead + AsyncWrite + Unpin + Send + ReadState,
 {
     // A span entered and left at every poll costs on every call, and the
     // subscriber holds a few hundred bytes per span: only when debug
@@ -214,7 +214,7 @@ enum Next {
     Stop(&'static str),
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     fn new(
         ws: WebSocketStream<S>,
         state: Arc<ServerState>,
@@ -316,12 +316,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
                         // The task holds a sender until the loop ends.
                         queue::Received::Ended => Next::Stop("the outbound queue ended"),
                     },
-                    // Boxed (here and in `step_before_flush`), as is a
-                    // burst of writes: handling a frame takes more state
-                    // than the rest of the loop, and inline it would make
-                    // every idle connection's task that much larger (1,704
-                    // bytes with both boxed, 2,472 with neither).
-                    incoming = self.ws.next() => Box::pin(self.on_incoming(incoming)).await,
+                    // The general path of a frame is boxed (see
+                    // `on_frame`), as is a burst of writes: inline, they
+                    // would make every idle connection's task that much
+                    // larger (1,704 bytes with both boxed, 2,472 with
+                    // neither).
+                    incoming = self.ws.next() => self.on_frame(incoming).next().await,
                     () = &mut self.timer, if self.timer_for.is_some() => Box::pin(self.on_timer()).await,
                 }
             };

@@ -24,7 +24,7 @@ fn is_peer_violation(error: &ProtocolError) -> bool {
     )
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     pub(super) async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Next {
         if matches!(incoming, Some(Ok(_))) {
             // Anything from the peer (a pong included) says it is there.
@@ -72,6 +72,88 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
         }
     }
 
+    /// A frame from the peer: a text frame through [`Self::text_now`]
+    /// when it can be, done here; everything else (and what it hands
+    /// back) on the general path, which may wait. That is boxed: handling
+    /// a frame takes more state than the rest of the loop, and inline it
+    /// would make every idle connection's task that much larger.
+    pub(super) fn on_frame(&mut self, incoming: Option<Result<Message, WsError>>) -> Step<'_> {
+        match incoming {
+            Some(Ok(Message::Text(text))) if !self.echo => {
+                self.heard = true;
+                match self.text_now(&text) {
+                    Now::Done(next) => Step::Done(next),
+                    Now::Reply(reply) => Step::Wait(Box::pin(self.reply_after_queued(reply))),
+                    Now::OverRate(error) => Step::Wait(Box::pin(async move {
+                        self.refuse_for_rate(&text, &error).await
+                    })),
+                    Now::Later => Step::Wait(Box::pin(self.on_text(text))),
+                }
+            }
+            other => Step::Wait(Box::pin(self.on_incoming(other))),
+        }
+    }
+
+    /// Handles a text frame at once, when it holds one call to an action
+    /// and the socket can take a frame now: the common case, with nothing
+    /// to wait for, so it takes no boxed future (an allocation and a copy
+    /// of its state per frame). It does what [`Self::on_text`] does, in
+    /// the same order; a frame it leaves to the general path is left
+    /// before anything is taken from the connection's allowances.
+    fn text_now(&mut self, text: &Utf8Bytes) -> Now {
+        if !self.sink_ready_now() {
+            return Now::Later;
+        }
+        let frame: Bytes = text.clone().into();
+        let body = text.as_str();
+        let Frame::Single(Ok(envelope)) = protocol::parse_frame(body, self.state.config.max_batch)
+        else {
+            return Now::Later;
+        };
+        if envelope.answer.is_some() || envelope.method.starts_with("rpc.") {
+            return Now::Later;
+        }
+        if let Err(error) = self.take_message() {
+            if self.session.rates.exhausted() {
+                return Now::Done(self.over_rate());
+            }
+            return Now::OverRate(error);
+        }
+        let Some(dispatched) =
+            dispatch_now(&self.state, &mut self.session, &envelope, &frame, body)
+        else {
+            // Checked above: only actions come this way.
+            return Now::Later;
+        };
+        let next = match dispatched {
+            Dispatched::Ready(Some(reply)) if self.flow.queued_bytes() > 0 => {
+                return Now::Reply(reply);
+            }
+            Dispatched::Ready(Some(reply)) => self.write_now(reply),
+            Dispatched::Ready(None) => Next::Continue,
+            Dispatched::Running(call) => {
+                self.spawn_reply(call.map(|reply| reply.into_iter().collect()))
+            }
+        };
+        Now::Done(self.after_frame(next))
+    }
+
+    /// A reply that must wait for the frames queued before it; then the
+    /// rate check every frame ends with.
+    async fn reply_after_queued(&mut self, reply: String) -> Next {
+        let next = self.write_ready(reply).await;
+        self.after_frame(next)
+    }
+
+    /// What the loop does after a frame: close a connection that kept
+    /// exceeding its rate limits, else `next`.
+    fn after_frame(&self, next: Next) -> Next {
+        if self.session.rates.exhausted() {
+            return self.over_rate();
+        }
+        next
+    }
+
     pub(super) async fn on_text(&mut self, text: Utf8Bytes) -> Next {
         // Both views share one buffer, so ids and params are sliced from it.
         let frame: Bytes = text.clone().into();
@@ -83,10 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
             return self.refuse_for_rate(text, &error).await;
         }
         let next = self.dispatch_frame(&frame, text).await;
-        if self.session.rates.exhausted() {
-            return self.over_rate();
-        }
-        next
+        self.after_frame(next)
     }
 
     /// A connection that kept exceeding its rate limits: closed with 1008.
@@ -138,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
 
     /// Refuses a message over the rate (-32004), with its id when it is a
     /// single request; nothing reaches an action.
-    async fn refuse_for_rate(&mut self, text: &str, error: &RpcError) -> Next {
+    pub(super) async fn refuse_for_rate(&mut self, text: &str, error: &RpcError) -> Next {
         match protocol::parse_frame(text, self.state.config.max_batch) {
             Frame::Single(Ok(envelope)) => match envelope.id {
                 Some(id) => {
@@ -217,5 +296,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
                 .collect()
         });
         self.spawn_reply(batch)
+    }
+}
+
+/// What [`Connection::text_now`] did with a text frame.
+pub(super) enum Now {
+    /// Handled: what the loop does next.
+    Done(Next),
+    /// Answered, but frames queued before the reply go first.
+    Reply(String),
+    /// Over the connection's (or its user's) message rate: refused on the
+    /// general path.
+    OverRate(RpcError),
+    /// Not taken: the general path handles it.
+    Later,
+}
+
+/// What the loop does with a frame: done already, or a wait.
+pub(super) enum Step<'a> {
+    /// Handled; what the loop does next.
+    Done(Next),
+    /// The general path, to be awaited.
+    Wait(Pin<Box<dyn Future<Output = Next> + Send + 'a>>),
+}
+
+impl Step<'_> {
+    /// What the loop does next, once any wait is over.
+    pub(super) async fn next(self) -> Next {
+        match self {
+            Step::Done(next) => next,
+            Step::Wait(wait) => wait.await,
+        }
     }
 }

@@ -31,7 +31,7 @@ pub(super) enum Beat {
     Pinged,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     /// Points the timer at the next thing due: the auth timeout while not
     /// signed in, else the expiry warning, else the expiry itself.
     pub(super) fn arm_timer(&mut self) {

@@ -4,8 +4,9 @@
 //! Replies of running calls come back through the same queue.
 
 use super::*;
+use futures_util::Sink;
 
-impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     /// With writes buffered: handle whatever is ready at once (queued
     /// replies, frames already received), and flush as soon as nothing is,
     /// or after [`MAX_FRAMES_PER_FLUSH`] frames. One flush then covers many
@@ -22,7 +23,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
             if !self.ws.get_ref().drained()
                 && let Some(incoming) = self.ws.next().now_or_never()
             {
-                return Box::pin(self.on_incoming(incoming)).await;
+                return self.on_frame(incoming).next().await;
             }
         }
         self.flush().await
@@ -108,6 +109,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ReadState> Connection<S> {
     /// kick (the queue overflowed meanwhile) ends a stalled write at once.
     pub(super) async fn write(&mut self, reply: impl Into<Utf8Bytes>) -> Next {
         self.write_message(Message::Text(reply.into())).await
+    }
+
+    /// Whether the socket's sink takes a frame now, without waiting (it
+    /// does unless a write is stalled). Asked with a waker that wakes
+    /// nothing: a sink that is not ready is then written through the
+    /// general path, whose poll registers the task's own waker.
+    pub(super) fn sink_ready_now(&mut self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        matches!(
+            Pin::new(&mut self.ws).poll_ready(&mut cx),
+            std::task::Poll::Ready(Ok(()))
+        )
+    }
+
+    /// Buffers a reply for the next flush, at once: only right after
+    /// [`sink_ready_now`](Self::sink_ready_now) said yes, with nothing
+    /// written since (a sink that is ready takes one frame without
+    /// waiting, whatever its size: a write that would block is kept in
+    /// its buffer, and the next poll flushes it).
+    pub(super) fn write_now(&mut self, reply: String) -> Next {
+        self.unflushed += 1;
+        match Pin::new(&mut self.ws).start_send(Message::Text(reply.into())) {
+            Ok(()) => Next::Continue,
+            Err(e) => self.after_write(Bounded::Done(Err(e))),
+        }
     }
 
     /// [`write`](Self::write) for any message (text or binary).
