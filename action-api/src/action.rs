@@ -8,6 +8,7 @@ use crate::hooks::{AuthRequest, Authenticated, Event, EventKind, JoinRequest};
 use crate::raw_reply::RawReply;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// A type-erased action body: gets the raw params and the reply slot. A
@@ -76,6 +77,46 @@ impl Action {
             policy,
             handler: erased,
         }
+    }
+
+    /// A synchronous action on JSON as text, for an action that passes
+    /// JSON on (stores it, forwards it, echoes it) without looking into
+    /// it. `handler` gets the request's params as the client sent them
+    /// (one JSON value, `null` without params; the host has checked that
+    /// it is JSON) and returns its result as JSON text, which goes into
+    /// the reply as it is: nothing is parsed or serialized on the way, in
+    /// the plugin or the host.
+    ///
+    /// The params themselves, returned as `Cow::Borrowed(params)`, pass
+    /// on without being checked again (the host checked them) or copied in
+    /// the plugin. Any other result is checked by the host in one linear
+    /// pass: one that is not JSON reaches the caller as -32603, and the
+    /// server's log. To build a result from values, use [`Action::new`].
+    ///
+    /// ```
+    /// use action_api::{Action, ActionError, Context};
+    /// use std::borrow::Cow;
+    ///
+    /// /// Answers with its params, byte for byte.
+    /// fn echo<'p>(_ctx: &Context<'_>, params: &'p str) -> Result<Cow<'p, str>, ActionError> {
+    ///     Ok(Cow::Borrowed(params))
+    /// }
+    /// let _ = Action::raw("demo/echo", echo).public().inline();
+    /// ```
+    pub fn raw<F>(path: impl Into<String>, handler: F) -> Action
+    where
+        F: for<'p> Fn(&Context<'_>, &'p str) -> Result<Cow<'p, str>, ActionError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let erased: ErasedHandler = Box::new(move |ctx, params, slot| {
+            let result = handler(ctx, params);
+            if let Some(reply) = slot.take() {
+                reply.send_raw(params, result);
+            }
+        });
+        Action::with_handler(path.into(), erased)
     }
 
     /// A deferred action: `handler` gets typed params and a [`Reply`] it
@@ -164,6 +205,18 @@ pub struct Reply {
 impl Reply {
     pub(crate) fn new(raw: RawReply) -> Reply {
         Reply { raw: Some(raw) }
+    }
+
+    /// Answers with JSON text as it is (see [`Action::raw`]): `params`
+    /// themselves need no check, anything else is for the host to check.
+    pub(crate) fn send_raw(mut self, params: &str, result: Result<Cow<'_, str>, ActionError>) {
+        let Some(raw) = self.raw.take() else { return };
+        match result {
+            // The very slice the host handed over (address and length).
+            Ok(json) if std::ptr::eq(json.as_ref(), params) => raw.ok(json.as_bytes()),
+            Ok(json) => raw.ok_unchecked(json.as_bytes()),
+            Err(err) => raw.error(&err),
+        }
     }
 
     /// Takes the raw handle out, leaving nothing for `Drop` to answer.
@@ -362,5 +415,116 @@ impl Plugin {
     pub fn on_shutdown(mut self, hook: impl Fn() + Send + Sync + 'static) -> Plugin {
         self.on_shutdown = Some(Box::new(hook));
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::{ABI_VERSION, ByteView, HostTable};
+    use crate::context::Logger;
+    use std::ffi::c_void;
+    use std::sync::Mutex;
+
+    /// What the host was told for one handle: whether through
+    /// `complete_serialized` (no check needed), the status, the body.
+    type Completed = (usize, bool, u32, Vec<u8>);
+    static COMPLETED: Mutex<Vec<Completed>> = Mutex::new(Vec::new());
+
+    unsafe extern "C" fn log(_: *const c_void, _: u32, _: u64, _: ByteView) {}
+    unsafe extern "C" fn complete(handle: *mut c_void, status: u32, body: ByteView) {
+        // SAFETY: the body lives for this call.
+        let body = unsafe { body.as_slice() }.to_vec();
+        if let Ok(mut done) = COMPLETED.lock() {
+            done.push((handle as usize, false, status, body));
+        }
+    }
+    unsafe extern "C" fn complete_serialized(handle: *mut c_void, body: ByteView) {
+        // SAFETY: the body lives for this call.
+        let body = unsafe { body.as_slice() }.to_vec();
+        if let Ok(mut done) = COMPLETED.lock() {
+            done.push((handle as usize, true, crate::abi::status::OK, body));
+        }
+    }
+
+    static HOST: HostTable = HostTable {
+        abi_version: ABI_VERSION,
+        size: std::mem::size_of::<HostTable>() as u32,
+        host_ctx: std::ptr::null(),
+        log,
+        complete,
+        send_to_conn: None,
+        send_to_user: None,
+        broadcast: None,
+        publish: None,
+        set_membership: None,
+        query: None,
+        set_conn_data: None,
+        call_client: None,
+        broadcast_signed_in: None,
+        complete_serialized: Some(complete_serialized),
+    };
+
+    /// Runs `action` on `params` with reply handle `handle`; what the host
+    /// was told.
+    fn run(action: &Action, params: &str, handle: usize) -> Option<(bool, u32, Vec<u8>)> {
+        let ctx = Context {
+            conn_id: 1,
+            user: None,
+            scopes: "",
+            conn_data: None,
+            logger: Logger::new(&HOST, 1),
+        };
+        let raw = RawReply {
+            host: &HOST,
+            handle: handle as *mut c_void,
+        };
+        (action.handler)(&ctx, params, &mut Some(Reply::new(raw)));
+        let done = COMPLETED.lock().ok()?;
+        done.iter()
+            .find(|(h, ..)| *h == handle)
+            .map(|(_, serialized, status, body)| (*serialized, *status, body.clone()))
+    }
+
+    fn echo<'p>(_ctx: &Context<'_>, params: &'p str) -> Result<Cow<'p, str>, ActionError> {
+        Ok(Cow::Borrowed(params))
+    }
+
+    fn first_byte<'p>(_ctx: &Context<'_>, params: &'p str) -> Result<Cow<'p, str>, ActionError> {
+        Ok(Cow::Borrowed(&params[..1]))
+    }
+
+    fn made<'p>(_ctx: &Context<'_>, params: &'p str) -> Result<Cow<'p, str>, ActionError> {
+        if params == "null" {
+            return Err(ActionError::new(7, "no params"));
+        }
+        Ok(Cow::Owned(format!("[{params}]")))
+    }
+
+    #[test]
+    fn a_raw_action_passes_its_params_on_unchecked_and_anything_else_for_checking() {
+        let ok = crate::abi::status::OK;
+        let params = r#"{"a": [1, 2]}"#;
+        assert_eq!(
+            run(&Action::raw("t/echo", echo), params, 1),
+            Some((true, ok, params.as_bytes().to_vec())),
+            "the params themselves need no check"
+        );
+        // A slice of the params is not known to be JSON: the host checks.
+        assert_eq!(
+            run(&Action::raw("t/first", first_byte), params, 2),
+            Some((false, ok, b"{".to_vec()))
+        );
+        assert_eq!(
+            run(&Action::raw("t/made", made), "1", 3),
+            Some((false, ok, b"[1]".to_vec()))
+        );
+        let refused = run(&Action::raw("t/made", made), "null", 4);
+        assert!(
+            matches!(&refused, Some((false, status, body))
+                if *status == crate::abi::status::ACTION_ERROR
+                    && String::from_utf8_lossy(body).contains("no params")),
+            "{refused:?}"
+        );
     }
 }

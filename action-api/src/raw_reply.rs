@@ -23,17 +23,23 @@ impl RawReply {
         unsafe { (self.host.complete)(self.handle, status, ByteView::of(body)) }
     }
 
-    /// Answers with `json`, which serde_json wrote: through
-    /// `complete_serialized` when the host has it, so the host need not
-    /// parse it again.
+    /// Answers with `json` known to be JSON (serde_json wrote it, or it
+    /// is the params the host checked): through `complete_serialized`
+    /// when the host has it, so the host need not parse it again.
     pub(crate) fn ok(self, json: &[u8]) {
         match self.host.complete_serialized {
-            // SAFETY: as in `complete`; `json` is serde_json's output (both
-            // callers pass what `serde_json::to_vec` returned), which is
-            // what `complete_serialized` asks for.
+            // SAFETY: as in `complete`; `json` is JSON (what
+            // `serde_json::to_vec` returned, or the call's own params,
+            // which the host checked), which is what `complete_serialized`
+            // asks for.
             Some(complete) => unsafe { complete(self.handle, ByteView::of(json)) },
             None => self.complete(status::OK, json),
         }
+    }
+
+    /// Answers with `json` for the host to check: it may not be JSON.
+    pub(crate) fn ok_unchecked(self, json: &[u8]) {
+        self.complete(status::OK, json)
     }
 
     pub(crate) fn error(self, err: &ActionError) {

@@ -14,9 +14,10 @@
 //!   (the action trait, [`Handler`]) that keeps its count in `&self`.
 
 use action_api::{
-    Action, ActionError, Context, Handler, Plugin, Policy, RawValue, Reply, Value, export_plugin,
+    Action, ActionError, Context, Handler, Plugin, Policy, Reply, Value, export_plugin,
 };
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -40,10 +41,11 @@ fn checked(p: Millis) -> Result<Duration, ActionError> {
     Ok(Duration::from_millis(p.ms))
 }
 
-/// Passes the params through as raw JSON: never parsed into a tree, never
-/// re-encoded, so the reply carries the caller's exact bytes.
-fn echo(_ctx: &Context<'_>, params: Box<RawValue>) -> Result<Box<RawValue>, ActionError> {
-    Ok(params)
+/// Passes the params on as they came: never parsed, never re-encoded, not
+/// even copied here (a raw action: the host makes the reply from them), so
+/// the reply carries the caller's exact bytes.
+fn echo<'p>(_ctx: &Context<'_>, params: &'p str) -> Result<Cow<'p, str>, ActionError> {
+    Ok(Cow::Borrowed(params))
 }
 
 #[derive(Serialize)]
@@ -145,7 +147,7 @@ fn plugin() -> Plugin {
         .action(Action::from_handler(Count {
             calls: AtomicU64::new(0),
         }))
-        .action(Action::new("echo", echo).public().inline())
+        .action(Action::raw("echo", echo).public().inline())
         .action(Action::new("echo/sleep", sleep).timeout(Duration::from_secs(2)))
         .action(Action::new("echo/spin", spin).timeout(Duration::from_secs(2)))
         .action(Action::new("echo/error", error))
