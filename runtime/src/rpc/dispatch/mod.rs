@@ -206,14 +206,12 @@ fn dispatch_action(
     started: Instant,
 ) -> Dispatched {
     let method: &str = &envelope.method;
-    let Authorized {
-        entry,
-        identity,
-        report_errors,
-    } = match authorize(state, session, method, started) {
-        Ok(authorized) => authorized,
+    // Borrowed, not cloned, for the call's length: an inline call takes no
+    // reference counts of its own.
+    let snapshot = state.registry.snapshot();
+    let entry = match authorize(&snapshot, session, method, started) {
+        Ok(entry) => entry,
         Err(error) => {
-            let snapshot = state.registry.snapshot();
             let metrics = snapshot
                 .get(method)
                 .map_or(crate::metrics::global().builtin(""), |e| &e.metrics);
@@ -230,16 +228,22 @@ fn dispatch_action(
         return Dispatched::Ready(reply(id.as_ref(), outcome));
     }
     entry.plugin.count_call();
+    // Who it runs for: `authorize` found the sign-in live (or the action
+    // public, when there may be none).
+    let identity = session.live_identity_at(started);
     if entry.inline {
         return run_inline(
             entry,
-            identity,
+            identity.map(|i| &**i),
             session.conn_id,
             envelope.params,
             id,
             started,
         );
     }
+    let identity = identity.cloned();
+    let report_errors = snapshot.wants_event(lifecycle::ERROR);
+    let entry = Arc::clone(entry);
     let entry_metrics = entry.metrics.clone();
     match with_permits(state, session, entry, identity, report_errors) {
         Ok(mut call) => {
@@ -309,15 +313,15 @@ fn deliver_answer(state: &ServerState, session: &Session, envelope: &Envelope<'_
 /// thread hand-off, no slot. If the plugin answers later after all, the
 /// answer is awaited under the action's deadline like any other.
 fn run_inline(
-    entry: Arc<ActionEntry>,
-    identity: Option<Arc<Identity>>,
+    entry: &Arc<ActionEntry>,
+    identity: Option<&Identity>,
     conn_id: u64,
     params: Option<&serde_json::value::RawValue>,
     id: Option<FrameText>,
     started: Instant,
 ) -> Dispatched {
     let params = params.map_or("null", |p| p.get());
-    let args = call_args(params, conn_id, identity.as_deref());
+    let args = call_args(params, conn_id, identity);
     let room = reply_room(id.as_ref());
     let mut asked = invoke::ask_here(|pending| {
         entry
@@ -326,16 +330,19 @@ fn run_inline(
     });
     match asked.now() {
         Some(answer) => {
-            let outcome = interpret(&entry, answer);
+            let outcome = interpret(entry, answer);
             record(&entry.metrics, started, &outcome);
             Dispatched::Ready(reply(id.as_ref(), outcome))
         }
-        None => Dispatched::Running(Box::pin(async move {
-            let answer = asked.answer(entry.timeout).await;
-            let outcome = interpret(&entry, answer);
-            record(&entry.metrics, started, &outcome);
-            reply(id.as_ref(), outcome)
-        })),
+        None => {
+            let entry = Arc::clone(entry);
+            Dispatched::Running(Box::pin(async move {
+                let answer = asked.answer(entry.timeout).await;
+                let outcome = interpret(&entry, answer);
+                record(&entry.metrics, started, &outcome);
+                reply(id.as_ref(), outcome)
+            }))
+        }
     }
 }
 
@@ -371,54 +378,37 @@ struct PreparedCall {
     threads: ActionThreads,
 }
 
-/// The action at `method`, if this connection may call it, with the
-/// identity it runs for and whether plugins listen for error events.
-fn authorize(
-    state: &ServerState,
+/// The action at `method`, if this connection may call it (it exists; the
+/// connection is signed in, unless the action is public; its token has the
+/// action's scopes).
+fn authorize<'s>(
+    snapshot: &'s crate::plugins::registry::RegistrySnapshot,
     session: &Session,
     method: &str,
     now: Instant,
-) -> Result<Authorized, RpcError> {
-    let snapshot = state.registry.snapshot();
+) -> Result<&'s Arc<ActionEntry>, RpcError> {
     let entry = snapshot
         .get(method)
-        .cloned()
         .ok_or_else(|| RpcError::new(ErrorCode::MethodNotFound, format!("no action '{method}'")))?;
-    let report_errors = snapshot.wants_event(lifecycle::ERROR);
-    let identity = if entry.public {
-        session.live_identity_at(now).cloned()
-    } else {
-        let identity = session.require_identity_at(method, now)?;
-        if !identity.has_scopes(&entry.scopes) {
-            return Err(RpcError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "action '{method}' needs scope(s) {}; this connection's token has {}",
-                    entry.scopes.join(", "),
-                    if identity.scopes.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        identity.scopes.replace(' ', ", ")
-                    }
-                ),
-            ));
-        }
-        Some(Arc::clone(identity))
-    };
-    Ok(Authorized {
-        entry,
-        identity,
-        report_errors,
-    })
-}
-
-/// A call this connection may make.
-struct Authorized {
-    entry: Arc<ActionEntry>,
-    /// Who it runs for.
-    identity: Option<Arc<Identity>>,
-    /// Whether plugins listen for error events.
-    report_errors: bool,
+    if entry.public {
+        return Ok(entry);
+    }
+    let identity = session.require_identity_at(method, now)?;
+    if !identity.has_scopes(&entry.scopes) {
+        return Err(RpcError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "action '{method}' needs scope(s) {}; this connection's token has {}",
+                entry.scopes.join(", "),
+                if identity.scopes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    identity.scopes.replace(' ', ", ")
+                }
+            ),
+        ));
+    }
+    Ok(entry)
 }
 
 /// Takes the connection's and the server's call slots for a pool call.
