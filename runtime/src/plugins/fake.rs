@@ -6,7 +6,7 @@
 //! A file reads like `name=alpha version=1 actions=a/x,a/y code=1`:
 //! - `name`, `version`: the plugin's;
 //! - `actions`: its paths, comma-separated (suffix `!` marks one public,
-//!   `@250` gives it a 250 ms deadline);
+//!   `~` after that one inline, `@250` gives it a 250 ms deadline);
 //! - `code`: which of a few distinct call functions it uses (two live
 //!   generations with the same `code` look like one image, as a loader
 //!   handing an old library back would);
@@ -88,9 +88,13 @@ impl Loader for FakeLoader {
                     Some((path, ms)) => (path, ms.parse().unwrap()),
                     None => (spec, 0),
                 };
-                let (path, flags) = match spec.strip_suffix('!') {
-                    Some(path) => (path, action_flags::PUBLIC),
+                let (spec, inline) = match spec.strip_suffix('~') {
+                    Some(spec) => (spec, action_flags::INLINE),
                     None => (spec, 0),
+                };
+                let (path, flags) = match spec.strip_suffix('!') {
+                    Some(path) => (path, action_flags::PUBLIC | inline),
+                    None => (spec, inline),
                 };
                 ActionDescriptor {
                     path: leak(path),

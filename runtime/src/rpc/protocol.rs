@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One parsed request or notification, borrowing from the frame.
 #[derive(Debug)]
@@ -305,6 +306,35 @@ pub fn share(frame: &Bytes, frame_str: &str, part: &str) -> FrameText {
         FrameText(frame.slice(start..start + part.len()))
     } else {
         FrameText::copy(part)
+    }
+}
+
+/// The frame a request was read from: parts of it are sliced out as
+/// [`FrameText`] only when they must outlive the frame's handling (a call
+/// answered later), so a call answered at once takes no reference to it.
+#[derive(Debug, Clone, Copy)]
+pub enum FrameSource<'a> {
+    /// The frame's buffer, and its text (the same memory).
+    Shared {
+        /// The buffer.
+        frame: &'a Bytes,
+        /// Its text.
+        text: &'a str,
+    },
+    /// A text frame as tungstenite delivered it.
+    Text(&'a Utf8Bytes),
+}
+
+impl FrameSource<'_> {
+    /// `part` (a slice of the frame's text) as a [`FrameText`] of its own.
+    pub fn share(self, part: &str) -> FrameText {
+        match self {
+            FrameSource::Shared { frame, text } => share(frame, text, part),
+            FrameSource::Text(text) => {
+                let frame: Bytes = text.clone().into();
+                share(&frame, text.as_str(), part)
+            }
+        }
     }
 }
 

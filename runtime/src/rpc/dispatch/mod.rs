@@ -18,7 +18,7 @@ use crate::plugins::invoke::{self, Answered, PluginFault, Thread, invoke};
 use crate::plugins::loader::CallArgs;
 use crate::rpc::builtins::Builtin;
 use crate::rpc::error::{ErrorCode, RpcError};
-use crate::rpc::protocol::{self, Answer, Envelope, FrameText, share};
+use crate::rpc::protocol::{self, Answer, Envelope, FrameSource, FrameText, share};
 use crate::rpc::session::Session;
 use crate::state::ServerState;
 use bytes::Bytes;
@@ -85,7 +85,7 @@ fn room_call_in_lane(
             Some(Ok(raw)) => Some(raw),
             Some(Err(e)) => {
                 let error = RpcError::new(ErrorCode::InvalidParams, e.to_string());
-                return reply(id.as_ref(), Err(error.into()));
+                return reply(id.as_deref(), Err(error.into()));
             }
             None => None,
         };
@@ -94,7 +94,7 @@ fn room_call_in_lane(
             .await
             .map_err(CallError::from);
         record(metrics, started, &outcome);
-        reply(id.as_ref(), outcome)
+        reply(id.as_deref(), outcome)
     }))
 }
 
@@ -111,7 +111,7 @@ fn record(metrics: &ActionMetrics, started: Instant, outcome: &Result<String, Ca
 }
 
 /// Builds the reply for a call's outcome (`None` for a notification).
-fn reply(id: Option<&FrameText>, outcome: Result<String, CallError>) -> Option<String> {
+fn reply(id: Option<&str>, outcome: Result<String, CallError>) -> Option<String> {
     let id = id?;
     Some(match outcome {
         Ok(result) => protocol::reply_ok_around(id, result),
@@ -135,16 +135,16 @@ pub async fn dispatch(
         deliver_answer(state, session, envelope, answer);
         return Dispatched::Ready(None);
     }
-    let id = envelope.id.map(|id| share(frame, text, id.get()));
     let method: &str = &envelope.method;
     let started = Instant::now();
     if method.starts_with("rpc.") {
+        let id = envelope.id.map(|id| share(frame, text, id.get()));
         if method == "rpc.publish"
             && let Err(error) = session.rates.take_publish(&state.config, started)
         {
             let outcome = Err(error.into());
             record(crate::metrics::global().builtin(method), started, &outcome);
-            return Dispatched::Ready(reply(id.as_ref(), outcome));
+            return Dispatched::Ready(reply(id.as_deref(), outcome));
         }
         let builtin = Builtin::from_method(method);
         if let Some(builtin) = builtin.filter(|b| b.is_room_call() && state.broker.waits()) {
@@ -164,9 +164,15 @@ pub async fn dispatch(
             .into()),
         };
         record(crate::metrics::global().builtin(method), started, &outcome);
-        return Dispatched::Ready(reply(id.as_ref(), outcome));
+        return Dispatched::Ready(reply(id.as_deref(), outcome));
     }
-    dispatch_action(state, session, envelope, frame, text, id, started)
+    dispatch_action(
+        state,
+        session,
+        envelope,
+        FrameSource::Shared { frame, text },
+        started,
+    )
 }
 
 /// Dispatches one request at once if it waits for nothing: a call to an
@@ -176,20 +182,16 @@ pub fn dispatch_now(
     state: &Arc<ServerState>,
     session: &mut Session,
     envelope: &Envelope<'_>,
-    frame: &Bytes,
-    text: &str,
+    frame: FrameSource<'_>,
 ) -> Option<Dispatched> {
     if envelope.answer.is_some() || envelope.method.starts_with("rpc.") {
         return None;
     }
-    let id = envelope.id.map(|id| share(frame, text, id.get()));
     Some(dispatch_action(
         state,
         session,
         envelope,
         frame,
-        text,
-        id,
         Instant::now(),
     ))
 }
@@ -200,12 +202,13 @@ fn dispatch_action(
     state: &Arc<ServerState>,
     session: &mut Session,
     envelope: &Envelope<'_>,
-    frame: &Bytes,
-    text: &str,
-    id: Option<FrameText>,
+    frame: FrameSource<'_>,
     started: Instant,
 ) -> Dispatched {
     let method: &str = &envelope.method;
+    // The id as text: sliced out of the frame only for a call answered
+    // later.
+    let id = envelope.id.map(RawValue::get);
     // Borrowed, not cloned, for the call's length: an inline call takes no
     // reference counts of its own.
     let snapshot = state.registry.snapshot();
@@ -217,7 +220,7 @@ fn dispatch_action(
                 .map_or(crate::metrics::global().builtin(""), |e| &e.metrics);
             let outcome = Err(error.into());
             record(metrics, started, &outcome);
-            return Dispatched::Ready(reply(id.as_ref(), outcome));
+            return Dispatched::Ready(reply(id, outcome));
         }
     };
     if let Some(limit) = entry.rate_limit
@@ -225,7 +228,7 @@ fn dispatch_action(
     {
         let outcome = Err(error.into());
         record(&entry.metrics, started, &outcome);
-        return Dispatched::Ready(reply(id.as_ref(), outcome));
+        return Dispatched::Ready(reply(id, outcome));
     }
     entry.plugin.count_call();
     // Who it runs for: `authorize` found the sign-in live (or the action
@@ -237,7 +240,7 @@ fn dispatch_action(
             identity.map(|i| &**i),
             session.conn_id,
             envelope.params,
-            id,
+            (id, frame),
             started,
         );
     }
@@ -250,7 +253,8 @@ fn dispatch_action(
             if call.report_errors {
                 call.registry_events = Some(Arc::clone(state));
             }
-            let params = envelope.params.map(|p| share(frame, text, p.get()));
+            let params = envelope.params.map(|p| frame.share(p.get()));
+            let id = id.map(|id| frame.share(id));
             // A span per call only when debug logging wants it: an
             // instrumented future costs on every call.
             let span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
@@ -263,10 +267,10 @@ fn dispatch_action(
             });
             let running = async move {
                 let metrics = call.entry.metrics.clone();
-                let outcome = call.run(params, reply_room(id.as_ref())).await;
+                let outcome = call.run(params, reply_room(id.as_deref())).await;
                 record(&metrics, started, &outcome);
                 tracing::debug!(ok = outcome.is_ok(), "answered");
-                reply(id.as_ref(), outcome)
+                reply(id.as_deref(), outcome)
             };
             match span {
                 Some(span) => {
@@ -278,7 +282,7 @@ fn dispatch_action(
         Err(error) => {
             let outcome = Err(error.into());
             record(&entry_metrics, started, &outcome);
-            Dispatched::Ready(reply(id.as_ref(), outcome))
+            Dispatched::Ready(reply(id, outcome))
         }
     }
 }
@@ -317,12 +321,12 @@ fn run_inline(
     identity: Option<&Identity>,
     conn_id: u64,
     params: Option<&serde_json::value::RawValue>,
-    id: Option<FrameText>,
+    (id, frame): (Option<&str>, FrameSource<'_>),
     started: Instant,
 ) -> Dispatched {
     let params = params.map_or("null", |p| p.get());
     let args = call_args(params, conn_id, identity);
-    let room = reply_room(id.as_ref());
+    let room = reply_room(id);
     let mut asked = invoke::ask_here(|pending| {
         entry
             .plugin
@@ -332,15 +336,16 @@ fn run_inline(
         Some(answer) => {
             let outcome = interpret(entry, answer);
             record(&entry.metrics, started, &outcome);
-            Dispatched::Ready(reply(id.as_ref(), outcome))
+            Dispatched::Ready(reply(id, outcome))
         }
         None => {
             let entry = Arc::clone(entry);
+            let id = id.map(|id| frame.share(id));
             Dispatched::Running(Box::pin(async move {
                 let answer = asked.answer(entry.timeout).await;
                 let outcome = interpret(&entry, answer);
                 record(&entry.metrics, started, &outcome);
-                reply(id.as_ref(), outcome)
+                reply(id.as_deref(), outcome)
             }))
         }
     }
@@ -348,8 +353,8 @@ fn run_inline(
 
 /// The room to leave before a call's result for its reply's head (none
 /// for a notification): the reply is then made in the result's buffer.
-fn reply_room(id: Option<&FrameText>) -> usize {
-    id.map_or(0, |id| protocol::reply_head_len(id))
+fn reply_room(id: Option<&str>) -> usize {
+    id.map_or(0, protocol::reply_head_len)
 }
 
 /// What a plugin's `call` gets: the raw params and who is calling.

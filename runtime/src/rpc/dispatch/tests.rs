@@ -23,8 +23,16 @@ struct Server {
     _folders: (tempfile::TempDir, tempfile::TempDir),
 }
 
+/// The same behaviours, each action inline (run on the caller's thread).
+const INLINE_PLUGIN: &str =
+    "name=t version=1 actions=t/echo!~,t/refuse!~,t/panic!~,t/garbage!~,t/hang!~@50 code=1";
+
 fn server(max_inflight_per_connection: usize) -> Server {
-    let (registry, _loader, dir, shadow) = registry(&[("t", PLUGIN)]);
+    server_of(PLUGIN, max_inflight_per_connection)
+}
+
+fn server_of(plugin: &str, max_inflight_per_connection: usize) -> Server {
+    let (registry, _loader, dir, shadow) = registry(&[("t", plugin)]);
     let config = Config {
         max_inflight_per_connection,
         ..Config::default()
@@ -191,4 +199,55 @@ async fn a_connection_past_its_running_calls_is_refused_without_waiting() {
     );
     // The call that never answers gets its -32003 at its deadline.
     assert!(hung.await.is_some_and(|r| r.contains("-32003")));
+}
+
+/// Dispatches one request as a connection's fast path does (actions only),
+/// with the frame as tungstenite delivers it.
+fn start_now(state: &Arc<ServerState>, session: &mut Session, request: &str) -> Dispatched {
+    let frame = tokio_tungstenite::tungstenite::Utf8Bytes::from(request.to_owned());
+    let Frame::Single(Ok(envelope)) = parse_frame(frame.as_str(), 10) else {
+        panic!("not a single request: {request}");
+    };
+    dispatch_now(state, session, &envelope, FrameSource::Text(&frame))
+        .expect("an action call is taken at once")
+}
+
+#[tokio::test]
+async fn an_inline_action_answers_at_once_or_later_with_the_calls_id() {
+    let s = server_of(INLINE_PLUGIN, 8);
+    let mut session = session(&s.state, None);
+    // Through the general path, then through the fast path.
+    for at_once in [false, true] {
+        let state = &s.state;
+        let mut start = async |request: &str| {
+            if at_once {
+                start_now(state, &mut session, request)
+            } else {
+                start(state, &mut session, request).await
+            }
+        };
+        let echoed = start(&request("t/echo", "[1, 2]")).await;
+        let Dispatched::Ready(Some(reply)) = echoed else {
+            panic!("an inline action that answers in its call is answered at once: {echoed:?}");
+        };
+        assert_eq!(reply, r#"{"jsonrpc":"2.0","id":7,"result":[1, 2]}"#);
+        // One that keeps its reply handle is awaited under its deadline,
+        // and the reply still carries the call's id (sliced out of the
+        // frame, which is gone by then).
+        let hung = start(&request("t/hang", "null")).await;
+        let Dispatched::Running(hung) = hung else {
+            panic!("an inline action that has not answered is awaited");
+        };
+        let reply: Value = serde_json::from_str(&hung.await.expect("a reply")).unwrap();
+        assert_eq!(
+            (reply["id"].as_i64(), reply["error"]["code"].as_i64()),
+            (Some(7), Some(-32003))
+        );
+    }
+    // Built-ins are not taken at once.
+    let frame = tokio_tungstenite::tungstenite::Utf8Bytes::from(request("rpc.ping", "null"));
+    let Frame::Single(Ok(envelope)) = parse_frame(frame.as_str(), 10) else {
+        panic!("not a request");
+    };
+    assert!(dispatch_now(&s.state, &mut session, &envelope, FrameSource::Text(&frame)).is_none());
 }

@@ -23,7 +23,7 @@ use crate::rooms::hub::{CloseRequest, ConnFlow, ConnHandle, Outgoing, outgoing};
 use crate::rooms::queue;
 use crate::rpc::dispatch::{Dispatched, dispatch, dispatch_now};
 use crate::rpc::error::{ErrorCode, RpcError};
-use crate::rpc::protocol::{self, Envelope, Frame, Refusal};
+use crate::rpc::protocol::{self, Envelope, Frame, FrameSource, Refusal};
 use crate::rpc::session::Session;
 use crate::state::ServerState;
 use crate::transport::read_ahead::ReadState;

@@ -104,7 +104,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         if !self.sink_ready_now() {
             return Now::Later;
         }
-        let frame: Bytes = text.clone().into();
         let body = text.as_str();
         let Frame::Single(Ok(envelope)) = protocol::parse_frame(body, self.state.config.max_batch)
         else {
@@ -119,9 +118,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             }
             return Now::OverRate(error);
         }
-        let Some(dispatched) =
-            dispatch_now(&self.state, &mut self.session, &envelope, &frame, body)
-        else {
+        let Some(dispatched) = dispatch_now(
+            &self.state,
+            &mut self.session,
+            &envelope,
+            FrameSource::Text(text),
+        ) else {
             // Checked above: only actions come this way.
             return Now::Later;
         };
