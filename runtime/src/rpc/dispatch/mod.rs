@@ -98,16 +98,23 @@ fn room_call_in_lane(
     }))
 }
 
-/// Counts a call's outcome and latency in its action's metrics.
-fn record(metrics: &ActionMetrics, started: Instant, outcome: &Result<String, CallError>) {
+/// Counts a call's outcome and latency (from `started` to now) in its
+/// action's metrics; returns the moment read as now.
+fn record(
+    metrics: &ActionMetrics,
+    started: Instant,
+    outcome: &Result<String, CallError>,
+) -> Instant {
+    let now = Instant::now();
     metrics.record(
-        started.elapsed(),
+        now.saturating_duration_since(started),
         match outcome {
             Ok(_) => Ok(()),
             Err(CallError::Rpc(error)) => Err(Some(error.code)),
             Err(CallError::Action(_)) => Err(None),
         },
     );
+    now
 }
 
 /// Builds the reply for a call's outcome (`None` for a notification).
@@ -166,34 +173,35 @@ pub async fn dispatch(
         record(crate::metrics::global().builtin(method), started, &outcome);
         return Dispatched::Ready(reply(id.as_deref(), outcome));
     }
+    let mut clock = started;
     dispatch_action(
         state,
         session,
         envelope,
         FrameSource::Shared { frame, text },
-        started,
+        &mut clock,
     )
 }
 
 /// Dispatches one request at once if it waits for nothing: a call to an
 /// action. `None` for a built-in (`rpc.*`) or an answer to a server call,
 /// which [`dispatch`] takes.
+///
+/// `clock` is a moment just read, taken as the call's start (a connection
+/// handling a burst of frames passes the end of the call before, so each
+/// call reads the clock once); when the call was answered at once, it is
+/// left at the moment its answer was counted.
 pub fn dispatch_now(
     state: &Arc<ServerState>,
     session: &mut Session,
     envelope: &Envelope<'_>,
     frame: FrameSource<'_>,
+    clock: &mut Instant,
 ) -> Option<Dispatched> {
     if envelope.answer.is_some() || envelope.method.starts_with("rpc.") {
         return None;
     }
-    Some(dispatch_action(
-        state,
-        session,
-        envelope,
-        frame,
-        Instant::now(),
-    ))
+    Some(dispatch_action(state, session, envelope, frame, clock))
 }
 
 /// A call to an action: checked (sign-in, scopes, rates, slots), then run
@@ -203,8 +211,9 @@ fn dispatch_action(
     session: &mut Session,
     envelope: &Envelope<'_>,
     frame: FrameSource<'_>,
-    started: Instant,
+    clock: &mut Instant,
 ) -> Dispatched {
+    let started = *clock;
     let method: &str = &envelope.method;
     // The id as text: sliced out of the frame only for a call answered
     // later.
@@ -219,7 +228,7 @@ fn dispatch_action(
                 .get(method)
                 .map_or(crate::metrics::global().builtin(""), |e| &e.metrics);
             let outcome = Err(error.into());
-            record(metrics, started, &outcome);
+            *clock = record(metrics, started, &outcome);
             return Dispatched::Ready(reply(id, outcome));
         }
     };
@@ -227,7 +236,7 @@ fn dispatch_action(
         && let Err(error) = session.rates.take_action(&entry.path, limit, started)
     {
         let outcome = Err(error.into());
-        record(&entry.metrics, started, &outcome);
+        *clock = record(&entry.metrics, started, &outcome);
         return Dispatched::Ready(reply(id, outcome));
     }
     entry.plugin.count_call();
@@ -241,7 +250,7 @@ fn dispatch_action(
             session.conn_id,
             envelope.params,
             (id, frame),
-            started,
+            clock,
         );
     }
     let identity = identity.cloned();
@@ -281,7 +290,7 @@ fn dispatch_action(
         }
         Err(error) => {
             let outcome = Err(error.into());
-            record(&entry_metrics, started, &outcome);
+            *clock = record(&entry_metrics, started, &outcome);
             Dispatched::Ready(reply(id, outcome))
         }
     }
@@ -322,8 +331,9 @@ fn run_inline(
     conn_id: u64,
     params: Option<&serde_json::value::RawValue>,
     (id, frame): (Option<&str>, FrameSource<'_>),
-    started: Instant,
+    clock: &mut Instant,
 ) -> Dispatched {
+    let started = *clock;
     let params = params.map_or("null", |p| p.get());
     let args = call_args(params, conn_id, identity);
     let room = reply_room(id);
@@ -335,7 +345,7 @@ fn run_inline(
     match asked.now() {
         Some(answer) => {
             let outcome = interpret(entry, answer);
-            record(&entry.metrics, started, &outcome);
+            *clock = record(&entry.metrics, started, &outcome);
             Dispatched::Ready(reply(id, outcome))
         }
         None => {

@@ -208,8 +208,23 @@ fn start_now(state: &Arc<ServerState>, session: &mut Session, request: &str) -> 
     let Frame::Single(Ok(envelope)) = parse_frame(frame.as_str(), 10) else {
         panic!("not a single request: {request}");
     };
-    dispatch_now(state, session, &envelope, FrameSource::Text(&frame))
-        .expect("an action call is taken at once")
+    let started = Instant::now();
+    let mut clock = started;
+    let dispatched = dispatch_now(
+        state,
+        session,
+        &envelope,
+        FrameSource::Text(&frame),
+        &mut clock,
+    )
+    .expect("an action call is taken at once");
+    if matches!(dispatched, Dispatched::Ready(_)) {
+        assert!(
+            clock > started,
+            "answered at once: the clock is left at its end"
+        );
+    }
+    dispatched
 }
 
 #[tokio::test]
@@ -249,5 +264,15 @@ async fn an_inline_action_answers_at_once_or_later_with_the_calls_id() {
     let Frame::Single(Ok(envelope)) = parse_frame(frame.as_str(), 10) else {
         panic!("not a request");
     };
-    assert!(dispatch_now(&s.state, &mut session, &envelope, FrameSource::Text(&frame)).is_none());
+    let mut clock = Instant::now();
+    assert!(
+        dispatch_now(
+            &s.state,
+            &mut session,
+            &envelope,
+            FrameSource::Text(&frame),
+            &mut clock
+        )
+        .is_none()
+    );
 }

@@ -183,6 +183,10 @@ struct Connection<S> {
     flow: Arc<ConnFlow>,
     /// Frames written since the last flush.
     unflushed: usize,
+    /// While frames are handled back to back (no wait between them): the
+    /// end of the last call answered at once, taken as the next one's
+    /// start, so each call reads the clock once. Cleared before any wait.
+    clock: Option<std::time::Instant>,
     write_timeout: Duration,
     /// The one timer (auth timeout or token expiry), reset rather than
     /// recreated so the read loop registers no timer per frame.
@@ -240,6 +244,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             kick,
             flow,
             unflushed: 0,
+            clock: None,
             write_timeout,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_for: None,
@@ -304,6 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             } else if self.unflushed > 0 {
                 self.step_before_flush().await
             } else {
+                self.clock = None;
                 // The queue carries the signals too: a kick, a close the
                 // server asked for and shutdown each nudge it, so there is
                 // one waiter per connection, not a future per signal made

@@ -81,7 +81,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         match incoming {
             Some(Ok(Message::Text(text))) if !self.echo => {
                 self.heard = true;
-                match self.text_now(&text) {
+                let now = self.text_now(&text);
+                if !matches!(now, Now::Done(_)) {
+                    // Waits may follow: the next call reads the clock afresh.
+                    self.clock = None;
+                }
+                match now {
                     Now::Done(next) => Step::Done(next),
                     Now::Reply(reply) => Step::Wait(Box::pin(self.reply_after_queued(reply))),
                     Now::OverRate(error) => Step::Wait(Box::pin(async move {
@@ -90,7 +95,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
                     Now::Later => Step::Wait(Box::pin(self.on_text(text))),
                 }
             }
-            other => Step::Wait(Box::pin(self.on_incoming(other))),
+            other => {
+                self.clock = None;
+                Step::Wait(Box::pin(self.on_incoming(other)))
+            }
         }
     }
 
@@ -118,15 +126,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             }
             return Now::OverRate(error);
         }
+        let mut clock = self.clock.unwrap_or_else(std::time::Instant::now);
         let Some(dispatched) = dispatch_now(
             &self.state,
             &mut self.session,
             &envelope,
             FrameSource::Text(text),
+            &mut clock,
         ) else {
             // Checked above: only actions come this way.
             return Now::Later;
         };
+        self.clock = Some(clock);
         let next = match dispatched {
             Dispatched::Ready(Some(reply)) if self.flow.queued_bytes() > 0 => {
                 return Now::Reply(reply);
