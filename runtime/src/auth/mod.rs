@@ -140,6 +140,21 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// A signed-in user with no scopes, rooms or data, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(user: &str, expires_at: Option<u64>) -> Identity {
+        Identity {
+            user: Arc::from(user),
+            expires_at,
+            scopes: Arc::from(""),
+            rooms: Arc::from(Vec::new()),
+            data: None,
+            source: crate::config::AuthStep::Jwt,
+            issued_at: None,
+            jti: None,
+        }
+    }
+
     /// Whether the sign-in has ended at `now_ms` (milliseconds since the
     /// Unix epoch), allowing `leeway` seconds: it ends at `exp + leeway`
     /// exactly, to the millisecond (a token is not accepted on or after

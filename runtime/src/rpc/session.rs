@@ -186,19 +186,9 @@ impl Session {
 mod tests {
     use super::*;
     use crate::auth::{Handshake, now_secs};
-    use crate::config::AuthStep;
 
     fn identity(expires_at: Option<u64>) -> Identity {
-        Identity {
-            user: Arc::from("ann"),
-            expires_at,
-            scopes: Arc::from(""),
-            rooms: Arc::from(Vec::new()),
-            data: None,
-            source: AuthStep::Jwt,
-            issued_at: None,
-            jti: None,
-        }
+        Identity::for_test("ann", expires_at)
     }
 
     fn session(identity: Identity) -> Session {

@@ -6,7 +6,7 @@
 
 use super::*;
 use crate::auth::{Authenticator, Handshake};
-use crate::config::{AuthStep, Config};
+use crate::config::Config;
 use crate::limits::ConnectionLimits;
 use crate::plugins::registry::tests::registry;
 use crate::rpc::protocol::{Frame, parse_frame};
@@ -52,16 +52,7 @@ fn server_of(plugin: &str, max_inflight_per_connection: usize) -> Server {
 
 fn session(state: &ServerState, user: Option<&str>) -> Session {
     let identity = user
-        .map(|user| Identity {
-            user: Arc::from(user),
-            expires_at: None,
-            scopes: Arc::from(""),
-            rooms: Arc::from(Vec::new()),
-            data: None,
-            source: AuthStep::Jwt,
-            issued_at: None,
-            jti: None,
-        })
+        .map(|user| Identity::for_test(user, None))
         .map(Arc::new);
     Session::new(
         crate::rpc::session::next_conn_id(),
