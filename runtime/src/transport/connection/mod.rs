@@ -305,6 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             let next = if check && shutdown.is_cancelled() {
                 Next::Shutdown
             } else if check && self.timer_for.is_some() && self.timer.deadline() <= Instant::now() {
+                self.clock = None;
                 Box::pin(self.on_timer()).await
             } else if self.unflushed > 0 {
                 self.step_before_flush().await

@@ -14,6 +14,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     pub(super) async fn step_before_flush(&mut self) -> Next {
         if self.unflushed < MAX_FRAMES_PER_FLUSH {
             if let Ok(first) = self.replies_rx.try_recv() {
+                // Writing may wait (a stalled client): the next call reads
+                // the clock afresh.
+                self.clock = None;
                 return Box::pin(self.write_burst(first)).await;
             }
             // Frames that came meanwhile are answered in this flush too;
