@@ -358,7 +358,7 @@ pub fn reply_head_len(id: &str) -> usize {
 /// A success reply made around `result` (JSON). When `result` begins
 /// with [`reply_head_len`] spaces (the room a plugin's answer is copied in
 /// after), the head is written over them and the reply is made in the
-/// result's own buffer; otherwise it is made in a new one, sized exactly.
+/// result's own buffer; otherwise it is made in a new one ([`reply_ok`]).
 pub fn reply_ok_around(id: &str, mut result: String) -> String {
     let head_len = reply_head_len(id);
     /// As many spaces as the head of a reply with an id of 96 bytes;
@@ -383,22 +383,16 @@ pub fn reply_ok_around(id: &str, mut result: String) -> String {
         result.push('}');
         return result;
     }
-    // Sized exactly: the frame takes the buffer as it is.
-    let mut reply = String::with_capacity(head_len + result.len() + 1);
-    reply.push_str(OK_HEAD);
-    reply.push_str(id);
-    reply.push_str(RESULT_KEY);
-    reply.push_str(&result);
-    reply.push('}');
-    reply
+    reply_ok(id, &result)
 }
 
 /// A success reply: `result` is spliced in as it is (it must be JSON).
+/// Sized exactly, so a frame takes the buffer as it is.
 pub fn reply_ok(id: &str, result: &str) -> String {
-    let mut out = String::with_capacity(OK_HEAD.len() + id.len() + result.len() + 12);
+    let mut out = String::with_capacity(reply_head_len(id) + result.len() + 1);
     out.push_str(OK_HEAD);
     push_id(&mut out, id);
-    out.push_str(r#","result":"#);
+    out.push_str(RESULT_KEY);
     out.push_str(result);
     out.push('}');
     out

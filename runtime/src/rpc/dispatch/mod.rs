@@ -198,10 +198,16 @@ pub fn dispatch_now(
     frame: FrameSource<'_>,
     clock: &mut Instant,
 ) -> Option<Dispatched> {
-    if envelope.answer.is_some() || envelope.method.starts_with("rpc.") {
+    if !is_action_call(envelope) {
         return None;
     }
     Some(dispatch_action(state, session, envelope, frame, clock))
+}
+
+/// Whether `envelope` calls an action (not a built-in, not an answer to a
+/// server call): what [`dispatch_now`] takes.
+pub fn is_action_call(envelope: &Envelope<'_>) -> bool {
+    envelope.answer.is_none() && !envelope.method.starts_with("rpc.")
 }
 
 /// A call to an action: checked (sign-in, scopes, rates, slots), then run

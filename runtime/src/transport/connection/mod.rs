@@ -21,7 +21,7 @@ use crate::auth::{Identity, ends_at_ms, now_millis, now_secs};
 use crate::lifecycle;
 use crate::rooms::hub::{CloseRequest, ConnFlow, ConnHandle, Outgoing, outgoing};
 use crate::rooms::queue;
-use crate::rpc::dispatch::{Dispatched, dispatch, dispatch_now};
+use crate::rpc::dispatch::{Dispatched, dispatch, dispatch_now, is_action_call};
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::protocol::{self, Envelope, Frame, FrameSource, Refusal};
 use crate::rpc::session::Session;
@@ -185,7 +185,8 @@ struct Connection<S> {
     unflushed: usize,
     /// While frames are handled back to back (no wait between them): the
     /// end of the last call answered at once, taken as the next one's
-    /// start, so each call reads the clock once. Cleared before any wait.
+    /// start, so each call reads the clock once. Cleared whenever the loop
+    /// may have waited, before the next frame is handled.
     clock: Option<std::time::Instant>,
     write_timeout: Duration,
     /// The one timer (auth timeout or token expiry), reset rather than

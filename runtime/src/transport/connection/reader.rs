@@ -117,7 +117,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         else {
             return Now::Later;
         };
-        if envelope.answer.is_some() || envelope.method.starts_with("rpc.") {
+        if !is_action_call(&envelope) {
             return Now::Later;
         }
         if let Err(error) = self.take_message() {

@@ -34,7 +34,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
 
     pub(super) async fn flush(&mut self) -> Next {
         self.unflushed = 0;
-        self.clock = None;
         let outcome = bounded(self.ws.flush(), self.write_timeout, &self.kick).await;
         self.after_write(outcome)
     }
