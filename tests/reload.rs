@@ -884,14 +884,16 @@ async fn a_retired_generation_s_shutdown_hook_frees_its_port_and_it_unmaps_once_
 }
 
 /// Calls every kind of action in turn (a string result, an error, a slow
-/// call, a deferred reply, a log line) until `stop`; every reply must be
-/// the expected result or error. Returns the number of calls.
+/// call, deferred replies to an ordinary call and to an inline one, a log
+/// line) until `stop`; every reply must be the expected result or error.
+/// Returns the number of calls.
 async fn every_kind_worker(mut client: Client, stop: Arc<AtomicBool>) -> usize {
     let kinds = [
         ("probe/version", json!({})),
         ("probe/fail", json!({})),
         ("probe/sleep", json!({"ms": 30})),
         ("probe/later", json!({})),
+        ("probe/later-inline", json!({})),
         ("probe/log", json!({})),
         ("probe/build", json!({})),
     ];

@@ -26,13 +26,15 @@ const PROBE: &str = "libprobe.so";
 /// Both settings of `RUST_BACKTRACE` every test runs under.
 const BACKTRACE_MODES: [Option<&str>; 2] = [None, Some("1")];
 
-/// Every kind of call the load makes: results, an error, a deferred reply
-/// from a thread of the plugin's, state, a log line, a blocking call.
-const KINDS: [&str; 7] = [
+/// Every kind of call the load makes: results, an error, deferred replies
+/// from a thread of the plugin's (to an ordinary call and to an inline
+/// one), state, a log line, a blocking call.
+const KINDS: [&str; 8] = [
     "probe/version",
     "probe/build",
     "probe/fail",
     "probe/later",
+    "probe/later-inline",
     "probe/count",
     "probe/log",
     "probe/sleep",
@@ -134,7 +136,7 @@ fn check(kind: &str, reply: &Value, version: &str) -> Option<u64> {
                 "{reply}"
             );
         }
-        "probe/later" => {
+        "probe/later" | "probe/later-inline" => {
             assert_eq!(*result, json!(format!("later from {version}")), "{reply}")
         }
         "probe/count" => {

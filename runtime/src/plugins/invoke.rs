@@ -4,14 +4,19 @@
 //! An action call, an auth hook and a join hook all go the same way: the
 //! question is put to the plugin on a thread that may block (the action
 //! pool, tokio's blocking pool, or, for an action marked inline, the
-//! caller's own), the plugin completes a [`PendingReply`] (now or later,
+//! caller's own), the plugin completes its reply handle (now or later,
 //! from any thread), and the caller awaits the answer under a deadline.
+//! An inline call's handle is its thread's reply slot
+//! ([`super::inline_reply`]), whose answer is taken as the plugin returns.
 //! What comes back is the plugin's JSON body or a [`PluginFault`]; callers
 //! turn a fault into their own refusal and never see a status code.
 
-use super::replies::{Completion, PendingReply};
+use super::inline_reply::{Ended, InlineCall};
+use super::replies::{Completion, PendingReply, Pinned};
 use crate::action_threads::ActionThreads;
 use action_api::abi::status;
+use std::ffi::c_void;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -59,7 +64,6 @@ impl PluginFault {
     }
 }
 
-/// A question put to a plugin, whose answer may not have come yet.
 /// A plugin's successful answer.
 #[derive(Debug)]
 pub(crate) struct Answered {
@@ -70,25 +74,43 @@ pub(crate) struct Answered {
     pub(crate) serialized: bool,
 }
 
+/// A question put to a plugin, whose answer may not have come yet.
 #[derive(Debug)]
 pub(crate) struct Asked {
-    answer: oneshot::Receiver<Completion>,
+    answer: Answer,
+}
+
+/// Where a question's answer is.
+#[derive(Debug)]
+enum Answer {
+    /// Given already (`None` once taken, or if the plugin let go of its
+    /// handle).
+    Given(Option<Completion>),
+    /// To come through this channel.
+    Awaited(oneshot::Receiver<Completion>),
 }
 
 impl Asked {
     /// The answer, if the plugin has already given it (an inline action
     /// usually has by the time `ask_here` returns).
     pub(crate) fn now(&mut self) -> Option<Result<Answered, PluginFault>> {
-        match self.answer.try_recv() {
-            Ok(done) => Some(read(done)),
-            Err(oneshot::error::TryRecvError::Empty) => None,
-            Err(oneshot::error::TryRecvError::Closed) => Some(Err(PluginFault::NotAsked)),
+        match &mut self.answer {
+            Answer::Given(done) => Some(done.take().map_or(Err(PluginFault::NotAsked), read)),
+            Answer::Awaited(answer) => match answer.try_recv() {
+                Ok(done) => Some(read(done)),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(PluginFault::NotAsked)),
+            },
         }
     }
 
     /// Waits for the answer for at most `deadline`.
     pub(crate) async fn answer(self, deadline: Duration) -> Result<Answered, PluginFault> {
-        match tokio::time::timeout(deadline, self.answer).await {
+        let answer = match self.answer {
+            Answer::Given(done) => return done.map_or(Err(PluginFault::NotAsked), read),
+            Answer::Awaited(answer) => answer,
+        };
+        match tokio::time::timeout(deadline, answer).await {
             Ok(Ok(done)) => read(done),
             Ok(Err(_)) => Err(PluginFault::NotAsked),
             Err(_) => Err(PluginFault::TimedOut(deadline)),
@@ -123,14 +145,38 @@ pub(crate) async fn invoke(
             drop(tokio::task::spawn_blocking(move || question(pending)));
         }
     }
+    let answer = Answer::Awaited(answer);
     Asked { answer }.answer(deadline).await
 }
 
-/// Puts `question` to a plugin right here, on the caller's thread (for an
-/// action its author marked inline: it never blocks).
-pub(crate) fn ask_here(question: impl FnOnce(PendingReply)) -> Asked {
-    let (pending, answer) = PendingReply::new();
-    question(pending);
+/// Puts `question` to `generation` right here, on the caller's thread (for
+/// an action its author marked inline: it never blocks). `question` hands
+/// the plugin the reply handle it is given; a success's body comes after
+/// `room` bytes (see [`PendingReply::leaving_room`]).
+pub(crate) fn ask_here<T: Pinned + 'static>(
+    generation: &Arc<T>,
+    room: usize,
+    question: impl FnOnce(*mut c_void),
+) -> Asked {
+    let Some(call) = InlineCall::begin(generation, room) else {
+        // No slot on this thread (or a call from inside another): a table
+        // handle, pinning the generation.
+        let (pending, answer) = PendingReply::new();
+        question(
+            pending
+                .holding(Arc::clone(generation) as Arc<dyn Pinned>)
+                .leaving_room(room)
+                .into_handle(),
+        );
+        let answer = Answer::Awaited(answer);
+        return Asked { answer };
+    };
+    question(call.handle());
+    let answer = match call.end() {
+        Some(Ended::Answered(done)) => Answer::Given(Some(done)),
+        Some(Ended::Later(answer)) => Answer::Awaited(answer),
+        None => Answer::Given(None),
+    };
     Asked { answer }
 }
 
@@ -158,16 +204,31 @@ mod tests {
     use super::*;
     use action_api::abi::ByteView;
 
-    /// Completes `pending` as a plugin would, through its handle.
-    fn complete(pending: PendingReply, status: u32, body: &[u8]) {
-        let handle = pending.into_handle();
-        // SAFETY: the handle was just made by `into_handle` and is
-        // completed once; the body outlives the call.
+    /// A generation as a reply's pin sees it.
+    #[derive(Debug)]
+    struct TestGeneration;
+
+    impl Pinned for TestGeneration {
+        fn image(&self) -> &std::path::Path {
+            std::path::Path::new("/nonexistent/invoke-test.so")
+        }
+    }
+
+    /// Completes `handle` as a plugin would.
+    fn complete_handle(handle: *mut c_void, status: u32, body: &[u8]) {
+        // SAFETY: the handle is completed once; the body outlives the call.
         unsafe { super::super::replies::complete_call(handle, status, ByteView::of(body)) };
     }
 
+    /// Completes `pending` as a plugin would, through its table handle.
+    fn complete(pending: PendingReply, status: u32, body: &[u8]) {
+        complete_handle(pending.into_handle(), status, body);
+    }
+
     fn completing(status: u32, body: &[u8]) -> Asked {
-        ask_here(|pending| complete(pending, status, body))
+        ask_here(&Arc::new(TestGeneration), 0, |handle| {
+            complete_handle(handle, status, body)
+        })
     }
 
     #[test]
@@ -178,9 +239,8 @@ mod tests {
                 .map(|a| a.ok().map(|a| (a.body, a.serialized))),
             Some(Some((b"{\"a\":1}".to_vec(), false)))
         );
-        let serialized = ask_here(|pending| {
-            let handle = pending.into_handle();
-            // SAFETY: as in `complete`.
+        let serialized = ask_here(&Arc::new(TestGeneration), 0, |handle| {
+            // SAFETY: as in `complete_handle`.
             unsafe { super::super::replies::complete_serialized(handle, ByteView::of(b"[1]")) };
         })
         .now()
@@ -207,14 +267,15 @@ mod tests {
 
     #[test]
     fn a_success_comes_after_the_room_asked_for_and_a_refusal_as_it_is() {
-        let answered = ask_here(|pending| complete(pending.leaving_room(5), status::OK, b"[1]"))
+        let generation = Arc::new(TestGeneration);
+        let answered = ask_here(&generation, 5, |h| complete_handle(h, status::OK, b"[1]"))
             .now()
             .and_then(Result::ok);
         let body = answered.map(|a| a.body).unwrap_or_default();
         assert_eq!(body, b"     [1]".to_vec());
         assert_eq!(body.capacity(), 5 + 3 + 1, "one byte to spare, no more");
-        let refused = ask_here(|pending| {
-            complete(pending.leaving_room(5), status::ACTION_ERROR, b"{}");
+        let refused = ask_here(&generation, 5, |h| {
+            complete_handle(h, status::ACTION_ERROR, b"{}")
         })
         .now()
         .and_then(Result::err);
@@ -222,8 +283,59 @@ mod tests {
     }
 
     #[test]
+    fn a_call_from_inside_another_takes_a_table_handle_and_is_answered_alike() {
+        let generation = Arc::new(TestGeneration);
+        let mut inner = None;
+        let mut outer = ask_here(&generation, 1, |outer| {
+            // As `LoadedPlugin` calls a plugin: pins released inside are
+            // dropped as the outermost call returns.
+            let _inside = super::super::replies::InPlugin::enter();
+            let mut asked = ask_here(&generation, 2, |h| {
+                assert_eq!(
+                    h as usize & super::super::inline_reply::SLOT_HANDLE,
+                    0,
+                    "not a slot handle"
+                );
+                complete_handle(h, status::OK, b"[2]");
+            });
+            inner = asked.now().and_then(Result::ok).map(|a| a.body);
+            complete_handle(outer, status::OK, b"[1]");
+        });
+        assert_eq!(inner, Some(b"  [2]".to_vec()));
+        let outer = outer.now().and_then(Result::ok).map(|a| a.body);
+        assert_eq!(outer, Some(b" [1]".to_vec()));
+        assert_eq!(Arc::strong_count(&generation), 1, "no pin kept");
+    }
+
+    #[tokio::test]
+    async fn an_inline_action_that_answers_later_is_awaited_with_its_generation_pinned() {
+        let generation = Arc::new(TestGeneration);
+        let mut kept = None;
+        let mut asked = ask_here(&generation, 0, |h| kept = Some(h as usize));
+        assert!(asked.now().is_none(), "no answer yet");
+        assert_eq!(Arc::strong_count(&generation), 2, "pinned while it waits");
+        let handle = kept.expect("the plugin kept its handle");
+        std::thread::spawn(move || complete_handle(handle as *mut c_void, status::OK, b"[3]"))
+            .join()
+            .expect("the answering thread");
+        let answered = asked.answer(Duration::from_secs(30)).await;
+        assert_eq!(answered.ok().map(|a| a.body), Some(b"[3]".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn an_inline_action_that_never_answers_times_out() {
+        let asked = ask_here(&Arc::new(TestGeneration), 0, |_kept| {});
+        let waited = asked.answer(Duration::from_millis(20)).await;
+        assert!(matches!(waited, Err(PluginFault::TimedOut(_))));
+    }
+
+    #[test]
     fn a_reply_dropped_unanswered_reads_as_not_asked() {
-        let mut asked = ask_here(drop);
+        let (pending, answer) = PendingReply::new();
+        drop(pending);
+        let mut asked = Asked {
+            answer: Answer::Awaited(answer),
+        };
         assert!(matches!(asked.now(), Some(Err(PluginFault::NotAsked))));
     }
 

@@ -17,6 +17,7 @@
 //!   as glibc's own thread-local destructors do) until it exits, so the
 //!   image is unmapped only after the thread has left it.
 
+use super::inline_reply;
 use action_api::abi::ByteView;
 use sharded_slab::Slab;
 use std::cell::{Cell, RefCell};
@@ -54,8 +55,19 @@ pub(crate) struct PendingReply {
     room: usize,
 }
 
-/// Every reply handle a plugin holds now.
-static HANDLES: LazyLock<Slab<PendingReply>> = LazyLock::new(Slab::new);
+/// The handle table's shape: sharded_slab's defaults, with the keys' two
+/// top bits kept clear, so that a table handle (a key plus one) never has
+/// the top bit every slot handle has ([`inline_reply::SLOT_HANDLE`]).
+struct TableShape;
+
+impl sharded_slab::Config for TableShape {
+    const RESERVED_BITS: usize = 2;
+}
+
+/// Every reply handle a plugin holds now, except those of inline calls in
+/// their thread's slot ([`super::inline_reply`]).
+static HANDLES: LazyLock<Slab<PendingReply, TableShape>> =
+    LazyLock::new(Slab::new_with_config::<TableShape>);
 
 impl PendingReply {
     /// A pending reply and the receiver its completion arrives on.
@@ -128,36 +140,56 @@ unsafe fn finish(reply: *mut c_void, status: u32, body: ByteView, serialized: bo
         return;
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        let Some(mut pending) = HANDLES.take((reply as usize) - 1) else {
-            tracing::error!(
-                target: "plugin",
-                "a plugin completed a call twice, or with a handle it was never given; ignored"
-            );
-            return;
-        };
-        // SAFETY: the plugin passes bytes that live for this call; we copy,
-        // a success after the room its caller asked for.
+        // SAFETY: the plugin passes bytes that live for this call; they
+        // are copied before it returns.
         let body = unsafe { body.as_slice() };
-        let body = if status == action_api::abi::status::OK && pending.room > 0 {
-            let mut copy = Vec::with_capacity(pending.room + body.len() + 1);
-            copy.resize(pending.room, b' ');
-            copy.extend_from_slice(body);
-            copy
-        } else {
-            body.to_vec()
-        };
-        let pin = pending.generation.take();
-        // The receiver is gone when the caller stopped waiting (deadline
-        // passed, connection closed): the late answer is dropped.
-        let _ = pending.tx.send(Completion {
-            status,
-            body,
-            serialized,
-        });
-        if let Some(pin) = pin {
-            park(pin);
+        let handle = reply as usize;
+        if handle & inline_reply::SLOT_HANDLE != 0 {
+            inline_reply::complete(handle, status, body, serialized);
+            return;
+        }
+        match HANDLES.take(handle - 1) {
+            Some(pending) => deliver(pending, status, body, serialized),
+            None => refuse_unknown_handle(),
         }
     }));
+}
+
+/// Logs a completion whose handle names no call waiting for one.
+pub(super) fn refuse_unknown_handle() {
+    tracing::error!(
+        target: "plugin",
+        "a plugin completed a call twice, or with a handle it was never given; ignored"
+    );
+}
+
+/// A body as its caller gets it: a success after the room it asked for
+/// (see [`PendingReply::leaving_room`]), anything else as it is.
+pub(super) fn body_after_room(status: u32, body: &[u8], room: usize) -> Vec<u8> {
+    if status == action_api::abi::status::OK && room > 0 {
+        let mut copy = Vec::with_capacity(room + body.len() + 1);
+        copy.resize(room, b' ');
+        copy.extend_from_slice(body);
+        copy
+    } else {
+        body.to_vec()
+    }
+}
+
+/// Hands an answer to whoever waits for `pending`, and lets its pin go.
+pub(super) fn deliver(mut pending: PendingReply, status: u32, body: &[u8], serialized: bool) {
+    let body = body_after_room(status, body, pending.room);
+    let pin = pending.generation.take();
+    // The receiver is gone when the caller stopped waiting (deadline
+    // passed, connection closed): the late answer is dropped.
+    let _ = pending.tx.send(Completion {
+        status,
+        body,
+        serialized,
+    });
+    if let Some(pin) = pin {
+        park(pin);
+    }
 }
 
 thread_local! {
@@ -189,7 +221,7 @@ enum ImageHold {
 }
 
 /// Keeps a released pin until no plugin frame of this thread can need it.
-fn park(pin: Arc<dyn Pinned>) {
+pub(super) fn park(pin: Arc<dyn Pinned>) {
     if IN_PLUGIN.with(Cell::get) > 0 {
         DEFERRED.with(|deferred| deferred.borrow_mut().push(pin));
         return;

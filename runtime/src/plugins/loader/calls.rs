@@ -61,15 +61,34 @@ impl LoadedPlugin {
     /// through `reply`. Blocks for as long as the plugin's `call` runs:
     /// call it from a thread that may block.
     pub(crate) fn call(self: &Arc<Self>, index: usize, call: &CallArgs<'_>, reply: PendingReply) {
+        let reply = reply
+            .holding(Arc::clone(self) as Arc<dyn Pinned>)
+            .into_handle();
+        self.start(index, call, reply);
+    }
+
+    /// Runs action number `index` for a caller right here (an action its
+    /// author marked inline), leaving `room` before a success's body (see
+    /// [`PendingReply::leaving_room`]). The answer is usually there when
+    /// this returns; an inline action may still answer later.
+    pub(crate) fn call_inline(
+        self: &Arc<Self>,
+        index: usize,
+        call: &CallArgs<'_>,
+        room: usize,
+    ) -> Asked {
+        invoke::ask_here(self, room, |reply| self.start(index, call, reply))
+    }
+
+    /// Calls action number `index` with the reply handle `reply`.
+    fn start(&self, index: usize, call: &CallArgs<'_>, reply: *mut c_void) {
         let view = |s: Option<&str>| s.map_or(ByteView::ABSENT, |s| ByteView::of(s.as_bytes()));
         let info = CallInfo {
             size: std::mem::size_of::<CallInfo>() as u32,
             params: ByteView::of(call.params.as_bytes()),
             conn_id: call.conn_id,
             user: view(call.user),
-            reply: reply
-                .holding(Arc::clone(self) as Arc<dyn Pinned>)
-                .into_handle(),
+            reply,
             scopes: view(call.scopes),
             conn_data: view(call.conn_data),
         };

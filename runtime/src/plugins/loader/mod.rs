@@ -16,6 +16,7 @@ pub use image::{Dlopen, Loader, OpenImage, Opened};
 
 use super::context::PluginLogContext;
 use super::host::host_table;
+use super::invoke::{self, Asked};
 pub use super::load_error::{ActionMeta, LoadError};
 use super::replies::Pinned;
 use super::replies::{InPlugin, PendingReply};

@@ -14,7 +14,7 @@ use crate::auth::Identity;
 use crate::lifecycle;
 use crate::metrics::ActionMetrics;
 use crate::plugins::ActionEntry;
-use crate::plugins::invoke::{self, Answered, PluginFault, Thread, invoke};
+use crate::plugins::invoke::{Answered, PluginFault, Thread, invoke};
 use crate::plugins::loader::CallArgs;
 use crate::rpc::builtins::Builtin;
 use crate::rpc::error::{ErrorCode, RpcError};
@@ -343,11 +343,7 @@ fn run_inline(
     let params = params.map_or("null", |p| p.get());
     let args = call_args(params, conn_id, identity);
     let room = reply_room(id);
-    let mut asked = invoke::ask_here(|pending| {
-        entry
-            .plugin
-            .call(entry.index, &args, pending.leaving_room(room));
-    });
+    let mut asked = entry.plugin.call_inline(entry.index, &args, room);
     match asked.now() {
         Some(answer) => {
             let outcome = interpret(entry, answer);

@@ -27,6 +27,10 @@
 //!   thread is started when the plugin is loaded, not by the action (see
 //!   `LATER`), so answering later does not keep this image mapped after it
 //!   retires; the shutdown hook stops it.
+//! - `probe/later-inline`: the same, marked inline: the call is put to the
+//!   plugin on the server's worker thread, which returns before the
+//!   answer comes (the host moves the call's reply out of that thread's
+//!   slot).
 //! - `probe/live`: `{"allocations", "bytes"}` live in this copy's heap (see
 //!   below), read at the start of the call, before it allocates its result,
 //!   once the `probe/later` thread has finished every answer it was given.
@@ -458,6 +462,11 @@ fn plugin() -> Plugin {
         .action(Action::new("probe/listen", listen).public())
         .action(Action::new("probe/fail", fail).public())
         .action(Action::deferred("probe/later", later).public())
+        .action(
+            Action::deferred("probe/later-inline", later)
+                .public()
+                .inline(),
+        )
         .action(Action::new("probe/live", live).public())
         .keep_state(save, restore)
         .on_shutdown(shutdown)
