@@ -34,6 +34,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
 
     pub(super) async fn flush(&mut self) -> Next {
         self.unflushed = 0;
+        // The calls these replies answer are counted before they go out.
+        crate::metrics::flush_thread_tally();
         let outcome = bounded(self.ws.flush(), self.write_timeout, &self.kick).await;
         self.after_write(outcome)
     }

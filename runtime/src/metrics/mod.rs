@@ -10,10 +10,17 @@
 //! rooms and members, generations by state, queue overflows, admin
 //! refusals.
 //!
+//! Successful calls are counted per thread and added in bursts (`tally`):
+//! no lock and no atomic operation per call.
+//!
 //! Labels are bounded: an `action` is a path of a plugin that was loaded
 //! (or a built-in, or `unknown`); an outcome is `ok`, a protocol code or
 //! `action_error`; no label ever holds a room name, a user or a client's
 //! method name.
+
+mod tally;
+
+pub use tally::{Latency, flush_thread_tally};
 
 use crate::rpc::error::ErrorCode;
 use crate::state::ServerState;
@@ -27,12 +34,6 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
-
-/// Call latency buckets, in seconds: 50 µs to 10 s.
-const CALL_BUCKETS: [f64; 14] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
-    10.0,
-];
 
 /// Reload step buckets, in seconds: 100 µs to 30 s.
 const RELOAD_BUCKETS: [f64; 11] = [
@@ -104,30 +105,24 @@ struct StateLabels {
     state: &'static str,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn call_histogram() -> Histogram {
-    Histogram::new(CALL_BUCKETS)
-}
-
 /// One action's handles: counted on every call without a lookup.
 #[derive(Debug, Clone)]
 pub struct ActionMetrics {
     name: ActionName,
     ok: Counter,
-    latency: Histogram,
+    latency: Latency,
 }
 
 impl ActionMetrics {
     /// Counts one call that took `elapsed`, ok or failed with `code`
-    /// (`None`: the action's own error).
+    /// (`None`: the action's own error). A success is counted in the
+    /// thread's tally first, and reaches the shared metrics before its
+    /// reply's burst is flushed to the socket (see `tally`).
     pub fn record(&self, elapsed: Duration, outcome: Result<(), Option<ErrorCode>>) {
-        self.latency.observe(elapsed.as_secs_f64());
         match outcome {
-            Ok(()) => {
-                self.ok.inc();
-            }
+            Ok(()) => tally::count_success(&self.ok, &self.latency, elapsed),
             Err(code) => {
+                self.latency.observe(elapsed);
                 global()
                     .calls
                     .get_or_create(&CallLabels {
@@ -149,7 +144,7 @@ pub struct Metrics {
     connections_dropped: Counter,
     connections_closed_by_client: Counter,
     calls: Family<CallLabels, Counter>,
-    call_seconds: HistogramFamily<ActionLabels>,
+    call_seconds: Family<ActionLabels, Latency>,
     actions: Mutex<HashMap<Arc<str>, ActionMetrics>>,
     /// The built-ins' handles, then `unknown`'s.
     builtins: std::sync::OnceLock<Vec<(&'static str, ActionMetrics)>>,
@@ -180,7 +175,7 @@ impl Metrics {
             connections_dropped: Counter::default(),
             connections_closed_by_client: Counter::default(),
             calls: Family::default(),
-            call_seconds: Family::new_with_constructor(call_histogram),
+            call_seconds: Family::default(),
             actions: Mutex::new(HashMap::new()),
             builtins: std::sync::OnceLock::new(),
             publishes: Counter::default(),
