@@ -319,7 +319,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
                 tokio::select! {
                     biased;
                     received = self.replies_rx.recv_or_nudge() => match received {
-                        queue::Received::Item(first) => Box::pin(self.write_burst(first)).await,
+                        queue::Received::Item(first) => match self.write_burst_now(first) {
+                            Ok(next) => next,
+                            Err(first) => Box::pin(self.write_burst(first)).await,
+                        },
                         queue::Received::Nudged => self.signalled(shutdown),
                         // The task holds a sender until the loop ends.
                         queue::Received::Ended => Next::Stop("the outbound queue ended"),

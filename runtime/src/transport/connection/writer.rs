@@ -74,6 +74,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         next
     }
 
+    /// Buffers `first` and whatever else is queued at once, without
+    /// awaiting, while the socket's sink takes frames without waiting (as
+    /// it does unless a write is stalled); the flush comes later. A frame
+    /// the sink would not take now is handed back, for
+    /// [`write_burst`](Self::write_burst) to write, waiting as it must.
+    pub(super) fn write_burst_now(&mut self, first: Outgoing) -> Result<Next, Outgoing> {
+        let mut frame = first;
+        loop {
+            if !self.sink_ready_now() {
+                return Err(frame);
+            }
+            let text = self.dequeued(frame);
+            self.unflushed += 1;
+            if let Err(e) = Pin::new(&mut self.ws).start_send(Message::Text(text)) {
+                return Ok(self.after_write(Bounded::Done(Err(e))));
+            }
+            if self.unflushed >= MAX_FRAMES_PER_FLUSH {
+                return Ok(Next::Continue);
+            }
+            match self.replies_rx.try_recv() {
+                Ok(next) => frame = next,
+                Err(_) => return Ok(Next::Continue),
+            }
+        }
+    }
+
     /// Writes a reply that is ready now, after every frame already queued:
     /// a client that gets its `rpc.leave` answer must not then see a
     /// message of that room that was queued before it.
