@@ -4,10 +4,11 @@
 //! (its outcome counter and its latency histogram's buckets) for the few
 //! actions the thread answered last. The tally is added to the shared
 //! metrics in one go when a connection flushes its replies to the socket
-//! ([`flush_thread_tally`]), when it holds [`MAX_PENDING`] calls, when a
-//! fifth action makes the one counted least recently go, and when the
-//! thread exits: so a scrape sees a call once its reply's burst has been
-//! flushed.
+//! ([`flush_thread_tally`]), when the thread's runtime worker goes idle
+//! (the server's runtime calls it on park), when the tally holds
+//! [`MAX_PENDING`] calls, when a fifth action makes the one that entered
+//! first go, and when the thread exits. So a count waits at most until
+//! its thread next flushes a connection, goes idle or counts 256 more.
 //!
 //! [`Latency`] is the shared histogram itself: atomic buckets, in
 //! nanoseconds, that take a whole tally at once, encoded as a Prometheus
@@ -170,7 +171,7 @@ impl Tally {
             Some(index) => index,
             None => {
                 if self.actions.len() == ACTIONS_PER_TALLY {
-                    // The action counted least recently makes room.
+                    // The action that entered first makes room.
                     self.actions.remove(0).add_to_shared();
                 }
                 self.actions.push(Pending {
@@ -226,7 +227,9 @@ pub(super) fn count_success(ok: &Counter, latency: &Latency, elapsed: Duration) 
 }
 
 /// Adds this thread's tally to the shared metrics: called before a
-/// connection's replies are flushed to its socket.
+/// connection's replies are flushed to its socket, and when a runtime
+/// worker goes idle (a program that runs the server on a runtime of its
+/// own passes this to `tokio::runtime::Builder::on_thread_park`).
 pub fn flush_thread_tally() {
     let _ = TALLY.try_with(|tally| {
         if let Ok(mut tally) = tally.try_borrow_mut()
@@ -287,7 +290,7 @@ mod tests {
         for (ok, latency) in &actions {
             count_success(ok, latency, micros(10));
         }
-        assert_eq!(actions[0].0.get(), 1, "the least recent made room");
+        assert_eq!(actions[0].0.get(), 1, "the first in made room");
         assert_eq!(actions[4].0.get(), 0);
         flush_thread_tally();
         assert!(

@@ -147,6 +147,7 @@ impl OwnedSlot {
 
 impl Drop for OwnedSlot {
     fn drop(&mut self) {
+        let _ = MY_INDEX.try_with(|mine| mine.set(NO_SLOT));
         if let Some(index) = self.0 {
             RETURNED
                 .lock()
@@ -157,12 +158,32 @@ impl Drop for OwnedSlot {
 }
 
 thread_local! {
+    /// This thread's claim, made the first time it runs an inline call.
     static MINE: OwnedSlot = OwnedSlot::claim();
+    /// The index of the slot this thread claimed (`NO_SLOT` before it
+    /// claimed one, or if none was free): read without claiming, so a
+    /// thread that only completes calls (one of a plugin's) takes none.
+    static MY_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(NO_SLOT) };
 }
 
-/// This thread's slot, if it has one.
-fn my_slot() -> Option<usize> {
-    MINE.try_with(|slot| slot.0).ok().flatten()
+/// No slot claimed.
+const NO_SLOT: usize = usize::MAX;
+
+/// This thread's slot, claimed now if it has none yet (`None` if every
+/// slot is taken, or the thread is exiting).
+fn claim_my_slot() -> Option<usize> {
+    let index = MY_INDEX.with(std::cell::Cell::get);
+    if index != NO_SLOT {
+        return Some(index);
+    }
+    let claimed = MINE.try_with(|slot| slot.0).ok().flatten()?;
+    MY_INDEX.with(|mine| mine.set(claimed));
+    Some(claimed)
+}
+
+/// Whether this thread owns slot `index` (claims nothing).
+fn is_my_slot(index: usize) -> bool {
+    MY_INDEX.with(std::cell::Cell::get) == index
 }
 
 /// A call in this thread's slot, from just before the plugin is called
@@ -188,14 +209,32 @@ pub(crate) enum Ended {
 
 impl<'a> InlineCall<'a> {
     /// Puts a call to `generation` in this thread's slot, leaving `room`
-    /// before a success's body. `None` when the thread has no slot, or its
-    /// slot holds a call already (a call made from inside another): then
-    /// the call takes a table handle.
-    pub(crate) fn begin<T: Pinned + 'static>(
+    /// before a success's body, and asks `question` (which hands the
+    /// plugin the handle it is given) while it is there; then takes the
+    /// answer, or moves the handle to the map of calls answered later
+    /// (`None` only if the answer vanished, which nothing does). `question`
+    /// comes back unasked when the thread has no slot, or its slot holds
+    /// a call already (a call made from inside another): then the call
+    /// takes a table handle.
+    ///
+    /// A closure, not a guard the caller holds: the slot must never
+    /// outlive the borrow of `generation` it keeps (as a forgotten guard
+    /// would).
+    pub(crate) fn run<T: Pinned + 'static, Q: FnOnce(*mut c_void)>(
         generation: &'a Arc<T>,
         room: usize,
-    ) -> Option<InlineCall<'a>> {
-        let index = my_slot()?;
+        question: Q,
+    ) -> Result<Option<Ended>, Q> {
+        let Some(call) = InlineCall::begin(generation, room) else {
+            return Err(question);
+        };
+        // Unwinding out of `question` frees the slot too (`Drop`).
+        question(call.handle());
+        Ok(call.end())
+    }
+
+    fn begin<T: Pinned + 'static>(generation: &'a Arc<T>, room: usize) -> Option<InlineCall<'a>> {
+        let index = claim_my_slot()?;
         let slot = TABLE.get(index)?;
         // Only this thread moves the slot out of `IDLE`.
         let now = slot.state.load(Ordering::Relaxed);
@@ -220,13 +259,13 @@ impl<'a> InlineCall<'a> {
     }
 
     /// The handle to give the plugin.
-    pub(crate) fn handle(&self) -> *mut c_void {
+    fn handle(&self) -> *mut c_void {
         (SLOT_HANDLE | (self.index << INDEX_SHIFT) | self.seq as usize) as *mut c_void
     }
 
     /// Takes the answer, or moves the handle to the map of handles answered
     /// later. Call it once the plugin has returned.
-    pub(crate) fn end(mut self) -> Option<Ended> {
+    fn end(mut self) -> Option<Ended> {
         self.ended = true;
         self.settle()
     }
@@ -256,7 +295,12 @@ impl<'a> InlineCall<'a> {
                         .holding(self.generation.pin())
                         .leaving_room(*slot.room.get())
                 };
-                later.insert(self.handle() as usize, pending);
+                let replaced = later.insert(self.handle() as usize, pending);
+                drop(later);
+                // Never there (a sequence number names one call), and
+                // dropped outside the lock if it were: its pin's drop may
+                // run a shutdown hook that completes calls.
+                drop(replaced);
                 return Some(Ended::Later(answer));
             }
         }
@@ -287,6 +331,22 @@ impl Drop for InlineCall<'_> {
     }
 }
 
+/// A completion's claim on a slot: stores `DONE` when it ends, so the
+/// caller never waits for a completion that panicked (it then finds no
+/// answer, and the call ends as not asked).
+struct Completing<'s> {
+    slot: &'s Slot,
+    seq: u64,
+}
+
+impl Drop for Completing<'_> {
+    fn drop(&mut self) {
+        self.slot
+            .state
+            .store(state(self.seq, DONE), Ordering::Release);
+    }
+}
+
 /// Completes the call a slot handle names, from any thread; a handle that
 /// names no call waiting is refused with a log line.
 pub(crate) fn complete(handle: usize, status: u32, body: &[u8], serialized: bool) {
@@ -303,6 +363,9 @@ pub(crate) fn complete(handle: usize, status: u32, body: &[u8], serialized: bool
             )
             .is_ok()
     {
+        // `DONE` is stored whatever happens from here (a panic included),
+        // or the caller would wait for ever.
+        let completing = Completing { slot, seq };
         // SAFETY: winning the exchange gave this thread the cells, and the
         // caller keeps the generation borrowed until it sees `DONE`.
         let (room, generation) = unsafe { (*slot.room.get(), *slot.generation.get()) };
@@ -313,7 +376,7 @@ pub(crate) fn complete(handle: usize, status: u32, body: &[u8], serialized: bool
         };
         // Completed from another thread: that thread may still be in the
         // plugin's code once the caller has let the generation go.
-        let pin = if my_slot() == Some(index) {
+        let pin = if is_my_slot(index) {
             None
         } else {
             // SAFETY: as above.
@@ -321,7 +384,7 @@ pub(crate) fn complete(handle: usize, status: u32, body: &[u8], serialized: bool
         };
         // SAFETY: as above.
         unsafe { *slot.answer.get() = Some(answer) };
-        slot.state.store(state(seq, DONE), Ordering::Release);
+        drop(completing);
         if let Some(pin) = pin {
             park(pin);
         }
@@ -397,6 +460,44 @@ mod tests {
         assert!(InlineCall::begin(&generation, 0).is_none());
         complete(outer.handle() as usize, 0, b"1", false);
         assert!(answered(outer.end()).is_some());
+    }
+
+    #[test]
+    fn a_completion_that_fails_midway_leaves_the_caller_no_answer_not_a_hang() {
+        let generation = generation();
+        let call = InlineCall::begin(&generation, 0).expect("a slot");
+        let slot = &TABLE[call.index];
+        let seq = call.seq;
+        // What `complete` does before it could fail: claim the slot.
+        assert!(
+            slot.state
+                .compare_exchange(
+                    state(seq, ACTIVE),
+                    state(seq, COMPLETING),
+                    Ordering::Acquire,
+                    Ordering::Relaxed
+                )
+                .is_ok()
+        );
+        drop(Completing { slot, seq });
+        assert!(call.end().is_none(), "ended, with no answer");
+        // The slot serves the next call.
+        let asked = InlineCall::run(&generation, 0, |h| complete(h as usize, 0, b"1", false));
+        assert!(matches!(asked, Ok(Some(Ended::Answered(_)))));
+    }
+
+    #[test]
+    fn a_question_with_no_slot_to_use_comes_back_unasked() {
+        let generation = generation();
+        let mut inner_came_back = false;
+        let outer = InlineCall::run(&generation, 0, |outer| {
+            let inner = InlineCall::run(&generation, 0, |_| unreachable!("not asked here"));
+            inner_came_back = inner.is_err();
+            complete(outer as usize, 0, b"1", false);
+        });
+        assert!(matches!(outer, Ok(Some(Ended::Answered(_)))));
+        drop(outer);
+        assert!(inner_came_back);
     }
 
     #[tokio::test]

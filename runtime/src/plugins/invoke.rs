@@ -158,25 +158,31 @@ pub(crate) fn ask_here<T: Pinned + 'static>(
     room: usize,
     question: impl FnOnce(*mut c_void),
 ) -> Asked {
-    let Some(call) = InlineCall::begin(generation, room) else {
-        // No slot on this thread (or a call from inside another): a table
-        // handle, pinning the generation.
-        let (pending, answer) = PendingReply::new();
-        question(
-            pending
-                .holding(Arc::clone(generation) as Arc<dyn Pinned>)
-                .leaving_room(room)
-                .into_handle(),
-        );
-        let answer = Answer::Awaited(answer);
-        return Asked { answer };
+    let question = match InlineCall::run(generation, room, question) {
+        Ok(Some(Ended::Answered(done))) => {
+            let answer = Answer::Given(Some(done));
+            return Asked { answer };
+        }
+        Ok(Some(Ended::Later(answer))) => {
+            let answer = Answer::Awaited(answer);
+            return Asked { answer };
+        }
+        Ok(None) => {
+            let answer = Answer::Given(None);
+            return Asked { answer };
+        }
+        Err(question) => question,
     };
-    question(call.handle());
-    let answer = match call.end() {
-        Some(Ended::Answered(done)) => Answer::Given(Some(done)),
-        Some(Ended::Later(answer)) => Answer::Awaited(answer),
-        None => Answer::Given(None),
-    };
+    // No slot on this thread (or a call from inside another): a table
+    // handle, pinning the generation.
+    let (pending, answer) = PendingReply::new();
+    question(
+        pending
+            .holding(Arc::clone(generation) as Arc<dyn Pinned>)
+            .leaving_room(room)
+            .into_handle(),
+    );
+    let answer = Answer::Awaited(answer);
     Asked { answer }
 }
 

@@ -3,7 +3,8 @@
 //! run.
 //!
 //! - A handle is a generation-checked key in a host-side table
-//!   (`sharded_slab`), never a pointer the plugin could free twice: a
+//!   (`sharded_slab`), or for an inline call a slot and sequence number
+//!   (`inline_reply`), never a pointer the plugin could free twice: a
 //!   second completion, or one with a made-up handle, finds nothing and is
 //!   refused with a log line.
 //! - The generation a call runs on is pinned until the plugin completes it

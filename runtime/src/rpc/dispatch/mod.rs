@@ -329,7 +329,7 @@ fn deliver_answer(state: &ServerState, session: &Session, envelope: &Envelope<'_
 
 /// Runs an action its author marked inline (it never blocks and finishes
 /// in microseconds) right here on the connection's task: no task, no
-/// thread hand-off, no slot. If the plugin answers later after all, the
+/// thread hand-off, no call slot. If the plugin answers later after all, the
 /// answer is awaited under the action's deadline like any other.
 fn run_inline(
     entry: &Arc<ActionEntry>,
