@@ -46,9 +46,18 @@ pub(crate) async fn run(
 ) -> anyhow::Result<ConnsReport> {
     let before = pid.and_then(rss_kib);
     let started = std::time::Instant::now();
-    let mut sockets = Vec::with_capacity(count);
+    // Each connection is read by a task of its own from the moment it is
+    // open, so that the server's heartbeat pings get their pongs
+    // (tungstenite answers a ping as it reads it): a connection that never
+    // reads is one the server rightly drops after `ping_interval_ms` plus
+    // `pong_timeout_ms`, however long opening the rest takes.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut readers = Vec::with_capacity(count);
     for n in 0..count {
-        sockets.push(target.connect(n).await?);
+        readers.push(tokio::spawn(answer_heartbeats(
+            target.connect(n).await?,
+            stop.clone(),
+        )));
         if n % 1000 == 999 {
             eprint!("\rconns: {} open", n + 1);
         }
@@ -61,18 +70,25 @@ pub(crate) async fn run(
         (Some(b), Some(a)) if count > 0 => Some(a.saturating_sub(b) * 1024 / count as u64),
         _ => None,
     };
-    let alive_after_hold = match hold {
-        Some(hold) => {
-            eprintln!(
-                "conns: holding {count} for {}",
-                humantime::format_duration(hold)
-            );
-            tokio::time::sleep(hold).await;
-            Some(count_answering(&mut sockets).await)
+    if let Some(hold) = hold {
+        eprintln!(
+            "conns: holding {count} for {}",
+            humantime::format_duration(hold)
+        );
+        tokio::time::sleep(hold).await;
+    }
+    stop.cancel();
+    let mut sockets = Vec::with_capacity(count);
+    for reader in readers {
+        // A reader that panicked loses its connection: it counts as dead.
+        if let Ok(socket) = reader.await {
+            sockets.push(socket);
         }
+    }
+    let alive_after_hold = match hold {
+        Some(_) => Some(count_answering(&mut sockets).await),
         None => None,
     };
-    drop(sockets);
     Ok(ConnsReport {
         connections: count,
         rss_before_kib: before,
@@ -81,6 +97,29 @@ pub(crate) async fn run(
         open_secs,
         alive_after_hold,
     })
+}
+
+/// Reads `socket` until `stop`, dropping what comes (pushes; pings are
+/// answered by tungstenite as it reads them), then gives it back. A
+/// connection that ended is given back as it is, for [`count_answering`]
+/// to find.
+async fn answer_heartbeats(
+    mut socket: BenchSocket,
+    stop: tokio_util::sync::CancellationToken,
+) -> BenchSocket {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            received = socket.next() => {
+                if !matches!(received, Some(Ok(_))) {
+                    // Ended: nothing more to read.
+                    stop.cancelled().await;
+                    break;
+                }
+            }
+        }
+    }
+    socket
 }
 
 /// Pings every connection (all sent before any answer is read) and counts
