@@ -109,7 +109,9 @@ async fn a_preflight_starved_on_a_saturated_core_runs_again_at_normal_priority_a
             .plugin_file(PROBE, &v1)
             .start();
         let mut control = control(&server).await;
-        let mut client = server.connect().await;
+        // Signed in: an anonymous connection is closed after auth_timeout_ms
+        // (10 s), which a reload on a saturated core may outlast.
+        let mut client = server.connect_as("priority").await;
         assert_eq!(identity(&mut client).await["version"], "priority-1");
 
         let cpu = a_cpu();
