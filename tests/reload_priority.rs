@@ -20,9 +20,9 @@ const PROBE: &str = "libprobe.so";
 const BACKTRACE_MODES: [Option<&str>; 2] = [None, Some("1")];
 
 /// How many busy loops saturate the CPU: at nice 19 a check gets about
-/// 15/(4 x 1024 + 15) of it, under 0.4%, so the tens of milliseconds of
-/// CPU its constructor takes (see [`variant`]) cannot finish inside the
-/// 500 ms grace.
+/// 15/(4 x 1024 + 15) of it, under 0.4%, so the 10-200 ms of CPU its
+/// constructor takes (see [`variant`]) cannot finish inside the 500 ms
+/// grace.
 const SPINNERS: usize = 4;
 
 /// The most the server may take to notice a starved check: the 500 ms
@@ -30,9 +30,11 @@ const SPINNERS: usize = 4;
 /// Without the bound, checks waited over 20 s.
 const NOTICED_WITHIN_MS: u64 = 5_000;
 
-/// A build of the probe whose constructor computes for tens of
-/// milliseconds (`PROBE_CTOR=busy`), so a check of it needs the CPU
-/// for longer than a starved one gets in the grace.
+/// A build of the probe whose constructor computes for 10 ms (release)
+/// to 200 ms (debug) (`PROBE_CTOR=busy`), so a check of it needs the CPU
+/// for longer than a starved one gets in the grace, yet the check run
+/// again at normal priority, a sixth of the core, ends in about a second
+/// (with 50 ms it took 5 s, and over the 20 s wait on a busy CI machine).
 fn variant(version: &str) -> PathBuf {
     probe_variant(
         version,
