@@ -411,6 +411,49 @@ async fn calls_past_the_connection_limit_are_shed() {
     assert_eq!(c.call("echo", json!([1])).await["result"], json!([1]));
 }
 
+/// An inline action that answers later holds the connection's call slots
+/// while its answer is awaited, so a client cannot keep unbounded calls
+/// waiting on one; past the limit it is refused at once.
+#[tokio::test]
+async fn inline_calls_answered_later_count_against_the_connection_limit() {
+    let probe = switchboard_tests::probe_variant("inflight", &[("PROBE_VERSION", "inflight")]);
+    let server = ServerConfig::default()
+        .plugins(&[])
+        .plugin_file("libprobe.so", &probe)
+        .arg("--max-inflight-per-connection")
+        .arg("2")
+        .start();
+    let mut c = server.connect_as("alice").await;
+    // The plugin's thread answers one call after another, 1.5 s each.
+    c.request(1, "probe/later-inline", json!({"ms": 1500}))
+        .await;
+    c.request(2, "probe/later-inline", json!({"ms": 1500}))
+        .await;
+    c.request(3, "probe/later-inline", json!({"ms": 1500}))
+        .await;
+    let shed = c.recv().await;
+    assert_eq!(shed["id"], 3, "{shed}");
+    assert_eq!(error_code(&shed), Some(-32006), "{shed}");
+    let message = shed["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("already has 2 calls running")
+            && message.contains("'probe/later-inline' answers later"),
+        "{message}"
+    );
+    assert_eq!(server.status()["inflight_calls"], 2);
+    // The two held are answered, and give their slots back.
+    for id in [1, 2] {
+        let reply = c.recv().await;
+        assert_eq!(reply["id"], id, "{reply}");
+        assert_eq!(reply["result"], "later from inflight", "{reply}");
+    }
+    switchboard_tests::wait_until("the slots given back", || {
+        server.status()["inflight_calls"] == 0
+    });
+    let reply = c.call("probe/later-inline", json!({})).await;
+    assert_eq!(reply["result"], "later from inflight", "{reply}");
+}
+
 #[tokio::test]
 async fn calls_past_the_server_limit_are_shed() {
     let server = ServerConfig::default()

@@ -251,9 +251,9 @@ fn dispatch_action(
     let identity = session.live_identity_at(started);
     if entry.inline {
         return run_inline(
+            (state, session),
             entry,
             identity.map(|i| &**i),
-            session.conn_id,
             envelope.params,
             (id, frame),
             clock,
@@ -329,38 +329,56 @@ fn deliver_answer(state: &ServerState, session: &Session, envelope: &Envelope<'_
 
 /// Runs an action its author marked inline (it never blocks and finishes
 /// in microseconds) right here on the connection's task: no task, no
-/// thread hand-off, no call slot. If the plugin answers later after all, the
-/// answer is awaited under the action's deadline like any other.
+/// thread hand-off, no call slot.
+///
+/// If the plugin answers later after all, the call then takes the
+/// connection's and the server's call slots, as a pool call does, and its
+/// answer is awaited under the action's deadline like any other; so a
+/// client cannot keep more such calls waiting than
+/// `max_inflight_per_connection`. Past a limit the client is refused at
+/// once, and the plugin's answer, when it comes, is dropped.
 fn run_inline(
+    (state, session): (&ServerState, &Session),
     entry: &Arc<ActionEntry>,
     identity: Option<&Identity>,
-    conn_id: u64,
     params: Option<&serde_json::value::RawValue>,
     (id, frame): (Option<&str>, FrameSource<'_>),
     clock: &mut Instant,
 ) -> Dispatched {
     let started = *clock;
     let params = params.map_or("null", |p| p.get());
-    let args = call_args(params, conn_id, identity);
+    let args = call_args(params, session.conn_id, identity);
     let room = reply_room(id);
     let mut asked = entry.plugin.call_inline(entry.index, &args, room);
-    match asked.now() {
-        Some(answer) => {
-            let outcome = interpret(entry, answer);
-            *clock = record(&entry.metrics, started, &outcome);
-            Dispatched::Ready(reply(id, outcome))
-        }
-        None => {
-            let entry = Arc::clone(entry);
-            let id = id.map(|id| frame.share(id));
-            Dispatched::Running(Box::pin(async move {
-                let answer = asked.answer(entry.timeout).await;
-                let outcome = interpret(&entry, answer);
-                record(&entry.metrics, started, &outcome);
-                reply(id.as_deref(), outcome)
-            }))
-        }
+    if let Some(answer) = asked.now() {
+        let outcome = interpret(entry, answer);
+        *clock = record(&entry.metrics, started, &outcome);
+        return Dispatched::Ready(reply(id, outcome));
     }
+    let permits = match take_permits(state, session) {
+        Ok(permits) => permits,
+        Err(error) => {
+            let error = RpcError::new(
+                error.code,
+                format!(
+                    "{} (action '{}' answers later; this call's answer will be dropped)",
+                    error.message, entry.path
+                ),
+            );
+            let outcome = Err(error.into());
+            *clock = record(&entry.metrics, started, &outcome);
+            return Dispatched::Ready(reply(id, outcome));
+        }
+    };
+    let entry = Arc::clone(entry);
+    let id = id.map(|id| frame.share(id));
+    Dispatched::Running(Box::pin(async move {
+        let answer = asked.answer(entry.timeout).await;
+        drop(permits);
+        let outcome = interpret(&entry, answer);
+        record(&entry.metrics, started, &outcome);
+        reply(id.as_deref(), outcome)
+    }))
 }
 
 /// The room to leave before a call's result for its reply's head (none
@@ -436,6 +454,25 @@ fn with_permits(
     identity: Option<Arc<Identity>>,
     report_errors: bool,
 ) -> Result<PreparedCall, RpcError> {
+    let (connection_permit, server_permit) = take_permits(state, session)?;
+    Ok(PreparedCall {
+        entry,
+        conn_id: session.conn_id,
+        identity,
+        connection_permit,
+        server_permit,
+        report_errors,
+        registry_events: None,
+        threads: state.action_threads.clone(),
+    })
+}
+
+/// The connection's and the server's call slots, or the refusal to give
+/// when either limit is reached.
+fn take_permits(
+    state: &ServerState,
+    session: &Session,
+) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), RpcError> {
     let connection_permit = Arc::clone(&session.inflight)
         .try_acquire_owned()
         .map_err(|_| {
@@ -458,16 +495,7 @@ fn with_permits(
                 ),
             )
         })?;
-    Ok(PreparedCall {
-        entry,
-        conn_id: session.conn_id,
-        identity,
-        connection_permit,
-        server_permit,
-        report_errors,
-        registry_events: None,
-        threads: state.action_threads.clone(),
-    })
+    Ok((connection_permit, server_permit))
 }
 
 impl PreparedCall {

@@ -22,8 +22,9 @@
 //! - `probe/log`: logs a line through the host.
 //! - `probe/fail`: always refuses, with code 4100 and a message (the error
 //!   path across the boundary).
-//! - `probe/later`: a deferred action: a thread of the plugin's own
-//!   answers `"later from <version>"` about a millisecond later. That
+//! - `probe/later {ms?}`: a deferred action: a thread of the plugin's own
+//!   answers `"later from <version>"` about a millisecond (or `ms`) later,
+//!   one call after another. That
 //!   thread is started when the plugin is loaded, not by the action (see
 //!   `LATER`), so answering later does not keep this image mapped after it
 //!   retires; the shutdown hook stops it.
@@ -267,10 +268,18 @@ fn answer_later(inbox: mpsc::Receiver<Job>) {
     }
 }
 
-fn later(_ctx: &Context<'_>, _params: serde::de::IgnoredAny, reply: Reply) {
+/// `probe/later`'s params: how long to wait before answering (at least
+/// the 1 ms default, at most a minute).
+#[derive(Deserialize)]
+struct LaterParams {
+    #[serde(default)]
+    ms: u64,
+}
+
+fn later(_ctx: &Context<'_>, params: LaterParams, reply: Reply) {
     let job = Job::Answer {
         reply,
-        due: Instant::now() + Duration::from_millis(1),
+        due: Instant::now() + Duration::from_millis(params.ms.clamp(1, 60_000)),
     };
     let refused = match LATER
         .lock()
