@@ -34,7 +34,8 @@ const NOTICED_WITHIN_MS: u64 = 5_000;
 /// to 200 ms (debug) (`PROBE_CTOR=busy`), so a check of it needs the CPU
 /// for longer than a starved one gets in the grace, yet the check run
 /// again at normal priority, a sixth of the core, ends in about a second
-/// (with 50 ms it took 5 s, and over the 20 s wait on a busy CI machine).
+/// (with five times the work it took 5 s, and past the 20 s wait on a busy
+/// CI machine).
 fn variant(version: &str) -> PathBuf {
     probe_variant(
         version,

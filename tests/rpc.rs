@@ -424,12 +424,13 @@ async fn inline_calls_answered_later_count_against_the_connection_limit() {
         .arg("2")
         .start();
     let mut c = server.connect_as("alice").await;
-    // The plugin's thread answers one call after another, 1.5 s each.
-    c.request(1, "probe/later-inline", json!({"ms": 1500}))
+    // The plugin's thread answers one call after another, 3 s each: the
+    // first two still hold their slots when `/status` is read below.
+    c.request(1, "probe/later-inline", json!({"ms": 3000}))
         .await;
-    c.request(2, "probe/later-inline", json!({"ms": 1500}))
+    c.request(2, "probe/later-inline", json!({"ms": 3000}))
         .await;
-    c.request(3, "probe/later-inline", json!({"ms": 1500}))
+    c.request(3, "probe/later-inline", json!({"ms": 3000}))
         .await;
     let shed = c.recv().await;
     assert_eq!(shed["id"], 3, "{shed}");
