@@ -11,7 +11,7 @@
 //! arrived gets that message from here.
 
 use crate::rooms::hub::{ConnHandle, Hub, Outgoing};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Live messages a room keeps for members that join while they arrive.
@@ -28,7 +28,9 @@ struct Member {
 /// A room as this node sees it.
 #[derive(Debug, Default)]
 struct LocalRoom {
-    members: HashMap<u64, Member>,
+    /// By connection id: a fan-out visits them in the order they came
+    /// (see [`Hub::push_to_each`]).
+    members: BTreeMap<u64, Member>,
     /// The room's epoch, as last heard.
     epoch: String,
     /// The highest offset delivered here in `epoch`.
@@ -270,12 +272,14 @@ impl LocalMembers {
         if local.recent.len() > RECENT {
             local.recent.pop_front();
         }
-        let mut queued = 0;
-        for member in local.members.values() {
-            if offset > member.floor && hub.push(&member.handle, frame.clone()) {
-                queued += 1;
-            }
-        }
+        let queued = hub.push_to_each(
+            local
+                .members
+                .values()
+                .filter(|m| offset > m.floor)
+                .map(|m| &m.handle),
+            frame,
+        );
         crate::metrics::global().delivered(queued);
         queued
     }

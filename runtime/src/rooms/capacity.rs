@@ -105,7 +105,7 @@ impl Rooms {
                             epoch: new_epoch(),
                             last_offset: 0,
                             history: History::default(),
-                            members: HashMap::new(),
+                            members: std::collections::BTreeMap::new(),
                             idle: 0,
                             emptied_at: Instant::now(),
                         }),

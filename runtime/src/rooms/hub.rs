@@ -2,7 +2,7 @@
 //! by user, so that pushes (room messages, sends from actions) reach them.
 //!
 //! A push never waits: it is a `try_send` into the connection's queue,
-//! which is bounded in frames and in bytes ([`ConnFlow`]). A connection
+//! which is bounded in frames and in bytes. A connection
 //! whose queue is full is a slow consumer: it is told to close with 4008
 //! and counted, so one client that does not read never grows the server's
 //! memory, whatever the size of the messages. Frames are [`Outgoing`],
@@ -13,7 +13,7 @@ use crate::auth::Identity;
 use crate::rate::TokenBucket;
 use crate::rooms::queue::{self, TrySendError};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -25,26 +25,32 @@ use tokio_util::sync::CancellationToken;
 /// instead of the 1 KiB that 32-byte `Utf8Bytes` slots would take.
 pub type Outgoing = Arc<Utf8Bytes>;
 
+impl queue::Weighed for Outgoing {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
 /// Wraps a frame's text for the queue.
 pub fn outgoing(text: impl Into<Utf8Bytes>) -> Outgoing {
     Arc::new(text.into())
 }
 
+/// How many handles ahead of its pushes a fan-out asks for their queues'
+/// memory: enough to cover a cache miss with the pushes in between.
+const PREFETCH_AHEAD: usize = 8;
+
 /// Shards of the connection map; a power of two.
 const SHARDS: usize = 32;
 
-/// What everything acting on one connection shares besides its queue:
-/// the bytes waiting in the queue, the rooms it created lately, and the
-/// data actions set on it. One allocation per connection for all three.
+/// What everything acting on one connection shares besides its queue
+/// (which counts its own bytes, and is sealed once the connection is
+/// told to close): the rooms it created lately, the data actions set on
+/// it, and who is signed in. One allocation per connection for all three.
 #[derive(Debug)]
 pub struct ConnFlow {
     /// Per-connection data set by actions (JSON by key), gone with it.
     pub data: Mutex<HashMap<String, String>>,
-    queued_bytes: AtomicUsize,
-    /// Set once the connection is told to close as a slow consumer: no
-    /// more is queued for it (an atomic, read on every push; the kick
-    /// token's own check takes a lock).
-    kicked: AtomicBool,
     room_creations: Mutex<TokenBucket>,
     /// Who is signed in (for revocations) and, once the server asked it
     /// to, how the connection is to close.
@@ -72,8 +78,6 @@ impl ConnFlow {
     pub fn new(rooms_per_minute: u32) -> ConnFlow {
         ConnFlow {
             data: Mutex::new(HashMap::new()),
-            queued_bytes: AtomicUsize::new(0),
-            kicked: AtomicBool::new(false),
             room_creations: Mutex::new(TokenBucket::new(
                 rooms_per_minute,
                 std::time::Duration::from_secs(60),
@@ -92,48 +96,10 @@ impl ConnFlow {
         lock(&self.control).identity.clone()
     }
 
-    /// Whether the connection was told to close (a full queue, or a
-    /// close the server asked for).
-    pub fn kicked(&self) -> bool {
-        self.kicked.load(Ordering::Relaxed)
-    }
-
     /// The close the server asked of this connection, if any (taken: the
     /// connection closes once).
     pub fn take_close_request(&self) -> Option<CloseRequest> {
         lock(&self.control).close.take().map(|b| *b)
-    }
-
-    /// Counts `len` bytes into the queue unless it already holds more
-    /// than `max`: the queue holds at most `max` plus one frame, and a
-    /// burst of a few large frames to a reader that keeps up passes.
-    fn reserve(&self, len: usize, max: usize) -> bool {
-        self.queued_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
-                (queued <= max).then(|| queued.saturating_add(len))
-            })
-            .is_ok()
-    }
-
-    /// Counts `len` bytes into the queue whatever it holds (the
-    /// connection's own replies, which wait for room instead).
-    pub fn add(&self, len: usize) {
-        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-    }
-
-    /// Counts `len` bytes out of the queue (written, or dropped).
-    pub fn release(&self, len: usize) {
-        // Never below zero, even if a caller miscounts.
-        let _ = self
-            .queued_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
-                Some(queued.saturating_sub(len))
-            });
-    }
-
-    /// Bytes queued now.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Relaxed)
     }
 
     /// Takes one room creation from the connection's allowance; `false`
@@ -327,37 +293,56 @@ impl Hub {
     /// frames or in bytes closes the connection with 4008; returns whether
     /// it was queued.
     pub fn push(&self, handle: &ConnHandle, frame: Outgoing) -> bool {
-        if handle.flow.kicked.load(Ordering::Relaxed) {
-            // Closing as a slow consumer: nothing more is queued for it.
-            return false;
-        }
-        let len = frame.len();
-        if !handle.flow.reserve(len, self.max_queue_bytes) {
-            self.kick(handle, "bytes");
-            return false;
-        }
-        match handle.tx.try_send(frame) {
+        // A queue holds at most `max_queue_bytes` plus one frame: a burst
+        // of a few large frames to a reader that keeps up passes.
+        match handle.tx.try_send(frame, self.max_queue_bytes) {
             Ok(()) => true,
+            Err(TrySendError::TooManyBytes(_)) => {
+                self.kick(handle, "bytes");
+                false
+            }
             Err(TrySendError::Full(_)) => {
-                handle.flow.release(len);
                 self.kick(handle, "frames");
                 false
             }
-            Err(TrySendError::Closed(_)) => {
-                handle.flow.release(len);
-                false
+            // Closing (a slow consumer, a close asked for) or closed:
+            // nothing more is queued for it.
+            Err(TrySendError::Sealed(_) | TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Pushes `frame` to each of `handles` (as [`push`](Self::push));
+    /// returns to how many it was queued. A fan-out: each queue's memory
+    /// is cold by its turn, so it is asked for [`PREFETCH_AHEAD`] handles
+    /// ahead (see [`queue::Sender::prefetch`]). Handles in the order their
+    /// connections came (as a room's members are kept) help further: their
+    /// queues were allocated in that order.
+    pub fn push_to_each<'a>(
+        &self,
+        handles: impl Iterator<Item = &'a ConnHandle> + Clone,
+        frame: &Outgoing,
+    ) -> usize {
+        let mut ahead = handles.clone().skip(PREFETCH_AHEAD);
+        let mut queued = 0;
+        for handle in handles {
+            if let Some(later) = ahead.next() {
+                later.tx.prefetch();
+            }
+            if self.push(handle, Arc::clone(frame)) {
+                queued += 1;
             }
         }
+        queued
     }
 
     /// Tells a connection whose queue overflowed to close with 4008, and
     /// counts it once.
     fn kick(&self, handle: &ConnHandle, full_in: &'static str) {
-        if !handle.flow.kicked.swap(true, Ordering::Relaxed) {
+        if handle.tx.seal() {
             self.slow_consumers.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 conn = handle.conn_id,
-                queued_bytes = handle.flow.queued_bytes(),
+                queued_bytes = handle.tx.queued_bytes(),
                 "slow consumer: its outbound queue is full in {full_in}; closing with 4008"
             );
             handle.kick.cancel();
@@ -377,7 +362,7 @@ impl Hub {
     }
 
     fn close_handle(handle: &ConnHandle, request: &CloseRequest) -> bool {
-        if handle.flow.kicked.swap(true, Ordering::Relaxed) {
+        if !handle.tx.seal() {
             return false;
         }
         lock(&handle.flow.control).close = Some(Box::new(request.clone()));
@@ -437,7 +422,7 @@ impl Hub {
     pub fn would_take(&self, handle: &ConnHandle, lens: &[usize]) -> bool {
         let before_last: usize = lens.iter().rev().skip(1).sum();
         lens.len() <= handle.tx.capacity()
-            && handle.flow.queued_bytes().saturating_add(before_last) <= self.max_queue_bytes
+            && handle.tx.queued_bytes().saturating_add(before_last) <= self.max_queue_bytes
     }
 
     /// Subscribes a connection to a server event; `false` if `event` is
@@ -503,10 +488,7 @@ impl Hub {
                 .filter(|h| !signed_in_only || h.user.is_some())
                 .cloned()
                 .collect();
-            sent += handles
-                .iter()
-                .filter(|h| self.push(h, frame.clone()))
-                .count();
+            sent += self.push_to_each(handles.iter(), frame);
         }
         sent
     }
@@ -603,13 +585,13 @@ mod tests {
         assert!(hub.push(&handle, frame(60)));
         // Queued 60 <= 100: taken, though it goes past the bound.
         assert!(hub.push(&handle, frame(60)));
-        assert_eq!(handle.flow.queued_bytes(), 120);
+        assert_eq!(handle.tx.queued_bytes(), 120);
         assert!(!hub.push(&handle, frame(1)), "more than 100 queued");
         assert!(handle.kick.is_cancelled());
         assert!(!hub.push(&handle, frame(1)));
         assert_eq!(hub.slow_consumers(), 1, "counted once");
         assert_eq!(
-            handle.flow.queued_bytes(),
+            handle.tx.queued_bytes(),
             120,
             "refused pushes count nothing"
         );
@@ -623,7 +605,7 @@ mod tests {
         assert!(hub.push(&handle, frame(1)) && hub.push(&handle, frame(1)));
         assert!(!hub.push(&handle, frame(1)));
         assert!(handle.kick.is_cancelled());
-        assert_eq!(handle.flow.queued_bytes(), 2);
+        assert_eq!(handle.tx.queued_bytes(), 2);
     }
 
     #[test]

@@ -52,7 +52,7 @@ use history::{History, HistoryBudget};
 use idle::IdleQueue;
 use policy::{JoinPolicy, RoomRule, check_name, matches, matches_any_user};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -88,7 +88,10 @@ struct RoomState {
     epoch: String,
     last_offset: u64,
     history: History,
-    members: HashMap<u64, Member>,
+    /// By connection id, so in the order the connections came: a
+    /// fan-out then visits their queues in the order they were allocated
+    /// (see [`Hub::push_to_each`]).
+    members: BTreeMap<u64, Member>,
     /// Non-zero while the room has no members: its number in the idle
     /// queue.
     idle: u64,
@@ -356,12 +359,7 @@ impl Rooms {
             state.history.push(offset, frame.clone(), &self.history);
             state.history.trim(&target.rule, &self.history);
         }
-        let mut delivered = 0;
-        for member in state.members.values() {
-            if hub.push(&member.handle, frame.clone()) {
-                delivered += 1;
-            }
-        }
+        let delivered = hub.push_to_each(state.members.values().map(|m| &m.handle), &frame);
         let idle = self.mark_idle(&mut state);
         drop(state);
         if let Some(number) = idle {

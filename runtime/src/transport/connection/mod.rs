@@ -179,7 +179,7 @@ struct Connection<S> {
     replies_rx: queue::Receiver<Outgoing>,
     /// Cancelled by a push that found the queue full: close with 4008.
     kick: CancellationToken,
-    /// The queue's byte count, shared with those who push.
+    /// Shared with those who push: a close the server asked for.
     flow: Arc<ConnFlow>,
     /// Frames written since the last flush.
     unflushed: usize,
@@ -376,7 +376,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         if shutdown.is_cancelled() {
             return Next::Shutdown;
         }
-        if !self.flow.kicked() {
+        if !self.replies_rx.is_sealed() {
             return Next::Continue;
         }
         match self.flow.take_close_request() {

@@ -139,7 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         };
         self.clock = Some(clock);
         let next = match dispatched {
-            Dispatched::Ready(Some(reply)) if self.flow.queued_bytes() > 0 => {
+            Dispatched::Ready(Some(reply)) if !self.replies_rx.is_empty() => {
                 return Now::Reply(reply);
             }
             Dispatched::Ready(Some(reply)) => self.write_now(reply),

@@ -104,11 +104,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     /// a client that gets its `rpc.leave` answer must not then see a
     /// message of that room that was queued before it.
     pub(super) async fn write_ready(&mut self, reply: impl Into<Utf8Bytes>) -> Next {
-        // Every queued frame's bytes are counted before it is queued, so
-        // none counted means none queued: no lock taken to find out.
-        while self.flow.queued_bytes() > 0
-            && let Ok(queued) = self.replies_rx.try_recv()
-        {
+        // An empty queue is seen without taking its lock.
+        while let Ok(queued) = self.replies_rx.try_recv() {
             let queued = self.dequeued(queued);
             if let next @ (Next::Stop(_) | Next::Close(..) | Next::Shutdown) =
                 self.write(queued).await
@@ -119,10 +116,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         self.write(reply).await
     }
 
-    /// A frame taken off the queue: its bytes no longer count against the
-    /// queue's bound.
+    /// A frame taken off the queue (which counted its bytes out), as the
+    /// text to write.
     pub(super) fn dequeued(&self, frame: Outgoing) -> Utf8Bytes {
-        self.flow.release(frame.len());
         Arc::unwrap_or_clone(frame)
     }
 
@@ -130,9 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     /// slow consumer's backlog is freed at once rather than when its close
     /// handshake ends.
     pub(super) fn drop_queued(&mut self) {
-        while let Ok(frame) = self.replies_rx.try_recv() {
-            self.flow.release(frame.len());
-        }
+        while self.replies_rx.try_recv().is_ok() {}
     }
 
     /// Buffers one frame for the next flush (tungstenite writes through
@@ -197,18 +191,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         let Some(replies) = self.replies_tx.clone() else {
             return Next::Continue;
         };
-        let flow = Arc::clone(&self.flow);
         tokio::spawn(
             async move {
                 for reply in call.await {
-                    // Counted, so pushes see the queue's true size; a reply
-                    // itself waits for a free slot rather than overflowing.
-                    let len = reply.len();
-                    flow.add(len);
-                    // The receiver is gone only when the connection has ended.
-                    if replies.send(outgoing(reply)).await.is_err() {
-                        flow.release(len);
-                    }
+                    // Its bytes count, so pushes see the queue's true size;
+                    // a reply itself waits for a free slot rather than
+                    // overflowing. The queue refuses it only when the
+                    // connection has ended.
+                    let _ = replies.send(outgoing(reply)).await;
                 }
             }
             .in_current_span(),
