@@ -6,8 +6,12 @@
 //! for its whole life, idle or not, and tokio's costs about 800 bytes
 //! before the first frame (cache-padded counters and a first block of
 //! slots). This one is a `VecDeque` behind a mutex: about 150 bytes while
-//! empty, slots allocated only past the first item and freed again when a
-//! burst has drained. Pushes never wait (a full queue is refused at once,
+//! empty, slots allocated only past the first item. A drained queue keeps
+//! up to [`KEPT_SLOTS`] of them for the next burst (a busy connection
+//! would otherwise free and allocate them again at every turn: cold
+//! memory, and allocator work); a larger buffer is freed at once, and the
+//! owner frees the kept one when its connection goes quiet
+//! ([`Receiver::free_spare`], at the heartbeat). Pushes never wait (a full queue is refused at once,
 //! and the hub closes the connection as a slow consumer); a running call's
 //! reply waits for a free slot instead.
 //!
@@ -34,8 +38,9 @@ use tokio::sync::Notify;
 /// Added to `queued` once every sender is gone.
 const ENDED: usize = 1 << (usize::BITS - 1);
 
-/// Slots a drained queue keeps; a larger buffer is freed.
-const KEPT_SLOTS: usize = 16;
+/// Slots a drained queue keeps for the next burst (512 bytes of them at
+/// most); a larger buffer is freed.
+pub const KEPT_SLOTS: usize = 64;
 
 /// What an item counts against a queue's bound in bytes.
 pub trait Weighed {
@@ -434,6 +439,15 @@ impl<T: Weighed> Receiver<T> {
 }
 
 impl<T> Receiver<T> {
+    /// Frees the slots a drained queue kept for its next burst, if nothing
+    /// waits in them: for a connection gone quiet.
+    pub fn free_spare(&mut self) {
+        let mut state = self.shared.state();
+        if state.rest.is_empty() && state.rest.capacity() > 0 {
+            state.rest = VecDeque::new();
+        }
+    }
+
     /// Whether nothing is queued now (read without the lock).
     pub fn is_empty(&self) -> bool {
         self.shared.queued.load(Ordering::Acquire) & !ENDED == 0
@@ -570,13 +584,26 @@ mod tests {
     }
 
     #[test]
-    fn a_drained_burst_frees_its_slots() {
+    fn a_drained_burst_frees_a_large_buffer_and_keeps_a_small_one() {
         let (tx, mut rx) = channel(1000);
         for i in 0..500 {
             assert_eq!(tx.try_send(i, ANY), Ok(()));
         }
         while rx.try_recv().is_ok() {}
-        assert_eq!(tx.shared.state().rest.capacity(), 0);
+        assert_eq!(tx.shared.state().rest.capacity(), 0, "500 slots freed");
+        for i in 0..10 {
+            assert_eq!(tx.try_send(i, ANY), Ok(()));
+        }
+        while rx.try_recv().is_ok() {}
+        let kept = tx.shared.state().rest.capacity();
+        assert!(
+            (9..=KEPT_SLOTS).contains(&kept),
+            "kept for the next burst: {kept}"
+        );
+        assert_eq!(tx.try_send(1, ANY), Ok(()));
+        rx.free_spare();
+        assert_eq!(tx.shared.state().rest.capacity(), 0, "freed once quiet");
+        assert_eq!(rx.try_recv(), Ok(1), "the first slot is not touched");
     }
 
     #[test]

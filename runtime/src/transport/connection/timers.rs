@@ -3,7 +3,8 @@
 //! (Close 4002), armed to the millisecond; and the heartbeat, whichever
 //! comes first: a connection silent for `ping_interval_ms` is pinged, and
 //! dropped if nothing comes back within `pong_timeout_ms` (a peer that
-//! vanished leaves no half-open connection behind).
+//! vanished leaves no half-open connection behind). The heartbeat's turn
+//! also hands back the slots the outbound queue kept from its last burst.
 
 use super::*;
 
@@ -80,6 +81,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     /// answered: wait another interval; silent: ping; pinged and still
     /// silent: drop the connection.
     async fn on_heartbeat(&mut self) -> Next {
+        // Quiet or not, a heartbeat's turn is rare: the slots the queue
+        // kept from its last burst go back, unless a burst is under way.
+        self.replies_rx.free_spare();
         let config = &self.state.config;
         let interval = Duration::from_millis(config.ping_interval_ms);
         let next = if self.heard {
