@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 /// A frame queued for a connection. Shared, so a message for a thousand
 /// connections is serialized once and queued at the cost of a reference
-/// count; and one pointer wide, because tokio's channel allocates its
-/// first block of 32 slots up front: 256 bytes per idle connection
-/// instead of the 1 KiB that 32-byte `Utf8Bytes` slots would take.
+/// count; and one pointer wide, so a queue's first slot (held by every
+/// connection) and the slots it keeps between bursts (up to
+/// [`queue::KEPT_SLOTS`]) cost 8 bytes each, not the 32 of `Utf8Bytes`.
 pub type Outgoing = Arc<Utf8Bytes>;
 
 impl queue::Weighed for Outgoing {
