@@ -197,6 +197,12 @@ impl Registry {
         }
     }
 
+    /// Whether a retired generation is still draining: until it is
+    /// closed, [`sweep`](Self::sweep) is worth calling often.
+    pub fn has_draining(&self) -> bool {
+        self.table().has_draining()
+    }
+
     /// Closes generations that have drained (see [`Generations::sweep`])
     /// and retries reloads refused as busy; returns the changes made.
     pub fn sweep(&self, recheck_mapped: bool) -> Vec<ActionsChanged> {

@@ -18,10 +18,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
-/// How often pending paths and draining generations are looked at.
+/// How often pending paths and draining generations are looked at. With
+/// neither, the thread sleeps until a file event, the next check of
+/// mapped generations, or the server stopping: an idle (or busy) server
+/// is not woken fifty times a second for nothing, and the thread does not
+/// take its core from the runtime's worker.
 const TICK: Duration = Duration::from_millis(20);
 /// How often generations that stayed mapped are checked again.
 const MAPPED_RECHECK: Duration = Duration::from_secs(2);
@@ -42,12 +46,17 @@ struct Pending {
 #[derive(Debug)]
 pub struct Watch {
     stop: Arc<AtomicBool>,
+    /// Wakes the thread from its wait, to see `stop`.
+    wake: Sender<notify::Result<notify::Event>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = self
+            .wake
+            .send(Err(notify::Error::generic("the watch is stopping")));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -79,6 +88,7 @@ pub fn start(
     debounce: Duration,
 ) -> Result<Watch, WatchError> {
     let (tx, rx) = channel();
+    let wake = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
     })
@@ -106,7 +116,16 @@ pub fn start(
             queue_all(&dir, &mut pending);
             let mut last_recheck = Instant::now();
             while !stopping.load(Ordering::Relaxed) {
-                match rx.recv_timeout(TICK) {
+                let wait = if pending.is_empty() && !target.registry().has_draining() {
+                    MAPPED_RECHECK
+                        .saturating_sub(last_recheck.elapsed())
+                        .max(TICK)
+                } else {
+                    TICK
+                };
+                match rx.recv_timeout(wait) {
+                    // `Watch::drop` wakes the thread to stop.
+                    Ok(Err(_)) if stopping.load(Ordering::Relaxed) => break,
                     Ok(Ok(event)) if event.need_rescan() => {
                         tracing::warn!("file events were lost; looking at every plugin file again");
                         queue_all(&dir, &mut pending);
@@ -169,6 +188,7 @@ pub fn start(
         })?;
     Ok(Watch {
         stop,
+        wake,
         thread: Some(thread),
     })
 }

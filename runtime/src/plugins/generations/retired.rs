@@ -85,6 +85,14 @@ impl Generations {
         }
     }
 
+    /// Whether a retired generation is still draining (calls that
+    /// started on it may be running): the watch looks again soon.
+    pub fn has_draining(&self) -> bool {
+        self.retired
+            .iter()
+            .any(|r| r.view.state == GenerationState::Draining)
+    }
+
     /// The images of closed generations that stayed mapped.
     pub fn retired_mapped_images(&self) -> Vec<PathBuf> {
         self.retired
