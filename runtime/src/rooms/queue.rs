@@ -188,38 +188,27 @@ impl<T: Weighed> Sender<T> {
     /// a few large items to a reader that keeps up passes) and it is not
     /// sealed; never waits.
     pub fn try_send(&self, item: T, max_bytes: usize) -> Result<(), TrySendError<T>> {
+        self.enqueue(item, Some(max_bytes))
+    }
+
+    /// Queues `item` if a slot is free and the queue is open; a push
+    /// (`Some` bound in bytes) also only if the queue is not sealed and
+    /// holds at most that many bytes, while a running call's reply
+    /// (`None`) is taken whatever its bytes or seal.
+    fn enqueue(&self, item: T, push_bound: Option<usize>) -> Result<(), TrySendError<T>> {
         {
             let mut state = self.shared.state();
             if state.closed {
                 return Err(TrySendError::Closed(item));
             }
-            if state.sealed {
+            if push_bound.is_some() && state.sealed {
                 return Err(TrySendError::Sealed(item));
             }
             if state.len() >= self.shared.capacity {
                 return Err(TrySendError::Full(item));
             }
-            if state.bytes > max_bytes {
+            if push_bound.is_some_and(|max| state.bytes > max) {
                 return Err(TrySendError::TooManyBytes(item));
-            }
-            let weight = item.weight();
-            state.push(item, weight);
-            self.shared.queued.fetch_add(1, Ordering::Release);
-        }
-        self.shared.receiver.wake();
-        Ok(())
-    }
-
-    /// Queues `item` if a slot is free and the queue is open, whatever its
-    /// bytes or seal: a running call's reply.
-    fn try_send_reply(&self, item: T) -> Result<(), TrySendError<T>> {
-        {
-            let mut state = self.shared.state();
-            if state.closed {
-                return Err(TrySendError::Closed(item));
-            }
-            if state.len() >= self.shared.capacity {
-                return Err(TrySendError::Full(item));
             }
             let weight = item.weight();
             state.push(item, weight);
@@ -234,7 +223,7 @@ impl<T: Weighed> Sender<T> {
     /// gives it back if the receiver closed the queue.
     pub async fn send(&self, item: T) -> Result<(), T> {
         // Usually a slot is free: no waiting registered (which locks).
-        let mut item = match self.try_send_reply(item) {
+        let mut item = match self.enqueue(item, None) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Full(item)) => item,
             Err(
@@ -249,7 +238,7 @@ impl<T: Weighed> Sender<T> {
             let room = self.shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.try_send_reply(item) {
+            match self.enqueue(item, None) {
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Full(back)) => item = back,
                 Err(
