@@ -71,8 +71,12 @@ fn serve_with(config: Config, listener: std::net::TcpListener) -> anyhow::Result
         .enable_all()
         .max_blocking_threads(blocking)
         .thread_name("switchboard")
-        // A worker going idle adds the calls it counted to `/metrics`.
-        .on_thread_park(switchboard::metrics::flush_thread_tally)
+        // A worker going idle adds the calls it counted to `/metrics`, and
+        // lets action threads sharing its core answer their calls first.
+        .on_thread_park(|| {
+            switchboard::metrics::flush_thread_tally();
+            switchboard::action_threads::yield_to_pending_calls();
+        })
         .build()
         .context("could not start the async runtime")?;
     let result = runtime.block_on(async {
