@@ -11,8 +11,10 @@
 //!
 //! Here: the task's loop and its shutdown; `reader`: frames in, parsed and
 //! dispatched; `writer`: frames out, in bursts, under deadlines;
-//! `timers`: the auth timeout and the token's expiry.
+//! `timers`: the auth timeout and the token's expiry; `after_ready`: the
+//! wait before a flush while calls run off the task.
 
+mod after_ready;
 mod reader;
 mod timers;
 mod writer;
@@ -183,6 +185,13 @@ struct Connection<S> {
     flow: Arc<ConnFlow>,
     /// Frames written since the last flush.
     unflushed: usize,
+    /// The flush of the frames written since the last one was put off
+    /// once already (see `step_before_flush`).
+    flush_put_off: bool,
+    /// A call of this connection ever ran off its task: only then is the
+    /// count of running calls (in `flow`, another cache line) looked at
+    /// before a flush.
+    ran_calls_off_task: bool,
     /// While frames are handled back to back (no wait between them): the
     /// end of the last call answered at once, taken as the next one's
     /// start, so each call reads the clock once. Cleared whenever the loop
@@ -245,6 +254,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             kick,
             flow,
             unflushed: 0,
+            flush_put_off: false,
+            ran_calls_off_task: false,
             clock: None,
             write_timeout,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),

@@ -11,6 +11,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     /// replies, frames already received), and flush as soon as nothing is,
     /// or after [`MAX_FRAMES_PER_FLUSH`] frames. One flush then covers many
     /// replies.
+    ///
+    /// While calls of this connection run off its task (on the action
+    /// pool), the flush is put off once, until the tasks the runtime has
+    /// ready have run: replies of calls answered together (an action
+    /// thread answers all it has before the worker runs again) come back
+    /// each in a task of its own, and without the wait the connection
+    /// would write to its socket after each of them.
     pub(super) async fn step_before_flush(&mut self) -> Next {
         if self.unflushed < MAX_FRAMES_PER_FLUSH {
             if let Ok(first) = self.replies_rx.try_recv() {
@@ -28,12 +35,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             {
                 return self.on_frame(incoming).next().await;
             }
+            if !self.flush_put_off && self.ran_calls_off_task && self.flow.calls_running() {
+                self.flush_put_off = true;
+                self.clock = None;
+                Box::pin(after_ready::after_ready_tasks()).await;
+                return Next::Continue;
+            }
         }
         self.flush().await
     }
 
     pub(super) async fn flush(&mut self) -> Next {
         self.unflushed = 0;
+        self.flush_put_off = false;
         // The calls these replies answer are counted before they go out.
         crate::metrics::flush_thread_tally();
         let outcome = bounded(self.ws.flush(), self.write_timeout, &self.kick).await;
@@ -191,8 +205,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         let Some(replies) = self.replies_tx.clone() else {
             return Next::Continue;
         };
+        self.ran_calls_off_task = true;
+        let running = self.flow.call_started();
         tokio::spawn(
             async move {
+                let _running = running;
                 for reply in call.await {
                     // Its bytes count, so pushes see the queue's true size;
                     // a reply itself waits for a free slot rather than
