@@ -207,19 +207,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         };
         self.ran_calls_off_task = true;
         let running = self.flow.call_started();
-        tokio::spawn(
-            async move {
-                let _running = running;
-                for reply in call.await {
-                    // Its bytes count, so pushes see the queue's true size;
-                    // a reply itself waits for a free slot rather than
-                    // overflowing. The queue refuses it only when the
-                    // connection has ended.
-                    let _ = replies.send(outgoing(reply)).await;
-                }
+        let answer = async move {
+            let _running = running;
+            for reply in call.await {
+                // Its bytes count, so pushes see the queue's true size;
+                // a reply itself waits for a free slot rather than
+                // overflowing. The queue refuses it only when the
+                // connection has ended.
+                let _ = replies.send(outgoing(reply)).await;
             }
-            .in_current_span(),
-        );
+        };
+        // In the connection's span only when it has one (debug logging):
+        // an instrumented task enters and leaves a span at every poll.
+        if self.traced {
+            tokio::spawn(answer.in_current_span());
+        } else {
+            tokio::spawn(answer);
+        }
         Next::Continue
     }
 }
