@@ -13,7 +13,7 @@ use crate::auth::Identity;
 use crate::rate::TokenBucket;
 use crate::rooms::queue::{self, TrySendError};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -56,20 +56,6 @@ pub struct ConnFlow {
     /// Who is signed in (for revocations) and, once the server asked it
     /// to, how the connection is to close.
     control: Mutex<Control>,
-    /// Calls answered off the connection's task (on the action pool, or
-    /// deferred by an inline action) whose replies are not queued yet.
-    running_calls: AtomicU32,
-}
-
-/// One running call of a connection, counted in its [`ConnFlow`] until
-/// this is dropped (its reply queued, or the call abandoned).
-#[derive(Debug)]
-pub struct RunningCall(Arc<ConnFlow>);
-
-impl Drop for RunningCall {
-    fn drop(&mut self) {
-        self.0.running_calls.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// A close the server asked of a connection (`disconnect`, `revoke`).
@@ -98,21 +84,7 @@ impl ConnFlow {
                 std::time::Duration::from_secs(60),
             )),
             control: Mutex::new(Control::default()),
-            running_calls: AtomicU32::new(0),
         }
-    }
-
-    /// Counts a call that runs off the connection's task, until the
-    /// returned guard is dropped.
-    pub fn call_started(self: &Arc<Self>) -> RunningCall {
-        self.running_calls.fetch_add(1, Ordering::Relaxed);
-        RunningCall(Arc::clone(self))
-    }
-
-    /// Whether any of the connection's calls is running off its task
-    /// (its reply may come any moment).
-    pub fn calls_running(&self) -> bool {
-        self.running_calls.load(Ordering::Relaxed) > 0
     }
 
     /// Records who is signed in on the connection now.

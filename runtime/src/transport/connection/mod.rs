@@ -2,8 +2,11 @@
 //! the calls in them, and writes replies in bursts (feed every frame that
 //! is ready, then flush once).
 //!
-//! Replies of running actions come back through a bounded queue, in
-//! whatever order the actions finish. Every write has a deadline
+//! Calls answered off the task (on the action pool, or later by an inline
+//! action) are kept by the task itself and polled with everything else:
+//! their replies are written as they come, in whatever order the actions
+//! finish, and the replies of calls answered together go out in one
+//! flush. Pushes come through a bounded queue. Every write has a deadline
 //! (`write_timeout_ms`): a client that stops reading is disconnected
 //! instead of holding its task for ever. On shutdown the connection stops
 //! reading, lets its running calls finish and answers them (within the
@@ -11,17 +14,17 @@
 //!
 //! Here: the task's loop and its shutdown; `reader`: frames in, parsed and
 //! dispatched; `writer`: frames out, in bursts, under deadlines;
-//! `timers`: the auth timeout and the token's expiry; `after_ready`: the
-//! wait before a flush while calls run off the task.
+//! `timers`: the auth timeout and the token's expiry; `running`: the
+//! calls answered off the task.
 
-mod after_ready;
 mod reader;
+mod running;
 mod timers;
 mod writer;
 
 use crate::auth::{Identity, ends_at_ms, now_millis, now_secs};
 use crate::lifecycle;
-use crate::rooms::hub::{CloseRequest, ConnFlow, ConnHandle, Outgoing, outgoing};
+use crate::rooms::hub::{CloseRequest, ConnFlow, ConnHandle, Outgoing};
 use crate::rooms::queue;
 use crate::rpc::dispatch::{Dispatched, dispatch, dispatch_now, is_action_call};
 use crate::rpc::error::{ErrorCode, RpcError};
@@ -185,13 +188,8 @@ struct Connection<S> {
     flow: Arc<ConnFlow>,
     /// Frames written since the last flush.
     unflushed: usize,
-    /// The flush of the frames written since the last one was put off
-    /// once already (see `step_before_flush`).
-    flush_put_off: bool,
-    /// A call of this connection ever ran off its task: only then is the
-    /// count of running calls (in `flow`, another cache line) looked at
-    /// before a flush.
-    ran_calls_off_task: bool,
+    /// Calls answered off the task, made on the first one.
+    running: running::Running,
     /// While frames are handled back to back (no wait between them): the
     /// end of the last call answered at once, taken as the next one's
     /// start, so each call reads the clock once. Cleared whenever the loop
@@ -254,8 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             kick,
             flow,
             unflushed: 0,
-            flush_put_off: false,
-            ran_calls_off_task: false,
+            running: running::Running::default(),
             clock: None,
             write_timeout,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
@@ -291,6 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         async move {
             let why = self.serve_until_closed(&shutdown).await;
             tracing::debug!(why, "disconnected");
+            std::mem::take(&mut self.running).finish_detached();
             // Out of the hub first: a plugin thread that looks the connection
             // up from now on cannot join it to a room it would never leave.
             self.state.hub.unregister(self.session.conn_id);
@@ -337,6 +335,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
                         queue::Received::Nudged => self.signalled(shutdown),
                         // The task holds a sender until the loop ends.
                         queue::Received::Ended => Next::Stop("the outbound queue ended"),
+                    },
+                    answer = self.running.next_answer() => match answer {
+                        Some(reply) => match self.write_answer_now(reply) {
+                            Ok(next) => next,
+                            Err(reply) => Box::pin(self.write_ready(reply)).await,
+                        },
+                        None => Next::Continue,
                     },
                     // The general path of a frame is boxed (see
                     // `on_frame`), as is a burst of writes: inline, they
@@ -418,11 +423,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         self.session.handle = None;
         self.replies_tx = None;
         let deadline = Instant::now() + self.state.config.shutdown_grace();
-        loop {
+        let mut queue_open = true;
+        while queue_open || !self.running.is_empty() {
             let next = tokio::select! {
-                reply = self.replies_rx.recv() => match reply {
+                reply = self.replies_rx.recv(), if queue_open => match reply {
                     Some(reply) => Box::pin(self.write_burst(reply)).await,
-                    None => break,
+                    None => {
+                        queue_open = false;
+                        Next::Continue
+                    }
+                },
+                answer = self.running.next_answer() => match answer {
+                    Some(reply) => Box::pin(self.write(reply)).await,
+                    None => Next::Continue,
                 },
                 () = tokio::time::sleep_until(deadline) => break,
             };

@@ -144,9 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             }
             Dispatched::Ready(Some(reply)) => self.write_now(reply),
             Dispatched::Ready(None) => Next::Continue,
-            Dispatched::Running(call) => {
-                self.spawn_reply(call.map(|reply| reply.into_iter().collect()))
-            }
+            Dispatched::Running(call) => self.run_off_task(call),
         };
         Now::Done(self.after_frame(next))
     }
@@ -217,9 +215,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
                 match dispatch(&self.state, &mut self.session, &envelope, frame, text).await {
                     Dispatched::Ready(Some(reply)) => self.write_ready(reply).await,
                     Dispatched::Ready(None) => Next::Continue,
-                    Dispatched::Running(call) => {
-                        self.spawn_reply(call.map(|reply| reply.into_iter().collect()))
-                    }
+                    Dispatched::Running(call) => self.run_off_task(call),
                 }
             }
             // Boxed: batches are rare, and their state would otherwise
@@ -303,12 +299,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         });
         let batch = future::join_all(pending).map(|replies| {
             let replies: Vec<String> = replies.into_iter().flatten().collect();
-            (!replies.is_empty())
-                .then(|| protocol::join_batch(&replies))
-                .into_iter()
-                .collect()
+            (!replies.is_empty()).then(|| protocol::join_batch(&replies))
         });
-        self.spawn_reply(batch)
+        self.run_off_task(Box::pin(batch))
     }
 }
 

@@ -84,6 +84,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         // Quiet or not, a heartbeat's turn is rare: the slots the queue
         // kept from its last burst go back, unless a burst is under way.
         self.replies_rx.free_spare();
+        self.running.free_if_idle();
         let config = &self.state.config;
         let interval = Duration::from_millis(config.ping_interval_ms);
         let next = if self.heard {

@@ -1,23 +1,15 @@
 //! Writing to the client: frames taken off the outbound queue are fed to
 //! the socket in bursts and flushed once; every write has a deadline, and
 //! a kick (the queue overflowed) ends a stalled one at once (Close 4008).
-//! Replies of running calls come back through the same queue.
 
 use super::*;
 use futures_util::Sink;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     /// With writes buffered: handle whatever is ready at once (queued
-    /// replies, frames already received), and flush as soon as nothing is,
-    /// or after [`MAX_FRAMES_PER_FLUSH`] frames. One flush then covers many
-    /// replies.
-    ///
-    /// While calls of this connection run off its task (on the action
-    /// pool), the flush is put off once, until the tasks the runtime has
-    /// ready have run: replies of calls answered together (an action
-    /// thread answers all it has before the worker runs again) come back
-    /// each in a task of its own, and without the wait the connection
-    /// would write to its socket after each of them.
+    /// frames, answers of calls that ran off the task, frames already
+    /// received), and flush as soon as nothing is, or after
+    /// [`MAX_FRAMES_PER_FLUSH`] frames. One flush then covers many replies.
     pub(super) async fn step_before_flush(&mut self) -> Next {
         if self.unflushed < MAX_FRAMES_PER_FLUSH {
             if let Ok(first) = self.replies_rx.try_recv() {
@@ -25,6 +17,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
                 // the clock afresh.
                 self.clock = None;
                 return Box::pin(self.write_burst(first)).await;
+            }
+            if let Some(answer) = self.running.answer_now().await {
+                self.clock = None;
+                return match answer {
+                    Some(reply) => match self.write_answer_now(reply) {
+                        Ok(next) => next,
+                        Err(reply) => Box::pin(self.write_ready(reply)).await,
+                    },
+                    None => Next::Continue,
+                };
             }
             // Frames that came meanwhile are answered in this flush too;
             // a socket the last read found empty is not read again (the
@@ -35,19 +37,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             {
                 return self.on_frame(incoming).next().await;
             }
-            if !self.flush_put_off && self.ran_calls_off_task && self.flow.calls_running() {
-                self.flush_put_off = true;
-                self.clock = None;
-                Box::pin(after_ready::after_ready_tasks()).await;
-                return Next::Continue;
-            }
         }
         self.flush().await
     }
 
     pub(super) async fn flush(&mut self) -> Next {
         self.unflushed = 0;
-        self.flush_put_off = false;
         // The calls these replies answer are counted before they go out.
         crate::metrics::flush_thread_tally();
         let outcome = bounded(self.ws.flush(), self.write_timeout, &self.kick).await;
@@ -175,6 +170,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         }
     }
 
+    /// Buffers the reply of a call that ran off the task at once, when
+    /// nothing is queued before it and the sink takes it without waiting;
+    /// else hands it back for [`write_ready`](Self::write_ready).
+    pub(super) fn write_answer_now(&mut self, reply: String) -> Result<Next, String> {
+        if !self.replies_rx.is_empty() || !self.sink_ready_now() {
+            return Err(reply);
+        }
+        Ok(self.write_now(reply))
+    }
+
     /// [`write`](Self::write) for any message (text or binary).
     pub(super) async fn write_message(&mut self, message: Message) -> Next {
         self.unflushed += 1;
@@ -196,34 +201,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         }
     }
 
-    /// Runs a call (or batch) in its own task; its reply, if any, goes
-    /// through the queue.
-    pub(super) fn spawn_reply(
-        &mut self,
-        call: impl Future<Output = Vec<String>> + Send + 'static,
-    ) -> Next {
-        let Some(replies) = self.replies_tx.clone() else {
-            return Next::Continue;
-        };
-        self.ran_calls_off_task = true;
-        let running = self.flow.call_started();
-        let answer = async move {
-            let _running = running;
-            for reply in call.await {
-                // Its bytes count, so pushes see the queue's true size;
-                // a reply itself waits for a free slot rather than
-                // overflowing. The queue refuses it only when the
-                // connection has ended.
-                let _ = replies.send(outgoing(reply)).await;
-            }
-        };
-        // In the connection's span only when it has one (debug logging):
-        // an instrumented task enters and leaves a span at every poll.
-        if self.traced {
-            tokio::spawn(answer.in_current_span());
-        } else {
-            tokio::spawn(answer);
-        }
+    /// Keeps a call (or batch) answered off the task until it ends; its
+    /// reply, if any, is written then.
+    pub(super) fn run_off_task(&mut self, call: running::Call) -> Next {
+        self.running.push(call);
         Next::Continue
     }
 }
