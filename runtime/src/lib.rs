@@ -40,6 +40,7 @@ pub mod action_threads;
 pub mod anonymous;
 pub mod api;
 pub mod auth;
+pub mod call_slots;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -4,6 +4,7 @@
 use crate::action_threads::ActionThreads;
 use crate::anonymous::AnonymousSlots;
 use crate::auth::Authenticator;
+use crate::call_slots::CallSlots;
 use crate::config::Config;
 use crate::limits::ConnectionLimits;
 use crate::plugins::Registry;
@@ -13,7 +14,6 @@ use crate::rooms::{RoomLimits, Rooms};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
-use tokio::sync::Semaphore;
 
 /// State shared by the whole server. Read-mostly: the registry is a
 /// lock-free snapshot and the counters are atomics.
@@ -29,8 +29,9 @@ pub struct ServerState {
     pub hub: Arc<Hub>,
     /// Rooms and pushes (in memory: this server's rooms, through `hub`).
     pub broker: Arc<dyn Broker>,
-    /// Permits for action calls running in the whole server.
-    pub inflight: Arc<Semaphore>,
+    /// Slots for the plugin calls running in the whole server
+    /// (`max_inflight_calls`).
+    pub inflight: CallSlots,
     /// The threads actions run on.
     pub action_threads: ActionThreads,
     /// When the server started.
@@ -95,7 +96,7 @@ impl ServerState {
                 config.max_pending_per_address,
             ),
             limits,
-            inflight: Arc::new(Semaphore::new(config.max_inflight_calls)),
+            inflight: CallSlots::new(config.max_inflight_calls),
             // One per call slot: a call never waits for a thread while
             // another slot's call blocks.
             action_threads: ActionThreads::new(config.max_inflight_calls),

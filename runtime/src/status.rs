@@ -99,9 +99,7 @@ fn bounds(state: &ServerState) -> serde_json::Value {
             "stalled_writes_dropped": state.hub.stalled_writes(),
         },
         "inflight_calls": {
-            "running": config
-                .max_inflight_calls
-                .saturating_sub(state.inflight.available_permits()),
+            "running": state.inflight.taken(),
             "max": config.max_inflight_calls,
             "max_per_connection": config.max_inflight_per_connection,
         },
@@ -162,10 +160,7 @@ pub fn render(state: &ServerState) -> String {
         rooms: state.broker.usage().rooms,
         slow_consumers_closed: state.hub.slow_consumers(),
         bounds: bounds(state),
-        inflight_calls: state
-            .config
-            .max_inflight_calls
-            .saturating_sub(state.inflight.available_permits()),
+        inflight_calls: state.inflight.taken(),
         plugins,
         refused,
         generations: state.registry.generations(),

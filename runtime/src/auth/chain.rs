@@ -12,7 +12,7 @@ use super::replay::{OneTimeTokens, ReplayCache};
 use super::revocations::Revocations;
 use super::{Identity, TokenError, TokenMinter, now_secs};
 use crate::config::{AuthStep, Config};
-use crate::plugins::invoke::{PluginFault, Thread, invoke};
+use crate::plugins::invoke::{Deadline, PluginFault, Thread, invoke};
 use crate::plugins::loader::AuthArgs;
 use crate::plugins::{LoadedPlugin, Registry};
 use serde::Deserialize;
@@ -64,7 +64,7 @@ pub struct Authenticator {
     /// Signs `POST /token`'s tokens, when the endpoint is on.
     endpoint_minter: Option<TokenMinter>,
     leeway: u64,
-    plugin_calls: Arc<tokio::sync::Semaphore>,
+    plugin_calls: crate::call_slots::CallSlots,
     /// Sign-ins an operator revoked.
     revocations: Arc<Revocations>,
 }
@@ -80,7 +80,7 @@ impl Authenticator {
             shared_replay: None,
             endpoint_minter: None,
             leeway: config.jwt_leeway_secs,
-            plugin_calls: Arc::new(tokio::sync::Semaphore::new(MAX_PLUGIN_CALLS)),
+            plugin_calls: crate::call_slots::CallSlots::new(MAX_PLUGIN_CALLS),
             revocations: Arc::default(),
         }
     }
@@ -205,27 +205,29 @@ impl Authenticator {
         registry: &Registry,
     ) -> Result<Identity, TokenError> {
         let plugin = self.auth_plugin(registry)?;
-        // The permit stays with the thread: a hung hook keeps its slot.
-        let permit = Arc::clone(&self.plugin_calls)
-            .try_acquire_owned()
-            .map_err(|_| {
-                TokenError::Unavailable(
-                    "the auth plugin is busy with other sign-ins; retry shortly".into(),
-                )
-            })?;
+        // The slot stays with the thread: a hung hook keeps its slot.
+        let slot = self.plugin_calls.try_take().ok_or_else(|| {
+            TokenError::Unavailable(
+                "the auth plugin is busy with other sign-ins; retry shortly".into(),
+            )
+        })?;
         let (token, handshake) = (token.map(str::to_owned), handshake.clone());
         let asked = Arc::clone(&plugin);
-        let answer = invoke(Thread::Blocking, PLUGIN_TIMEOUT, move |pending| {
-            let _permit = permit;
-            let args = AuthArgs {
-                token: token.as_deref(),
-                headers_json: &handshake.headers_json,
-                query: handshake.query.as_deref(),
-                remote_addr: &handshake.remote_addr,
-                conn_id,
-            };
-            asked.authenticate(&args, pending);
-        })
+        let answer = invoke(
+            Thread::Blocking,
+            Deadline::from_now(PLUGIN_TIMEOUT),
+            move |pending| {
+                let _slot = slot;
+                let args = AuthArgs {
+                    token: token.as_deref(),
+                    headers_json: &handshake.headers_json,
+                    query: handshake.query.as_deref(),
+                    remote_addr: &handshake.remote_addr,
+                    conn_id,
+                };
+                asked.authenticate(&args, pending);
+            },
+        )
         .await;
         let body = match answer {
             Ok(answered) => answered.body,

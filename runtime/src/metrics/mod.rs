@@ -437,7 +437,6 @@ fn now_registry(state: &ServerState) -> Registry {
         counter.inc_by(value);
         counter
     };
-    let config = &state.config;
     let usage = state.broker.usage();
     registry.register(
         "connections_open",
@@ -447,11 +446,7 @@ fn now_registry(state: &ServerState) -> Registry {
     registry.register(
         "calls_in_flight",
         "Pool calls running now",
-        gauge(
-            config
-                .max_inflight_calls
-                .saturating_sub(state.inflight.available_permits()),
-        ),
+        gauge(state.inflight.taken()),
     );
     registry.register("rooms", "Rooms held by this server now", gauge(usage.rooms));
     registry.register(

@@ -17,8 +17,30 @@ use crate::action_threads::ActionThreads;
 use action_api::abi::status;
 use std::ffi::c_void;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// How long a question may go unanswered: `after`, counted from `from`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    /// When the wait began.
+    from: Instant,
+    /// How long it may last.
+    after: Duration,
+}
+
+impl Deadline {
+    /// `after` from now.
+    pub(crate) fn from_now(after: Duration) -> Deadline {
+        Deadline::from(Instant::now(), after)
+    }
+
+    /// `after` from `from`, a moment the caller has read already (a call's
+    /// start: no clock read of its own on the call path).
+    pub(crate) fn from(from: Instant, after: Duration) -> Deadline {
+        Deadline { from, after }
+    }
+}
 
 /// Why a plugin gave no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -104,16 +126,21 @@ impl Asked {
         }
     }
 
-    /// Waits for the answer for at most `deadline`.
-    pub(crate) async fn answer(self, deadline: Duration) -> Result<Answered, PluginFault> {
+    /// Waits for the answer until `deadline`.
+    pub(crate) async fn answer(self, deadline: Deadline) -> Result<Answered, PluginFault> {
         let answer = match self.answer {
             Answer::Given(done) => return done.map_or(Err(PluginFault::NotAsked), read),
             Answer::Awaited(answer) => answer,
         };
-        match tokio::time::timeout(deadline, answer).await {
+        // A deadline beyond what an `Instant` holds is no deadline.
+        let waited = match deadline.from.checked_add(deadline.after) {
+            Some(until) => tokio::time::timeout_at(until.into(), answer).await,
+            None => Ok(answer.await),
+        };
+        match waited {
             Ok(Ok(done)) => read(done),
             Ok(Err(_)) => Err(PluginFault::NotAsked),
-            Err(_) => Err(PluginFault::TimedOut(deadline)),
+            Err(_) => Err(PluginFault::TimedOut(deadline.after)),
         }
     }
 }
@@ -128,13 +155,13 @@ pub(crate) enum Thread<'a> {
     Blocking,
 }
 
-/// Puts `question` to a plugin on `thread` and waits for its answer for
-/// at most `deadline`. `question` hands the reply handle to the plugin;
+/// Puts `question` to a plugin on `thread` and waits for its answer until
+/// `deadline`. `question` hands the reply handle to the plugin;
 /// whatever it owns (call slots, arguments) stays with the thread until
 /// the plugin returns, even past the deadline.
 pub(crate) async fn invoke(
     thread: Thread<'_>,
-    deadline: Duration,
+    deadline: Deadline,
     question: impl FnOnce(PendingReply) + Send + 'static,
 ) -> Result<Answered, PluginFault> {
     let (pending, answer) = PendingReply::new();
@@ -324,14 +351,18 @@ mod tests {
         std::thread::spawn(move || complete_handle(handle as *mut c_void, status::OK, b"[3]"))
             .join()
             .expect("the answering thread");
-        let answered = asked.answer(Duration::from_secs(30)).await;
+        let answered = asked
+            .answer(Deadline::from_now(Duration::from_secs(30)))
+            .await;
         assert_eq!(answered.ok().map(|a| a.body), Some(b"[3]".to_vec()));
     }
 
     #[tokio::test]
     async fn an_inline_action_that_never_answers_times_out() {
         let asked = ask_here(&Arc::new(TestGeneration), 0, |_kept| {});
-        let waited = asked.answer(Duration::from_millis(20)).await;
+        let waited = asked
+            .answer(Deadline::from_now(Duration::from_millis(20)))
+            .await;
         assert!(matches!(waited, Err(PluginFault::TimedOut(_))));
     }
 
@@ -359,7 +390,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let waited = invoke(
             Thread::Blocking,
-            Duration::from_millis(20),
+            Deadline::from_now(Duration::from_millis(20)),
             move |pending| {
                 // Kept, not completed: the plugin "hangs".
                 let _ = tx.send(pending);
@@ -371,9 +402,11 @@ mod tests {
         let pending = rx.recv().expect("the question ran");
         complete(pending, status::OK, b"late");
 
-        let answered = invoke(Thread::Blocking, Duration::from_secs(30), |pending| {
-            complete(pending, status::OK, b"1")
-        })
+        let answered = invoke(
+            Thread::Blocking,
+            Deadline::from_now(Duration::from_secs(30)),
+            |pending| complete(pending, status::OK, b"1"),
+        )
         .await;
         assert_eq!(answered.ok().map(|a| a.body), Some(b"1".to_vec()));
     }
@@ -383,7 +416,7 @@ mod tests {
         let threads = ActionThreads::new(2);
         let answered = invoke(
             Thread::Actions(&threads),
-            Duration::from_secs(30),
+            Deadline::from_now(Duration::from_secs(30)),
             |pending| complete(pending, status::OK, b"2"),
         )
         .await;

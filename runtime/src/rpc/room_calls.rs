@@ -7,7 +7,7 @@
 //! and in the order they came (the connection's room lane).
 
 use crate::auth::Identity;
-use crate::plugins::invoke::{PluginFault, Thread, invoke};
+use crate::plugins::invoke::{Deadline, PluginFault, Thread, invoke};
 use crate::plugins::loader::JoinArgs;
 use crate::rooms::broker::Since;
 use crate::rooms::hub::ConnHandle;
@@ -224,25 +224,27 @@ async fn ask_join_hook(
     };
     // A hook runs on a plugin thread like an action and takes a slot like
     // one (kept while it runs, even past the timeout).
-    let permit = Arc::clone(&state.inflight)
-        .try_acquire_owned()
-        .map_err(|_| {
-            RpcError::new(
-                ErrorCode::Overloaded,
-                "the server is at its limit of running calls; retry shortly",
-            )
-        })?;
+    let slot = state.inflight.try_take().ok_or_else(|| {
+        RpcError::new(
+            ErrorCode::Overloaded,
+            "the server is at its limit of running calls; retry shortly",
+        )
+    })?;
     let (asked, room_name, conn_id) = (Arc::clone(&plugin), room.to_owned(), caller.conn_id);
-    let answer = invoke(Thread::Blocking, JOIN_HOOK_TIMEOUT, move |pending| {
-        let _permit = permit;
-        let args = JoinArgs {
-            room: &room_name,
-            pattern: &pattern,
-            conn_id,
-            user: user.as_deref(),
-        };
-        asked.ask_join(&args, pending);
-    })
+    let answer = invoke(
+        Thread::Blocking,
+        Deadline::from_now(JOIN_HOOK_TIMEOUT),
+        move |pending| {
+            let _slot = slot;
+            let args = JoinArgs {
+                room: &room_name,
+                pattern: &pattern,
+                conn_id,
+                user: user.as_deref(),
+            };
+            asked.ask_join(&args, pending);
+        },
+    )
     .await;
     let reason = match answer {
         Ok(_) => return Ok(()),

@@ -4,6 +4,7 @@
 
 use crate::anonymous::AnonymousSlot;
 use crate::auth::{Handshake, Identity, ends_at_ms, unix_millis_at};
+use crate::call_slots::CallSlots;
 use crate::rooms::hub::ConnHandle;
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::rates::ConnectionRates;
@@ -11,7 +12,6 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// The longest a sign-in is taken as live without consulting the system
 /// clock again: a step of that clock shows within this.
@@ -41,8 +41,9 @@ pub struct Session {
     identity: Option<Arc<Identity>>,
     /// The upgrade request, for the auth plugin and events.
     pub handshake: Arc<Handshake>,
-    /// Permits for this connection's running calls.
-    pub inflight: Arc<Semaphore>,
+    /// Slots for this connection's running calls
+    /// (`max_inflight_per_connection`).
+    pub inflight: CallSlots,
     /// Seconds of leeway on token expiry.
     leeway: u64,
     /// A moment before which the sign-in is known to be live: the system
@@ -80,7 +81,7 @@ impl Session {
             sign_ins: u64::from(identity.is_some()),
             identity,
             handshake,
-            inflight: Arc::new(Semaphore::new(max_inflight)),
+            inflight: CallSlots::new(max_inflight),
             leeway,
             live_until: Cell::new(None),
             handle: None,

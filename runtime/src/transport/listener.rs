@@ -84,13 +84,9 @@ pub async fn run(
     }
     // Let calls still running on plugin threads finish before the plugins
     // are told to shut down (bounded: a hung call cannot hold the exit).
-    let all = u32::try_from(state.config.max_inflight_calls).unwrap_or(u32::MAX);
-    if tokio::time::timeout(
-        state.config.shutdown_grace(),
-        state.inflight.acquire_many(all),
-    )
-    .await
-    .is_err()
+    if tokio::time::timeout(state.config.shutdown_grace(), state.inflight.all_free())
+        .await
+        .is_err()
     {
         tracing::warn!(
             "action calls still running after the grace period; shutting plugins down anyway"

@@ -11,10 +11,11 @@
 
 use crate::action_threads::ActionThreads;
 use crate::auth::Identity;
+use crate::call_slots::CallSlot;
 use crate::lifecycle;
 use crate::metrics::ActionMetrics;
 use crate::plugins::ActionEntry;
-use crate::plugins::invoke::{Answered, PluginFault, Thread, invoke};
+use crate::plugins::invoke::{Answered, Deadline, PluginFault, Thread, invoke};
 use crate::plugins::loader::CallArgs;
 use crate::rpc::builtins::Builtin;
 use crate::rpc::error::{ErrorCode, RpcError};
@@ -27,7 +28,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// What dispatching one request produced.
 pub enum Dispatched {
@@ -263,7 +263,7 @@ fn dispatch_action(
     let report_errors = snapshot.wants_event(lifecycle::ERROR);
     let entry = Arc::clone(entry);
     let entry_metrics = entry.metrics.clone();
-    match with_permits(state, session, entry, identity, report_errors) {
+    match with_slots(state, session, entry, identity, report_errors) {
         Ok(mut call) => {
             if call.report_errors {
                 call.registry_events = Some(Arc::clone(state));
@@ -282,7 +282,7 @@ fn dispatch_action(
             });
             let running = async move {
                 let metrics = call.entry.metrics.clone();
-                let outcome = call.run(params, reply_room(id.as_deref())).await;
+                let outcome = call.run(params, reply_room(id.as_deref()), started).await;
                 record(&metrics, started, &outcome);
                 tracing::debug!(ok = outcome.is_ok(), "answered");
                 reply(id.as_deref(), outcome)
@@ -355,8 +355,8 @@ fn run_inline(
         *clock = record(&entry.metrics, started, &outcome);
         return Dispatched::Ready(reply(id, outcome));
     }
-    let permits = match take_permits(state, session) {
-        Ok(permits) => permits,
+    let slots = match take_slots(state, session) {
+        Ok(slots) => slots,
         Err(error) => {
             let error = RpcError::new(
                 error.code,
@@ -373,8 +373,8 @@ fn run_inline(
     let entry = Arc::clone(entry);
     let id = id.map(|id| frame.share(id));
     Dispatched::Running(Box::pin(async move {
-        let answer = asked.answer(entry.timeout).await;
-        drop(permits);
+        let answer = asked.answer(Deadline::from(started, entry.timeout)).await;
+        drop(slots);
         let outcome = interpret(&entry, answer);
         record(&entry.metrics, started, &outcome);
         reply(id.as_deref(), outcome)
@@ -403,8 +403,8 @@ struct PreparedCall {
     entry: Arc<ActionEntry>,
     conn_id: u64,
     identity: Option<Arc<Identity>>,
-    connection_permit: OwnedSemaphorePermit,
-    server_permit: OwnedSemaphorePermit,
+    connection_slot: CallSlot,
+    server_slot: CallSlot,
     /// Whether any plugin listens for lifecycle `error` events.
     report_errors: bool,
     /// Where to report failures as lifecycle `error` events.
@@ -447,20 +447,20 @@ fn authorize<'s>(
 }
 
 /// Takes the connection's and the server's call slots for a pool call.
-fn with_permits(
+fn with_slots(
     state: &ServerState,
     session: &Session,
     entry: Arc<ActionEntry>,
     identity: Option<Arc<Identity>>,
     report_errors: bool,
 ) -> Result<PreparedCall, RpcError> {
-    let (connection_permit, server_permit) = take_permits(state, session)?;
+    let (connection_slot, server_slot) = take_slots(state, session)?;
     Ok(PreparedCall {
         entry,
         conn_id: session.conn_id,
         identity,
-        connection_permit,
-        server_permit,
+        connection_slot,
+        server_slot,
         report_errors,
         registry_events: None,
         threads: state.action_threads.clone(),
@@ -469,57 +469,56 @@ fn with_permits(
 
 /// The connection's and the server's call slots, or the refusal to give
 /// when either limit is reached.
-fn take_permits(
-    state: &ServerState,
-    session: &Session,
-) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), RpcError> {
-    let connection_permit = Arc::clone(&session.inflight)
-        .try_acquire_owned()
-        .map_err(|_| {
-            RpcError::new(
-                ErrorCode::Overloaded,
-                format!(
-                    "this connection already has {} calls running; wait for some replies",
-                    state.config.max_inflight_per_connection
-                ),
-            )
-        })?;
-    let server_permit = Arc::clone(&state.inflight)
-        .try_acquire_owned()
-        .map_err(|_| {
-            RpcError::new(
-                ErrorCode::Overloaded,
-                format!(
-                    "the server is running its limit of {} calls; retry shortly",
-                    state.config.max_inflight_calls
-                ),
-            )
-        })?;
-    Ok((connection_permit, server_permit))
+fn take_slots(state: &ServerState, session: &Session) -> Result<(CallSlot, CallSlot), RpcError> {
+    let connection_slot = session.inflight.try_take().ok_or_else(|| {
+        RpcError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "this connection already has {} calls running; wait for some replies",
+                state.config.max_inflight_per_connection
+            ),
+        )
+    })?;
+    let server_slot = state.inflight.try_take().ok_or_else(|| {
+        RpcError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "the server is running its limit of {} calls; retry shortly",
+                state.config.max_inflight_calls
+            ),
+        )
+    })?;
+    Ok((connection_slot, server_slot))
 }
 
 impl PreparedCall {
-    /// Runs the call on the action pool; a result comes after `room`
-    /// spaces (see [`reply_room`]).
-    async fn run(self, params: Option<FrameText>, room: usize) -> Result<String, CallError> {
+    /// Runs the call on the action pool, under its action's deadline from
+    /// `started`; a result comes after `room` spaces (see [`reply_room`]).
+    async fn run(
+        self,
+        params: Option<FrameText>,
+        room: usize,
+        started: Instant,
+    ) -> Result<String, CallError> {
         let PreparedCall {
             entry,
             conn_id,
             identity,
-            connection_permit,
-            server_permit,
+            connection_slot,
+            server_slot,
             report_errors: _,
             registry_events,
             threads,
         } = self;
         let plugin_entry = Arc::clone(&entry);
         let user = identity.as_ref().map(|i| Arc::clone(&i.user));
-        // Both permits stay with the thread: a call past its deadline still
+        // Both slots stay with the thread: a call past its deadline still
         // occupies its slots until the plugin returns, so a client calling
         // an action that hangs uses up its own connection's slots, not the
         // whole server's.
-        let answer = invoke(Thread::Actions(&threads), entry.timeout, move |pending| {
-            let _permits = (server_permit, connection_permit);
+        let deadline = Deadline::from(started, entry.timeout);
+        let answer = invoke(Thread::Actions(&threads), deadline, move |pending| {
+            let _slots = (server_slot, connection_slot);
             let params = params.as_deref().unwrap_or("null");
             let args = call_args(params, conn_id, identity.as_deref());
             plugin_entry
