@@ -239,7 +239,8 @@ async fn a_connection_that_never_signs_in_is_closed_with_4001() {
 #[tokio::test]
 async fn without_a_secret_serve_prints_a_working_dev_token() {
     let server = ServerConfig::default().no_secret().start();
-    let stdout = server.wait_for_stdout("Connect:");
+    // The banner's last line: by then every line of it has been read.
+    let stdout = server.wait_for_stdout("token --sub alice");
     let url = stdout
         .lines()
         .find_map(|l| l.strip_prefix("Connect:"))
