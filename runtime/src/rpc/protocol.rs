@@ -261,26 +261,70 @@ fn owned_id(id: &RawValue) -> FrameText {
     FrameText::copy(id.get())
 }
 
-/// A piece of a frame's text (an id, params), shared with the frame's
-/// buffer rather than copied. Always UTF-8: it is only ever made from a
-/// `&str`, so it reads as text without being validated again.
-#[derive(Clone, PartialEq, Eq)]
-pub struct FrameText(Bytes);
+/// A piece of a frame's text (an id, params) kept past the frame's
+/// handling: a short one (most ids, small params) is copied into the value
+/// itself, a longer one shared with the frame's buffer rather than copied.
+/// Always UTF-8: it is only ever made from a `&str`, so it reads as text
+/// without being validated again.
+#[derive(Clone)]
+pub struct FrameText(Piece);
+
+/// The longest text a [`FrameText`] holds in itself.
+const INLINE_TEXT: usize = 30;
+
+/// Where a [`FrameText`]'s bytes are.
+#[derive(Clone)]
+enum Piece {
+    /// In the value: the first `len` bytes. Copying 30 bytes costs less
+    /// than sharing the frame: no allocation (a buffer's first share
+    /// allocates its reference count), no atomic counts taken and given
+    /// back, and the frame's buffer is freed as soon as it is handled.
+    Inline { len: u8, bytes: [u8; INLINE_TEXT] },
+    /// A slice of a shared buffer (or a copy of a long text).
+    Shared(Bytes),
+}
 
 impl FrameText {
     /// A copy of `text` (when there is no frame to share).
     pub fn copy(text: &str) -> FrameText {
-        FrameText(Bytes::copy_from_slice(text.as_bytes()))
+        FrameText::inline(text)
+            .unwrap_or_else(|| FrameText(Piece::Shared(Bytes::copy_from_slice(text.as_bytes()))))
+    }
+
+    /// `text` held in the value itself, if it is short enough.
+    fn inline(text: &str) -> Option<FrameText> {
+        let len = text.len();
+        if len > INLINE_TEXT {
+            return None;
+        }
+        let mut bytes = [0; INLINE_TEXT];
+        bytes[..len].copy_from_slice(text.as_bytes());
+        Some(FrameText(Piece::Inline {
+            len: len as u8,
+            bytes,
+        }))
     }
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        // SAFETY: made only from a `&str`'s bytes: `copy` copies one, and
-        // `share` slices `frame` only where it is the very memory of
-        // `frame_str` and `part` lies within it.
-        unsafe { std::str::from_utf8_unchecked(&self.0) }
+        let bytes = match &self.0 {
+            Piece::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Piece::Shared(bytes) => bytes,
+        };
+        // SAFETY: made only from a `&str`'s bytes: `inline` copies a whole
+        // one, `copy` copies one, and `share` slices `frame` only where it
+        // is the very memory of `frame_str` and `part` lies within it.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
+
+impl PartialEq for FrameText {
+    fn eq(&self, other: &FrameText) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for FrameText {}
 
 impl std::ops::Deref for FrameText {
     type Target = str;
@@ -296,14 +340,18 @@ impl std::fmt::Debug for FrameText {
     }
 }
 
-/// The sub-slice `part` of the shared buffer `frame`, without copying.
-/// `frame_str` is the text of `frame` (the same memory), and `part` a
-/// slice of it; otherwise `part` is copied.
+/// The sub-slice `part` of the shared buffer `frame`: copied into the
+/// value when short, else shared without copying. `frame_str` is the text
+/// of `frame` (the same memory), and `part` a slice of it; otherwise `part`
+/// is copied.
 pub fn share(frame: &Bytes, frame_str: &str, part: &str) -> FrameText {
+    if let Some(short) = FrameText::inline(part) {
+        return short;
+    }
     let same_memory = frame.as_ptr() == frame_str.as_ptr() && frame.len() == frame_str.len();
     let start = (part.as_ptr() as usize).wrapping_sub(frame_str.as_ptr() as usize);
     if same_memory && start <= frame.len() && start + part.len() <= frame.len() {
-        FrameText(frame.slice(start..start + part.len()))
+        FrameText(Piece::Shared(frame.slice(start..start + part.len())))
     } else {
         FrameText::copy(part)
     }
@@ -328,6 +376,9 @@ pub enum FrameSource<'a> {
 impl FrameSource<'_> {
     /// `part` (a slice of the frame's text) as a [`FrameText`] of its own.
     pub fn share(self, part: &str) -> FrameText {
+        if let Some(short) = FrameText::inline(part) {
+            return short;
+        }
         match self {
             FrameSource::Shared { frame, text } => share(frame, text, part),
             FrameSource::Text(text) => {
@@ -517,18 +568,49 @@ mod tests {
     }
 
     #[test]
-    fn share_slices_without_copying() {
-        let frame = Bytes::from_static(br#"{"params":{"k":1}}"#);
+    fn share_slices_long_parts_without_copying() {
+        let frame = Bytes::from_static(br#"{"params":{"key":"a value of some length"}}"#);
         let text = std::str::from_utf8(&frame).unwrap_or_default();
-        let part = &text[10..17];
+        let part = &text[10..text.len() - 1];
+        assert!(part.len() > INLINE_TEXT);
         let shared = share(&frame, text, part);
-        assert_eq!(&*shared, "{\"k\":1}");
+        assert_eq!(&*shared, r#"{"key":"a value of some length"}"#);
         assert_eq!(shared.as_ptr(), frame[10..].as_ptr());
         // Text that is not the frame's own memory is copied, never sliced.
         let elsewhere = String::from(text);
-        let copied = share(&frame, &elsewhere, &elsewhere[10..17]);
-        assert_eq!(&*copied, "{\"k\":1}");
+        let copied = share(&frame, &elsewhere, &elsewhere[10..text.len() - 1]);
+        assert_eq!(copied, shared);
         assert_ne!(copied.as_ptr(), frame[10..].as_ptr());
+    }
+
+    #[test]
+    fn short_parts_are_held_in_the_value_up_to_the_limit() {
+        let long = "x".repeat(INLINE_TEXT + 1);
+        let framed = format!("[\"{long}\"]");
+        let frame = Bytes::from(framed.clone());
+        let text = std::str::from_utf8(&frame).unwrap_or_default();
+        for len in [0, 1, INLINE_TEXT] {
+            let part = &text[2..2 + len];
+            let held = share(&frame, text, part);
+            assert_eq!(&*held, part);
+            assert_eq!(held, FrameText::copy(part));
+            let outside = frame.as_ptr_range();
+            assert!(
+                !outside.contains(&held.as_ptr()) || len == 0,
+                "len {len}: sliced"
+            );
+        }
+        let part = &text[2..2 + INLINE_TEXT + 1];
+        let shared = share(&frame, text, part);
+        assert_eq!(&*shared, long);
+        assert_eq!(
+            shared.as_ptr(),
+            frame[2..].as_ptr(),
+            "past the limit: sliced"
+        );
+        // Multi-byte text keeps its bytes whole.
+        let accented = "é".repeat(INLINE_TEXT / 2);
+        assert_eq!(&*FrameText::copy(&accented), accented);
     }
 
     #[test]
