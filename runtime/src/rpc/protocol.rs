@@ -587,7 +587,7 @@ mod tests {
     fn short_parts_are_held_in_the_value_up_to_the_limit() {
         let long = "x".repeat(INLINE_TEXT + 1);
         let framed = format!("[\"{long}\"]");
-        let frame = Bytes::from(framed.clone());
+        let frame = Bytes::from(framed);
         let text = std::str::from_utf8(&frame).unwrap_or_default();
         for len in [0, 1, INLINE_TEXT] {
             let part = &text[2..2 + len];
