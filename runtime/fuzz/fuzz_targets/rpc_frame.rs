@@ -3,8 +3,9 @@
 //! - a whole-frame refusal is -32700 or -32600, and a refused item -32600;
 //! - a batch holds 1..=max_batch items;
 //! - an accepted request's id and params are slices of the frame (so
-//!   `share` hands them on without a copy), the id is a string, number or
-//!   null, the params an object or array;
+//!   `share` hands a long one on without a copy, and copies a short one
+//!   into itself), the id is a string, number or null, the params an
+//!   object or array;
 //! - what was accepted is JSON whose `jsonrpc`, `id` and `method` agree
 //!   with the envelope;
 //! - every reply built from it (`reply_ok`, `reply_error`, `join_batch`)
@@ -19,7 +20,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use switchboard::rpc::error::ErrorCode;
 use switchboard::rpc::protocol::{
-    Envelope, Frame, Refusal, join_batch, parse_frame, reply_error, reply_ok, share,
+    Envelope, Frame, INLINE_TEXT, Refusal, join_batch, parse_frame, reply_error, reply_ok, share,
 };
 
 #[path = "common/reply.rs"]
@@ -96,7 +97,15 @@ fn check_item(
                 );
                 let shared = share(frame, text, id);
                 assert_eq!(&*shared, id);
-                assert_eq!(shared.as_ptr(), id.as_ptr(), "the id was copied");
+                if id.len() > INLINE_TEXT {
+                    assert_eq!(shared.as_ptr(), id.as_ptr(), "a long id was copied");
+                } else {
+                    let frame_memory = frame.as_ptr_range();
+                    assert!(
+                        !frame_memory.contains(&shared.as_ptr()),
+                        "a short id kept the frame"
+                    );
+                }
             }
             if let Some(params) = envelope.params {
                 assert_inside(text, params.get());

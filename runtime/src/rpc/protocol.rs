@@ -269,8 +269,9 @@ fn owned_id(id: &RawValue) -> FrameText {
 #[derive(Clone)]
 pub struct FrameText(Piece);
 
-/// The longest text a [`FrameText`] holds in itself.
-const INLINE_TEXT: usize = 30;
+/// The longest text a [`FrameText`] holds in itself; a longer one shares
+/// the frame's buffer.
+pub const INLINE_TEXT: usize = 30;
 
 /// Where a [`FrameText`]'s bytes are.
 #[derive(Clone)]
