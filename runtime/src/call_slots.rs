@@ -64,11 +64,6 @@ impl CallSlots {
         self.0.taken.load(Ordering::Acquire)
     }
 
-    /// Most slots that may be taken at once.
-    pub fn limit(&self) -> usize {
-        self.0.limit
-    }
-
     /// Returns once no slot is taken (checked every 10 ms). Slots may be
     /// taken again afterwards: the caller makes sure no new call starts.
     pub async fn all_free(&self) {
@@ -103,7 +98,6 @@ mod tests {
         let third = slots.try_take().expect("the slot given back");
         drop((second, third));
         assert_eq!(slots.taken(), 0);
-        assert_eq!(slots.limit(), 2);
     }
 
     #[test]

@@ -32,12 +32,12 @@ pub(crate) struct Deadline {
 impl Deadline {
     /// `after` from now.
     pub(crate) fn from_now(after: Duration) -> Deadline {
-        Deadline::from(Instant::now(), after)
+        Deadline::starting(Instant::now(), after)
     }
 
     /// `after` from `from`, a moment the caller has read already (a call's
     /// start: no clock read of its own on the call path).
-    pub(crate) fn from(from: Instant, after: Duration) -> Deadline {
+    pub(crate) fn starting(from: Instant, after: Duration) -> Deadline {
         Deadline { from, after }
     }
 }

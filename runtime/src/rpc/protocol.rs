@@ -377,15 +377,13 @@ pub enum FrameSource<'a> {
 impl FrameSource<'_> {
     /// `part` (a slice of the frame's text) as a [`FrameText`] of its own.
     pub fn share(self, part: &str) -> FrameText {
-        if let Some(short) = FrameText::inline(part) {
-            return short;
-        }
         match self {
             FrameSource::Shared { frame, text } => share(frame, text, part),
-            FrameSource::Text(text) => {
+            // A short part is copied before the frame is cloned for it.
+            FrameSource::Text(text) => FrameText::inline(part).unwrap_or_else(|| {
                 let frame: Bytes = text.clone().into();
                 share(&frame, text.as_str(), part)
-            }
+            }),
         }
     }
 }

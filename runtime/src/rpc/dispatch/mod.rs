@@ -373,7 +373,9 @@ fn run_inline(
     let entry = Arc::clone(entry);
     let id = id.map(|id| frame.share(id));
     Dispatched::Running(Box::pin(async move {
-        let answer = asked.answer(Deadline::from(started, entry.timeout)).await;
+        let answer = asked
+            .answer(Deadline::starting(started, entry.timeout))
+            .await;
         drop(slots);
         let outcome = interpret(&entry, answer);
         record(&entry.metrics, started, &outcome);
@@ -516,7 +518,7 @@ impl PreparedCall {
         // occupies its slots until the plugin returns, so a client calling
         // an action that hangs uses up its own connection's slots, not the
         // whole server's.
-        let deadline = Deadline::from(started, entry.timeout);
+        let deadline = Deadline::starting(started, entry.timeout);
         let answer = invoke(Thread::Actions(&threads), deadline, move |pending| {
             let _slots = (server_slot, connection_slot);
             let params = params.as_deref().unwrap_or("null");
