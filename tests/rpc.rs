@@ -636,3 +636,74 @@ async fn a_client_that_stops_reading_is_dropped() {
     let mut other = server.connect().await;
     assert_eq!(other.call("rpc.ping", Value::Null).await["result"], "pong");
 }
+
+/// A burst of frames that reaches the server in one read (read ahead and
+/// handled a batch at a time) is handled as frames sent one by one are:
+/// in order, each kind of frame as it would be alone.
+#[tokio::test]
+async fn a_burst_received_at_once_is_handled_in_order_frame_by_frame() {
+    use tokio_tungstenite::tungstenite::Message;
+    let server = ServerConfig::default().start();
+    let mut c = server.connect_as("alice").await;
+    let long_id = "a-long-id-that-is-more-than-thirty-bytes-long";
+    let call = |id: Value, method: &str, params: Value| {
+        Message::text(
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string(),
+        )
+    };
+    let mut burst = Vec::new();
+    for n in 0..60 {
+        burst.push(match n {
+            10 => Message::text(
+                json!({"jsonrpc": "2.0", "method": "kv/set", "params": {"key": "burst", "value": 7}})
+                    .to_string(),
+            ),
+            20 => Message::Binary(b"not text".to_vec().into()),
+            25 => call(json!(n), "rpc.ping", Value::Null),
+            30 => call(json!(long_id), "echo/sleep", json!({"ms": 0})),
+            35 => call(json!(n), "kv/get", json!({"key": "burst"})),
+            // Longer than a batch copies: it ends the batch, and is
+            // handled after the frames before it.
+            45 => call(json!(n), "echo", json!({"big": "y".repeat(5000)})),
+            _ => call(json!(n), "echo", json!({"n": n})),
+        });
+    }
+    c.send_burst(burst).await;
+    // `kv/get` and `echo/sleep` run on the action pool: their replies may
+    // come at any point. The rest are answered at once, in order.
+    let mut ready = Vec::new();
+    let (mut stored, mut slept) = (None, None);
+    while ready.len() < 57 || stored.is_none() || slept.is_none() {
+        let reply = c.recv().await;
+        if reply["id"] == long_id {
+            slept = Some(reply);
+        } else if reply["id"] == 35 {
+            stored = Some(reply);
+        } else {
+            ready.push(reply);
+        }
+    }
+    // The binary frame's refusal comes in its place.
+    let ids: Vec<Value> = ready.iter().map(|r| r["id"].clone()).collect();
+    let mut expected: Vec<Value> = (0..60)
+        .filter(|n| ![10, 20, 30, 35].contains(n))
+        .map(|n| json!(n))
+        .collect();
+    expected.insert(19, Value::Null);
+    assert_eq!(ids, expected);
+    assert_eq!(error_code(&ready[19]), Some(-32600), "{}", ready[19]);
+    let result = |id: u32| {
+        let reply = ready.iter().find(|r| r["id"] == id);
+        reply.map(|r| r["result"].clone()).unwrap_or_default()
+    };
+    assert_eq!(result(25), "pong");
+    assert_eq!(result(45)["big"].as_str().map(str::len), Some(5000));
+    assert_eq!(result(59), json!({"n": 59}));
+    let stored = stored.unwrap_or_default();
+    assert_eq!(
+        stored["result"], 7,
+        "the notification before it ran first: {stored}"
+    );
+    let slept = slept.unwrap_or_default();
+    assert_eq!(slept["result"], json!({"slept": 0}), "{slept}");
+}

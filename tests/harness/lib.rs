@@ -584,6 +584,15 @@ impl Client {
         self.ws.send(Message::text(text)).await.unwrap();
     }
 
+    /// Sends every message in one write (fed, then flushed once), so the
+    /// server receives them together, as a busy client's burst.
+    pub async fn send_burst(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            self.ws.feed(message).await.unwrap();
+        }
+        self.ws.flush().await.unwrap();
+    }
+
     pub async fn send(&mut self, value: &Value) {
         self.send_text(&value.to_string()).await;
     }

@@ -372,6 +372,8 @@ pub enum FrameSource<'a> {
     },
     /// A text frame as tungstenite delivered it.
     Text(&'a Utf8Bytes),
+    /// A frame in a buffer that is not kept: parts are copied.
+    Copied,
 }
 
 impl FrameSource<'_> {
@@ -384,6 +386,7 @@ impl FrameSource<'_> {
                 let frame: Bytes = text.clone().into();
                 share(&frame, text.as_str(), part)
             }),
+            FrameSource::Copied => FrameText::copy(part),
         }
     }
 }

@@ -15,8 +15,9 @@
 //! Here: the task's loop and its shutdown; `reader`: frames in, parsed and
 //! dispatched; `writer`: frames out, in bursts, under deadlines;
 //! `timers`: the auth timeout and the token's expiry; `running`: the
-//! calls answered off the task.
+//! calls answered off the task; `batch`: frames read ahead in a burst.
 
+mod batch;
 mod reader;
 mod running;
 mod timers;
@@ -188,6 +189,8 @@ struct Connection<S> {
     flow: Arc<ConnFlow>,
     /// Frames written since the last flush.
     unflushed: usize,
+    /// Frames read ahead of their handling, during a burst.
+    batch: Option<Box<batch::Batch>>,
     /// Calls answered off the task, made on the first one.
     running: running::Running,
     /// While frames are handled back to back (no wait between them): the
@@ -252,6 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             kick,
             flow,
             unflushed: 0,
+            batch: None,
             running: running::Running::default(),
             clock: None,
             write_timeout,
@@ -317,7 +321,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             } else if check && self.timer_for.is_some() && self.timer.deadline() <= Instant::now() {
                 self.clock = None;
                 Box::pin(self.on_timer()).await
-            } else if self.unflushed > 0 {
+            } else if self.unflushed > 0 || self.batch.is_some() {
                 self.step_before_flush().await
             } else {
                 self.clock = None;

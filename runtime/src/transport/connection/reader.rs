@@ -81,7 +81,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         match incoming {
             Some(Ok(Message::Text(text))) if !self.echo => {
                 self.heard = true;
-                let now = self.text_now(&text);
+                let now = self.text_now(text.as_str(), FrameSource::Text(&text));
                 if !matches!(now, Now::Done(_)) {
                     // Waits may follow: the next call reads the clock afresh.
                     self.clock = None;
@@ -102,17 +102,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         }
     }
 
+    /// A text frame read ahead (see [`ReadAhead`]): [`Self::on_frame`]
+    /// for a frame whose text is in the batch's buffer. What the general
+    /// path takes gets a copy of its own.
+    pub(super) fn on_read_ahead(&mut self, body: &str) -> Step<'_> {
+        self.heard = true;
+        let now = self.text_now(body, FrameSource::Copied);
+        if !matches!(now, Now::Done(_)) {
+            self.clock = None;
+        }
+        match now {
+            Now::Done(next) => Step::Done(next),
+            Now::Reply(reply) => Step::Wait(Box::pin(self.reply_after_queued(reply))),
+            Now::OverRate(error) => {
+                let text = Utf8Bytes::from(body);
+                Step::Wait(Box::pin(async move {
+                    self.refuse_for_rate(&text, &error).await
+                }))
+            }
+            Now::Later => Step::Wait(Box::pin(self.on_text(Utf8Bytes::from(body)))),
+        }
+    }
+
     /// Handles a text frame at once, when it holds one call to an action
     /// and the socket can take a frame now: the common case, with nothing
     /// to wait for, so it takes no boxed future (an allocation and a copy
     /// of its state per frame). It does what [`Self::on_text`] does, in
     /// the same order; a frame it leaves to the general path is left
     /// before anything is taken from the connection's allowances.
-    fn text_now(&mut self, text: &Utf8Bytes) -> Now {
+    fn text_now(&mut self, body: &str, frame: FrameSource<'_>) -> Now {
         if !self.sink_ready_now() {
             return Now::Later;
         }
-        let body = text.as_str();
         let Frame::Single(Ok(envelope)) = protocol::parse_frame(body, self.state.config.max_batch)
         else {
             return Now::Later;
@@ -127,13 +148,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             return Now::OverRate(error);
         }
         let mut clock = self.clock.unwrap_or_else(std::time::Instant::now);
-        let Some(dispatched) = dispatch_now(
-            &self.state,
-            &mut self.session,
-            &envelope,
-            FrameSource::Text(text),
-            &mut clock,
-        ) else {
+        let Some(dispatched) =
+            dispatch_now(&self.state, &mut self.session, &envelope, frame, &mut clock)
+        else {
             // Checked above: only actions come this way.
             return Now::Later;
         };

@@ -2,6 +2,8 @@
 //! the socket in bursts and flushed once; every write has a deadline, and
 //! a kick (the queue overflowed) ends a stalled one at once (Close 4008).
 
+use super::batch::{Batch, Held, Incoming, MAX_COPIED_FRAME};
+use super::reader::Step;
 use super::*;
 use futures_util::Sink;
 
@@ -28,17 +30,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
                     None => Next::Continue,
                 };
             }
-            // Frames that came meanwhile are answered in this flush too;
-            // a socket the last read found empty is not read again (the
-            // loop's wait reads it when it is ready): a push to an idle
-            // reader costs no futile read.
-            if !self.ws.get_ref().drained()
-                && let Some(incoming) = self.ws.next().now_or_never()
-            {
-                return self.on_frame(incoming).next().await;
+            // Frames that came meanwhile are answered in this flush too.
+            if let Some(next) = self.handle_received().await {
+                return next;
             }
         }
         self.flush().await
+    }
+
+    /// Handles the next frame received already, if there is one: from
+    /// the batch read ahead, else from the socket, reading ahead the
+    /// frames received after it (see [`batch`]). A socket the last read
+    /// found empty is not read again (the loop's wait reads it when it is
+    /// ready): a push to an idle reader costs no futile read.
+    async fn handle_received(&mut self) -> Option<Next> {
+        if self.batch.is_none() {
+            let incoming = self.frame_now()?;
+            let Some(Ok(Message::Text(first))) = incoming else {
+                return Some(self.on_frame(incoming).next().await);
+            };
+            if self.echo || self.ws.get_ref().drained() || first.len() > MAX_COPIED_FRAME {
+                return Some(self.on_frame(Some(Ok(Message::Text(first)))).next().await);
+            }
+            // Copied, and let go of before the next read: tungstenite's
+            // read buffer is then free to read into again.
+            let mut batch = Batch::starting_with(first.as_str());
+            drop(first);
+            batch.fill(|| self.frame_now());
+            self.batch = Some(batch);
+        }
+        let mut batch = self.batch.take()?;
+        let next = match batch.next() {
+            Held::Text(text) => match self.on_read_ahead(text) {
+                Step::Done(next) => next,
+                Step::Wait(wait) => wait.await,
+            },
+            Held::After(incoming) => self.on_frame(incoming).next().await,
+            Held::Empty => return None,
+        };
+        if batch.has_more() {
+            self.batch = Some(batch);
+        }
+        Some(next)
+    }
+
+    /// A frame received already, if any (never reading a socket the last
+    /// read found empty).
+    fn frame_now(&mut self) -> Option<Incoming> {
+        if self.ws.get_ref().drained() {
+            return None;
+        }
+        self.ws.next().now_or_never()
     }
 
     pub(super) async fn flush(&mut self) -> Next {

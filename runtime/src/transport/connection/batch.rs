@@ -1,0 +1,195 @@
+//! Frames read ahead of their handling, a burst at a time.
+//!
+//! A busy client's frames come in bursts, and handling them one by one
+//! runs the whole of a frame's code, from decoding the WebSocket frame to
+//! writing the reply, for each: more code than the CPU's instruction
+//! cache holds, so every frame fetches it again. A batch decodes the
+//! frames already received first, copying their text into one buffer
+//! (tungstenite's read buffer is then free for the next frame, as when
+//! frames are handled one by one), and the connection then handles them
+//! from there. Each phase's code stays in the cache across the burst.
+
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// A batch stops reading ahead past this many bytes of text (the frame
+/// that crosses it is taken whole).
+const MAX_BATCH_BYTES: usize = 16 * 1024;
+
+/// Most frames a batch holds.
+const MAX_BATCH_FRAMES: usize = 64;
+
+/// Longer frames are not copied: a batch ends before one, which is then
+/// handled as tungstenite gave it.
+pub(super) const MAX_COPIED_FRAME: usize = 4 * 1024;
+
+/// What the stream gave: a frame, its end, or an error.
+pub(super) type Incoming = Option<Result<Message, WsError>>;
+
+/// Text frames read ahead, and what the stream gave after them.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    /// The frames' text, one after another.
+    text: String,
+    /// Where each frame's text ends in `text`.
+    ends: Vec<usize>,
+    /// How many frames were handed out.
+    taken: usize,
+    /// What came after the last text frame (anything else the stream
+    /// gave), to be handled after them.
+    after: Option<Incoming>,
+}
+
+/// The next thing a batch holds.
+pub(super) enum Held<'b> {
+    /// A text frame's text.
+    Text(&'b str),
+    /// What the stream gave after the text frames.
+    After(Incoming),
+    /// Nothing more.
+    Empty,
+}
+
+impl Batch {
+    /// Starts a batch with `first`'s text.
+    pub(super) fn starting_with(first: &str) -> Box<Batch> {
+        let mut batch = Box::<Batch>::default();
+        batch.push(first);
+        batch
+    }
+
+    /// Adds a text frame.
+    fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+        self.ends.push(self.text.len());
+    }
+
+    /// Takes frames from `read` (which gives `None` when nothing more is
+    /// received) until it gives anything but a short text frame, or the
+    /// batch is full.
+    pub(super) fn fill(&mut self, mut read: impl FnMut() -> Option<Incoming>) {
+        while self.ends.len() < MAX_BATCH_FRAMES && self.text.len() < MAX_BATCH_BYTES {
+            match read() {
+                Some(Some(Ok(Message::Text(text)))) if text.len() <= MAX_COPIED_FRAME => {
+                    self.push(text.as_str());
+                }
+                Some(other) => {
+                    self.after = Some(other);
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// The next frame, or what came after them.
+    pub(super) fn next(&mut self) -> Held<'_> {
+        if let Some(&end) = self.ends.get(self.taken) {
+            let start = match self.taken {
+                0 => 0,
+                n => self.ends.get(n - 1).copied().unwrap_or(0),
+            };
+            self.taken += 1;
+            return match self.text.get(start..end) {
+                Some(text) => Held::Text(text),
+                None => Held::Empty,
+            };
+        }
+        match self.after.take() {
+            Some(after) => Held::After(after),
+            None => Held::Empty,
+        }
+    }
+
+    /// Whether it holds anything more.
+    pub(super) fn has_more(&self) -> bool {
+        self.taken < self.ends.len() || self.after.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
+    use super::*;
+
+    fn text(held: Held<'_>) -> Option<String> {
+        match held {
+            Held::Text(text) => Some(text.to_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn frames_come_out_in_order_then_what_followed_them() {
+        let mut batch = Batch::starting_with("a");
+        let mut stream = vec![
+            Some(Some(Ok(Message::text("bé")))),
+            Some(Some(Ok(Message::Binary(vec![1].into())))),
+            Some(Some(Ok(Message::text("never read")))),
+        ]
+        .into_iter();
+        batch.fill(|| stream.next().flatten());
+        assert_eq!(text(batch.next()).as_deref(), Some("a"));
+        assert_eq!(text(batch.next()).as_deref(), Some("bé"));
+        assert!(batch.has_more());
+        assert!(matches!(
+            batch.next(),
+            Held::After(Some(Ok(Message::Binary(_))))
+        ));
+        assert!(!batch.has_more());
+        assert!(matches!(batch.next(), Held::Empty));
+        assert_eq!(stream.len(), 1, "reading stopped at the binary frame");
+    }
+
+    #[test]
+    fn reading_stops_when_nothing_more_is_received() {
+        let mut batch = Batch::starting_with("a");
+        let mut stream = vec![Some(Some(Ok(Message::text("b")))), None].into_iter();
+        batch.fill(|| stream.next().flatten());
+        assert_eq!(text(batch.next()).as_deref(), Some("a"));
+        assert_eq!(text(batch.next()).as_deref(), Some("b"));
+        assert!(!batch.has_more());
+    }
+
+    #[test]
+    fn a_batch_is_bounded_in_frames_and_bytes() {
+        let mut batch = Batch::starting_with("");
+        batch.fill(|| Some(Some(Ok(Message::text("x")))));
+        assert_eq!(batch.ends.len(), MAX_BATCH_FRAMES);
+
+        let big = "y".repeat(MAX_COPIED_FRAME);
+        let mut batch = Batch::starting_with("");
+        let mut reads = 0;
+        batch.fill(|| {
+            reads += 1;
+            Some(Some(Ok(Message::text(big.clone()))))
+        });
+        assert_eq!(
+            reads,
+            MAX_BATCH_BYTES / MAX_COPIED_FRAME,
+            "the frame that reaches the bound is the last"
+        );
+        assert_eq!(batch.ends.len(), reads + 1);
+    }
+
+    #[test]
+    fn a_long_frame_ends_the_batch_uncopied() {
+        let mut batch = Batch::starting_with("a");
+        let long = "z".repeat(MAX_COPIED_FRAME + 1);
+        let mut stream = vec![Some(Some(Ok(Message::text(long.clone()))))].into_iter();
+        batch.fill(|| stream.next().flatten());
+        assert!(text(batch.next()).is_some());
+        match batch.next() {
+            Held::After(Some(Ok(Message::Text(text)))) => assert_eq!(text.as_str(), long),
+            _ => panic!("the long frame follows the batch as it came"),
+        }
+    }
+
+    #[test]
+    fn the_end_of_the_stream_is_kept_for_after_the_frames() {
+        let mut batch = Batch::starting_with("a");
+        let mut stream = vec![Some(None)].into_iter();
+        batch.fill(|| stream.next().flatten());
+        assert!(text(batch.next()).is_some());
+        assert!(matches!(batch.next(), Held::After(None)));
+    }
+}
