@@ -84,10 +84,8 @@ impl Batch {
     /// The next frame, or what came after them.
     pub(super) fn next(&mut self) -> Held<'_> {
         if let Some(&end) = self.ends.get(self.taken) {
-            let start = match self.taken {
-                0 => 0,
-                n => self.ends.get(n - 1).copied().unwrap_or(0),
-            };
+            let before = self.taken.checked_sub(1).and_then(|i| self.ends.get(i));
+            let start = before.copied().unwrap_or(0);
             self.taken += 1;
             return match self.text.get(start..end) {
                 Some(text) => Held::Text(text),

@@ -82,18 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             Some(Ok(Message::Text(text))) if !self.echo => {
                 self.heard = true;
                 let now = self.text_now(text.as_str(), FrameSource::Text(&text));
-                if !matches!(now, Now::Done(_)) {
-                    // Waits may follow: the next call reads the clock afresh.
-                    self.clock = None;
-                }
-                match now {
-                    Now::Done(next) => Step::Done(next),
-                    Now::Reply(reply) => Step::Wait(Box::pin(self.reply_after_queued(reply))),
-                    Now::OverRate(error) => Step::Wait(Box::pin(async move {
-                        self.refuse_for_rate(&text, &error).await
-                    })),
-                    Now::Later => Step::Wait(Box::pin(self.on_text(text))),
-                }
+                self.step_after(now, || text)
             }
             other => {
                 self.clock = None;
@@ -102,25 +91,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         }
     }
 
-    /// A text frame read ahead (see [`ReadAhead`]): [`Self::on_frame`]
+    /// A text frame read ahead (see [`super::batch`]): [`Self::on_frame`]
     /// for a frame whose text is in the batch's buffer. What the general
     /// path takes gets a copy of its own.
     pub(super) fn on_read_ahead(&mut self, body: &str) -> Step<'_> {
         self.heard = true;
         let now = self.text_now(body, FrameSource::Copied);
+        self.step_after(now, || Utf8Bytes::from(body))
+    }
+
+    /// What the loop does after [`Self::text_now`]: done, or the general
+    /// path, which takes the frame's text from `text`.
+    fn step_after(&mut self, now: Now, text: impl FnOnce() -> Utf8Bytes) -> Step<'_> {
         if !matches!(now, Now::Done(_)) {
+            // Waits may follow: the next call reads the clock afresh.
             self.clock = None;
         }
         match now {
             Now::Done(next) => Step::Done(next),
             Now::Reply(reply) => Step::Wait(Box::pin(self.reply_after_queued(reply))),
             Now::OverRate(error) => {
-                let text = Utf8Bytes::from(body);
+                let text = text();
                 Step::Wait(Box::pin(async move {
                     self.refuse_for_rate(&text, &error).await
                 }))
             }
-            Now::Later => Step::Wait(Box::pin(self.on_text(Utf8Bytes::from(body)))),
+            Now::Later => Step::Wait(Box::pin(self.on_text(text()))),
         }
     }
 
