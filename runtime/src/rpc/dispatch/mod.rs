@@ -15,6 +15,7 @@ use crate::call_slots::CallSlot;
 use crate::lifecycle;
 use crate::metrics::ActionMetrics;
 use crate::plugins::ActionEntry;
+pub(crate) use crate::plugins::invoke::SWEPT_EVERY;
 use crate::plugins::invoke::{Answered, Deadline, PluginFault, Thread, invoke};
 use crate::plugins::loader::CallArgs;
 use crate::rpc::builtins::Builtin;
@@ -45,6 +46,19 @@ impl std::fmt::Debug for Dispatched {
             Dispatched::Running(_) => f.write_str("Running(..)"),
         }
     }
+}
+
+/// Who polls a call answered off the connection's task
+/// ([`Dispatched::Running`]), which decides how its deadline is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keeper {
+    /// Whoever awaits it, polling it only when woken: its deadline keeps a
+    /// timer of its own from the start.
+    Awaiter,
+    /// A connection's running set, which polls every call it keeps again
+    /// within a tenth of a second of its first poll: a call answered before
+    /// then never starts a timer (see [`Deadline::swept`]).
+    RunningSet,
 }
 
 /// How a call failed: a runtime refusal, or the action's own error object.
@@ -179,7 +193,7 @@ pub async fn dispatch(
         session,
         envelope,
         FrameSource::Shared { frame, text },
-        &mut clock,
+        (&mut clock, Keeper::Awaiter),
     )
 }
 
@@ -190,18 +204,25 @@ pub async fn dispatch(
 /// `clock` is a moment just read, taken as the call's start (a connection
 /// handling a burst of frames passes the end of the call before, so each
 /// call reads the clock once); when the call was answered at once, it is
-/// left at the moment its answer was counted.
+/// left at the moment its answer was counted. `keeper` is who will poll
+/// the call if it is answered off the task.
 pub fn dispatch_now(
     state: &Arc<ServerState>,
     session: &mut Session,
     envelope: &Envelope<'_>,
     frame: FrameSource<'_>,
-    clock: &mut Instant,
+    (clock, keeper): (&mut Instant, Keeper),
 ) -> Option<Dispatched> {
     if !is_action_call(envelope) {
         return None;
     }
-    Some(dispatch_action(state, session, envelope, frame, clock))
+    Some(dispatch_action(
+        state,
+        session,
+        envelope,
+        frame,
+        (clock, keeper),
+    ))
 }
 
 /// Whether `envelope` calls an action (not a built-in, not an answer to a
@@ -217,7 +238,7 @@ fn dispatch_action(
     session: &mut Session,
     envelope: &Envelope<'_>,
     frame: FrameSource<'_>,
-    clock: &mut Instant,
+    (clock, keeper): (&mut Instant, Keeper),
 ) -> Dispatched {
     let started = *clock;
     let method: &str = &envelope.method;
@@ -282,7 +303,12 @@ fn dispatch_action(
             });
             let running = async move {
                 let metrics = call.entry.metrics.clone();
-                let outcome = call.run(params, reply_room(id.as_deref()), started).await;
+                let deadline = Deadline::starting(started, call.entry.timeout);
+                let deadline = match keeper {
+                    Keeper::Awaiter => deadline,
+                    Keeper::RunningSet => deadline.swept(),
+                };
+                let outcome = call.run(params, reply_room(id.as_deref()), deadline).await;
                 record(&metrics, started, &outcome);
                 tracing::debug!(ok = outcome.is_ok(), "answered");
                 reply(id.as_deref(), outcome)
@@ -494,13 +520,14 @@ fn take_slots(state: &ServerState, session: &Session) -> Result<(CallSlot, CallS
 }
 
 impl PreparedCall {
-    /// Runs the call on the action pool, under its action's deadline from
-    /// `started`; a result comes after `room` spaces (see [`reply_room`]).
+    /// Runs the call on the action pool, under `deadline` (its action's,
+    /// from the call's start); a result comes after `room` spaces (see
+    /// [`reply_room`]).
     async fn run(
         self,
         params: Option<FrameText>,
         room: usize,
-        started: Instant,
+        deadline: Deadline,
     ) -> Result<String, CallError> {
         let PreparedCall {
             entry,
@@ -518,7 +545,6 @@ impl PreparedCall {
         // occupies its slots until the plugin returns, so a client calling
         // an action that hangs uses up its own connection's slots, not the
         // whole server's.
-        let deadline = Deadline::starting(started, entry.timeout);
         let answer = invoke(Thread::Actions(&threads), deadline, move |pending| {
             let _slots = (server_slot, connection_slot);
             let params = params.as_deref().unwrap_or("null");

@@ -206,7 +206,7 @@ fn start_now(state: &Arc<ServerState>, session: &mut Session, request: &str) -> 
         session,
         &envelope,
         FrameSource::Text(&frame),
-        &mut clock,
+        (&mut clock, Keeper::Awaiter),
     )
     .expect("an action call is taken at once");
     if matches!(dispatched, Dispatched::Ready(_)) {
@@ -262,7 +262,7 @@ async fn an_inline_action_answers_at_once_or_later_with_the_calls_id() {
             &mut session,
             &envelope,
             FrameSource::Text(&frame),
-            &mut clock
+            (&mut clock, Keeper::Awaiter)
         )
         .is_none()
     );

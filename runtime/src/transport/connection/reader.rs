@@ -144,9 +144,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             return Now::OverRate(error);
         }
         let mut clock = self.clock.unwrap_or_else(std::time::Instant::now);
-        let Some(dispatched) =
-            dispatch_now(&self.state, &mut self.session, &envelope, frame, &mut clock)
-        else {
+        let Some(dispatched) = dispatch_now(
+            &self.state,
+            &mut self.session,
+            &envelope,
+            frame,
+            (&mut clock, Keeper::RunningSet),
+        ) else {
             // Checked above: only actions come this way.
             return Now::Later;
         };

@@ -3,11 +3,22 @@
 //! and polls them itself, with no task of their own: a call that ends
 //! wakes the connection, which then writes the replies of every call ended
 //! by then and flushes them once.
+//!
+//! The set also keeps its calls' deadlines swept: while any call runs, a
+//! sweep polls every call again at most [`SWEPT_EVERY`] after the last
+//! sweep, woken or not. A call dispatched for the set
+//! ([`Keeper::RunningSet`](crate::rpc::dispatch::Keeper)) starts its
+//! deadline's timer only at that second poll, if it has not ended by then;
+//! the common call, answered within microseconds, never touches the timer
+//! wheel. One timer per connection, reset once per sweep, stands in for
+//! one per call.
 
+use crate::rpc::dispatch::SWEPT_EVERY;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio::time::{Instant, Sleep};
 
 /// A call (or a batch) answered off the task: its reply, or none (a
 /// notification).
@@ -16,17 +27,45 @@ pub(super) type Call = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 /// A connection's calls answered off its task. Nothing is allocated until
 /// the first, and the set is let go at a heartbeat that finds it empty.
 #[derive(Default)]
-pub(super) struct Running(Option<Box<FuturesUnordered<Call>>>);
+pub(super) struct Running(Option<Box<Calls>>);
+
+/// The calls, and the sweep that polls them all.
+struct Calls {
+    set: FuturesUnordered<Call>,
+    /// When the next sweep is due (every [`SWEPT_EVERY`] while calls run).
+    sweep: Pin<Box<Sleep>>,
+    /// Whether `sweep` has been polled (so will wake the task) since it
+    /// was last set, or moved to another task.
+    sweep_polled: bool,
+}
 
 impl Running {
     /// Keeps `call` until it ends.
     pub(super) fn push(&mut self, call: Call) {
-        self.0.get_or_insert_default().push(call);
+        let calls = self.0.get_or_insert_with(|| {
+            Box::new(Calls {
+                set: FuturesUnordered::new(),
+                sweep: Box::pin(tokio::time::sleep_until(Instant::now() + SWEPT_EVERY)),
+                sweep_polled: false,
+            })
+        });
+        if calls.set.is_empty() {
+            // No sweep ran while the set was empty: one overdue by now is
+            // put off, so a client making one call at a time is not swept
+            // at every call. A sweep still due within the period stays,
+            // and comes no later than that after this call.
+            let now = Instant::now();
+            if calls.sweep.deadline() <= now {
+                calls.sweep.as_mut().reset(now + SWEPT_EVERY);
+                calls.sweep_polled = false;
+            }
+        }
+        calls.set.push(call);
     }
 
     /// Whether no call is running.
     pub(super) fn is_empty(&self) -> bool {
-        self.0.as_ref().is_none_or(|calls| calls.is_empty())
+        self.0.as_ref().is_none_or(|calls| calls.set.is_empty())
     }
 
     /// The answer of the next call to end; pending for ever while none
@@ -48,14 +87,18 @@ impl Running {
     }
 
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Option<String>> {
-        match self.0.as_deref_mut() {
-            Some(calls) if !calls.is_empty() => match calls.poll_next_unpin(cx) {
-                Poll::Ready(Some(answer)) => Poll::Ready(answer),
-                // Empty (checked above), or more ended than one poll
-                // takes (the set woke the task to come back).
-                Poll::Ready(None) | Poll::Pending => Poll::Pending,
-            },
-            _ => Poll::Pending,
+        let Some(calls) = self.0.as_deref_mut() else {
+            return Poll::Pending;
+        };
+        if calls.set.is_empty() {
+            return Poll::Pending;
+        }
+        calls.sweep_when_due(cx);
+        match calls.set.poll_next_unpin(cx) {
+            Poll::Ready(Some(answer)) => Poll::Ready(answer),
+            // Empty (checked above), or more ended than one poll
+            // takes (the set woke the task to come back).
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
 
@@ -68,21 +111,53 @@ impl Running {
     }
 
     /// The connection has ended: the calls still running finish on a task
-    /// of their own. Their replies go nowhere, but each is counted and
-    /// timed as usual, reports its failure to lifecycle listeners, and
-    /// frees its call slots when it ends, as if the client had stayed.
-    pub(super) fn finish_detached(self) {
-        if let Some(mut calls) = self.0
-            && !calls.is_empty()
-        {
-            tokio::spawn(async move { while calls.next().await.is_some() {} });
+    /// of their own, their deadlines still swept. Their replies go
+    /// nowhere, but each is counted and timed as usual, reports its
+    /// failure to lifecycle listeners, and frees its call slots when it
+    /// ends, as if the client had stayed.
+    pub(super) fn finish_detached(mut self) {
+        if let Some(calls) = self.0.as_deref_mut() {
+            // To wake the new task, not this one.
+            calls.sweep_polled = false;
         }
+        if !self.is_empty() {
+            tokio::spawn(async move {
+                while !self.is_empty() {
+                    self.next_answer().await;
+                }
+            });
+        }
+    }
+}
+
+impl Calls {
+    /// Sweeps if a sweep is due: every call is polled again at the set's
+    /// next poll, woken or not (each is taken out and put back, which
+    /// queues it to be polled), and the next sweep is set. The timer is
+    /// polled only when it is new or has fired (a poll registers the
+    /// task's waker again, which cost more per call than the timers
+    /// this sweep saves).
+    fn sweep_when_due(&mut self, cx: &mut Context<'_>) {
+        if self.sweep_polled && !self.sweep.is_elapsed() {
+            return;
+        }
+        if self.sweep.as_mut().poll(cx).is_ready() {
+            for call in std::mem::take(&mut self.set) {
+                self.set.push(call);
+            }
+            self.sweep.as_mut().reset(Instant::now() + SWEPT_EVERY);
+            // Pending: polled so that it wakes the task.
+            let _ = self.sweep.as_mut().poll(cx);
+        }
+        self.sweep_polled = true;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
     use tokio::sync::oneshot;
 
@@ -164,5 +239,64 @@ mod tests {
         tx.send(()).ok();
         let ended = tokio::time::timeout(Duration::from_secs(10), ended_rx).await;
         assert!(matches!(ended, Ok(Ok(()))), "the call ran to its end");
+    }
+
+    /// A call that finds nothing on its first poll and ends at its second,
+    /// never registering a waker: only a sweep polls it again.
+    fn call_ending_at_second_poll(polls: Arc<AtomicUsize>) -> Call {
+        Box::pin(std::future::poll_fn(move |_cx| {
+            if polls.fetch_add(1, Ordering::SeqCst) == 0 {
+                Poll::Pending
+            } else {
+                Poll::Ready(Some("swept".to_owned()))
+            }
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_call_that_is_never_woken_is_polled_again_by_a_sweep() {
+        let mut running = Running::default();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        running.push(call_ending_at_second_poll(Arc::clone(&polls)));
+        assert_eq!(running.answer_now().await, None, "pending at first");
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
+        assert_eq!(answer.ok(), Some(Some("swept".to_owned())));
+        assert!(started.elapsed() <= Duration::from_secs(10));
+        assert!(running.is_empty());
+        // A set emptied and used again keeps sweeping.
+        let polls = Arc::new(AtomicUsize::new(0));
+        running.push(call_ending_at_second_poll(Arc::clone(&polls)));
+        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
+        assert_eq!(answer.ok(), Some(Some("swept".to_owned())));
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn calls_left_running_are_still_swept_on_their_new_task() {
+        let mut running = Running::default();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (ended_tx, ended_rx) = oneshot::channel();
+        let counted = Arc::clone(&polls);
+        let mut inner = call_ending_at_second_poll(counted);
+        let mut ended_tx = Some(ended_tx);
+        running.push(Box::pin(std::future::poll_fn(move |cx| {
+            let answer = inner.as_mut().poll(cx);
+            if answer.is_ready()
+                && let Some(tx) = ended_tx.take()
+            {
+                tx.send(()).ok();
+            }
+            answer
+        })));
+        assert_eq!(running.answer_now().await, None, "pending at first");
+        running.finish_detached();
+        let ended = tokio::time::timeout(Duration::from_secs(10), ended_rx).await;
+        assert!(
+            matches!(ended, Ok(Ok(()))),
+            "swept and ended on the new task"
+        );
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
 }
