@@ -4,14 +4,16 @@
 //! wakes the connection, which then writes the replies of every call ended
 //! by then and flushes them once.
 //!
-//! The set also keeps its calls' deadlines swept: while any call runs, a
-//! sweep polls every call again at most [`SWEPT_EVERY`] after the last
-//! sweep, woken or not. A call dispatched for the set
-//! ([`Keeper::RunningSet`](crate::rpc::dispatch::Keeper)) starts its
-//! deadline's timer only at that second poll, if it has not ended by then;
-//! the common call, answered within microseconds, never touches the timer
-//! wheel. One timer per connection, reset once per sweep, stands in for
-//! one per call.
+//! The set also keeps its calls' deadlines swept: a sweep polls every call
+//! again, woken or not, [`SWEPT_EVERY`] after the last, while calls come;
+//! so a call is polled again within that time of its first poll. A call
+//! dispatched for the set ([`Keeper::RunningSet`](crate::rpc::dispatch::Keeper))
+//! starts its deadline's timer only at that second poll, if it has not
+//! ended by then: the common call, answered within microseconds, never
+//! touches the timer wheel. One timer per connection, reset once per
+//! sweep, stands in for one per call. Sweeps stop two periods after the
+//! last call came (by then every call has started its own timer), so a
+//! connection waiting on slow calls is not woken ten times a second.
 
 use crate::rpc::dispatch::SWEPT_EVERY;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -32,11 +34,17 @@ pub(super) struct Running(Option<Box<Calls>>);
 /// The calls, and the sweep that polls them all.
 struct Calls {
     set: FuturesUnordered<Call>,
-    /// When the next sweep is due (every [`SWEPT_EVERY`] while calls run).
+    /// When the next sweep is due.
     sweep: Pin<Box<Sleep>>,
+    /// Whether `sweep` is set for a sweep to come.
+    sweep_set: bool,
     /// Whether `sweep` has been polled (so will wake the task) since it
     /// was last set, or moved to another task.
     sweep_polled: bool,
+    /// Sweeps still owed: two after the last call came (the first polls
+    /// again every call first polled before it; the second, calls first
+    /// polled by the first).
+    sweeps_owed: u8,
 }
 
 impl Running {
@@ -46,19 +54,14 @@ impl Running {
             Box::new(Calls {
                 set: FuturesUnordered::new(),
                 sweep: Box::pin(tokio::time::sleep_until(Instant::now() + SWEPT_EVERY)),
+                sweep_set: true,
                 sweep_polled: false,
+                sweeps_owed: 2,
             })
         });
-        if calls.set.is_empty() {
-            // No sweep ran while the set was empty: one overdue by now is
-            // put off, so a client making one call at a time is not swept
-            // at every call. A sweep still due within the period stays,
-            // and comes no later than that after this call.
-            let now = Instant::now();
-            if calls.sweep.deadline() <= now {
-                calls.sweep.as_mut().reset(now + SWEPT_EVERY);
-                calls.sweep_polled = false;
-            }
+        calls.sweeps_owed = 2;
+        if !calls.sweep_set {
+            calls.set_sweep();
         }
         calls.set.push(call);
     }
@@ -117,7 +120,7 @@ impl Running {
     /// ends, as if the client had stayed.
     pub(super) fn finish_detached(mut self) {
         if let Some(calls) = self.0.as_deref_mut() {
-            // To wake the new task, not this one.
+            // Polled again, to wake the new task, not this one.
             calls.sweep_polled = false;
         }
         if !self.is_empty() {
@@ -131,25 +134,38 @@ impl Running {
 }
 
 impl Calls {
+    /// Sets the next sweep, [`SWEPT_EVERY`] from now.
+    fn set_sweep(&mut self) {
+        self.sweep.as_mut().reset(Instant::now() + SWEPT_EVERY);
+        self.sweep_set = true;
+        self.sweep_polled = false;
+    }
+
     /// Sweeps if a sweep is due: every call is polled again at the set's
     /// next poll, woken or not (each is taken out and put back, which
-    /// queues it to be polled), and the next sweep is set. The timer is
-    /// polled only when it is new or has fired (a poll registers the
-    /// task's waker again, which cost more per call than the timers
-    /// this sweep saves).
+    /// queues it to be polled), and the next sweep is set while any is
+    /// owed. The timer is polled only when it is new or has fired (a poll
+    /// registers the task's waker again, which cost more per call than
+    /// the timers this sweep saves).
     fn sweep_when_due(&mut self, cx: &mut Context<'_>) {
-        if self.sweep_polled && !self.sweep.is_elapsed() {
+        if !self.sweep_set || (self.sweep_polled && !self.sweep.is_elapsed()) {
             return;
         }
-        if self.sweep.as_mut().poll(cx).is_ready() {
-            for call in std::mem::take(&mut self.set) {
-                self.set.push(call);
-            }
-            self.sweep.as_mut().reset(Instant::now() + SWEPT_EVERY);
+        self.sweep_polled = true;
+        if self.sweep.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        for call in std::mem::take(&mut self.set) {
+            self.set.push(call);
+        }
+        self.sweeps_owed = self.sweeps_owed.saturating_sub(1);
+        self.sweep_set = false;
+        if self.sweeps_owed > 0 {
+            self.set_sweep();
             // Pending: polled so that it wakes the task.
             let _ = self.sweep.as_mut().poll(cx);
+            self.sweep_polled = true;
         }
-        self.sweep_polled = true;
     }
 }
 
@@ -298,5 +314,39 @@ mod tests {
             "swept and ended on the new task"
         );
         assert_eq!(polls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A call that never ends and registers no waker, counting its polls.
+    fn call_never_ending(polls: Arc<AtomicUsize>) -> Call {
+        Box::pin(std::future::poll_fn(move |_cx| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            Poll::Pending
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweeps_stop_two_periods_after_the_last_call_and_resume_with_the_next() {
+        let mut running = Running::default();
+        let polls = Arc::new(AtomicUsize::new(0));
+        running.push(call_never_ending(Arc::clone(&polls)));
+        // The clock is paused: it runs on while the task waits, so a second
+        // is ten sweep periods.
+        let waited = tokio::time::timeout(Duration::from_secs(1), running.next_answer()).await;
+        assert!(waited.is_err(), "the call never ends");
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            3,
+            "its first poll, then two sweeps, then none"
+        );
+        let later = Arc::new(AtomicUsize::new(0));
+        running.push(call_never_ending(Arc::clone(&later)));
+        let waited = tokio::time::timeout(Duration::from_secs(1), running.next_answer()).await;
+        assert!(waited.is_err());
+        assert_eq!(later.load(Ordering::SeqCst), 3, "swept twice after it came");
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            5,
+            "the first call is swept along with it"
+        );
     }
 }
