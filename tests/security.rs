@@ -500,6 +500,10 @@ async fn lifecycle_hooks_see_every_event_in_order() {
     assert!(events[1].contains("revoked"), "{events:?}");
     assert!(events[2].contains(" eve "), "{events:?}");
     assert!(events[3].contains("echo/panic"), "{events:?}");
+    assert!(
+        events[3].contains(" eve "),
+        "the failed call's user: {events:?}"
+    );
     server.signal_term();
     assert!(server.wait_exit().success());
 }

@@ -282,9 +282,9 @@ fn dispatch_action(
     }
     let identity = identity.cloned();
     let report_errors = snapshot.wants_event(lifecycle::ERROR);
-    let entry = Arc::clone(entry);
-    let entry_metrics = entry.metrics.clone();
-    match with_slots(state, session, entry, identity, report_errors) {
+    // The entry's metrics are not cloned (three reference counts): the
+    // call counts itself through its own reference to the entry.
+    match with_slots(state, session, Arc::clone(entry), identity, report_errors) {
         Ok(mut call) => {
             if call.report_errors {
                 call.registry_events = Some(Arc::clone(state));
@@ -302,14 +302,14 @@ fn dispatch_action(
                 )
             });
             let running = async move {
-                let metrics = call.entry.metrics.clone();
                 let deadline = Deadline::starting(started, call.entry.timeout);
                 let deadline = match keeper {
                     Keeper::Awaiter => deadline,
                     Keeper::RunningSet => deadline.swept(),
                 };
-                let outcome = call.run(params, reply_room(id.as_deref()), deadline).await;
-                record(&metrics, started, &outcome);
+                let outcome = call
+                    .run(params, reply_room(id.as_deref()), (started, deadline))
+                    .await;
                 tracing::debug!(ok = outcome.is_ok(), "answered");
                 reply(id.as_deref(), outcome)
             };
@@ -322,7 +322,7 @@ fn dispatch_action(
         }
         Err(error) => {
             let outcome = Err(error.into());
-            *clock = record(&entry_metrics, started, &outcome);
+            *clock = record(&entry.metrics, started, &outcome);
             Dispatched::Ready(reply(id, outcome))
         }
     }
@@ -520,14 +520,14 @@ fn take_slots(state: &ServerState, session: &Session) -> Result<(CallSlot, CallS
 }
 
 impl PreparedCall {
-    /// Runs the call on the action pool, under `deadline` (its action's,
-    /// from the call's start); a result comes after `room` spaces (see
-    /// [`reply_room`]).
+    /// Runs the call, which began at `started`, on the action pool under
+    /// `deadline` (its action's, from that start), and counts its outcome;
+    /// a result comes after `room` spaces (see [`reply_room`]).
     async fn run(
         self,
         params: Option<FrameText>,
         room: usize,
-        deadline: Deadline,
+        (started, deadline): (Instant, Deadline),
     ) -> Result<String, CallError> {
         let PreparedCall {
             entry,
@@ -540,7 +540,11 @@ impl PreparedCall {
             threads,
         } = self;
         let plugin_entry = Arc::clone(&entry);
-        let user = identity.as_ref().map(|i| Arc::clone(&i.user));
+        // Who it ran for, kept only to report a failure to listeners.
+        let user = registry_events
+            .as_ref()
+            .and(identity.as_ref())
+            .map(|i| Arc::clone(&i.user));
         // Both slots stay with the thread: a call past its deadline still
         // occupies its slots until the plugin returns, so a client calling
         // an action that hangs uses up its own connection's slots, not the
@@ -555,6 +559,7 @@ impl PreparedCall {
         })
         .await;
         let outcome = interpret(&entry, answer);
+        record(&entry.metrics, started, &outcome);
         if let (Some(state), Err(CallError::Rpc(error))) = (&registry_events, &outcome)
             && matches!(error.code, ErrorCode::Timeout | ErrorCode::ActionFailed)
         {
