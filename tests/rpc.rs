@@ -359,6 +359,19 @@ async fn an_action_past_its_deadline_gets_a_timeout() {
     let reply = c.call("echo/later", json!({"ms": 2600})).await;
     assert_eq!(error_code(&reply), Some(-32003), "{reply}");
     assert_eq!(c.call("rpc.ping", Value::Null).await["result"], "pong");
+    // Calls made while another runs are kept by the connection's sweep,
+    // not a timer each (the first keeps its own): all time out alike.
+    c.request(10, "echo/sleep", json!({"ms": 3000})).await;
+    c.request(11, "echo/sleep", json!({"ms": 3000})).await;
+    c.request(12, "echo/later", json!({"ms": 2600})).await;
+    let mut ids = vec![];
+    for _ in 0..3 {
+        let reply = c.recv().await;
+        assert_eq!(error_code(&reply), Some(-32003), "{reply}");
+        ids.push(reply["id"].as_u64().unwrap());
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, [10, 11, 12]);
 }
 
 #[tokio::test]

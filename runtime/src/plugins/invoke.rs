@@ -499,26 +499,34 @@ mod tests {
         Pin::new(waiting).poll(&mut cx)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_swept_wait_starts_its_timer_only_when_polled_again_unanswered() {
         let (pending, answer) = PendingReply::new();
         let asked = Asked {
             answer: Answer::Awaited(answer),
         };
-        let started = Instant::now();
-        let mut waiting = asked.answer(Deadline::starting(started, 3 * SWEPT_EVERY).swept());
+        // On tokio's paused clock, which moves only when told to or to the
+        // next timer: the times below are exact.
+        let started = tokio::time::Instant::now();
+        let deadline = Deadline::starting(started.into_std(), 3 * SWEPT_EVERY).swept();
+        let mut waiting = asked.answer(deadline);
         assert!(poll_once(&mut waiting).is_pending());
         assert!(waiting.timer.is_none(), "no timer at the first poll");
+        tokio::time::advance(SWEPT_EVERY).await;
         assert!(poll_once(&mut waiting).is_pending());
         assert!(waiting.timer.is_some(), "the second poll starts it");
-        // Kept, never completed: the deadline, counted from the start,
-        // still ends the wait.
+        // Kept, never completed: the deadline, counted from the start (not
+        // from the second poll), ends the wait.
         let waited = tokio::time::timeout(Duration::from_secs(10), waiting).await;
         assert!(
             matches!(waited, Ok(Err(PluginFault::TimedOut(d))) if d == 3 * SWEPT_EVERY),
             "{waited:?}"
         );
-        assert!(started.elapsed() >= 3 * SWEPT_EVERY);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= 3 * SWEPT_EVERY && elapsed <= 3 * SWEPT_EVERY + Duration::from_millis(2),
+            "{elapsed:?}"
+        );
         drop(pending);
     }
 

@@ -144,12 +144,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             return Now::OverRate(error);
         }
         let mut clock = self.clock.unwrap_or_else(std::time::Instant::now);
+        // A call that finds others running, or a sweep set for calls just
+        // made, is kept by the running set's sweep; the first in a while
+        // keeps its own timer, so a client making one call at a time never
+        // wakes for a sweep.
+        let keeper = if self.running.is_quiet() {
+            Keeper::Awaiter
+        } else {
+            Keeper::RunningSet
+        };
         let Some(dispatched) = dispatch_now(
             &self.state,
             &mut self.session,
             &envelope,
             frame,
-            (&mut clock, Keeper::RunningSet),
+            (&mut clock, keeper),
         ) else {
             // Checked above: only actions come this way.
             return Now::Later;
@@ -161,7 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             }
             Dispatched::Ready(Some(reply)) => self.write_now(reply),
             Dispatched::Ready(None) => Next::Continue,
-            Dispatched::Running(call) => self.run_off_task(call),
+            Dispatched::Running(call) => self.run_off_task(call, keeper),
         };
         Now::Done(self.after_frame(next))
     }
@@ -232,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
                 match dispatch(&self.state, &mut self.session, &envelope, frame, text).await {
                     Dispatched::Ready(Some(reply)) => self.write_ready(reply).await,
                     Dispatched::Ready(None) => Next::Continue,
-                    Dispatched::Running(call) => self.run_off_task(call),
+                    Dispatched::Running(call) => self.run_off_task(call, Keeper::Awaiter),
                 }
             }
             // Boxed: batches are rare, and their state would otherwise
@@ -318,7 +327,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             let replies: Vec<String> = replies.into_iter().flatten().collect();
             (!replies.is_empty()).then(|| protocol::join_batch(&replies))
         });
-        self.run_off_task(Box::pin(batch))
+        self.run_off_task(Box::pin(batch), Keeper::Awaiter)
     }
 }
 

@@ -4,16 +4,16 @@
 //! wakes the connection, which then writes the replies of every call ended
 //! by then and flushes them once.
 //!
-//! The set also keeps its calls' deadlines swept: a sweep polls every call
-//! again, woken or not, [`SWEPT_EVERY`] after the last, while calls come;
-//! so a call is polled again within that time of its first poll. A call
-//! dispatched for the set ([`Keeper::RunningSet`](crate::rpc::dispatch::Keeper))
-//! starts its deadline's timer only at that second poll, if it has not
-//! ended by then: the common call, answered within microseconds, never
-//! touches the timer wheel. One timer per connection, reset once per
-//! sweep, stands in for one per call. Sweeps stop two periods after the
-//! last call came (by then every call has started its own timer), so a
-//! connection waiting on slow calls is not woken ten times a second.
+//! The set also sweeps its calls' deadlines. A call dispatched while the
+//! set is busy ([`Keeper::RunningSet`](crate::rpc::dispatch::Keeper)) is
+//! pushed as swept: it starts its deadline's timer only at its second
+//! poll, if it has not ended by then, and the set promises that second
+//! poll: a sweep polls every call again, woken or not, [`SWEPT_EVERY`]
+//! after the sweep was set, and sweeps go on while any swept call has been
+//! polled fewer than twice. The common call, answered within microseconds,
+//! never touches the timer wheel; one timer per connection, set once per
+//! sweep, stands in for one per call, and a connection left waiting on
+//! slow calls is swept no more once each has its timer.
 
 use crate::rpc::dispatch::SWEPT_EVERY;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -33,37 +33,64 @@ pub(super) struct Running(Option<Box<Calls>>);
 
 /// The calls, and the sweep that polls them all.
 struct Calls {
-    set: FuturesUnordered<Call>,
-    /// When the next sweep is due.
+    set: FuturesUnordered<Kept>,
+    /// When the next sweep is due, while `sweep_set`.
     sweep: Pin<Box<Sleep>>,
     /// Whether `sweep` is set for a sweep to come.
     sweep_set: bool,
     /// Whether `sweep` has been polled (so will wake the task) since it
     /// was last set, or moved to another task.
     sweep_polled: bool,
-    /// Sweeps still owed: two after the last call came (the first polls
-    /// again every call first polled before it; the second, calls first
-    /// polled by the first).
-    sweeps_owed: u8,
+}
+
+/// A call as the set keeps it: how often it has been polled, and whether
+/// the set owes it a second poll.
+struct Kept {
+    call: Call,
+    /// Pushed as swept: its deadline's timer starts at its second poll.
+    swept: bool,
+    /// Polls so far (counted to two).
+    polls: u8,
+}
+
+impl Future for Kept {
+    type Output = Option<String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.polls = self.polls.saturating_add(1).min(2);
+        self.call.as_mut().poll(cx)
+    }
 }
 
 impl Running {
-    /// Keeps `call` until it ends.
-    pub(super) fn push(&mut self, call: Call) {
+    /// Keeps `call` until it ends; `swept`: it was dispatched for the set
+    /// ([`Keeper::RunningSet`](crate::rpc::dispatch::Keeper)), and is owed
+    /// a second poll within [`SWEPT_EVERY`].
+    pub(super) fn push(&mut self, call: Call, swept: bool) {
         let calls = self.0.get_or_insert_with(|| {
             Box::new(Calls {
                 set: FuturesUnordered::new(),
                 sweep: Box::pin(tokio::time::sleep_until(Instant::now() + SWEPT_EVERY)),
-                sweep_set: true,
+                sweep_set: swept,
                 sweep_polled: false,
-                sweeps_owed: 2,
             })
         });
-        calls.sweeps_owed = 2;
-        if !calls.sweep_set {
+        if swept && !calls.sweep_set {
             calls.set_sweep();
         }
-        calls.set.push(call);
+        calls.set.push(Kept {
+            call,
+            swept,
+            polls: 0,
+        });
+    }
+
+    /// Whether no call is running and no sweep is set: a call now is the
+    /// first in a while, and better keeps its own timer than sets a sweep.
+    pub(super) fn is_quiet(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|calls| calls.set.is_empty() && !calls.sweep_set)
     }
 
     /// Whether no call is running.
@@ -141,31 +168,37 @@ impl Calls {
         self.sweep_polled = false;
     }
 
+    /// Polls the sweep's timer outside tokio's task budget: a poll the
+    /// budget refused would register no waker, and the timer is not
+    /// polled again until it has fired (a poll registers the task's waker
+    /// again, which cost more per call than the timers the sweep saves).
+    fn poll_sweep(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.sweep_polled = true;
+        Pin::new(&mut tokio::task::unconstrained(self.sweep.as_mut())).poll(cx)
+    }
+
     /// Sweeps if a sweep is due: every call is polled again at the set's
     /// next poll, woken or not (each is taken out and put back, which
-    /// queues it to be polled), and the next sweep is set while any is
-    /// owed. The timer is polled only when it is new or has fired (a poll
-    /// registers the task's waker again, which cost more per call than
-    /// the timers this sweep saves).
+    /// queues it to be polled), and the next sweep is set while a swept
+    /// call is still owed its second poll.
     fn sweep_when_due(&mut self, cx: &mut Context<'_>) {
         if !self.sweep_set || (self.sweep_polled && !self.sweep.is_elapsed()) {
             return;
         }
-        self.sweep_polled = true;
-        if self.sweep.as_mut().poll(cx).is_pending() {
+        if self.poll_sweep(cx).is_pending() {
             return;
         }
-        for call in std::mem::take(&mut self.set) {
-            self.set.push(call);
-        }
-        self.sweeps_owed = self.sweeps_owed.saturating_sub(1);
         self.sweep_set = false;
-        if self.sweeps_owed > 0 {
-            self.set_sweep();
-            // Pending: polled so that it wakes the task.
-            let _ = self.sweep.as_mut().poll(cx);
-            self.sweep_polled = true;
+        if !self.set.iter().any(|kept| kept.swept && kept.polls < 2) {
+            // Every swept call has started its timer, or ended.
+            return;
         }
+        for kept in std::mem::take(&mut self.set) {
+            self.set.push(kept);
+        }
+        self.set_sweep();
+        // Pending: polled so that it wakes the task.
+        let _ = self.poll_sweep(cx);
     }
 }
 
@@ -189,9 +222,9 @@ mod tests {
         let (first_tx, first_rx) = oneshot::channel();
         let (second_tx, second_rx) = oneshot::channel();
         let (third_tx, third_rx) = oneshot::channel::<&'static str>();
-        running.push(call_answering(first_rx));
-        running.push(call_answering(second_rx));
-        running.push(call_answering(third_rx));
+        running.push(call_answering(first_rx), false);
+        running.push(call_answering(second_rx), false);
+        running.push(call_answering(third_rx), false);
         assert_eq!(running.answer_now().await, None, "none has ended yet");
         second_tx.send("second").ok();
         first_tx.send("first").ok();
@@ -214,7 +247,7 @@ mod tests {
     async fn the_wait_for_an_answer_ends_when_a_call_ends_later() {
         let mut running = Running::default();
         let (tx, rx) = oneshot::channel();
-        running.push(call_answering(rx));
+        running.push(call_answering(rx), false);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             tx.send("late").ok();
@@ -232,7 +265,7 @@ mod tests {
             "no call runs: the wait never ends by itself"
         );
         let (tx, rx) = oneshot::channel();
-        running.push(call_answering(rx));
+        running.push(call_answering(rx), false);
         running.free_if_idle();
         assert!(running.0.is_some(), "a call runs: the set is kept");
         tx.send("done").ok();
@@ -246,11 +279,14 @@ mod tests {
         let mut running = Running::default();
         let (tx, rx) = oneshot::channel::<()>();
         let (ended_tx, ended_rx) = oneshot::channel();
-        running.push(Box::pin(async move {
-            rx.await.ok();
-            ended_tx.send(()).ok();
-            None
-        }));
+        running.push(
+            Box::pin(async move {
+                rx.await.ok();
+                ended_tx.send(()).ok();
+                None
+            }),
+            false,
+        );
         running.finish_detached();
         tx.send(()).ok();
         let ended = tokio::time::timeout(Duration::from_secs(10), ended_rx).await;
@@ -269,24 +305,61 @@ mod tests {
         }))
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_call_that_is_never_woken_is_polled_again_by_a_sweep() {
         let mut running = Running::default();
         let polls = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
-        running.push(call_ending_at_second_poll(Arc::clone(&polls)));
+        running.push(call_ending_at_second_poll(Arc::clone(&polls)), true);
+        assert!(!running.is_quiet(), "a sweep is set");
         assert_eq!(running.answer_now().await, None, "pending at first");
         assert_eq!(polls.load(Ordering::SeqCst), 1);
         let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
         assert_eq!(answer.ok(), Some(Some("swept".to_owned())));
-        assert!(started.elapsed() <= Duration::from_secs(10));
+        // The clock is paused: it moves only to the next timer, so this is
+        // exactly when the sweep came.
+        let waited = started.elapsed();
+        assert!(
+            waited >= SWEPT_EVERY && waited <= SWEPT_EVERY + Duration::from_millis(2),
+            "{waited:?}"
+        );
         assert!(running.is_empty());
         // A set emptied and used again keeps sweeping.
         let polls = Arc::new(AtomicUsize::new(0));
-        running.push(call_ending_at_second_poll(Arc::clone(&polls)));
+        running.push(call_ending_at_second_poll(Arc::clone(&polls)), true);
         let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
         assert_eq!(answer.ok(), Some(Some("swept".to_owned())));
         assert_eq!(polls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_swept_call_first_polled_late_still_gets_its_second_poll() {
+        let mut running = Running::default();
+        let polls = Arc::new(AtomicUsize::new(0));
+        running.push(call_never_ending(Arc::clone(&polls)), true);
+        // Not polled at all until well past the sweep (a connection busy
+        // writing to a slow client): the overdue sweep is its first poll.
+        tokio::time::advance(3 * SWEPT_EVERY).await;
+        assert_eq!(running.answer_now().await, None);
+        assert_eq!(polls.load(Ordering::SeqCst), 1, "polled first by the sweep");
+        let waited = tokio::time::timeout(Duration::from_secs(1), running.next_answer()).await;
+        assert!(waited.is_err(), "the call never ends");
+        assert_eq!(polls.load(Ordering::SeqCst), 2, "then swept once more");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_not_swept_set_no_sweep() {
+        let mut running = Running::default();
+        let polls = Arc::new(AtomicUsize::new(0));
+        running.push(call_never_ending(Arc::clone(&polls)), false);
+        assert!(!sweep_set(&running), "only a swept call sets a sweep");
+        let waited = tokio::time::timeout(Duration::from_secs(1), running.next_answer()).await;
+        assert!(waited.is_err());
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "woken by nothing, polled once"
+        );
     }
 
     #[tokio::test]
@@ -297,15 +370,18 @@ mod tests {
         let counted = Arc::clone(&polls);
         let mut inner = call_ending_at_second_poll(counted);
         let mut ended_tx = Some(ended_tx);
-        running.push(Box::pin(std::future::poll_fn(move |cx| {
-            let answer = inner.as_mut().poll(cx);
-            if answer.is_ready()
-                && let Some(tx) = ended_tx.take()
-            {
-                tx.send(()).ok();
-            }
-            answer
-        })));
+        running.push(
+            Box::pin(std::future::poll_fn(move |cx| {
+                let answer = inner.as_mut().poll(cx);
+                if answer.is_ready()
+                    && let Some(tx) = ended_tx.take()
+                {
+                    tx.send(()).ok();
+                }
+                answer
+            })),
+            true,
+        );
         assert_eq!(running.answer_now().await, None, "pending at first");
         running.finish_detached();
         let ended = tokio::time::timeout(Duration::from_secs(10), ended_rx).await;
@@ -314,6 +390,11 @@ mod tests {
             "swept and ended on the new task"
         );
         assert_eq!(polls.load(Ordering::SeqCst), 2);
+    }
+
+    /// Whether the set has a sweep to come.
+    fn sweep_set(running: &Running) -> bool {
+        running.0.as_ref().is_some_and(|calls| calls.sweep_set)
     }
 
     /// A call that never ends and registers no waker, counting its polls.
@@ -325,27 +406,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn sweeps_stop_two_periods_after_the_last_call_and_resume_with_the_next() {
+    async fn sweeps_stop_once_every_swept_call_has_had_its_second_poll() {
         let mut running = Running::default();
         let polls = Arc::new(AtomicUsize::new(0));
-        running.push(call_never_ending(Arc::clone(&polls)));
+        running.push(call_never_ending(Arc::clone(&polls)), true);
         // The clock is paused: it runs on while the task waits, so a second
         // is ten sweep periods.
         let waited = tokio::time::timeout(Duration::from_secs(1), running.next_answer()).await;
         assert!(waited.is_err(), "the call never ends");
         assert_eq!(
             polls.load(Ordering::SeqCst),
-            3,
-            "its first poll, then two sweeps, then none"
+            2,
+            "its first poll, then one sweep (its timer would start there), then none"
         );
+        assert!(!sweep_set(&running), "no sweep is set any more");
         let later = Arc::new(AtomicUsize::new(0));
-        running.push(call_never_ending(Arc::clone(&later)));
+        running.push(call_never_ending(Arc::clone(&later)), true);
         let waited = tokio::time::timeout(Duration::from_secs(1), running.next_answer()).await;
         assert!(waited.is_err());
-        assert_eq!(later.load(Ordering::SeqCst), 3, "swept twice after it came");
+        assert_eq!(later.load(Ordering::SeqCst), 2, "swept once after it came");
         assert_eq!(
             polls.load(Ordering::SeqCst),
-            5,
+            3,
             "the first call is swept along with it"
         );
     }

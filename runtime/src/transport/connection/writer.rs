@@ -244,9 +244,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     }
 
     /// Keeps a call (or batch) answered off the task until it ends; its
-    /// reply, if any, is written then.
-    pub(super) fn run_off_task(&mut self, call: running::Call) -> Next {
-        self.running.push(call);
+    /// reply, if any, is written then. `keeper`: who the call was
+    /// dispatched for (the running set sweeps a call dispatched for it).
+    pub(super) fn run_off_task(&mut self, call: running::Call, keeper: Keeper) -> Next {
+        self.running.push(call, keeper == Keeper::RunningSet);
         Next::Continue
     }
 }
