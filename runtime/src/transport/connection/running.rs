@@ -121,6 +121,10 @@ impl Running {
             return Poll::Pending;
         };
         if calls.set.is_empty() {
+            // Nothing to sweep: a sweep still set is let go (its timer may
+            // wake the task once more), so the next call finds the set
+            // quiet and keeps its own timer.
+            calls.sweep_set = false;
             return Poll::Pending;
         }
         calls.sweep_when_due(cx);
@@ -429,6 +433,22 @@ mod tests {
             polls.load(Ordering::SeqCst),
             3,
             "the first call is swept along with it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_set_found_empty_lets_its_sweep_go_and_is_quiet_again() {
+        let mut running = Running::default();
+        let polls = Arc::new(AtomicUsize::new(0));
+        running.push(call_ending_at_second_poll(Arc::clone(&polls)), true);
+        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
+        assert_eq!(answer.ok(), Some(Some("swept".to_owned())));
+        assert!(running.is_empty());
+        assert!(sweep_set(&running), "the sweep that ended it set the next");
+        assert_eq!(running.answer_now().await, None, "nothing runs");
+        assert!(
+            running.is_quiet(),
+            "a call made now keeps its own timer, and sets no sweep"
         );
     }
 }
