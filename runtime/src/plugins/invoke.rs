@@ -69,6 +69,11 @@ impl Deadline {
             ..self
         }
     }
+
+    /// Whether the wait relies on its caller's sweep for its second poll.
+    pub(crate) fn is_swept(&self) -> bool {
+        self.swept
+    }
 }
 
 /// Why a plugin gave no usable answer.

@@ -193,7 +193,7 @@ pub async fn dispatch(
         session,
         envelope,
         FrameSource::Shared { frame, text },
-        (&mut clock, Keeper::Awaiter),
+        (&mut clock, &mut Keeper::Awaiter),
     )
 }
 
@@ -205,13 +205,16 @@ pub async fn dispatch(
 /// handling a burst of frames passes the end of the call before, so each
 /// call reads the clock once); when the call was answered at once, it is
 /// left at the moment its answer was counted. `keeper` is who will poll
-/// the call if it is answered off the task.
+/// the call if it is answered off the task: a call whose wait does not
+/// rely on the running set's sweep (its deadline is too short to sweep,
+/// or it is an inline action's) leaves it [`Keeper::Awaiter`], so the set
+/// does not sweep for it.
 pub fn dispatch_now(
     state: &Arc<ServerState>,
     session: &mut Session,
     envelope: &Envelope<'_>,
     frame: FrameSource<'_>,
-    (clock, keeper): (&mut Instant, Keeper),
+    (clock, keeper): (&mut Instant, &mut Keeper),
 ) -> Option<Dispatched> {
     if !is_action_call(envelope) {
         return None;
@@ -238,7 +241,7 @@ fn dispatch_action(
     session: &mut Session,
     envelope: &Envelope<'_>,
     frame: FrameSource<'_>,
-    (clock, keeper): (&mut Instant, Keeper),
+    (clock, keeper): (&mut Instant, &mut Keeper),
 ) -> Dispatched {
     let started = *clock;
     let method: &str = &envelope.method;
@@ -271,6 +274,8 @@ fn dispatch_action(
     // public, when there may be none).
     let identity = session.live_identity_at(started);
     if entry.inline {
+        // An inline action answering later keeps its own timer.
+        *keeper = Keeper::Awaiter;
         return run_inline(
             (state, session),
             entry,
@@ -301,12 +306,15 @@ fn dispatch_action(
                     generation = call.entry.plugin.generation
                 )
             });
+            let deadline = Deadline::starting(started, call.entry.timeout);
+            let deadline = match keeper {
+                Keeper::Awaiter => deadline,
+                Keeper::RunningSet => deadline.swept(),
+            };
+            if !deadline.is_swept() {
+                *keeper = Keeper::Awaiter;
+            }
             let running = async move {
-                let deadline = Deadline::starting(started, call.entry.timeout);
-                let deadline = match keeper {
-                    Keeper::Awaiter => deadline,
-                    Keeper::RunningSet => deadline.swept(),
-                };
                 let outcome = call
                     .run(params, reply_room(id.as_deref()), (started, deadline))
                     .await;

@@ -195,6 +195,16 @@ async fn a_connection_past_its_running_calls_is_refused_without_waiting() {
 /// Dispatches one request as a connection's fast path does (actions only),
 /// with the frame as tungstenite delivers it.
 fn start_now(state: &Arc<ServerState>, session: &mut Session, request: &str) -> Dispatched {
+    start_now_for(state, session, request, &mut Keeper::Awaiter)
+}
+
+/// As [`start_now`], for `keeper`, which the dispatch may change.
+fn start_now_for(
+    state: &Arc<ServerState>,
+    session: &mut Session,
+    request: &str,
+    keeper: &mut Keeper,
+) -> Dispatched {
     let frame = tokio_tungstenite::tungstenite::Utf8Bytes::from(request.to_owned());
     let Frame::Single(Ok(envelope)) = parse_frame(frame.as_str(), 10) else {
         panic!("not a single request: {request}");
@@ -206,7 +216,7 @@ fn start_now(state: &Arc<ServerState>, session: &mut Session, request: &str) -> 
         session,
         &envelope,
         FrameSource::Text(&frame),
-        (&mut clock, Keeper::Awaiter),
+        (&mut clock, keeper),
     )
     .expect("an action call is taken at once");
     if matches!(dispatched, Dispatched::Ready(_)) {
@@ -262,8 +272,42 @@ async fn an_inline_action_answers_at_once_or_later_with_the_calls_id() {
             &mut session,
             &envelope,
             FrameSource::Text(&frame),
-            (&mut clock, Keeper::Awaiter)
+            (&mut clock, &mut Keeper::Awaiter)
         )
         .is_none()
     );
+}
+
+#[tokio::test]
+async fn only_a_call_whose_wait_relies_on_the_sweep_stays_kept_by_the_running_set() {
+    let s = server(8);
+    let mut session = session(&s.state, Some("u"));
+    let kept_by = |session: &mut Session, request: &str| {
+        let mut keeper = Keeper::RunningSet;
+        let dispatched = start_now_for(&s.state, session, request, &mut keeper);
+        assert!(matches!(dispatched, Dispatched::Running(_)), "{request}");
+        keeper
+    };
+    // The server's default deadline (30 s) is swept.
+    assert_eq!(
+        kept_by(&mut session, &request("t/echo", "[1]")),
+        Keeper::RunningSet
+    );
+    // One of 50 ms keeps its own timer.
+    assert_eq!(
+        kept_by(&mut session, &request("t/hang", "null")),
+        Keeper::Awaiter
+    );
+    // So does an inline action answering later.
+    let inline = server_of(INLINE_PLUGIN, 8);
+    let mut inline_session = self::session(&inline.state, None);
+    let mut keeper = Keeper::RunningSet;
+    let dispatched = start_now_for(
+        &inline.state,
+        &mut inline_session,
+        &request("t/hang", "null"),
+        &mut keeper,
+    );
+    assert!(matches!(dispatched, Dispatched::Running(_)));
+    assert_eq!(keeper, Keeper::Awaiter);
 }

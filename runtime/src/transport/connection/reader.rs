@@ -148,7 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         // made, is kept by the running set's sweep; the first in a while
         // keeps its own timer, so a client making one call at a time never
         // wakes for a sweep.
-        let keeper = if self.running.is_quiet() {
+        let mut keeper = if self.running.is_quiet() {
             Keeper::Awaiter
         } else {
             Keeper::RunningSet
@@ -158,7 +158,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             &mut self.session,
             &envelope,
             frame,
-            (&mut clock, keeper),
+            (&mut clock, &mut keeper),
         ) else {
             // Checked above: only actions come this way.
             return Now::Later;
