@@ -306,11 +306,11 @@ fn dispatch_action(
                     generation = call.entry.plugin.generation
                 )
             });
-            let deadline = Deadline::starting(started, call.entry.timeout);
-            let deadline = match keeper {
-                Keeper::Awaiter => deadline,
-                Keeper::RunningSet => deadline.swept(),
-            };
+            let mut deadline = Deadline::starting(started, call.entry.timeout);
+            if *keeper == Keeper::RunningSet {
+                deadline = deadline.swept();
+            }
+            // A deadline too short to sweep keeps its own timer.
             if !deadline.is_swept() {
                 *keeper = Keeper::Awaiter;
             }
