@@ -143,7 +143,7 @@ async fn run(state: &Arc<ServerState>, text: String, signed_in: bool) {
             None => assert!(!is_call, "a request got no reply: {text}"),
             Some(reply) => {
                 assert!(is_call, "a notification got a reply: {reply}");
-                check_reply(&reply, envelope.id.map(|id| id.get()));
+                check_reply(&reply, envelope.id);
             }
         }
     }

@@ -8,6 +8,11 @@
 //!   object or array;
 //! - what was accepted is JSON whose `jsonrpc`, `id` and `method` agree
 //!   with the envelope;
+//! - a single request reads exactly as serde alone reads it
+//!   (`parse_envelope_by_serde`): the same id, method and params (the same
+//!   slices of the frame), or the same refusal, so the one-pass reader of
+//!   the common shape never accepts what serde would not, nor reads it
+//!   differently;
 //! - every reply built from it (`reply_ok`, `reply_error`, `join_batch`)
 //!   is JSON carrying the same id and the refusal's code.
 
@@ -20,7 +25,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use switchboard::rpc::error::ErrorCode;
 use switchboard::rpc::protocol::{
-    Envelope, Frame, INLINE_TEXT, Refusal, join_batch, parse_frame, reply_error, reply_ok, share,
+    Envelope, Frame, INLINE_TEXT, Refusal, join_batch, parse_envelope_by_serde, parse_frame,
+    reply_error, reply_ok, share,
 };
 
 #[path = "common/reply.rs"]
@@ -48,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(code, Some(error.code.code()));
         }
         Frame::Single(item) => {
+            assert_same_as_serde(&item, parse_envelope_by_serde(text.trim_start()));
             check_item(&frame, text, item, Some(text.trim_start()));
         }
         Frame::Batch(items) => {
@@ -68,6 +75,32 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
+/// Asserts that a request was read as serde alone reads it.
+fn assert_same_as_serde(
+    read: &Result<Envelope<'_>, Refusal>,
+    by_serde: Result<Envelope<'_>, Refusal>,
+) {
+    match (read, &by_serde) {
+        (Ok(read), Ok(by_serde)) => {
+            let slices = |envelope: &Envelope<'_>| {
+                (
+                    envelope.id.map(|id| (id.as_ptr(), id.len())),
+                    envelope.params.map(|p| (p.get().as_ptr(), p.get().len())),
+                )
+            };
+            assert_eq!(slices(read), slices(by_serde), "id or params differ");
+            assert_eq!(read.method, by_serde.method);
+            assert_eq!(read.answer, by_serde.answer);
+        }
+        (Err(read), Err(by_serde)) => {
+            assert_eq!(read.error.code, by_serde.error.code);
+            assert_eq!(read.error.message, by_serde.error.message);
+            assert_eq!(read.id.as_deref(), by_serde.id.as_deref());
+        }
+        _ => panic!("read {read:?}, serde alone {by_serde:?}"),
+    }
+}
+
 /// Checks one parsed item and returns the reply the server could send.
 /// `whole`: the item's own text, when it is the whole frame.
 fn check_item(
@@ -78,7 +111,7 @@ fn check_item(
 ) -> String {
     match item {
         Ok(envelope) => {
-            let id = envelope.id.map(|id| id.get());
+            let id = envelope.id;
             if let Some(id) = id {
                 assert_inside(text, id);
                 assert!(

@@ -159,7 +159,7 @@ pub async fn dispatch(
     let method: &str = &envelope.method;
     let started = Instant::now();
     if method.starts_with("rpc.") {
-        let id = envelope.id.map(|id| share(frame, text, id.get()));
+        let id = envelope.id.map(|id| share(frame, text, id));
         if method == "rpc.publish"
             && let Err(error) = session.rates.take_publish(&state.config, started)
         {
@@ -247,7 +247,7 @@ fn dispatch_action(
     let method: &str = &envelope.method;
     // The id as text: sliced out of the frame only for a call answered
     // later.
-    let id = envelope.id.map(RawValue::get);
+    let id = envelope.id;
     // Borrowed, not cloned, for the call's length: an inline call takes no
     // reference counts of its own.
     let snapshot = state.registry.snapshot();
@@ -342,7 +342,7 @@ fn dispatch_action(
 fn deliver_answer(state: &ServerState, session: &Session, envelope: &Envelope<'_>, answer: Answer) {
     let Some(id) = envelope
         .id
-        .and_then(|id| serde_json::from_str::<String>(id.get()).ok())
+        .and_then(|id| serde_json::from_str::<String>(id).ok())
     else {
         return;
     };

@@ -256,7 +256,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         match protocol::parse_frame(text, self.state.config.max_batch) {
             Frame::Single(Ok(envelope)) => match envelope.id {
                 Some(id) => {
-                    let reply = protocol::reply_error(Some(id.get()), error);
+                    let reply = protocol::reply_error(Some(id), error);
                     self.write_ready(reply).await
                 }
                 None => Next::Continue,
@@ -288,7 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
                         ErrorCode::InvalidRequest,
                         "invalid request: at most one rpc.auth per batch",
                     );
-                    let id = envelope.id.map(serde_json::value::RawValue::get);
+                    let id = envelope.id;
                     Dispatched::Ready(
                         envelope
                             .id

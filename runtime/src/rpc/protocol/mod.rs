@@ -1,11 +1,14 @@
 //! JSON-RPC 2.0 envelopes: parse only what routing needs, build replies by
 //! splicing raw JSON, never re-encoding params or results.
 //!
-//! Parsing borrows from the frame: `id` and `params` stay [`RawValue`]s
-//! pointing into it, and [`share`] turns them into reference-
+//! Parsing borrows from the frame: `id` (its JSON text) and `params` (a
+//! [`RawValue`]) point into it, and [`share`] turns them into reference-
 //! counted slices of the frame's own buffer ([`FrameText`]), so params
 //! reach a plugin without a copy, and text validated once (when the frame
-//! came in) is never validated again.
+//! came in) is never validated again. The common request is read in one
+//! pass ([`one_pass`]); anything else, and every refusal, through serde.
+
+mod one_pass;
 
 use crate::rpc::error::{ErrorCode, RpcError};
 use bytes::Bytes;
@@ -18,8 +21,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 /// One parsed request or notification, borrowing from the frame.
 #[derive(Debug)]
 pub struct Envelope<'a> {
-    /// The raw `id`, or `None` for a notification.
-    pub id: Option<&'a RawValue>,
+    /// The `id` as its JSON text (a string with its quotes, a number or
+    /// `null`), or `None` for a notification.
+    pub id: Option<&'a str>,
     /// The method (action path or built-in).
     pub method: Cow<'a, str>,
     /// The raw `params`, or `None` when absent or `null`; for an answer,
@@ -162,13 +166,25 @@ pub fn parse_frame(text: &str, max_batch: usize) -> Frame<'_> {
     }
 }
 
+/// Reads one request: the common shape in one pass ([`one_pass`]),
+/// anything else (and every refusal) through serde.
 fn parse_envelope(json: &str) -> Result<Envelope<'_>, Refusal> {
+    match one_pass::read(json) {
+        Some(envelope) => Ok(envelope),
+        None => parse_envelope_by_serde(json),
+    }
+}
+
+/// Reads one request through serde alone, whatever its shape. Public only
+/// for the fuzz target that checks the one-pass reader against it.
+#[doc(hidden)]
+pub fn parse_envelope_by_serde(json: &str) -> Result<Envelope<'_>, Refusal> {
     let raw: RawEnvelope<'_> = match serde_json::from_str(json) {
         Ok(raw) => raw,
         Err(e) => return Err(refuse_unparsable(json, e)),
     };
     let id = match raw.id {
-        Some(id) if !is_valid_id(id) => {
+        Some(id) if !is_valid_id(id.get()) => {
             return Err(Refusal {
                 id: None,
                 error: RpcError::new(
@@ -177,7 +193,7 @@ fn parse_envelope(json: &str) -> Result<Envelope<'_>, Refusal> {
                 ),
             });
         }
-        id => id,
+        id => id.map(RawValue::get),
     };
     let refuse = |message: &str| Refusal {
         id: id.map(owned_id),
@@ -192,7 +208,7 @@ fn parse_envelope(json: &str) -> Result<Envelope<'_>, Refusal> {
     let Some(method) = raw.method else {
         // Server calls have string ids starting with "s": anything else
         // cannot be an answer to one.
-        let server_call = id.is_some_and(|id| id.get().starts_with("\"s"));
+        let server_call = id.is_some_and(|id| id.starts_with("\"s"));
         return match (raw.result, raw.error) {
             (Some(result), None) if server_call => Ok(Envelope {
                 id,
@@ -239,6 +255,7 @@ fn refuse_unparsable(json: &str, error: serde_json::Error) -> Refusal {
     let id = serde_json::from_str::<IdOnly<'_>>(json)
         .ok()
         .and_then(|v| v.id)
+        .map(RawValue::get)
         .filter(|id| is_valid_id(id))
         .map(owned_id);
     let reason = if json.starts_with('{') {
@@ -252,13 +269,14 @@ fn refuse_unparsable(json: &str, error: serde_json::Error) -> Refusal {
     }
 }
 
-fn is_valid_id(id: &RawValue) -> bool {
-    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')) || id.get() == "null"
+/// Whether an id's JSON text is a string, a number or `null`.
+fn is_valid_id(id: &str) -> bool {
+    matches!(id.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')) || id == "null"
 }
 
 /// Copies an id for a refusal (the error path, where a copy costs nothing).
-fn owned_id(id: &RawValue) -> FrameText {
-    FrameText::copy(id.get())
+fn owned_id(id: &str) -> FrameText {
+    FrameText::copy(id)
 }
 
 /// A piece of a frame's text (an id, params) kept past the frame's
@@ -504,8 +522,8 @@ mod tests {
 
     #[test]
     fn null_id_is_kept_apart_from_no_id() {
-        let with_null = single(r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#)
-            .map(|e| e.id.map(|i| i.get().to_owned()));
+        let with_null =
+            single(r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#).map(|e| e.id.map(str::to_owned));
         assert_eq!(with_null.ok(), Some(Some("null".to_owned())));
         let without = single(r#"{"jsonrpc":"2.0","method":"m"}"#).map(|e| e.id.is_none());
         assert_eq!(without.ok(), Some(true));
@@ -657,6 +675,6 @@ mod tests {
             panic!("not an answer")
         };
         assert_eq!(env.answer, Some(Answer::Result));
-        assert_eq!(env.id.map(|i| i.get()), Some("\"s1\""));
+        assert_eq!(env.id, Some("\"s1\""));
     }
 }

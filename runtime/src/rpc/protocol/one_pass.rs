@@ -1,0 +1,312 @@
+//! The common request read in one pass over its bytes, without serde's
+//! field-by-field machinery.
+//!
+//! The shape read here is what clients send: an object whose members are
+//! `"jsonrpc": "2.0"`, `"method"`, and optionally `"id"` and `"params"`,
+//! in any order, with JSON whitespace between tokens, no escapes in member
+//! names, the method or a string id, and no other member. An id that is a
+//! number is checked against JSON's grammar here; the params are read, and
+//! checked to be JSON, by serde_json (as a raw value). Reading the
+//! envelope through serde's derived code cost about 2,000 instructions of
+//! an inline call's 6,300 (callgrind, `rpc` with a 64-byte payload), most
+//! of them matching member names and the generic visitors around them;
+//! this reader takes about 1,100, half of them serde's reading of the
+//! params.
+//!
+//! Anything else (a `null` method or params, an escape, a `result` or
+//! `error`, an unknown or repeated member, anything malformed) gives
+//! `None`, and the caller reads the frame with serde as before: this
+//! reader never refuses, so every refusal and its message stay serde's.
+//! What it accepts, serde reads the same; the `rpc_frame` fuzz target
+//! checks that on every input it makes.
+
+use super::Envelope;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// The members this reader knows, one bit each (a repeated one is left to
+/// serde, which refuses it).
+const JSONRPC: u8 = 1;
+const ID: u8 = 2;
+const METHOD: u8 = 4;
+const PARAMS: u8 = 8;
+
+/// Reads `json` if it has the common shape (see the module's comment),
+/// else `None`.
+pub(super) fn read(json: &str) -> Option<Envelope<'_>> {
+    let bytes = json.as_bytes();
+    let mut at = skip_whitespace(bytes, 0);
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    let mut seen = 0u8;
+    let (mut id, mut method, mut params) = (None, None, None);
+    loop {
+        at = skip_whitespace(bytes, at);
+        let (member, name_length) = member_at(bytes.get(at..)?)?;
+        if seen & member != 0 {
+            return None;
+        }
+        seen |= member;
+        at = skip_whitespace(bytes, at + name_length);
+        if bytes.get(at) != Some(&b':') {
+            return None;
+        }
+        at = skip_whitespace(bytes, at + 1);
+        at = match member {
+            JSONRPC => {
+                if !bytes.get(at..)?.starts_with(br#""2.0""#) {
+                    return None;
+                }
+                at + 5
+            }
+            METHOD => {
+                let (name, after) = plain_string(json, at)?;
+                method = Some(name);
+                after
+            }
+            ID => {
+                let after = id_end(bytes, at)?;
+                id = Some(json.get(at..after)?);
+                after
+            }
+            _ => {
+                // An object or an array: `null` (no params) and anything
+                // else are serde's to read or refuse.
+                if !matches!(bytes.get(at), Some(b'{' | b'[')) {
+                    return None;
+                }
+                let (raw, after) = raw_value(json, at)?;
+                params = Some(raw);
+                after
+            }
+        };
+        at = skip_whitespace(bytes, at);
+        match bytes.get(at) {
+            Some(b',') => at += 1,
+            Some(b'}') => break,
+            _ => return None,
+        }
+    }
+    if skip_whitespace(bytes, at + 1) != bytes.len() || seen & JSONRPC == 0 {
+        return None;
+    }
+    Some(Envelope {
+        id,
+        method: Cow::Borrowed(method?),
+        params,
+        answer: None,
+    })
+}
+
+/// The member whose name (in quotes) `rest` starts with, and the name's
+/// length with its quotes.
+fn member_at(rest: &[u8]) -> Option<(u8, usize)> {
+    let (member, name): (u8, &[u8]) = match rest.get(1)? {
+        b'j' => (JSONRPC, br#""jsonrpc""#),
+        b'i' => (ID, br#""id""#),
+        b'm' => (METHOD, br#""method""#),
+        b'p' => (PARAMS, br#""params""#),
+        _ => return None,
+    };
+    rest.starts_with(name).then_some((member, name.len()))
+}
+
+/// The index after the id starting at `at`: `null`, a number, or a string
+/// with no escape (anything else is serde's).
+fn id_end(bytes: &[u8], at: usize) -> Option<usize> {
+    match bytes.get(at)? {
+        b'"' => plain_string_end(bytes, at),
+        b'n' => bytes.get(at..)?.starts_with(b"null").then_some(at + 4),
+        _ => number_end(bytes, at),
+    }
+}
+
+/// The index after the JSON number starting at `at`, by the grammar:
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn number_end(bytes: &[u8], mut at: usize) -> Option<usize> {
+    let digits = |from: usize| {
+        let count = bytes.get(from..).map_or(0, |rest| {
+            rest.iter().take_while(|b| b.is_ascii_digit()).count()
+        });
+        (count > 0).then_some(from + count)
+    };
+    if bytes.get(at) == Some(&b'-') {
+        at += 1;
+    }
+    at = match bytes.get(at)? {
+        b'0' => at + 1,
+        b'1'..=b'9' => digits(at)?,
+        _ => return None,
+    };
+    if bytes.get(at) == Some(&b'.') {
+        at = digits(at + 1)?;
+    }
+    if let Some(b'e' | b'E') = bytes.get(at) {
+        at += 1;
+        if let Some(b'+' | b'-') = bytes.get(at) {
+            at += 1;
+        }
+        at = digits(at)?;
+    }
+    Some(at)
+}
+
+/// The first index from `at` that is not JSON whitespace.
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\t' | b'\r') = bytes.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// The string starting at `at` (its opening quote), without its quotes,
+/// and the index after it (see [`plain_string_end`]).
+fn plain_string(json: &str, at: usize) -> Option<(&str, usize)> {
+    let end = plain_string_end(json.as_bytes(), at)?;
+    // Both ends are at ASCII quotes: character boundaries.
+    Some((json.get(at + 1..end - 1)?, end))
+}
+
+/// The index after the string starting at `at` (its opening quote), if
+/// it has no escape and no control character (a string with an escape
+/// must be decoded, and one with a control character is not JSON: both
+/// are serde's).
+fn plain_string_end(bytes: &[u8], at: usize) -> Option<usize> {
+    if bytes.get(at) != Some(&b'"') {
+        return None;
+    }
+    let start = at + 1;
+    let length = bytes
+        .get(start..)?
+        .iter()
+        .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
+    let end = start + length;
+    (bytes[end] == b'"').then_some(end + 1)
+}
+
+/// The JSON value starting at `at`, read and checked by serde_json, and
+/// the index after it.
+fn raw_value(json: &str, at: usize) -> Option<(&RawValue, usize)> {
+    let rest = json.get(at..)?;
+    let mut deserializer = serde_json::Deserializer::from_str(rest);
+    let raw = <&RawValue>::deserialize(&mut deserializer).ok()?;
+    // The raw value is a slice of `rest` (serde_json borrows it).
+    let end = (raw.get().as_ptr() as usize)
+        .checked_sub(json.as_ptr() as usize)?
+        .checked_add(raw.get().len())?;
+    Some((raw, end))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+    use super::*;
+
+    /// What serde alone reads from `json`, as comparable text.
+    fn by_serde(json: &str) -> Option<(Option<String>, String, Option<String>)> {
+        let envelope = super::super::parse_envelope_by_serde(json).ok()?;
+        if envelope.answer.is_some() {
+            return None;
+        }
+        Some(parts(&envelope))
+    }
+
+    fn parts(envelope: &Envelope<'_>) -> (Option<String>, String, Option<String>) {
+        (
+            envelope.id.map(str::to_owned),
+            envelope.method.clone().into_owned(),
+            envelope.params.map(|params| params.get().to_owned()),
+        )
+    }
+
+    /// Asserts the one-pass reader reads `json` (or not), and that what it
+    /// reads, serde reads the same.
+    fn check(json: &str, read_here: bool) {
+        let here = read(json);
+        assert_eq!(here.is_some(), read_here, "read here: {json}");
+        if let Some(envelope) = here {
+            assert_eq!(Some(parts(&envelope)), by_serde(json), "{json}");
+            // Slices of the frame, as serde's are (ids and params are
+            // shared from the frame's buffer).
+            let frame = json.as_bytes().as_ptr_range();
+            let params = envelope.params.map(RawValue::get);
+            for part in envelope.id.into_iter().chain(params) {
+                assert!(frame.contains(&part.as_ptr()), "{json}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_common_shapes_are_read_in_one_pass() {
+        for json in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"echo","params":{"pad":"xxxx"}}"#,
+            r#"{"jsonrpc":"2.0","id":"a-1","method":"echo/sleep","params":[1,2]}"#,
+            r#"{"jsonrpc":"2.0","method":"rpc.ping"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#,
+            r#"{"method":"m","params":{},"id":-1.5e3,"jsonrpc":"2.0"}"#,
+            "{ \"jsonrpc\" : \"2.0\" ,\n\t\"id\" : 7 , \"method\" : \"m\" }\r\n ",
+            r#"{"jsonrpc":"2.0","id":"é","method":"é/ü","params":{"a":"\"}"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"","params":[[[{"a":[]}]]]}"#,
+            r#"{"jsonrpc":"2.0","id":0,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":-0.0,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":12.5E+7,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":1e-999,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":"","method":"m"}"#,
+        ] {
+            check(json, true);
+        }
+    }
+
+    #[test]
+    fn anything_else_is_left_to_serde() {
+        for json in [
+            // What serde refuses.
+            "",
+            "{",
+            "{}",
+            r#"{"jsonrpc":"2.0","id":1,"method":"m",}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m"} x"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m"}}"#,
+            r#"{"jsonrpc":"2.0","id":01,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":-,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":1.,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":.5,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":1e,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":1e+,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":+1,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":nul,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":nullx,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":"a,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":1}"#,
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"m"}"#,
+            "{\"jsonrpc\":\"2.0\",\"method\":\"a\u{1}b\"}",
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":1}
+x"#,
+            // What serde reads but this reader does not.
+            r#"{"jsonrpc":"2.0","id":1,"method":"echo\/sleep"}"#,
+            r#"{"jsonr\u0070c":"2.0","method":"m"}"#,
+            r#"{"jsonrpc":"2.0","method":"m","params":null}"#,
+            r#"{"jsonrpc":"2.0","method":"m","params":1}"#,
+            r#"{"jsonrpc":"2.0","id":[1],"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":{},"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":true,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":"a\"b","method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":"\u00e9\n","method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1] }x"#,
+            r#"{"jsonrpc" :"2.0 ","method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":null}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"m"}"#,
+            r#"{"id":1,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":"s1","result":1}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","extra":1}"#,
+            r#"["2.0",1,"m"]"#,
+        ] {
+            check(json, false);
+        }
+    }
+}
