@@ -85,7 +85,7 @@ fn assert_same_as_serde(
             let slices = |envelope: &Envelope<'_>| {
                 (
                     envelope.id.map(|id| (id.as_ptr(), id.len())),
-                    envelope.params.map(|p| (p.get().as_ptr(), p.get().len())),
+                    envelope.params.map(|p| (p.as_ptr(), p.len())),
                 )
             };
             assert_eq!(slices(read), slices(by_serde), "id or params differ");
@@ -141,13 +141,12 @@ fn check_item(
                 }
             }
             if let Some(params) = envelope.params {
-                assert_inside(text, params.get());
-                json(params.get());
+                assert_inside(text, params);
+                json(params);
                 if envelope.answer.is_none() {
                     assert!(
-                        params.get().starts_with(['{', '[']),
-                        "params {}",
-                        params.get()
+                        params.starts_with(['{', '[']),
+                        "params {params}",
                     );
                 }
             }
@@ -161,7 +160,7 @@ fn check_item(
                 }
             }
             let id = id.unwrap_or("null");
-            let result = envelope.params.map_or("null", |p| p.get());
+            let result = envelope.params.unwrap_or("null");
             let reply = reply_ok(id, result);
             assert_eq!(check_reply(&reply, id), None);
             reply

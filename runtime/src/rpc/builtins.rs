@@ -9,7 +9,6 @@ use crate::rpc::room_calls::{self, RoomCaller};
 use crate::rpc::session::Session;
 use crate::state::ServerState;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// A built-in method.
@@ -57,7 +56,7 @@ impl Builtin {
         self,
         state: &ServerState,
         session: &mut Session,
-        params: Option<&RawValue>,
+        params: Option<&str>,
     ) -> Result<String, RpcError> {
         match self {
             Builtin::Ping => Ok("\"pong\"".to_owned()),
@@ -94,7 +93,7 @@ impl Builtin {
         self,
         state: &ServerState,
         caller: &RoomCaller,
-        params: Option<&RawValue>,
+        params: Option<&str>,
     ) -> Result<String, RpcError> {
         match self {
             Builtin::Join => room_calls::join(state, caller, params).await,
@@ -131,7 +130,7 @@ struct SubscribeParams {
 fn subscribe(
     state: &ServerState,
     session: &Session,
-    params: Option<&RawValue>,
+    params: Option<&str>,
 ) -> Result<String, RpcError> {
     let params: SubscribeParams = params
         .ok_or_else(|| {
@@ -141,7 +140,7 @@ fn subscribe(
             )
         })
         .and_then(|raw| {
-            serde_json::from_str(raw.get()).map_err(|e| {
+            serde_json::from_str(raw).map_err(|e| {
                 RpcError::new(
                     ErrorCode::InvalidParams,
                     format!("rpc.subscribe params: {e}"),
@@ -194,7 +193,7 @@ struct AuthParams {
 async fn auth(
     state: &ServerState,
     session: &mut Session,
-    params: Option<&RawValue>,
+    params: Option<&str>,
 ) -> Result<String, RpcError> {
     let params: AuthParams = params
         .ok_or_else(|| {
@@ -204,7 +203,7 @@ async fn auth(
             )
         })
         .and_then(|raw| {
-            serde_json::from_str(raw.get()).map_err(|e| {
+            serde_json::from_str(raw).map_err(|e| {
                 RpcError::new(ErrorCode::InvalidParams, format!("rpc.auth params: {e}"))
             })
         })?;

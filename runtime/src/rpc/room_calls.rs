@@ -21,7 +21,7 @@ use std::time::Duration;
 
 fn params<'a, T: Deserialize<'a>>(
     method: &str,
-    raw: Option<&'a RawValue>,
+    raw: Option<&'a str>,
     shape: &str,
 ) -> Result<T, RpcError> {
     let raw = raw.ok_or_else(|| {
@@ -30,7 +30,7 @@ fn params<'a, T: Deserialize<'a>>(
             format!("{method} needs params {shape}"),
         )
     })?;
-    serde_json::from_str(raw.get())
+    serde_json::from_str(raw)
         .map_err(|e| RpcError::new(ErrorCode::InvalidParams, format!("{method} params: {e}")))
 }
 
@@ -80,7 +80,7 @@ const JOIN_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn join(
     state: &ServerState,
     caller: &RoomCaller,
-    raw: Option<&RawValue>,
+    raw: Option<&str>,
 ) -> Result<String, RpcError> {
     let p: JoinParams = params(
         "rpc.join",
@@ -118,7 +118,7 @@ pub async fn join(
 pub async fn leave(
     state: &ServerState,
     caller: &RoomCaller,
-    raw: Option<&RawValue>,
+    raw: Option<&str>,
 ) -> Result<String, RpcError> {
     let p: RoomParams = params("rpc.leave", raw, r#"{"room": "..."}"#)?;
     if !state.broker.leave(&p.room, caller.conn_id).await {
@@ -140,7 +140,7 @@ pub async fn leave_all(state: &ServerState, caller: &RoomCaller) -> String {
 pub async fn publish(
     state: &ServerState,
     caller: &RoomCaller,
-    raw: Option<&RawValue>,
+    raw: Option<&str>,
 ) -> Result<String, RpcError> {
     let p: PublishParams<'_> = params("rpc.publish", raw, r#"{"room": "...", "data": ...}"#)?;
     let rule = state
@@ -169,7 +169,7 @@ pub async fn publish(
 pub async fn presence(
     state: &ServerState,
     caller: &RoomCaller,
-    raw: Option<&RawValue>,
+    raw: Option<&str>,
 ) -> Result<String, RpcError> {
     let p: RoomParams = params("rpc.presence", raw, r#"{"room": "..."}"#)?;
     let rule = state

@@ -26,7 +26,6 @@ use crate::state::ServerState;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -90,21 +89,13 @@ fn room_call_in_lane(
     let caller = session.room_caller();
     let turn = session.room_turn();
     let state = Arc::clone(state);
-    let params = envelope.params.map(|p| share(frame, text, p.get()));
+    let params = envelope.params.map(|p| share(frame, text, p));
     let metrics: &'static ActionMetrics = crate::metrics::global().builtin(&envelope.method);
     let started = Instant::now();
     Dispatched::Running(Box::pin(async move {
         turn.wait().await;
-        let params = match params.as_deref().map(serde_json::from_str::<&RawValue>) {
-            Some(Ok(raw)) => Some(raw),
-            Some(Err(e)) => {
-                let error = RpcError::new(ErrorCode::InvalidParams, e.to_string());
-                return reply(id.as_deref(), Err(error.into()));
-            }
-            None => None,
-        };
         let outcome = builtin
-            .run_room(&state, &caller, params)
+            .run_room(&state, &caller, params.as_deref())
             .await
             .map_err(CallError::from);
         record(metrics, started, &outcome);
@@ -294,7 +285,7 @@ fn dispatch_action(
             if call.report_errors {
                 call.registry_events = Some(Arc::clone(state));
             }
-            let params = envelope.params.map(|p| frame.share(p.get()));
+            let params = envelope.params.map(|p| frame.share(p));
             let id = id.map(|id| frame.share(id));
             // A span per call only when debug logging wants it: an
             // instrumented future costs on every call.
@@ -347,7 +338,7 @@ fn deliver_answer(state: &ServerState, session: &Session, envelope: &Envelope<'_
         return;
     };
     tracing::debug!(conn = session.conn_id, id, "answer to a server call");
-    let body = envelope.params.map_or("null", |p| p.get()).to_owned();
+    let body = envelope.params.unwrap_or("null").to_owned();
     let answer = match answer {
         Answer::Result => Ok(body),
         Answer::Error => Err(body),
@@ -375,12 +366,12 @@ fn run_inline(
     (state, session): (&ServerState, &Session),
     entry: &Arc<ActionEntry>,
     identity: Option<&Identity>,
-    params: Option<&serde_json::value::RawValue>,
+    params: Option<&str>,
     (id, frame): (Option<&str>, FrameSource<'_>),
     clock: &mut Instant,
 ) -> Dispatched {
     let started = *clock;
-    let params = params.map_or("null", |p| p.get());
+    let params = params.unwrap_or("null");
     let args = call_args(params, session.conn_id, identity);
     let room = reply_room(id);
     let mut asked = entry.plugin.call_inline(entry.index, &args, room);

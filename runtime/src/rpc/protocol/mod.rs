@@ -1,14 +1,15 @@
 //! JSON-RPC 2.0 envelopes: parse only what routing needs, build replies by
 //! splicing raw JSON, never re-encoding params or results.
 //!
-//! Parsing borrows from the frame: `id` (its JSON text) and `params` (a
-//! [`RawValue`]) point into it, and [`share`] turns them into reference-
+//! Parsing borrows from the frame: `id` and `params` (their JSON text)
+//! point into it, and [`share`] turns them into reference-
 //! counted slices of the frame's own buffer ([`FrameText`]), so params
 //! reach a plugin without a copy, and text validated once (when the frame
 //! came in) is never validated again. The common request is read in one
-//! pass ([`one_pass`]); anything else, and every refusal, through serde.
+//! pass (`one_pass`); anything else, and every refusal, through serde.
 
 mod one_pass;
+mod plain_json;
 
 use crate::rpc::error::{ErrorCode, RpcError};
 use bytes::Bytes;
@@ -26,9 +27,9 @@ pub struct Envelope<'a> {
     pub id: Option<&'a str>,
     /// The method (action path or built-in).
     pub method: Cow<'a, str>,
-    /// The raw `params`, or `None` when absent or `null`; for an answer,
-    /// the raw `result` or `error`.
-    pub params: Option<&'a RawValue>,
+    /// The `params` as JSON text, or `None` when absent or `null`; for an
+    /// answer, the `result` or `error`.
+    pub params: Option<&'a str>,
     /// Set when this is a client's answer to a server call, not a request.
     pub answer: Option<Answer>,
 }
@@ -213,13 +214,13 @@ pub fn parse_envelope_by_serde(json: &str) -> Result<Envelope<'_>, Refusal> {
             (Some(result), None) if server_call => Ok(Envelope {
                 id,
                 method: Cow::Borrowed(""),
-                params: Some(result),
+                params: Some(result.get()),
                 answer: Some(Answer::Result),
             }),
             (None, Some(error)) if server_call => Ok(Envelope {
                 id,
                 method: Cow::Borrowed(""),
-                params: Some(error),
+                params: Some(error.get()),
                 answer: Some(Answer::Error),
             }),
             (None, None) => Err(refuse("\"method\" is missing")),
@@ -233,7 +234,7 @@ pub fn parse_envelope_by_serde(json: &str) -> Result<Envelope<'_>, Refusal> {
         Some(params) if !params.get().starts_with(['{', '[']) => {
             return Err(refuse("\"params\" must be an object or an array"));
         }
-        params => params,
+        params => params.map(RawValue::get),
     };
     Ok(Envelope {
         id,
@@ -534,7 +535,7 @@ mod tests {
         let env = single(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a": [1, 2.50]}}"#);
         assert_eq!(
             env.ok()
-                .and_then(|e| e.params.map(|p| p.get().to_owned()))
+                .and_then(|e| e.params.map(str::to_owned))
                 .as_deref(),
             Some(r#"{"a": [1, 2.50]}"#)
         );

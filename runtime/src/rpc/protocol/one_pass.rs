@@ -3,15 +3,14 @@
 //!
 //! The shape read here is what clients send: an object whose members are
 //! `"jsonrpc": "2.0"`, `"method"`, and optionally `"id"` and `"params"`,
-//! in any order, with JSON whitespace between tokens, no escapes in member
-//! names, the method or a string id, and no other member. An id that is a
-//! number is checked against JSON's grammar here; the params are read, and
-//! checked to be JSON, by serde_json (as a raw value). Reading the
-//! envelope through serde's derived code cost about 2,000 instructions of
-//! an inline call's 6,300 (callgrind, `rpc` with a 64-byte payload), most
-//! of them matching member names and the generic visitors around them;
-//! this reader takes about 1,100, half of them serde's reading of the
-//! params.
+//! in any order, with JSON whitespace between tokens, no other member, and
+//! every part of it plain JSON ([`super::plain_json`]: no escape in any
+//! string, containers nested at most 64 deep), each checked against
+//! JSON's grammar as it is read. Reading the envelope through serde's
+//! derived code cost about 2,000 instructions of an inline call's 6,300
+//! (callgrind, `rpc` with a 64-byte payload), most of them in matching
+//! member names, the generic visitors around them, and reading the params
+//! as a raw value.
 //!
 //! Anything else (a `null` method or params, an escape, a `result` or
 //! `error`, an unknown or repeated member, anything malformed) gives
@@ -21,8 +20,7 @@
 //! checks that on every input it makes.
 
 use super::Envelope;
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use super::plain_json::{literal_end, number_end, skip_whitespace, string_end, value_end};
 use std::borrow::Cow;
 
 /// The members this reader knows, one bit each (a repeated one is left to
@@ -78,8 +76,8 @@ pub(super) fn read(json: &str) -> Option<Envelope<'_>> {
                 if !matches!(bytes.get(at), Some(b'{' | b'[')) {
                     return None;
                 }
-                let (raw, after) = raw_value(json, at)?;
-                params = Some(raw);
+                let after = value_end(bytes, at)?;
+                params = Some(json.get(at..after)?);
                 after
             }
         };
@@ -118,86 +116,18 @@ fn member_at(rest: &[u8]) -> Option<(u8, usize)> {
 /// with no escape (anything else is serde's).
 fn id_end(bytes: &[u8], at: usize) -> Option<usize> {
     match bytes.get(at)? {
-        b'"' => plain_string_end(bytes, at),
-        b'n' => bytes.get(at..)?.starts_with(b"null").then_some(at + 4),
+        b'"' => string_end(bytes, at),
+        b'n' => literal_end(bytes, at, b"null"),
         _ => number_end(bytes, at),
     }
 }
 
-/// The index after the JSON number starting at `at`, by the grammar:
-/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
-fn number_end(bytes: &[u8], mut at: usize) -> Option<usize> {
-    let digits = |from: usize| {
-        let count = bytes.get(from..).map_or(0, |rest| {
-            rest.iter().take_while(|b| b.is_ascii_digit()).count()
-        });
-        (count > 0).then_some(from + count)
-    };
-    if bytes.get(at) == Some(&b'-') {
-        at += 1;
-    }
-    at = match bytes.get(at)? {
-        b'0' => at + 1,
-        b'1'..=b'9' => digits(at)?,
-        _ => return None,
-    };
-    if bytes.get(at) == Some(&b'.') {
-        at = digits(at + 1)?;
-    }
-    if let Some(b'e' | b'E') = bytes.get(at) {
-        at += 1;
-        if let Some(b'+' | b'-') = bytes.get(at) {
-            at += 1;
-        }
-        at = digits(at)?;
-    }
-    Some(at)
-}
-
-/// The first index from `at` that is not JSON whitespace.
-fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
-    while let Some(b' ' | b'\n' | b'\t' | b'\r') = bytes.get(at) {
-        at += 1;
-    }
-    at
-}
-
-/// The string starting at `at` (its opening quote), without its quotes,
-/// and the index after it (see [`plain_string_end`]).
+/// The plain string starting at `at` (its opening quote), without its
+/// quotes, and the index after it.
 fn plain_string(json: &str, at: usize) -> Option<(&str, usize)> {
-    let end = plain_string_end(json.as_bytes(), at)?;
+    let end = string_end(json.as_bytes(), at)?;
     // Both ends are at ASCII quotes: character boundaries.
     Some((json.get(at + 1..end - 1)?, end))
-}
-
-/// The index after the string starting at `at` (its opening quote), if
-/// it has no escape and no control character (a string with an escape
-/// must be decoded, and one with a control character is not JSON: both
-/// are serde's).
-fn plain_string_end(bytes: &[u8], at: usize) -> Option<usize> {
-    if bytes.get(at) != Some(&b'"') {
-        return None;
-    }
-    let start = at + 1;
-    let length = bytes
-        .get(start..)?
-        .iter()
-        .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
-    let end = start + length;
-    (bytes[end] == b'"').then_some(end + 1)
-}
-
-/// The JSON value starting at `at`, read and checked by serde_json, and
-/// the index after it.
-fn raw_value(json: &str, at: usize) -> Option<(&RawValue, usize)> {
-    let rest = json.get(at..)?;
-    let mut deserializer = serde_json::Deserializer::from_str(rest);
-    let raw = <&RawValue>::deserialize(&mut deserializer).ok()?;
-    // The raw value is a slice of `rest` (serde_json borrows it).
-    let end = (raw.get().as_ptr() as usize)
-        .checked_sub(json.as_ptr() as usize)?
-        .checked_add(raw.get().len())?;
-    Some((raw, end))
 }
 
 #[cfg(test)]
@@ -218,7 +148,7 @@ mod tests {
         (
             envelope.id.map(str::to_owned),
             envelope.method.clone().into_owned(),
-            envelope.params.map(|params| params.get().to_owned()),
+            envelope.params.map(str::to_owned),
         )
     }
 
@@ -232,8 +162,7 @@ mod tests {
             // Slices of the frame, as serde's are (ids and params are
             // shared from the frame's buffer).
             let frame = json.as_bytes().as_ptr_range();
-            let params = envelope.params.map(RawValue::get);
-            for part in envelope.id.into_iter().chain(params) {
+            for part in envelope.id.into_iter().chain(envelope.params) {
                 assert!(frame.contains(&part.as_ptr()), "{json}");
             }
         }
@@ -248,7 +177,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#,
             r#"{"method":"m","params":{},"id":-1.5e3,"jsonrpc":"2.0"}"#,
             "{ \"jsonrpc\" : \"2.0\" ,\n\t\"id\" : 7 , \"method\" : \"m\" }\r\n ",
-            r#"{"jsonrpc":"2.0","id":"é","method":"é/ü","params":{"a":"\"}"}}"#,
+            r#"{"jsonrpc":"2.0","id":"é","method":"é/ü","params":{"a":"}"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"","params":[[[{"a":[]}]]]}"#,
             r#"{"jsonrpc":"2.0","id":0,"method":"m"}"#,
             r#"{"jsonrpc":"2.0","id":-0.0,"method":"m"}"#,
@@ -296,6 +225,7 @@ x"#,
             r#"{"jsonrpc":"2.0","id":true,"method":"m"}"#,
             r#"{"jsonrpc":"2.0","id":"a\"b","method":"m"}"#,
             r#"{"jsonrpc":"2.0","id":"\u00e9\n","method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":"\"}"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1] }x"#,
             r#"{"jsonrpc" :"2.0 ","method":"m"}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":null}"#,
