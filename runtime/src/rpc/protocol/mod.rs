@@ -9,7 +9,6 @@
 //! pass (`one_pass`); anything else, and every refusal, through serde.
 
 mod one_pass;
-mod plain_json;
 
 use crate::rpc::error::{ErrorCode, RpcError};
 use bytes::Bytes;

@@ -3,24 +3,27 @@
 //!
 //! The shape read here is what clients send: an object whose members are
 //! `"jsonrpc": "2.0"`, `"method"`, and optionally `"id"` and `"params"`,
-//! in any order, with JSON whitespace between tokens, no other member, and
-//! every part of it plain JSON ([`super::plain_json`]: no escape in any
-//! string, containers nested at most 64 deep), each checked against
-//! JSON's grammar as it is read. Reading the envelope through serde's
-//! derived code cost about 2,000 instructions of an inline call's 6,300
-//! (callgrind, `rpc` with a 64-byte payload), most of them in matching
-//! member names, the generic visitors around them, and reading the params
-//! as a raw value.
+//! in any order, with JSON whitespace between tokens, no escapes in member
+//! names, the method or a string id, and no other member. An id that is a
+//! number is checked against JSON's grammar here; the params are read, and
+//! checked to be JSON, by serde_json (as a raw value). Reading the
+//! envelope through serde's derived code cost about 2,000 instructions of
+//! an inline call's 6,300 (callgrind, `rpc` with a 64-byte payload), most
+//! of them matching member names and the generic visitors around them;
+//! this reader takes about 1,250, half of them serde's reading of the
+//! params (reading those by hand too saved only 3 to 5% more, not worth a
+//! second JSON reader to keep right).
 //!
-//! Anything else (a `null` method or params, an escape, a `result` or
-//! `error`, an unknown or repeated member, anything malformed) gives
-//! `None`, and the caller reads the frame with serde as before: this
-//! reader never refuses, so every refusal and its message stay serde's.
-//! What it accepts, serde reads the same; the `rpc_frame` fuzz target
-//! checks that on every input it makes.
+//! Anything else (a `null` method or params, an escape outside the
+//! params, a `result` or `error`, an unknown or repeated member, anything
+//! malformed) gives `None`, and the caller reads the frame with serde as
+//! before: this reader never refuses, so every refusal and its message
+//! stay serde's. What it accepts, serde reads the same; the `rpc_frame`
+//! fuzz target checks that on every input it makes.
 
 use super::Envelope;
-use super::plain_json::{literal_end, number_end, skip_whitespace, string_end, value_end};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 
 /// The members this reader knows, one bit each (a repeated one is left to
@@ -76,8 +79,8 @@ pub(super) fn read(json: &str) -> Option<Envelope<'_>> {
                 if !matches!(bytes.get(at), Some(b'{' | b'[')) {
                     return None;
                 }
-                let after = value_end(bytes, at)?;
-                params = Some(json.get(at..after)?);
+                let (raw, after) = raw_value(json, at)?;
+                params = Some(raw.get());
                 after
             }
         };
@@ -116,18 +119,86 @@ fn member_at(rest: &[u8]) -> Option<(u8, usize)> {
 /// with no escape (anything else is serde's).
 fn id_end(bytes: &[u8], at: usize) -> Option<usize> {
     match bytes.get(at)? {
-        b'"' => string_end(bytes, at),
-        b'n' => literal_end(bytes, at, b"null"),
+        b'"' => plain_string_end(bytes, at),
+        b'n' => bytes.get(at..)?.starts_with(b"null").then_some(at + 4),
         _ => number_end(bytes, at),
     }
 }
 
-/// The plain string starting at `at` (its opening quote), without its
-/// quotes, and the index after it.
+/// The index after the JSON number starting at `at`, by the grammar:
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn number_end(bytes: &[u8], mut at: usize) -> Option<usize> {
+    let digits = |from: usize| {
+        let count = bytes.get(from..).map_or(0, |rest| {
+            rest.iter().take_while(|b| b.is_ascii_digit()).count()
+        });
+        (count > 0).then_some(from + count)
+    };
+    if bytes.get(at) == Some(&b'-') {
+        at += 1;
+    }
+    at = match bytes.get(at)? {
+        b'0' => at + 1,
+        b'1'..=b'9' => digits(at)?,
+        _ => return None,
+    };
+    if bytes.get(at) == Some(&b'.') {
+        at = digits(at + 1)?;
+    }
+    if let Some(b'e' | b'E') = bytes.get(at) {
+        at += 1;
+        if let Some(b'+' | b'-') = bytes.get(at) {
+            at += 1;
+        }
+        at = digits(at)?;
+    }
+    Some(at)
+}
+
+/// The first index from `at` that is not JSON whitespace.
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\t' | b'\r') = bytes.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// The string starting at `at` (its opening quote), without its quotes,
+/// and the index after it (see [`plain_string_end`]).
 fn plain_string(json: &str, at: usize) -> Option<(&str, usize)> {
-    let end = string_end(json.as_bytes(), at)?;
+    let end = plain_string_end(json.as_bytes(), at)?;
     // Both ends are at ASCII quotes: character boundaries.
     Some((json.get(at + 1..end - 1)?, end))
+}
+
+/// The index after the string starting at `at` (its opening quote), if
+/// it has no escape and no control character (a string with an escape
+/// must be decoded, and one with a control character is not JSON: both
+/// are serde's).
+fn plain_string_end(bytes: &[u8], at: usize) -> Option<usize> {
+    if bytes.get(at) != Some(&b'"') {
+        return None;
+    }
+    let start = at + 1;
+    let length = bytes
+        .get(start..)?
+        .iter()
+        .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
+    let end = start + length;
+    (bytes[end] == b'"').then_some(end + 1)
+}
+
+/// The JSON value starting at `at`, read and checked by serde_json, and
+/// the index after it.
+fn raw_value(json: &str, at: usize) -> Option<(&RawValue, usize)> {
+    let rest = json.get(at..)?;
+    let mut deserializer = serde_json::Deserializer::from_str(rest);
+    let raw = <&RawValue>::deserialize(&mut deserializer).ok()?;
+    // The raw value is a slice of `rest` (serde_json borrows it).
+    let end = (raw.get().as_ptr() as usize)
+        .checked_sub(json.as_ptr() as usize)?
+        .checked_add(raw.get().len())?;
+    Some((raw, end))
 }
 
 #[cfg(test)]
@@ -177,7 +248,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#,
             r#"{"method":"m","params":{},"id":-1.5e3,"jsonrpc":"2.0"}"#,
             "{ \"jsonrpc\" : \"2.0\" ,\n\t\"id\" : 7 , \"method\" : \"m\" }\r\n ",
-            r#"{"jsonrpc":"2.0","id":"é","method":"é/ü","params":{"a":"}"}}"#,
+            r#"{"jsonrpc":"2.0","id":"é","method":"é/ü","params":{"a":"\"}"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"","params":[[[{"a":[]}]]]}"#,
             r#"{"jsonrpc":"2.0","id":0,"method":"m"}"#,
             r#"{"jsonrpc":"2.0","id":-0.0,"method":"m"}"#,
@@ -225,7 +296,6 @@ x"#,
             r#"{"jsonrpc":"2.0","id":true,"method":"m"}"#,
             r#"{"jsonrpc":"2.0","id":"a\"b","method":"m"}"#,
             r#"{"jsonrpc":"2.0","id":"\u00e9\n","method":"m"}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":"\"}"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1] }x"#,
             r#"{"jsonrpc" :"2.0 ","method":"m"}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":null}"#,
