@@ -8,7 +8,7 @@
 //!   object or array;
 //! - what was accepted is JSON whose `jsonrpc`, `id` and `method` agree
 //!   with the envelope;
-//! - a single request reads exactly as serde alone reads it
+//! - every request, alone or in a batch, reads exactly as serde alone reads it
 //!   (`parse_envelope_by_serde`): the same id, method and params (the same
 //!   slices of the frame), or the same refusal, so the one-pass reader of
 //!   the common shape never accepts what serde would not, nor reads it
@@ -54,8 +54,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(code, Some(error.code.code()));
         }
         Frame::Single(item) => {
-            assert_same_as_serde(&item, parse_envelope_by_serde(text.trim_start()));
-            check_item(&frame, text, item, Some(text.trim_start()));
+            let whole = text.trim_start_matches([' ', '\t', '\n', '\r']);
+            assert_same_as_serde(&item, parse_envelope_by_serde(whole));
+            check_item(&frame, text, item, Some(whole));
         }
         Frame::Batch(items) => {
             assert!(
@@ -63,6 +64,11 @@ fuzz_target!(|data: &[u8]| {
                 "a batch of {}",
                 items.len()
             );
+            let whole = text.trim_start_matches([' ', '\t', '\n', '\r']);
+            let raw_items: Vec<&RawValue> = serde_json::from_str(whole).expect("a batch read");
+            for (item, raw) in items.iter().zip(&raw_items) {
+                assert_same_as_serde(item, parse_envelope_by_serde(raw.get()));
+            }
             let replies: Vec<String> = items
                 .into_iter()
                 .map(|item| check_item(&frame, text, item, None))
@@ -144,10 +150,7 @@ fn check_item(
                 assert_inside(text, params);
                 json(params);
                 if envelope.answer.is_none() {
-                    assert!(
-                        params.starts_with(['{', '[']),
-                        "params {params}",
-                    );
+                    assert!(params.starts_with(['{', '[']), "params {params}",);
                 }
             }
             if let Some(value) = whole.and_then(json) {

@@ -125,7 +125,9 @@ where
 
 /// Parses a text frame. The returned envelopes borrow from `text`.
 pub fn parse_frame(text: &str, max_batch: usize) -> Frame<'_> {
-    let trimmed = text.trim_start();
+    // JSON's whitespace only: a frame starting with other Unicode
+    // whitespace (a no-break space, a form feed) is not JSON.
+    let trimmed = text.trim_start_matches(JSON_WHITESPACE);
     if trimmed.starts_with('[') {
         let items: Vec<&RawValue> = match serde_json::from_str(trimmed) {
             Ok(items) => items,
@@ -165,6 +167,9 @@ pub fn parse_frame(text: &str, max_batch: usize) -> Frame<'_> {
         single => Frame::Single(single),
     }
 }
+
+/// The whitespace JSON allows between tokens.
+const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 
 /// Reads one request: the common shape in one pass ([`one_pass`]),
 /// anything else (and every refusal) through serde.
@@ -581,6 +586,19 @@ mod tests {
         assert!(
             matches!(parse_frame("{nope", 10), Frame::Refused(e) if e.code == ErrorCode::ParseError)
         );
+        // Only JSON's whitespace may come first: not a no-break space or a
+        // form feed (Rust's `trim_start` would take both).
+        for lead in ["\u{a0}", "\u{c}", "\u{2028}"] {
+            let frame = format!(r#"{lead}{{"jsonrpc":"2.0","id":1,"method":"m"}}"#);
+            assert!(
+                matches!(parse_frame(&frame, 10), Frame::Refused(e) if e.code == ErrorCode::ParseError),
+                "{frame:?}"
+            );
+        }
+        assert!(matches!(
+            parse_frame(" \t\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\"}", 10),
+            Frame::Single(Ok(_))
+        ));
         let batch = format!("[{}]", ["1"; 11].join(","));
         assert!(
             matches!(parse_frame(&batch, 10), Frame::Refused(e) if e.code == ErrorCode::InvalidRequest)
