@@ -40,6 +40,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(&frame) else {
         return;
     };
+    // The frame without the whitespace JSON allows before it.
+    let whole = text.trim_start_matches([' ', '\t', '\n', '\r']);
     match parse_frame(text, MAX_BATCH) {
         Frame::Refused(error) => {
             assert!(
@@ -54,7 +56,6 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(code, Some(error.code.code()));
         }
         Frame::Single(item) => {
-            let whole = text.trim_start_matches([' ', '\t', '\n', '\r']);
             assert_same_as_serde(&item, parse_envelope_by_serde(whole));
             check_item(&frame, text, item, Some(whole));
         }
@@ -64,7 +65,6 @@ fuzz_target!(|data: &[u8]| {
                 "a batch of {}",
                 items.len()
             );
-            let whole = text.trim_start_matches([' ', '\t', '\n', '\r']);
             let raw_items: Vec<&RawValue> = serde_json::from_str(whole).expect("a batch read");
             for (item, raw) in items.iter().zip(&raw_items) {
                 assert_same_as_serde(item, parse_envelope_by_serde(raw.get()));
