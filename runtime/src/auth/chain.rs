@@ -12,7 +12,7 @@ use super::replay::{OneTimeTokens, ReplayCache};
 use super::revocations::Revocations;
 use super::{Identity, TokenError, TokenMinter, now_secs};
 use crate::config::{AuthStep, Config};
-use crate::plugins::invoke::{Deadline, PluginFault, Thread, invoke};
+use crate::plugins::invoke::{Deadline, PluginFault, invoke};
 use crate::plugins::loader::AuthArgs;
 use crate::plugins::{LoadedPlugin, Registry};
 use serde::Deserialize;
@@ -213,21 +213,17 @@ impl Authenticator {
         })?;
         let (token, handshake) = (token.map(str::to_owned), handshake.clone());
         let asked = Arc::clone(&plugin);
-        let answer = invoke(
-            Thread::Blocking,
-            Deadline::from_now(PLUGIN_TIMEOUT),
-            move |pending| {
-                let _slot = slot;
-                let args = AuthArgs {
-                    token: token.as_deref(),
-                    headers_json: &handshake.headers_json,
-                    query: handshake.query.as_deref(),
-                    remote_addr: &handshake.remote_addr,
-                    conn_id,
-                };
-                asked.authenticate(&args, pending);
-            },
-        )
+        let answer = invoke(Deadline::from_now(PLUGIN_TIMEOUT), move |pending| {
+            let _slot = slot;
+            let args = AuthArgs {
+                token: token.as_deref(),
+                headers_json: &handshake.headers_json,
+                query: handshake.query.as_deref(),
+                remote_addr: &handshake.remote_addr,
+                conn_id,
+            };
+            asked.authenticate(&args, pending);
+        })
         .await;
         let body = match answer {
             Ok(answered) => answered.body,

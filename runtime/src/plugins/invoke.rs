@@ -5,7 +5,9 @@
 //! question is put to the plugin on a thread that may block (the action
 //! pool, tokio's blocking pool, or, for an action marked inline, the
 //! caller's own), the plugin completes its reply handle (now or later,
-//! from any thread), and the caller awaits the answer under a deadline.
+//! from any thread), and the caller awaits the answer under a deadline
+//! (a connection's pool calls end in its inbox instead, see
+//! [`super::inbox`]; their answers are read here all the same).
 //! An inline call's handle is its thread's reply slot
 //! ([`super::inline_reply`]), whose answer is taken as the plugin returns.
 //! What comes back is the plugin's JSON body or a [`PluginFault`]; callers
@@ -13,7 +15,6 @@
 
 use super::inline_reply::{Ended, InlineCall};
 use super::replies::{Completion, PendingReply, Pinned};
-use crate::action_threads::ActionThreads;
 use action_api::abi::status;
 use std::ffi::c_void;
 use std::future::Future;
@@ -30,14 +31,7 @@ pub(crate) struct Deadline {
     from: Instant,
     /// How long it may last.
     after: Duration,
-    /// Whether whoever awaits the answer polls the wait again within
-    /// [`SWEPT_EVERY`] of its first poll (see [`Deadline::swept`]).
-    swept: bool,
 }
-
-/// How often a caller that keeps deadlines swept (a connection's running
-/// calls) polls every wait it keeps, at the longest.
-pub(crate) const SWEPT_EVERY: Duration = Duration::from_millis(100);
 
 impl Deadline {
     /// `after` from now.
@@ -48,31 +42,7 @@ impl Deadline {
     /// `after` from `from`, a moment the caller has read already (a call's
     /// start: no clock read of its own on the call path).
     pub(crate) fn starting(from: Instant, after: Duration) -> Deadline {
-        Deadline {
-            from,
-            after,
-            swept: false,
-        }
-    }
-
-    /// The same deadline, for a caller that polls the wait again within
-    /// [`SWEPT_EVERY`] of its first poll whether or not it was woken. The
-    /// wait then starts its timer only at that second poll, if the answer
-    /// has not come by then: most action calls answer within
-    /// microseconds, and a timer set and cancelled on every call cost
-    /// about 600 instructions of a pool call's 11,500 (callgrind). A
-    /// deadline shorter than twice the sweep keeps its own timer from the
-    /// start.
-    pub(crate) fn swept(self) -> Deadline {
-        Deadline {
-            swept: self.after >= 2 * SWEPT_EVERY,
-            ..self
-        }
-    }
-
-    /// Whether the wait relies on its caller's sweep for its second poll.
-    pub(crate) fn is_swept(&self) -> bool {
-        self.swept
+        Deadline { from, after }
     }
 }
 
@@ -147,6 +117,13 @@ enum Answer {
 }
 
 impl Asked {
+    /// A question whose answer is to come through `answer`.
+    pub(crate) fn awaited(answer: oneshot::Receiver<Completion>) -> Asked {
+        Asked {
+            answer: Answer::Awaited(answer),
+        }
+    }
+
     /// The answer, if the plugin has already given it (an inline action
     /// usually has by the time `ask_here` returns).
     pub(crate) fn now(&mut self) -> Option<Result<Answered, PluginFault>> {
@@ -165,7 +142,6 @@ impl Asked {
         Answering {
             answer: self.answer,
             deadline,
-            waited: false,
             timer: None,
         }
     }
@@ -176,9 +152,6 @@ impl Asked {
 pub(crate) struct Answering {
     answer: Answer,
     deadline: Deadline,
-    /// Polled before and found no answer (a swept deadline's timer starts
-    /// at the next poll that finds none).
-    waited: bool,
     /// The deadline's timer, once started.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -204,11 +177,6 @@ impl Future for Answering {
                 let Some(until) = this.deadline.from.checked_add(this.deadline.after) else {
                     return Poll::Pending;
                 };
-                if this.deadline.swept && !this.waited {
-                    // The caller polls again within the sweep.
-                    this.waited = true;
-                    return Poll::Pending;
-                }
                 this.timer
                     .insert(Box::pin(tokio::time::sleep_until(until.into())))
             }
@@ -220,35 +188,19 @@ impl Future for Answering {
     }
 }
 
-/// Where a question is put to a plugin.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Thread<'a> {
-    /// The action pool (action calls).
-    Actions(&'a ActionThreads),
-    /// tokio's blocking pool (hooks, which are rare and bounded by their
-    /// callers' permits).
-    Blocking,
-}
-
-/// Puts `question` to a plugin on `thread` and waits for its answer until
-/// `deadline`. `question` hands the reply handle to the plugin;
-/// whatever it owns (call slots, arguments) stays with the thread until
-/// the plugin returns, even past the deadline.
+/// Puts `question` to a plugin on tokio's blocking pool (for hooks, which
+/// are rare and bounded by their callers' permits) and waits for its
+/// answer until `deadline`. `question` hands the reply handle to the
+/// plugin; whatever it owns (a permit, arguments) stays with the thread
+/// until the plugin returns, even past the deadline.
 pub(crate) async fn invoke(
-    thread: Thread<'_>,
     deadline: Deadline,
     question: impl FnOnce(PendingReply) + Send + 'static,
 ) -> Result<Answered, PluginFault> {
     let (pending, answer) = PendingReply::new();
-    match thread {
-        Thread::Actions(threads) => threads.run(move || question(pending)),
-        Thread::Blocking => {
-            // The handle is watched through `answer`, not the task.
-            drop(tokio::task::spawn_blocking(move || question(pending)));
-        }
-    }
-    let answer = Answer::Awaited(answer);
-    Asked { answer }.answer(deadline).await
+    // The handle is watched through `answer`, not the task.
+    drop(tokio::task::spawn_blocking(move || question(pending)));
+    Asked::awaited(answer).answer(deadline).await
 }
 
 /// Puts `question` to `generation` right here, on the caller's thread (for
@@ -289,7 +241,7 @@ pub(crate) fn ask_here<T: Pinned + 'static>(
 }
 
 /// Reads a completion's status.
-fn read(done: Completion) -> Result<Answered, PluginFault> {
+pub(crate) fn read(done: Completion) -> Result<Answered, PluginFault> {
     match done.status {
         status::OK => Ok(Answered {
             body: done.body,
@@ -460,11 +412,34 @@ mod tests {
         assert_eq!(PluginFault::NotAsked.refusal_message(10), None);
     }
 
+    #[test]
+    fn a_reply_for_an_inbox_ends_there_answered_or_dropped() {
+        use crate::plugins::inbox::{CallKey, Inbox};
+        let inbox = Arc::new(Inbox::default());
+        let key = |number| CallKey { place: 0, number };
+        complete(
+            PendingReply::into_inbox(Arc::clone(&inbox), key(1)),
+            status::OK,
+            b"3",
+        );
+        drop(PendingReply::into_inbox(Arc::clone(&inbox), key(2)));
+        let mut ended = std::collections::VecDeque::new();
+        inbox.take_all(&Context::from_waker(std::task::Waker::noop()), &mut ended);
+        let (first, answer) = ended.pop_front().expect("the completed call");
+        assert_eq!(first, key(1));
+        assert!(matches!(answer.map(read), Some(Ok(ref a)) if a.body == b"3"));
+        let (second, answer) = ended.pop_front().expect("the dropped call");
+        assert_eq!(second, key(2));
+        assert!(
+            answer.is_none(),
+            "a reply dropped uncompleted ends unanswered"
+        );
+    }
+
     #[tokio::test]
     async fn an_unanswered_question_times_out_and_a_late_answer_arrives() {
         let (tx, rx) = std::sync::mpsc::channel();
         let waited = invoke(
-            Thread::Blocking,
             Deadline::from_now(Duration::from_millis(20)),
             move |pending| {
                 // Kept, not completed: the plugin "hangs".
@@ -477,91 +452,10 @@ mod tests {
         let pending = rx.recv().expect("the question ran");
         complete(pending, status::OK, b"late");
 
-        let answered = invoke(
-            Thread::Blocking,
-            Deadline::from_now(Duration::from_secs(30)),
-            |pending| complete(pending, status::OK, b"1"),
-        )
+        let answered = invoke(Deadline::from_now(Duration::from_secs(30)), |pending| {
+            complete(pending, status::OK, b"1")
+        })
         .await;
         assert_eq!(answered.ok().map(|a| a.body), Some(b"1".to_vec()));
-    }
-
-    #[tokio::test]
-    async fn a_question_on_the_action_pool_is_answered() {
-        let threads = ActionThreads::new(2);
-        let answered = invoke(
-            Thread::Actions(&threads),
-            Deadline::from_now(Duration::from_secs(30)),
-            |pending| complete(pending, status::OK, b"2"),
-        )
-        .await;
-        assert_eq!(answered.ok().map(|a| a.body), Some(b"2".to_vec()));
-    }
-
-    /// Polls `waiting` once, with a waker that does nothing.
-    fn poll_once(waiting: &mut Answering) -> Poll<Result<Answered, PluginFault>> {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        Pin::new(waiting).poll(&mut cx)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_swept_wait_starts_its_timer_only_when_polled_again_unanswered() {
-        let (pending, answer) = PendingReply::new();
-        let asked = Asked {
-            answer: Answer::Awaited(answer),
-        };
-        // On tokio's paused clock, which moves only when told to or to the
-        // next timer: the times below are exact.
-        let started = tokio::time::Instant::now();
-        let deadline = Deadline::starting(started.into_std(), 3 * SWEPT_EVERY).swept();
-        let mut waiting = asked.answer(deadline);
-        assert!(poll_once(&mut waiting).is_pending());
-        assert!(waiting.timer.is_none(), "no timer at the first poll");
-        tokio::time::advance(SWEPT_EVERY).await;
-        assert!(poll_once(&mut waiting).is_pending());
-        assert!(waiting.timer.is_some(), "the second poll starts it");
-        // Kept, never completed: the deadline, counted from the start (not
-        // from the second poll), ends the wait.
-        let waited = tokio::time::timeout(Duration::from_secs(10), waiting).await;
-        assert!(
-            matches!(waited, Ok(Err(PluginFault::TimedOut(d))) if d == 3 * SWEPT_EVERY),
-            "{waited:?}"
-        );
-        let elapsed = started.elapsed();
-        assert!(
-            elapsed >= 3 * SWEPT_EVERY && elapsed <= 3 * SWEPT_EVERY + Duration::from_millis(2),
-            "{elapsed:?}"
-        );
-        drop(pending);
-    }
-
-    #[tokio::test]
-    async fn a_swept_wait_answered_before_the_second_poll_never_starts_a_timer() {
-        let (pending, answer) = PendingReply::new();
-        let mut waiting = Asked {
-            answer: Answer::Awaited(answer),
-        }
-        .answer(Deadline::from_now(Duration::from_secs(30)).swept());
-        assert!(poll_once(&mut waiting).is_pending());
-        complete(pending, status::OK, b"4");
-        let answered = poll_once(&mut waiting);
-        assert!(waiting.timer.is_none());
-        assert!(matches!(answered, Poll::Ready(Ok(ref a)) if a.body == b"4"));
-    }
-
-    #[tokio::test]
-    async fn a_deadline_shorter_than_two_sweeps_keeps_its_own_timer() {
-        let (_pending, answer) = PendingReply::new();
-        let mut waiting = Asked {
-            answer: Answer::Awaited(answer),
-        }
-        .answer(Deadline::from_now(SWEPT_EVERY).swept());
-        assert!(poll_once(&mut waiting).is_pending());
-        assert!(waiting.timer.is_some(), "started at the first poll");
-        let waited = tokio::time::timeout(Duration::from_secs(10), waiting).await;
-        assert!(
-            matches!(waited, Ok(Err(PluginFault::TimedOut(_)))),
-            "{waited:?}"
-        );
     }
 }

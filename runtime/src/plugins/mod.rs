@@ -15,6 +15,7 @@ pub(crate) mod fake;
 pub mod generations;
 pub mod host;
 pub mod images;
+pub(crate) mod inbox;
 mod inline_reply;
 pub(crate) mod invoke;
 mod load_error;

@@ -18,6 +18,7 @@
 //!   as glibc's own thread-local destructors do) until it exits, so the
 //!   image is unmapped only after the thread has left it.
 
+use super::inbox::{CallKey, Inbox};
 use super::inline_reply;
 use action_api::abi::ByteView;
 use sharded_slab::Slab;
@@ -49,7 +50,9 @@ pub(crate) trait Pinned: Send + Sync + std::fmt::Debug {
 /// Where one call's completion goes, and the generation it pins.
 #[derive(Debug)]
 pub(crate) struct PendingReply {
-    tx: oneshot::Sender<Completion>,
+    /// Taken when the completion is delivered; a reply dropped with it
+    /// still here was never completed (see the `Drop` impl).
+    to: Option<ReplyTo>,
     generation: Option<Arc<dyn Pinned>>,
     /// Bytes a success's body is preceded by (ASCII spaces), for the
     /// caller to write its reply's head over (see [`PendingReply::leaving_room`]).
@@ -70,18 +73,59 @@ impl sharded_slab::Config for TableShape {
 static HANDLES: LazyLock<Slab<PendingReply, TableShape>> =
     LazyLock::new(Slab::new_with_config::<TableShape>);
 
+/// Whoever waits for a completion.
+#[derive(Debug)]
+enum ReplyTo {
+    /// A caller awaiting this one call.
+    Channel(oneshot::Sender<Completion>),
+    /// A connection's inbox, where its pool calls end.
+    Inbox(std::sync::Arc<Inbox>, CallKey),
+}
+
+impl ReplyTo {
+    /// Hands over the completion (`None`: there will be none). A caller
+    /// gone (deadline passed, connection closed) drops it.
+    fn send(self, done: Option<Completion>) {
+        match self {
+            ReplyTo::Channel(tx) => {
+                // A dropped sender tells the receiver there is no answer.
+                if let Some(done) = done {
+                    let _ = tx.send(done);
+                }
+            }
+            ReplyTo::Inbox(inbox, key) => inbox.push((key, done)),
+        }
+    }
+}
+
+impl Drop for PendingReply {
+    /// A reply dropped uncompleted (the question never reached the
+    /// plugin, or the plugin let go of its handle) tells its caller so.
+    fn drop(&mut self) {
+        if let Some(to) = self.to.take() {
+            to.send(None);
+        }
+    }
+}
+
 impl PendingReply {
     /// A pending reply and the receiver its completion arrives on.
     pub(crate) fn new() -> (PendingReply, oneshot::Receiver<Completion>) {
         let (tx, rx) = oneshot::channel();
-        (
-            PendingReply {
-                tx,
-                generation: None,
-                room: 0,
-            },
-            rx,
-        )
+        (PendingReply::to(ReplyTo::Channel(tx)), rx)
+    }
+
+    /// A pending reply whose completion goes to `inbox` as call `key`.
+    pub(crate) fn into_inbox(inbox: std::sync::Arc<Inbox>, key: CallKey) -> PendingReply {
+        PendingReply::to(ReplyTo::Inbox(inbox, key))
+    }
+
+    fn to(to: ReplyTo) -> PendingReply {
+        PendingReply {
+            to: Some(to),
+            generation: None,
+            room: 0,
+        }
     }
 
     /// Keeps `generation` from being closed until the plugin completes
@@ -181,13 +225,13 @@ pub(super) fn body_after_room(status: u32, body: &[u8], room: usize) -> Vec<u8> 
 pub(super) fn deliver(mut pending: PendingReply, status: u32, body: &[u8], serialized: bool) {
     let body = body_after_room(status, body, pending.room);
     let pin = pending.generation.take();
-    // The receiver is gone when the caller stopped waiting (deadline
-    // passed, connection closed): the late answer is dropped.
-    let _ = pending.tx.send(Completion {
-        status,
-        body,
-        serialized,
-    });
+    if let Some(to) = pending.to.take() {
+        to.send(Some(Completion {
+            status,
+            body,
+            serialized,
+        }));
+    }
     if let Some(pin) = pin {
         park(pin);
     }

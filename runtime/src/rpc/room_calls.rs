@@ -7,7 +7,7 @@
 //! and in the order they came (the connection's room lane).
 
 use crate::auth::Identity;
-use crate::plugins::invoke::{Deadline, PluginFault, Thread, invoke};
+use crate::plugins::invoke::{Deadline, PluginFault, invoke};
 use crate::plugins::loader::JoinArgs;
 use crate::rooms::broker::Since;
 use crate::rooms::hub::ConnHandle;
@@ -231,20 +231,16 @@ async fn ask_join_hook(
         )
     })?;
     let (asked, room_name, conn_id) = (Arc::clone(&plugin), room.to_owned(), caller.conn_id);
-    let answer = invoke(
-        Thread::Blocking,
-        Deadline::from_now(JOIN_HOOK_TIMEOUT),
-        move |pending| {
-            let _slot = slot;
-            let args = JoinArgs {
-                room: &room_name,
-                pattern: &pattern,
-                conn_id,
-                user: user.as_deref(),
-            };
-            asked.ask_join(&args, pending);
-        },
-    )
+    let answer = invoke(Deadline::from_now(JOIN_HOOK_TIMEOUT), move |pending| {
+        let _slot = slot;
+        let args = JoinArgs {
+            room: &room_name,
+            pattern: &pattern,
+            conn_id,
+            user: user.as_deref(),
+        };
+        asked.ask_join(&args, pending);
+    })
     .await;
     let reason = match answer {
         Ok(_) => return Ok(()),

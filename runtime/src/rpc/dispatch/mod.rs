@@ -2,9 +2,10 @@
 //! action pool under a deadline, every failure mapped to a protocol code.
 //!
 //! An ordinary action never runs on a runtime worker: a plugin's `call`
-//! may sleep or spin, so it runs on the [`ActionThreads`] pool, and the
-//! connection only awaits its completion (with a timeout); a slow call
-//! never delays other calls, on its connection or any other. An action its
+//! may sleep or spin, so it runs on the [`ActionThreads`] pool
+//! ([`PoolCall`]), and the connection only waits for its completion (with
+//! a timeout); a slow call never delays other calls, on its connection or
+//! any other. An action its
 //! author marked inline (it never blocks, and finishes in microseconds)
 //! runs on the connection's own task instead, with no hand-off and no
 //! deadline.
@@ -15,9 +16,9 @@ use crate::call_slots::CallSlot;
 use crate::lifecycle;
 use crate::metrics::ActionMetrics;
 use crate::plugins::ActionEntry;
-pub(crate) use crate::plugins::invoke::SWEPT_EVERY;
-use crate::plugins::invoke::{Answered, Deadline, PluginFault, Thread, invoke};
+use crate::plugins::invoke::{Answered, Asked, Deadline, PluginFault};
 use crate::plugins::loader::CallArgs;
+use crate::plugins::replies::PendingReply;
 use crate::rpc::builtins::Builtin;
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::protocol::{self, Answer, Envelope, FrameSource, FrameText, share};
@@ -27,7 +28,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What dispatching one request produced.
 pub enum Dispatched {
@@ -36,6 +37,11 @@ pub enum Dispatched {
     /// An action is running; the future yields its reply (`None` for a
     /// notification).
     Running(BoxFuture<'static, Option<String>>),
+    /// A call to an action on the pool, checked and ready to start: a
+    /// connection starts it with its answer going to its inbox
+    /// ([`PoolCall::start`]); anyone else awaits it
+    /// ([`PoolCall::into_future`]).
+    Pool(PoolCall),
 }
 
 impl std::fmt::Debug for Dispatched {
@@ -43,21 +49,9 @@ impl std::fmt::Debug for Dispatched {
         match self {
             Dispatched::Ready(reply) => f.debug_tuple("Ready").field(reply).finish(),
             Dispatched::Running(_) => f.write_str("Running(..)"),
+            Dispatched::Pool(call) => f.debug_tuple("Pool").field(call).finish(),
         }
     }
-}
-
-/// Who polls a call answered off the connection's task
-/// ([`Dispatched::Running`]), which decides how its deadline is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keeper {
-    /// Whoever awaits it, polling it only when woken: its deadline keeps a
-    /// timer of its own from the start.
-    Awaiter,
-    /// A connection's running set, which polls every call it keeps again
-    /// within a tenth of a second of its first poll: a call answered before
-    /// then never starts a timer (see [`Deadline::swept`]).
-    RunningSet,
 }
 
 /// How a call failed: a runtime refusal, or the action's own error object.
@@ -184,7 +178,7 @@ pub async fn dispatch(
         session,
         envelope,
         FrameSource::Shared { frame, text },
-        (&mut clock, &mut Keeper::Awaiter),
+        &mut clock,
     )
 }
 
@@ -195,28 +189,18 @@ pub async fn dispatch(
 /// `clock` is a moment just read, taken as the call's start (a connection
 /// handling a burst of frames passes the end of the call before, so each
 /// call reads the clock once); when the call was answered at once, it is
-/// left at the moment its answer was counted. `keeper` is who will poll
-/// the call if it is answered off the task: a call whose wait does not
-/// rely on the running set's sweep (its deadline is too short to sweep,
-/// or it is an inline action's) leaves it [`Keeper::Awaiter`], so the set
-/// does not sweep for it.
+/// left at the moment its answer was counted.
 pub fn dispatch_now(
     state: &Arc<ServerState>,
     session: &mut Session,
     envelope: &Envelope<'_>,
     frame: FrameSource<'_>,
-    (clock, keeper): (&mut Instant, &mut Keeper),
+    clock: &mut Instant,
 ) -> Option<Dispatched> {
     if !is_action_call(envelope) {
         return None;
     }
-    Some(dispatch_action(
-        state,
-        session,
-        envelope,
-        frame,
-        (clock, keeper),
-    ))
+    Some(dispatch_action(state, session, envelope, frame, clock))
 }
 
 /// Whether `envelope` calls an action (not a built-in, not an answer to a
@@ -232,7 +216,7 @@ fn dispatch_action(
     session: &mut Session,
     envelope: &Envelope<'_>,
     frame: FrameSource<'_>,
-    (clock, keeper): (&mut Instant, &mut Keeper),
+    clock: &mut Instant,
 ) -> Dispatched {
     let started = *clock;
     let method: &str = &envelope.method;
@@ -265,8 +249,6 @@ fn dispatch_action(
     // public, when there may be none).
     let identity = session.live_identity_at(started);
     if entry.inline {
-        // An inline action answering later keeps its own timer.
-        *keeper = Keeper::Awaiter;
         return run_inline(
             (state, session),
             entry,
@@ -281,43 +263,16 @@ fn dispatch_action(
     // The entry's metrics are not cloned (three reference counts): the
     // call counts itself through its own reference to the entry.
     match with_slots(state, session, Arc::clone(entry), identity, report_errors) {
-        Ok(mut call) => {
-            if call.report_errors {
-                call.registry_events = Some(Arc::clone(state));
+        Ok(mut prepared) => {
+            if prepared.report_errors {
+                prepared.registry_events = Some(Arc::clone(state));
             }
-            let params = envelope.params.map(|p| frame.share(p));
-            let id = id.map(|id| frame.share(id));
-            // A span per call only when debug logging wants it: an
-            // instrumented future costs on every call.
-            let span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-                tracing::debug_span!(
-                    "call",
-                    method,
-                    id = id.as_deref(),
-                    generation = call.entry.plugin.generation
-                )
-            });
-            let mut deadline = Deadline::starting(started, call.entry.timeout);
-            if *keeper == Keeper::RunningSet {
-                deadline = deadline.swept();
-            }
-            // A deadline too short to sweep keeps its own timer.
-            if !deadline.is_swept() {
-                *keeper = Keeper::Awaiter;
-            }
-            let running = async move {
-                let outcome = call
-                    .run(params, reply_room(id.as_deref()), (started, deadline))
-                    .await;
-                tracing::debug!(ok = outcome.is_ok(), "answered");
-                reply(id.as_deref(), outcome)
-            };
-            match span {
-                Some(span) => {
-                    Dispatched::Running(Box::pin(tracing::Instrument::instrument(running, span)))
-                }
-                None => Dispatched::Running(Box::pin(running)),
-            }
+            Dispatched::Pool(PoolCall {
+                prepared,
+                params: envelope.params.map(|p| frame.share(p)),
+                id: id.map(|id| frame.share(id)),
+                started,
+            })
         }
         Err(error) => {
             let outcome = Err(error.into());
@@ -518,59 +473,149 @@ fn take_slots(state: &ServerState, session: &Session) -> Result<(CallSlot, CallS
     Ok((connection_slot, server_slot))
 }
 
-impl PreparedCall {
-    /// Runs the call, which began at `started`, on the action pool under
-    /// `deadline` (its action's, from that start), and counts its outcome;
-    /// a result comes after `room` spaces (see [`reply_room`]).
-    async fn run(
-        self,
-        params: Option<FrameText>,
-        room: usize,
-        (started, deadline): (Instant, Deadline),
-    ) -> Result<String, CallError> {
-        let PreparedCall {
-            entry,
-            conn_id,
-            identity,
-            connection_slot,
-            server_slot,
-            report_errors: _,
-            registry_events,
-            threads,
+/// A call to an action on the pool that passed every check, not started
+/// yet ([`Dispatched::Pool`]).
+pub struct PoolCall {
+    prepared: PreparedCall,
+    params: Option<FrameText>,
+    id: Option<FrameText>,
+    /// When the call began (its deadline counts from here).
+    started: Instant,
+}
+
+/// A pool call started: what answering it takes once the plugin has (or
+/// its deadline has passed).
+pub struct Waiting {
+    entry: Arc<ActionEntry>,
+    id: Option<FrameText>,
+    started: Instant,
+    conn_id: u64,
+    /// Who it ran for, kept only to report a failure to listeners.
+    user: Option<Arc<str>>,
+    /// Where to report failures as lifecycle `error` events.
+    registry_events: Option<Arc<ServerState>>,
+}
+
+impl std::fmt::Debug for PoolCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolCall")
+            .field("action", &self.prepared.entry.path)
+            .field("id", &self.id.as_deref())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("action", &self.entry.path)
+            .field("id", &self.id.as_deref())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolCall {
+    /// When the call's deadline passes: its action's timeout after it
+    /// began (`None`: a timeout beyond what an `Instant` holds, none).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.started.checked_add(self.prepared.entry.timeout)
+    }
+
+    /// Hands the call to the action pool, its answer to go to `reply`; a
+    /// success's body comes after room for its reply's head (see
+    /// [`reply_room`]). Both call slots stay with the thread: a call past
+    /// its deadline still occupies them until the plugin returns, so a
+    /// client calling an action that hangs uses up its own connection's
+    /// slots, not the whole server's.
+    pub(crate) fn start(self, reply: PendingReply) -> Waiting {
+        let PoolCall {
+            prepared:
+                PreparedCall {
+                    entry,
+                    conn_id,
+                    identity,
+                    connection_slot,
+                    server_slot,
+                    report_errors: _,
+                    registry_events,
+                    threads,
+                },
+            params,
+            id,
+            started,
         } = self;
-        let plugin_entry = Arc::clone(&entry);
-        // Who it ran for, kept only to report a failure to listeners.
         let user = registry_events
             .as_ref()
             .and(identity.as_ref())
             .map(|i| Arc::clone(&i.user));
-        // Both slots stay with the thread: a call past its deadline still
-        // occupies its slots until the plugin returns, so a client calling
-        // an action that hangs uses up its own connection's slots, not the
-        // whole server's.
-        let answer = invoke(Thread::Actions(&threads), deadline, move |pending| {
+        let reply = reply.leaving_room(reply_room(id.as_deref()));
+        let plugin_entry = Arc::clone(&entry);
+        threads.run(move || {
             let _slots = (server_slot, connection_slot);
             let params = params.as_deref().unwrap_or("null");
             let args = call_args(params, conn_id, identity.as_deref());
-            plugin_entry
-                .plugin
-                .call(plugin_entry.index, &args, pending.leaving_room(room));
+            plugin_entry.plugin.call(plugin_entry.index, &args, reply);
+        });
+        Waiting {
+            entry,
+            id,
+            started,
+            conn_id,
+            user,
+            registry_events,
+        }
+    }
+
+    /// Starts the call, and waits for its answer under its deadline: its
+    /// reply (`None` for a notification).
+    pub fn into_future(self) -> BoxFuture<'static, Option<String>> {
+        let deadline = Deadline::starting(self.started, self.prepared.entry.timeout);
+        let (reply, answer) = PendingReply::new();
+        let waiting = self.start(reply);
+        Box::pin(async move {
+            let answer = Asked::awaited(answer).answer(deadline).await;
+            waiting.answered(answer)
         })
-        .await;
-        let outcome = interpret(&entry, answer);
-        record(&entry.metrics, started, &outcome);
-        if let (Some(state), Err(CallError::Rpc(error))) = (&registry_events, &outcome)
+    }
+}
+
+impl Waiting {
+    /// The call's reply (`None` for a notification) to the plugin's
+    /// `answer`; its outcome is counted, and a failure reported to
+    /// lifecycle listeners.
+    pub(crate) fn answered(self, answer: Result<Answered, PluginFault>) -> Option<String> {
+        // A span per call only when debug logging wants it.
+        let _span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+            tracing::debug_span!(
+                "call",
+                method = &*self.entry.path,
+                id = self.id.as_deref(),
+                generation = self.entry.plugin.generation
+            )
+            .entered()
+        });
+        let outcome = interpret(&self.entry, answer);
+        record(&self.entry.metrics, self.started, &outcome);
+        if let (Some(state), Err(CallError::Rpc(error))) = (&self.registry_events, &outcome)
             && matches!(error.code, ErrorCode::Timeout | ErrorCode::ActionFailed)
         {
+            let path = &self.entry.path;
             lifecycle::emit(
                 &state.registry,
                 lifecycle::ERROR,
-                conn_id,
-                user.as_ref(),
-                || serde_json::json!({"error": error.message, "code": error.code.code(), "action": entry.path}),
+                self.conn_id,
+                self.user.as_ref(),
+                || serde_json::json!({"error": error.message, "code": error.code.code(), "action": path}),
             );
         }
-        outcome
+        tracing::debug!(ok = outcome.is_ok(), "answered");
+        reply(self.id.as_deref(), outcome)
+    }
+
+    /// The reply of a call whose deadline has passed.
+    pub fn timed_out(self) -> Option<String> {
+        let after: Duration = self.entry.timeout;
+        self.answered(Err(PluginFault::TimedOut(after)))
     }
 }
 
@@ -672,4 +717,4 @@ fn action_error(path: &str, body: Vec<u8>) -> CallError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

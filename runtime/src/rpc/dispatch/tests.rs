@@ -18,8 +18,10 @@ use serde_json::Value;
 const PLUGIN: &str =
     "name=t version=1 actions=t/echo!,t/refuse!,t/panic!,t/garbage!,t/hang!@50,t/private code=1";
 
-struct Server {
-    state: Arc<ServerState>,
+/// A server over the fake plugin, and the folders it lives in.
+pub(crate) struct Server {
+    /// Its state.
+    pub(crate) state: Arc<ServerState>,
     _folders: (tempfile::TempDir, tempfile::TempDir),
 }
 
@@ -27,11 +29,15 @@ struct Server {
 const INLINE_PLUGIN: &str =
     "name=t version=1 actions=t/echo!~,t/refuse!~,t/panic!~,t/garbage!~,t/hang!~@50 code=1";
 
-fn server(max_inflight_per_connection: usize) -> Server {
+/// A server over [`PLUGIN`], allowing each connection
+/// `max_inflight_per_connection` running calls.
+pub(crate) fn server(max_inflight_per_connection: usize) -> Server {
     server_of(PLUGIN, max_inflight_per_connection)
 }
 
-fn server_of(plugin: &str, max_inflight_per_connection: usize) -> Server {
+/// A server over `plugin` (the fake plugin's description), allowing
+/// each connection `max_inflight_per_connection` running calls.
+pub(crate) fn server_of(plugin: &str, max_inflight_per_connection: usize) -> Server {
     let (registry, _loader, dir, shadow) = registry(&[("t", plugin)]);
     let config = Config {
         max_inflight_per_connection,
@@ -50,7 +56,8 @@ fn server_of(plugin: &str, max_inflight_per_connection: usize) -> Server {
     }
 }
 
-fn session(state: &ServerState, user: Option<&str>) -> Session {
+/// A connection's session, signed in as `user` if given.
+pub(crate) fn session(state: &ServerState, user: Option<&str>) -> Session {
     let identity = user
         .map(|user| Identity::for_test(user, None))
         .map(Arc::new);
@@ -81,11 +88,13 @@ async fn call(state: &Arc<ServerState>, session: &mut Session, request: &str) ->
     let reply = match start(state, session, request).await {
         Dispatched::Ready(reply) => reply,
         Dispatched::Running(reply) => reply.await,
+        Dispatched::Pool(call) => call.into_future().await,
     };
     reply.map(|r| serde_json::from_str(&r).expect("replies are JSON"))
 }
 
-fn request(method: &str, params: &str) -> String {
+/// A request with id 7.
+pub(crate) fn request(method: &str, params: &str) -> String {
     format!(r#"{{"jsonrpc":"2.0","id":7,"method":"{method}","params":{params}}}"#)
 }
 
@@ -169,10 +178,10 @@ async fn built_ins_answer_at_once_and_a_notification_gets_no_reply() {
     let ping = start(&s.state, &mut session, &request("rpc.ping", "null")).await;
     assert!(matches!(ping, Dispatched::Ready(Some(ref r)) if r.contains(r#""result":"pong""#)));
     let notification = r#"{"jsonrpc":"2.0","method":"t/echo","params":[1]}"#;
-    let Dispatched::Running(reply) = start(&s.state, &mut session, notification).await else {
+    let Dispatched::Pool(call) = start(&s.state, &mut session, notification).await else {
         panic!("an action runs even when nobody waits for its reply");
     };
-    assert_eq!(reply.await, None);
+    assert_eq!(call.into_future().await, None);
 }
 
 #[tokio::test]
@@ -180,9 +189,10 @@ async fn a_connection_past_its_running_calls_is_refused_without_waiting() {
     let s = server(1);
     let mut session = session(&s.state, None);
     let hung = start(&s.state, &mut session, &request("t/hang", "null")).await;
-    let Dispatched::Running(hung) = hung else {
+    let Dispatched::Pool(hung) = hung else {
         panic!("the first call runs");
     };
+    let hung = hung.into_future();
     let second = start(&s.state, &mut session, &request("t/echo", "[1]")).await;
     assert!(
         matches!(second, Dispatched::Ready(Some(ref r)) if r.contains("-32006")),
@@ -194,16 +204,10 @@ async fn a_connection_past_its_running_calls_is_refused_without_waiting() {
 
 /// Dispatches one request as a connection's fast path does (actions only),
 /// with the frame as tungstenite delivers it.
-fn start_now(state: &Arc<ServerState>, session: &mut Session, request: &str) -> Dispatched {
-    start_now_for(state, session, request, &mut Keeper::Awaiter)
-}
-
-/// As [`start_now`], for `keeper`, which the dispatch may change.
-fn start_now_for(
+pub(crate) fn start_now(
     state: &Arc<ServerState>,
     session: &mut Session,
     request: &str,
-    keeper: &mut Keeper,
 ) -> Dispatched {
     let frame = tokio_tungstenite::tungstenite::Utf8Bytes::from(request.to_owned());
     let Frame::Single(Ok(envelope)) = parse_frame(frame.as_str(), 10) else {
@@ -216,7 +220,7 @@ fn start_now_for(
         session,
         &envelope,
         FrameSource::Text(&frame),
-        (&mut clock, keeper),
+        &mut clock,
     )
     .expect("an action call is taken at once");
     if matches!(dispatched, Dispatched::Ready(_)) {
@@ -272,42 +276,24 @@ async fn an_inline_action_answers_at_once_or_later_with_the_calls_id() {
             &mut session,
             &envelope,
             FrameSource::Text(&frame),
-            (&mut clock, &mut Keeper::Awaiter)
+            &mut clock
         )
         .is_none()
     );
 }
 
 #[tokio::test]
-async fn only_a_call_whose_wait_relies_on_the_sweep_stays_kept_by_the_running_set() {
+async fn a_pool_call_is_left_to_start_with_its_deadline_from_the_call() {
     let s = server(8);
     let mut session = session(&s.state, Some("u"));
-    let kept_by = |session: &mut Session, request: &str| {
-        let mut keeper = Keeper::RunningSet;
-        let dispatched = start_now_for(&s.state, session, request, &mut keeper);
-        assert!(matches!(dispatched, Dispatched::Running(_)), "{request}");
-        keeper
+    let before = Instant::now();
+    let Dispatched::Pool(call) = start_now(&s.state, &mut session, &request("t/hang", "null"))
+    else {
+        panic!("a pool action's call is left to start");
     };
-    // The server's default deadline (30 s) is swept.
-    assert_eq!(
-        kept_by(&mut session, &request("t/echo", "[1]")),
-        Keeper::RunningSet
-    );
-    // One of 50 ms keeps its own timer.
-    assert_eq!(
-        kept_by(&mut session, &request("t/hang", "null")),
-        Keeper::Awaiter
-    );
-    // So does an inline action answering later.
-    let inline = server_of(INLINE_PLUGIN, 8);
-    let mut inline_session = self::session(&inline.state, None);
-    let mut keeper = Keeper::RunningSet;
-    let dispatched = start_now_for(
-        &inline.state,
-        &mut inline_session,
-        &request("t/hang", "null"),
-        &mut keeper,
-    );
-    assert!(matches!(dispatched, Dispatched::Running(_)));
-    assert_eq!(keeper, Keeper::Awaiter);
+    let deadline = call.deadline().expect("a deadline");
+    assert!(deadline >= before + Duration::from_millis(50));
+    assert!(deadline <= Instant::now() + Duration::from_millis(50));
+    let reply: Value = serde_json::from_str(&call.into_future().await.expect("a reply")).unwrap();
+    assert_eq!(reply["error"]["code"], -32003);
 }

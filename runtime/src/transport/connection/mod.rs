@@ -27,7 +27,7 @@ use crate::auth::{Identity, ends_at_ms, now_millis, now_secs};
 use crate::lifecycle;
 use crate::rooms::hub::{CloseRequest, ConnFlow, ConnHandle, Outgoing};
 use crate::rooms::queue;
-use crate::rpc::dispatch::{Dispatched, Keeper, dispatch, dispatch_now, is_action_call};
+use crate::rpc::dispatch::{Dispatched, PoolCall, dispatch, dispatch_now, is_action_call};
 use crate::rpc::error::{ErrorCode, RpcError};
 use crate::rpc::protocol::{self, Envelope, Frame, FrameSource, Refusal};
 use crate::rpc::session::Session;

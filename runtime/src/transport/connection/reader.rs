@@ -144,22 +144,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             return Now::OverRate(error);
         }
         let mut clock = self.clock.unwrap_or_else(std::time::Instant::now);
-        // A call that finds others running, or a sweep set for calls just
-        // made, is kept by the running set's sweep; the first in a while
-        // keeps its own timer, so a client making one call at a time never
-        // wakes for a sweep.
-        let mut keeper = if self.running.is_quiet() {
-            Keeper::Awaiter
-        } else {
-            Keeper::RunningSet
-        };
-        let Some(dispatched) = dispatch_now(
-            &self.state,
-            &mut self.session,
-            &envelope,
-            frame,
-            (&mut clock, &mut keeper),
-        ) else {
+        let Some(dispatched) =
+            dispatch_now(&self.state, &mut self.session, &envelope, frame, &mut clock)
+        else {
             // Checked above: only actions come this way.
             return Now::Later;
         };
@@ -170,7 +157,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
             }
             Dispatched::Ready(Some(reply)) => self.write_now(reply),
             Dispatched::Ready(None) => Next::Continue,
-            Dispatched::Running(call) => self.run_off_task(call, keeper),
+            Dispatched::Running(call) => self.run_off_task(call),
+            Dispatched::Pool(call) => self.start_pool_call(call),
         };
         Now::Done(self.after_frame(next))
     }
@@ -241,7 +229,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
                 match dispatch(&self.state, &mut self.session, &envelope, frame, text).await {
                     Dispatched::Ready(Some(reply)) => self.write_ready(reply).await,
                     Dispatched::Ready(None) => Next::Continue,
-                    Dispatched::Running(call) => self.run_off_task(call, Keeper::Awaiter),
+                    Dispatched::Running(call) => self.run_off_task(call),
+                    Dispatched::Pool(call) => self.start_pool_call(call),
                 }
             }
             // Boxed: batches are rare, and their state would otherwise
@@ -309,7 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
                 .into_iter()
                 .filter_map(|a| match a {
                     Dispatched::Ready(reply) => reply,
-                    Dispatched::Running(_) => None,
+                    Dispatched::Running(_) | Dispatched::Pool(_) => None,
                 })
                 .collect();
             return if replies.is_empty() {
@@ -322,12 +311,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         let pending = answers.into_iter().map(|a| match a {
             Dispatched::Ready(reply) => Either::Left(future::ready(reply)),
             Dispatched::Running(call) => Either::Right(call),
+            Dispatched::Pool(call) => Either::Right(call.into_future()),
         });
         let batch = future::join_all(pending).map(|replies| {
             let replies: Vec<String> = replies.into_iter().flatten().collect();
             (!replies.is_empty()).then(|| protocol::join_batch(&replies))
         });
-        self.run_off_task(Box::pin(batch), Keeper::Awaiter)
+        self.run_off_task(Box::pin(batch))
     }
 }
 

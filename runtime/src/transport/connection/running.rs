@@ -1,29 +1,35 @@
-//! [`Running`]: the calls a connection answers off its task (on the action
-//! pool, or later by an inline action). The connection's task keeps them
-//! and polls them itself, with no task of their own: a call that ends
-//! wakes the connection, which then writes the replies of every call ended
-//! by then and flushes them once.
+//! [`Running`]: the calls a connection answers off its task: pool calls
+//! waiting for their plugins, and calls that are futures of their own (a
+//! batch, an inline action answering later, a room call in its lane). The
+//! connection's task keeps them and polls them itself, with no task of
+//! their own: a call that ends wakes the connection, which then writes the
+//! replies of every call ended by then and flushes them once.
 //!
-//! The set also sweeps its calls' deadlines. A call dispatched while the
-//! set is busy ([`Keeper::RunningSet`](crate::rpc::dispatch::Keeper)) is
-//! pushed as swept: it starts its deadline's timer only at its second
-//! poll, if it has not ended by then, and the set promises that second
-//! poll: a sweep polls every call again, woken or not, [`SWEPT_EVERY`]
-//! after the sweep was set, and sweeps go on while any swept call has been
-//! polled fewer than twice. The common call, answered within microseconds,
-//! never touches the timer wheel; one timer per connection, set once per
-//! sweep, stands in for one per call, and a connection left waiting on
-//! slow calls is swept no more once each has its timer.
+//! A pool call is not a future: it is started with its answer going to
+//! the set's [`Inbox`], and kept as what answering it takes
+//! ([`Waiting`]), under a key. One lock and one swap take every call
+//! ended since the last look. Their deadlines share one timer, set for
+//! the earliest: calls of one action come in deadline order, so the timer
+//! is set again only when it fires (the calls it was set for have long
+//! ended, usually) or a call with a shorter deadline comes. The common
+//! call, answered within microseconds, allocates nothing here and never
+//! touches the timer wheel.
 
-use crate::rpc::dispatch::SWEPT_EVERY;
+use crate::plugins::inbox::{CallKey, Ended, Inbox};
+use crate::plugins::invoke::{PluginFault, read};
+use crate::plugins::replies::PendingReply;
+use crate::rpc::dispatch::{PoolCall, Waiting};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::time::{Instant, Sleep};
+use std::time::Instant;
+use tokio::time::Sleep;
 
-/// A call (or a batch) answered off the task: its reply, or none (a
-/// notification).
+/// A call (or a batch) answered by a future of its own: its reply, or
+/// none (a notification).
 pub(super) type Call = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 /// A connection's calls answered off its task. Nothing is allocated until
@@ -31,71 +37,109 @@ pub(super) type Call = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 #[derive(Default)]
 pub(super) struct Running(Option<Box<Calls>>);
 
-/// The calls, and the sweep that polls them all.
+/// The calls.
 struct Calls {
-    set: FuturesUnordered<Kept>,
-    /// When the next sweep is due, while `sweep_set`.
-    sweep: Pin<Box<Sleep>>,
-    /// Whether `sweep` is set for a sweep to come.
-    sweep_set: bool,
-    /// Whether `sweep` has been polled (so will wake the task) since it
-    /// was last set, or moved to another task.
-    sweep_polled: bool,
+    /// Calls that are futures of their own.
+    set: FuturesUnordered<Call>,
+    /// Pool calls waiting for their plugins, by place.
+    places: Vec<Place>,
+    /// Places free to use again.
+    free: Vec<u32>,
+    /// Pool calls waiting.
+    waiting: usize,
+    /// The number the next pool call gets.
+    next_number: u32,
+    /// Where the plugins' completions come.
+    inbox: Arc<Inbox>,
+    /// Completions taken from the inbox, answered one per poll.
+    ended: VecDeque<Ended>,
+    /// Calls whose deadlines have passed, answered one per poll.
+    overdue: Vec<CallKey>,
+    /// The deadlines' timer, set for `timer_at` (none: not set).
+    timer: Option<Pin<Box<Sleep>>>,
+    /// When the timer fires; no waiting call's deadline is earlier.
+    timer_at: Option<Instant>,
+    /// Whether the timer has been polled (so will wake the task) since
+    /// it was last set, or moved to another task.
+    timer_polled: bool,
 }
 
-/// A call as the set keeps it: how often it has been polled, and whether
-/// the set owes it a second poll.
-struct Kept {
-    call: Call,
-    /// Pushed as swept: its deadline's timer starts at its second poll.
-    swept: bool,
-    /// Polls so far (counted to two).
-    polls: u8,
+/// One place in the table of waiting pool calls.
+struct Place {
+    /// The number of the call here (or last here).
+    number: u32,
+    /// The call, while it waits; and its deadline.
+    call: Option<(Waiting, Option<Instant>)>,
 }
 
-impl Future for Kept {
-    type Output = Option<String>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.polls = self.polls.saturating_add(1).min(2);
-        self.call.as_mut().poll(cx)
+impl Drop for Calls {
+    fn drop(&mut self) {
+        // Completions coming after this are dropped as they come.
+        self.inbox.close();
     }
 }
 
 impl Running {
-    /// Keeps `call` until it ends; `swept`: it was dispatched for the set
-    /// ([`Keeper::RunningSet`](crate::rpc::dispatch::Keeper)), and is owed
-    /// a second poll within [`SWEPT_EVERY`].
-    pub(super) fn push(&mut self, call: Call, swept: bool) {
-        let calls = self.0.get_or_insert_with(|| {
-            Box::new(Calls {
-                set: FuturesUnordered::new(),
-                sweep: Box::pin(tokio::time::sleep_until(Instant::now() + SWEPT_EVERY)),
-                sweep_set: swept,
-                sweep_polled: false,
-            })
-        });
-        if swept && !calls.sweep_set {
-            calls.set_sweep();
-        }
-        calls.set.push(Kept {
-            call,
-            swept,
-            polls: 0,
-        });
+    /// Keeps `call` until it ends.
+    pub(super) fn push(&mut self, call: Call) {
+        self.calls().set.push(call);
     }
 
-    /// Whether no call is running and no sweep is set: a call now is the
-    /// first in a while, and better keeps its own timer than sets a sweep.
-    pub(super) fn is_quiet(&self) -> bool {
-        self.0
-            .as_ref()
-            .is_none_or(|calls| calls.set.is_empty() && !calls.sweep_set)
+    /// Starts a pool call, its answer to come to this set.
+    pub(super) fn start(&mut self, call: PoolCall) {
+        let calls = self.calls();
+        let deadline = call.deadline();
+        let number = calls.next_number;
+        calls.next_number = number.wrapping_add(1);
+        let place = match calls.free.pop() {
+            Some(place) => place,
+            None => {
+                calls.places.push(Place { number, call: None });
+                // At most the connection's running calls (each holds a
+                // call slot until it is answered or times out): far below
+                // what a `u32` counts.
+                u32::try_from(calls.places.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let key = CallKey { place, number };
+        let waiting = call.start(PendingReply::into_inbox(Arc::clone(&calls.inbox), key));
+        if let Some(slot) = calls.places.get_mut(place as usize) {
+            *slot = Place {
+                number,
+                call: Some((waiting, deadline)),
+            };
+            calls.waiting += 1;
+        }
+        if let Some(deadline) = deadline
+            && calls.timer_at.is_none_or(|at| deadline < at)
+        {
+            calls.set_timer(deadline);
+        }
+    }
+
+    fn calls(&mut self) -> &mut Calls {
+        self.0.get_or_insert_with(|| {
+            Box::new(Calls {
+                set: FuturesUnordered::new(),
+                places: Vec::new(),
+                free: Vec::new(),
+                waiting: 0,
+                next_number: 0,
+                inbox: Arc::new(Inbox::default()),
+                ended: VecDeque::new(),
+                overdue: Vec::new(),
+                timer: None,
+                timer_at: None,
+                timer_polled: false,
+            })
+        })
     }
 
     /// Whether no call is running.
     pub(super) fn is_empty(&self) -> bool {
-        self.0.as_ref().is_none_or(|calls| calls.set.is_empty())
+        self.0
+            .as_ref()
+            .is_none_or(|calls| calls.set.is_empty() && calls.waiting == 0)
     }
 
     /// The answer of the next call to end; pending for ever while none
@@ -120,14 +164,12 @@ impl Running {
         let Some(calls) = self.0.as_deref_mut() else {
             return Poll::Pending;
         };
+        if let Some(answer) = calls.pool_answer(cx) {
+            return Poll::Ready(answer);
+        }
         if calls.set.is_empty() {
-            // Nothing to sweep: a sweep still set is let go (its timer may
-            // wake the task once more), so the next call finds the set
-            // quiet and keeps its own timer.
-            calls.sweep_set = false;
             return Poll::Pending;
         }
-        calls.sweep_when_due(cx);
         match calls.set.poll_next_unpin(cx) {
             Poll::Ready(Some(answer)) => Poll::Ready(answer),
             // Empty (checked above), or more ended than one poll
@@ -137,7 +179,7 @@ impl Running {
     }
 
     /// Lets go of the set while no call runs (a connection that stopped
-    /// calling pool actions keeps no memory for them).
+    /// calling actions keeps no memory for them).
     pub(super) fn free_if_idle(&mut self) {
         if self.is_empty() {
             self.0 = None;
@@ -145,14 +187,14 @@ impl Running {
     }
 
     /// The connection has ended: the calls still running finish on a task
-    /// of their own, their deadlines still swept. Their replies go
+    /// of their own, their deadlines still kept. Their replies go
     /// nowhere, but each is counted and timed as usual, reports its
     /// failure to lifecycle listeners, and frees its call slots when it
     /// ends, as if the client had stayed.
     pub(super) fn finish_detached(mut self) {
         if let Some(calls) = self.0.as_deref_mut() {
             // Polled again, to wake the new task, not this one.
-            calls.sweep_polled = false;
+            calls.timer_polled = false;
         }
         if !self.is_empty() {
             tokio::spawn(async move {
@@ -165,52 +207,116 @@ impl Running {
 }
 
 impl Calls {
-    /// Sets the next sweep, [`SWEPT_EVERY`] from now.
-    fn set_sweep(&mut self) {
-        self.sweep.as_mut().reset(Instant::now() + SWEPT_EVERY);
-        self.sweep_set = true;
-        self.sweep_polled = false;
+    /// The answer of a pool call that has ended (or passed its deadline)
+    /// by now, if any: `Some(None)` for a notification's.
+    fn pool_answer(&mut self, cx: &mut Context<'_>) -> Option<Option<String>> {
+        if self.waiting == 0 {
+            return None;
+        }
+        loop {
+            if let Some(key) = self.overdue.pop() {
+                if let Some((waiting, _)) = self.take_waiting(key) {
+                    return Some(waiting.timed_out());
+                }
+                continue;
+            }
+            if let Some((key, done)) = self.ended.pop_front() {
+                // A call that timed out already is answered; its late
+                // completion is dropped.
+                if let Some((waiting, _)) = self.take_waiting(key) {
+                    let answer = done.map_or(Err(PluginFault::NotAsked), read);
+                    return Some(waiting.answered(answer));
+                }
+                continue;
+            }
+            if self.waiting == 0 {
+                return None;
+            }
+            self.inbox.take_all(cx, &mut self.ended);
+            if !self.ended.is_empty() {
+                continue;
+            }
+            if !self.deadlines_passed(cx) {
+                return None;
+            }
+        }
     }
 
-    /// Polls the sweep's timer outside tokio's task budget: a poll the
-    /// budget refused would register no waker, and the timer is not
-    /// polled again until it has fired (a poll registers the task's waker
-    /// again, which cost more per call than the timers the sweep saves).
-    fn poll_sweep(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.sweep_polled = true;
-        Pin::new(&mut tokio::task::unconstrained(self.sweep.as_mut())).poll(cx)
+    /// The call waiting under `key`, taken out of its place.
+    fn take_waiting(&mut self, key: CallKey) -> Option<(Waiting, Option<Instant>)> {
+        let place = self.places.get_mut(key.place as usize)?;
+        if place.number != key.number {
+            return None;
+        }
+        let call = place.call.take()?;
+        self.free.push(key.place);
+        self.waiting -= 1;
+        Some(call)
     }
 
-    /// Sweeps if a sweep is due: every call is polled again at the set's
-    /// next poll, woken or not (each is taken out and put back, which
-    /// queues it to be polled), and the next sweep is set while a swept
-    /// call is still owed its second poll.
-    fn sweep_when_due(&mut self, cx: &mut Context<'_>) {
-        if !self.sweep_set || (self.sweep_polled && !self.sweep.is_elapsed()) {
-            return;
+    /// Sets the deadlines' timer for `at`.
+    fn set_timer(&mut self, at: Instant) {
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().reset(at.into()),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at.into()))),
         }
-        if self.poll_sweep(cx).is_pending() {
-            return;
+        self.timer_at = Some(at);
+        self.timer_polled = false;
+    }
+
+    /// Whether the deadlines' timer has fired: then the calls past their
+    /// deadlines are listed in `overdue`, and the timer set (and polled)
+    /// for the earliest deadline left.
+    fn deadlines_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let Some(timer) = self.timer.as_mut().filter(|_| self.timer_at.is_some()) else {
+                return false;
+            };
+            if self.timer_polled && !timer.is_elapsed() {
+                return false;
+            }
+            self.timer_polled = true;
+            // Polled outside tokio's task budget: a poll the budget refused
+            // would register no waker, and the timer would not be polled
+            // again until it fired.
+            if Pin::new(&mut tokio::task::unconstrained(timer.as_mut()))
+                .poll(cx)
+                .is_pending()
+            {
+                return false;
+            }
+            self.timer_at = None;
+            let now = Instant::now();
+            let mut earliest: Option<Instant> = None;
+            for (place, slot) in self.places.iter().enumerate() {
+                let Some((_, Some(deadline))) = &slot.call else {
+                    continue;
+                };
+                if *deadline <= now {
+                    self.overdue.push(CallKey {
+                        place: u32::try_from(place).unwrap_or(u32::MAX),
+                        number: slot.number,
+                    });
+                } else if earliest.is_none_or(|at| *deadline < at) {
+                    earliest = Some(*deadline);
+                }
+            }
+            if let Some(at) = earliest {
+                // Polled at the top: it wakes the task when it fires.
+                self.set_timer(at);
+            }
+            if !self.overdue.is_empty() {
+                return true;
+            }
         }
-        self.sweep_set = false;
-        if !self.set.iter().any(|kept| kept.swept && kept.polls < 2) {
-            // Every swept call has started its timer, or ended.
-            return;
-        }
-        for kept in std::mem::take(&mut self.set) {
-            self.set.push(kept);
-        }
-        self.set_sweep();
-        // Pending: polled so that it wakes the task.
-        let _ = self.poll_sweep(cx);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used)]
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
     use tokio::sync::oneshot;
 
@@ -226,9 +332,9 @@ mod tests {
         let (first_tx, first_rx) = oneshot::channel();
         let (second_tx, second_rx) = oneshot::channel();
         let (third_tx, third_rx) = oneshot::channel::<&'static str>();
-        running.push(call_answering(first_rx), false);
-        running.push(call_answering(second_rx), false);
-        running.push(call_answering(third_rx), false);
+        running.push(call_answering(first_rx));
+        running.push(call_answering(second_rx));
+        running.push(call_answering(third_rx));
         assert_eq!(running.answer_now().await, None, "none has ended yet");
         second_tx.send("second").ok();
         first_tx.send("first").ok();
@@ -251,7 +357,7 @@ mod tests {
     async fn the_wait_for_an_answer_ends_when_a_call_ends_later() {
         let mut running = Running::default();
         let (tx, rx) = oneshot::channel();
-        running.push(call_answering(rx), false);
+        running.push(call_answering(rx));
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             tx.send("late").ok();
@@ -269,7 +375,7 @@ mod tests {
             "no call runs: the wait never ends by itself"
         );
         let (tx, rx) = oneshot::channel();
-        running.push(call_answering(rx), false);
+        running.push(call_answering(rx));
         running.free_if_idle();
         assert!(running.0.is_some(), "a call runs: the set is kept");
         tx.send("done").ok();
@@ -283,172 +389,164 @@ mod tests {
         let mut running = Running::default();
         let (tx, rx) = oneshot::channel::<()>();
         let (ended_tx, ended_rx) = oneshot::channel();
-        running.push(
-            Box::pin(async move {
-                rx.await.ok();
-                ended_tx.send(()).ok();
-                None
-            }),
-            false,
-        );
+        running.push(Box::pin(async move {
+            rx.await.ok();
+            ended_tx.send(()).ok();
+            None
+        }));
         running.finish_detached();
         tx.send(()).ok();
         let ended = tokio::time::timeout(Duration::from_secs(10), ended_rx).await;
         assert!(matches!(ended, Ok(Ok(()))), "the call ran to its end");
     }
 
-    /// A call that finds nothing on its first poll and ends at its second,
-    /// never registering a waker: only a sweep polls it again.
-    fn call_ending_at_second_poll(polls: Arc<AtomicUsize>) -> Call {
-        Box::pin(std::future::poll_fn(move |_cx| {
-            if polls.fetch_add(1, Ordering::SeqCst) == 0 {
-                Poll::Pending
-            } else {
-                Poll::Ready(Some("swept".to_owned()))
-            }
-        }))
+    /// Starts a call of `method` on `running`, as a connection does.
+    fn start_pool_call(
+        running: &mut Running,
+        server: &crate::rpc::dispatch::tests::Server,
+        session: &mut crate::rpc::session::Session,
+        method: &str,
+        params: &str,
+    ) {
+        use crate::rpc::dispatch::{Dispatched, tests};
+        let request = tests::request(method, params);
+        let Dispatched::Pool(call) = tests::start_now(&server.state, session, &request) else {
+            panic!("{method} runs on the pool");
+        };
+        running.start(call);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_call_that_is_never_woken_is_polled_again_by_a_sweep() {
+    fn error_code(reply: Option<String>) -> Option<i64> {
+        let reply: serde_json::Value = serde_json::from_str(&reply?).ok()?;
+        reply["error"]["code"].as_i64()
+    }
+
+    #[tokio::test]
+    async fn pool_calls_are_answered_through_the_inbox() {
+        let server = crate::rpc::dispatch::tests::server(8);
+        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
         let mut running = Running::default();
-        let polls = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        running.push(call_ending_at_second_poll(Arc::clone(&polls)), true);
-        assert!(!running.is_quiet(), "a sweep is set");
-        assert_eq!(running.answer_now().await, None, "pending at first");
-        assert_eq!(polls.load(Ordering::SeqCst), 1);
-        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
-        assert_eq!(answer.ok(), Some(Some("swept".to_owned())));
-        // The clock is paused: it moves only to the next timer, so this is
-        // exactly when the sweep came.
-        let waited = started.elapsed();
-        assert!(
-            waited >= SWEPT_EVERY && waited <= SWEPT_EVERY + Duration::from_millis(2),
-            "{waited:?}"
+        for n in 0..3 {
+            start_pool_call(
+                &mut running,
+                &server,
+                &mut session,
+                "t/echo",
+                &format!("[{n}]"),
+            );
+        }
+        assert!(!running.is_empty());
+        let mut answered = vec![];
+        for _ in 0..3 {
+            let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
+            answered.push(answer.ok().flatten().expect("a reply"));
+        }
+        answered.sort();
+        assert_eq!(
+            answered,
+            (0..3)
+                .map(|n| format!(r#"{{"jsonrpc":"2.0","id":7,"result":[{n}]}}"#))
+                .collect::<Vec<_>>()
         );
         assert!(running.is_empty());
-        // A set emptied and used again keeps sweeping.
-        let polls = Arc::new(AtomicUsize::new(0));
-        running.push(call_ending_at_second_poll(Arc::clone(&polls)), true);
+        // The places are used again, under new numbers.
+        start_pool_call(&mut running, &server, &mut session, "t/echo", "[3]");
         let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
-        assert_eq!(answer.ok(), Some(Some("swept".to_owned())));
-        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        assert!(answer.ok().flatten().is_some_and(|r| r.contains("[3]")));
+        let calls = running.0.as_ref().expect("the set");
+        assert_eq!(calls.places.len(), 3);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_swept_call_first_polled_late_still_gets_its_second_poll() {
+    #[tokio::test]
+    async fn a_shorter_deadline_than_the_timers_sets_it_earlier() {
+        let server = crate::rpc::dispatch::tests::server(8);
+        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
         let mut running = Running::default();
-        let polls = Arc::new(AtomicUsize::new(0));
-        running.push(call_never_ending(Arc::clone(&polls)), true);
-        // Not polled at all until well past the sweep (a connection busy
-        // writing to a slow client): the overdue sweep is its first poll.
-        tokio::time::advance(3 * SWEPT_EVERY).await;
-        assert_eq!(running.answer_now().await, None);
-        assert_eq!(polls.load(Ordering::SeqCst), 1, "polled first by the sweep");
-        let waited = tokio::time::timeout(Duration::from_secs(1), running.next_answer()).await;
-        assert!(waited.is_err(), "the call never ends");
-        assert_eq!(polls.load(Ordering::SeqCst), 2, "then swept once more");
+        // The default deadline (30 s) sets the timer; the hang's 50 ms
+        // comes after it, and must time out long before.
+        start_pool_call(&mut running, &server, &mut session, "t/echo", "[1]");
+        let started = Instant::now();
+        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
+        let mut codes = vec![];
+        for _ in 0..2 {
+            let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
+            codes.push(error_code(answer.expect("an answer within 10 s")));
+        }
+        codes.sort();
+        assert_eq!(codes, [None, Some(-32003)]);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(running.is_empty());
+        // Its late completion, if it ever came, would name a call no
+        // longer waiting; a new call at the same place is answered as its
+        // own.
+        start_pool_call(&mut running, &server, &mut session, "t/echo", "[2]");
+        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
+        assert!(answer.ok().flatten().is_some_and(|r| r.contains("[2]")));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn calls_not_swept_set_no_sweep() {
+    #[tokio::test]
+    async fn calls_timed_out_one_after_another_each_get_their_reply() {
+        let server = crate::rpc::dispatch::tests::server(8);
+        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
         let mut running = Running::default();
-        let polls = Arc::new(AtomicUsize::new(0));
-        running.push(call_never_ending(Arc::clone(&polls)), false);
-        assert!(!sweep_set(&running), "only a swept call sets a sweep");
-        let waited = tokio::time::timeout(Duration::from_secs(1), running.next_answer()).await;
-        assert!(waited.is_err());
+        // Two calls of 50 ms deadlines, 20 ms apart: the timer fires for
+        // the first, then is set again (and must wake the task) for the
+        // second, with nothing else to wake it.
+        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
+        for _ in 0..2 {
+            let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
+            assert_eq!(
+                error_code(answer.expect("an answer within 10 s")),
+                Some(-32003)
+            );
+        }
+        assert!(running.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_timer_that_fires_for_a_call_answered_since_is_set_for_the_next() {
+        // An echo of 40 ms deadline sets the timer, and is answered at
+        // once; a hang of 100 ms comes after it (the timer is not moved
+        // later). The timer fires with nothing overdue, and is set again
+        // for the hang, with nothing else to wake the task.
+        let server = crate::rpc::dispatch::tests::server_of(
+            "name=t version=1 actions=t/echo!@40,t/refuse!,t/panic!,t/garbage!,t/hang!@100 code=1",
+            8,
+        );
+        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
+        let mut running = Running::default();
+        start_pool_call(&mut running, &server, &mut session, "t/echo", "[1]");
+        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
+        assert_eq!(error_code(answer.expect("the echo's reply")), None);
+        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
+        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
         assert_eq!(
-            polls.load(Ordering::SeqCst),
-            1,
-            "woken by nothing, polled once"
+            error_code(answer.expect("an answer within 10 s")),
+            Some(-32003)
         );
     }
 
     #[tokio::test]
-    async fn calls_left_running_are_still_swept_on_their_new_task() {
+    async fn pool_calls_left_waiting_when_the_connection_ends_still_time_out() {
+        let server = crate::rpc::dispatch::tests::server(8);
+        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
         let mut running = Running::default();
-        let polls = Arc::new(AtomicUsize::new(0));
-        let (ended_tx, ended_rx) = oneshot::channel();
-        let counted = Arc::clone(&polls);
-        let mut inner = call_ending_at_second_poll(counted);
-        let mut ended_tx = Some(ended_tx);
-        running.push(
-            Box::pin(std::future::poll_fn(move |cx| {
-                let answer = inner.as_mut().poll(cx);
-                if answer.is_ready()
-                    && let Some(tx) = ended_tx.take()
-                {
-                    tx.send(()).ok();
-                }
-                answer
-            })),
-            true,
-        );
-        assert_eq!(running.answer_now().await, None, "pending at first");
+        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
+        // Polled once here: the timer is registered with this task.
+        assert_eq!(running.answer_now().await, None);
+        let inbox = Arc::clone(&running.0.as_ref().expect("the set").inbox);
         running.finish_detached();
-        let ended = tokio::time::timeout(Duration::from_secs(10), ended_rx).await;
-        assert!(
-            matches!(ended, Ok(Ok(()))),
-            "swept and ended on the new task"
-        );
-        assert_eq!(polls.load(Ordering::SeqCst), 2);
-    }
-
-    /// Whether the set has a sweep to come.
-    fn sweep_set(running: &Running) -> bool {
-        running.0.as_ref().is_some_and(|calls| calls.sweep_set)
-    }
-
-    /// A call that never ends and registers no waker, counting its polls.
-    fn call_never_ending(polls: Arc<AtomicUsize>) -> Call {
-        Box::pin(std::future::poll_fn(move |_cx| {
-            polls.fetch_add(1, Ordering::SeqCst);
-            Poll::Pending
-        }))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn sweeps_stop_once_every_swept_call_has_had_its_second_poll() {
-        let mut running = Running::default();
-        let polls = Arc::new(AtomicUsize::new(0));
-        running.push(call_never_ending(Arc::clone(&polls)), true);
-        // The clock is paused: it runs on while the task waits, so a second
-        // is ten sweep periods.
-        let waited = tokio::time::timeout(Duration::from_secs(1), running.next_answer()).await;
-        assert!(waited.is_err(), "the call never ends");
-        assert_eq!(
-            polls.load(Ordering::SeqCst),
-            2,
-            "its first poll, then one sweep (its timer would start there), then none"
-        );
-        assert!(!sweep_set(&running), "no sweep is set any more");
-        let later = Arc::new(AtomicUsize::new(0));
-        running.push(call_never_ending(Arc::clone(&later)), true);
-        let waited = tokio::time::timeout(Duration::from_secs(1), running.next_answer()).await;
-        assert!(waited.is_err());
-        assert_eq!(later.load(Ordering::SeqCst), 2, "swept once after it came");
-        assert_eq!(
-            polls.load(Ordering::SeqCst),
-            3,
-            "the first call is swept along with it"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_set_found_empty_lets_its_sweep_go_and_is_quiet_again() {
-        let mut running = Running::default();
-        let polls = Arc::new(AtomicUsize::new(0));
-        running.push(call_ending_at_second_poll(Arc::clone(&polls)), true);
-        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
-        assert_eq!(answer.ok(), Some(Some("swept".to_owned())));
-        assert!(running.is_empty());
-        assert!(sweep_set(&running), "the sweep that ended it set the next");
-        assert_eq!(running.answer_now().await, None, "nothing runs");
-        assert!(
-            running.is_quiet(),
-            "a call made now keeps its own timer, and sets no sweep"
-        );
+        // The new task times the call out (polling the timer afresh, with
+        // its own waker), then ends, closing the inbox.
+        let started = Instant::now();
+        while !inbox.is_closed() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the detached call never timed out"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }

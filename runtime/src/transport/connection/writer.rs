@@ -244,10 +244,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     }
 
     /// Keeps a call (or batch) answered off the task until it ends; its
-    /// reply, if any, is written then. `keeper`: who the call was
-    /// dispatched for (the running set sweeps a call dispatched for it).
-    pub(super) fn run_off_task(&mut self, call: running::Call, keeper: Keeper) -> Next {
-        self.running.push(call, keeper == Keeper::RunningSet);
+    /// reply, if any, is written then.
+    pub(super) fn run_off_task(&mut self, call: running::Call) -> Next {
+        self.running.push(call);
+        Next::Continue
+    }
+
+    /// Starts a call on the action pool; its reply, if any, is written
+    /// when it ends.
+    pub(super) fn start_pool_call(&mut self, call: PoolCall) -> Next {
+        self.running.start(call);
         Next::Continue
     }
 }
