@@ -137,6 +137,12 @@ async fn run(state: &Arc<ServerState>, text: String, signed_in: bool) {
                     Err(_) => panic!("no reply within 5 s (the deadline is 200 ms): {text}"),
                 }
             }
+            Dispatched::Pool(call) => {
+                match tokio::time::timeout(Duration::from_secs(5), call.into_future()).await {
+                    Ok(reply) => reply,
+                    Err(_) => panic!("no reply within 5 s (the deadline is 200 ms): {text}"),
+                }
+            }
         };
         let is_call = envelope.id.is_some() && envelope.answer.is_none();
         match reply {

@@ -90,6 +90,11 @@ impl Inbox {
     pub(crate) fn is_closed(&self) -> bool {
         lock(&self.state).closed
     }
+
+    /// How many ends are queued.
+    pub(crate) fn queued(&self) -> usize {
+        lock(&self.state).ended.len()
+    }
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {

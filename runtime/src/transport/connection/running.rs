@@ -62,6 +62,9 @@ struct Calls {
     /// Whether the timer has been polled (so will wake the task) since
     /// it was last set, or moved to another task.
     timer_polled: bool,
+    /// Whether the next poll looks at `set` before the pool calls (the
+    /// two take turns, so a stream of either never holds up the other).
+    set_first: bool,
 }
 
 /// One place in the table of waiting pool calls.
@@ -95,9 +98,8 @@ impl Running {
             Some(place) => place,
             None => {
                 calls.places.push(Place { number, call: None });
-                // At most the connection's running calls (each holds a
-                // call slot until it is answered or times out): far below
-                // what a `u32` counts.
+                // At most the calls waiting at once (each within its
+                // deadline): far below what a `u32` counts.
                 u32::try_from(calls.places.len() - 1).unwrap_or(u32::MAX)
             }
         };
@@ -131,6 +133,7 @@ impl Running {
                 timer: None,
                 timer_at: None,
                 timer_polled: false,
+                set_first: false,
             })
         })
     }
@@ -164,18 +167,18 @@ impl Running {
         let Some(calls) = self.0.as_deref_mut() else {
             return Poll::Pending;
         };
+        let set_first = calls.set_first && !calls.set.is_empty();
+        calls.set_first = !calls.set_first;
+        if set_first && let Some(answer) = calls.set_answer(cx) {
+            return Poll::Ready(answer);
+        }
         if let Some(answer) = calls.pool_answer(cx) {
             return Poll::Ready(answer);
         }
-        if calls.set.is_empty() {
-            return Poll::Pending;
+        if !set_first && let Some(answer) = calls.set_answer(cx) {
+            return Poll::Ready(answer);
         }
-        match calls.set.poll_next_unpin(cx) {
-            Poll::Ready(Some(answer)) => Poll::Ready(answer),
-            // Empty (checked above), or more ended than one poll
-            // takes (the set woke the task to come back).
-            Poll::Ready(None) | Poll::Pending => Poll::Pending,
-        }
+        Poll::Pending
     }
 
     /// Lets go of the set while no call runs (a connection that stopped
@@ -207,10 +210,26 @@ impl Running {
 }
 
 impl Calls {
+    /// The answer of a call of `set` that has ended by now, if any.
+    fn set_answer(&mut self, cx: &mut Context<'_>) -> Option<Option<String>> {
+        if self.set.is_empty() {
+            return None;
+        }
+        match self.set.poll_next_unpin(cx) {
+            Poll::Ready(Some(answer)) => Some(answer),
+            // Empty (checked above), or more ended than one poll takes
+            // (the set woke the task to come back).
+            Poll::Ready(None) | Poll::Pending => None,
+        }
+    }
+
     /// The answer of a pool call that has ended (or passed its deadline)
-    /// by now, if any: `Some(None)` for a notification's.
+    /// by now, if any: `Some(None)` for a notification's. Deadlines are
+    /// checked before each answer, so a steady stream of answers never
+    /// holds up a call's timeout.
     fn pool_answer(&mut self, cx: &mut Context<'_>) -> Option<Option<String>> {
         if self.waiting == 0 {
+            self.drop_late_answers(cx);
             return None;
         }
         loop {
@@ -218,6 +237,9 @@ impl Calls {
                 if let Some((waiting, _)) = self.take_waiting(key) {
                     return Some(waiting.timed_out());
                 }
+                continue;
+            }
+            if self.deadlines_passed(cx) {
                 continue;
             }
             if let Some((key, done)) = self.ended.pop_front() {
@@ -233,13 +255,18 @@ impl Calls {
                 return None;
             }
             self.inbox.take_all(cx, &mut self.ended);
-            if !self.ended.is_empty() {
-                continue;
-            }
-            if !self.deadlines_passed(cx) {
+            if self.ended.is_empty() {
                 return None;
             }
         }
+    }
+
+    /// With no call waiting, whatever is in the inbox answers calls that
+    /// timed out: it is dropped now, not kept until the next call.
+    fn drop_late_answers(&mut self, cx: &mut Context<'_>) {
+        self.inbox.take_all(cx, &mut self.ended);
+        self.ended.clear();
+        self.overdue.clear();
     }
 
     /// The call waiting under `key`, taken out of its place.
@@ -286,7 +313,8 @@ impl Calls {
                 return false;
             }
             self.timer_at = None;
-            let now = Instant::now();
+            // The timer's clock (tokio's, which a test may pause).
+            let now = tokio::time::Instant::now().into_std();
             let mut earliest: Option<Instant> = None;
             for (place, slot) in self.places.iter().enumerate() {
                 let Some((_, Some(deadline))) = &slot.call else {
@@ -526,6 +554,42 @@ mod tests {
             error_code(answer.expect("an answer within 10 s")),
             Some(-32003)
         );
+    }
+
+    #[tokio::test]
+    async fn a_call_past_its_deadline_is_answered_before_answers_queued_after() {
+        let server = crate::rpc::dispatch::tests::server(16);
+        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
+        let mut running = Running::default();
+        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Past the hang's 50 ms deadline, eight answers queue up before
+        // the set is looked at: the timeout comes first all the same.
+        for n in 0..8 {
+            start_pool_call(
+                &mut running,
+                &server,
+                &mut session,
+                "t/echo",
+                &format!("[{n}]"),
+            );
+        }
+        let inbox = Arc::clone(&running.0.as_ref().expect("the set").inbox);
+        let started = Instant::now();
+        while inbox.queued() < 8 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the echoes never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let first = running.answer_now().await.expect("an answer now");
+        assert_eq!(error_code(first), Some(-32003));
+        for _ in 0..8 {
+            let answer = running.answer_now().await.expect("an echo's answer");
+            assert_eq!(error_code(answer), None);
+        }
+        assert!(running.is_empty());
     }
 
     #[tokio::test]
