@@ -28,7 +28,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What dispatching one request produced.
 pub enum Dispatched {
@@ -614,7 +614,7 @@ impl Waiting {
 
     /// The reply of a call whose deadline has passed.
     pub fn timed_out(self) -> Option<String> {
-        let after: Duration = self.entry.timeout;
+        let after = self.entry.timeout;
         self.answered(Err(PluginFault::TimedOut(after)))
     }
 }

@@ -11,6 +11,7 @@ use crate::limits::ConnectionLimits;
 use crate::plugins::registry::tests::registry;
 use crate::rpc::protocol::{Frame, parse_frame};
 use serde_json::Value;
+use std::time::Duration;
 
 /// The fake plugin's actions, by the behaviour of their index (see
 /// `plugins::fake`): echo, refuse, panic, not JSON, hang (50 ms
