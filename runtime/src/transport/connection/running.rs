@@ -428,20 +428,53 @@ mod tests {
         assert!(matches!(ended, Ok(Ok(()))), "the call ran to its end");
     }
 
-    /// Starts a call of `method` on `running`, as a connection does.
-    fn start_pool_call(
-        running: &mut Running,
-        server: &crate::rpc::dispatch::tests::Server,
-        session: &mut crate::rpc::session::Session,
-        method: &str,
-        params: &str,
-    ) {
-        use crate::rpc::dispatch::{Dispatched, tests};
-        let request = tests::request(method, params);
-        let Dispatched::Pool(call) = tests::start_now(&server.state, session, &request) else {
-            panic!("{method} runs on the pool");
-        };
-        running.start(call);
+    /// A running set over a server of the fake plugin, used as a
+    /// connection uses it.
+    struct Pool {
+        server: crate::rpc::dispatch::tests::Server,
+        session: crate::rpc::session::Session,
+        running: Running,
+    }
+
+    impl Pool {
+        /// Over the fake plugin's usual actions, `max_inflight` calls per
+        /// connection.
+        fn new(max_inflight: usize) -> Pool {
+            Pool::over(crate::rpc::dispatch::tests::server(max_inflight))
+        }
+
+        fn over(server: crate::rpc::dispatch::tests::Server) -> Pool {
+            let session = crate::rpc::dispatch::tests::session(&server.state, None);
+            Pool {
+                server,
+                session,
+                running: Running::default(),
+            }
+        }
+
+        /// Starts a call of `method`, as a connection does.
+        fn call(&mut self, method: &str, params: &str) {
+            use crate::rpc::dispatch::{Dispatched, tests};
+            let request = tests::request(method, params);
+            let Dispatched::Pool(call) =
+                tests::start_now(&self.server.state, &mut self.session, &request)
+            else {
+                panic!("{method} runs on the pool");
+            };
+            self.running.start(call);
+        }
+
+        /// The next answer, which must come within 10 s.
+        async fn answer(&mut self) -> Option<String> {
+            tokio::time::timeout(Duration::from_secs(10), self.running.next_answer())
+                .await
+                .expect("an answer within 10 s")
+        }
+
+        /// The set's inbox.
+        fn inbox(&self) -> Arc<Inbox> {
+            Arc::clone(&self.running.0.as_ref().expect("the set").inbox)
+        }
     }
 
     fn error_code(reply: Option<String>) -> Option<i64> {
@@ -451,23 +484,14 @@ mod tests {
 
     #[tokio::test]
     async fn pool_calls_are_answered_through_the_inbox() {
-        let server = crate::rpc::dispatch::tests::server(8);
-        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
-        let mut running = Running::default();
+        let mut pool = Pool::new(8);
         for n in 0..3 {
-            start_pool_call(
-                &mut running,
-                &server,
-                &mut session,
-                "t/echo",
-                &format!("[{n}]"),
-            );
+            pool.call("t/echo", &format!("[{n}]"));
         }
-        assert!(!running.is_empty());
+        assert!(!pool.running.is_empty());
         let mut answered = vec![];
         for _ in 0..3 {
-            let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
-            answered.push(answer.ok().flatten().expect("a reply"));
+            answered.push(pool.answer().await.expect("a reply"));
         }
         answered.sort();
         assert_eq!(
@@ -476,61 +500,50 @@ mod tests {
                 .map(|n| format!(r#"{{"jsonrpc":"2.0","id":7,"result":[{n}]}}"#))
                 .collect::<Vec<_>>()
         );
-        assert!(running.is_empty());
+        assert!(pool.running.is_empty());
         // The places are used again, under new numbers.
-        start_pool_call(&mut running, &server, &mut session, "t/echo", "[3]");
-        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
-        assert!(answer.ok().flatten().is_some_and(|r| r.contains("[3]")));
-        let calls = running.0.as_ref().expect("the set");
+        pool.call("t/echo", "[3]");
+        assert!(pool.answer().await.is_some_and(|r| r.contains("[3]")));
+        let calls = pool.running.0.as_ref().expect("the set");
         assert_eq!(calls.places.len(), 3);
     }
 
     #[tokio::test]
     async fn a_shorter_deadline_than_the_timers_sets_it_earlier() {
-        let server = crate::rpc::dispatch::tests::server(8);
-        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
-        let mut running = Running::default();
+        let mut pool = Pool::new(8);
         // The default deadline (30 s) sets the timer; the hang's 50 ms
         // comes after it, and must time out long before.
-        start_pool_call(&mut running, &server, &mut session, "t/echo", "[1]");
+        pool.call("t/echo", "[1]");
         let started = Instant::now();
-        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
+        pool.call("t/hang", "null");
         let mut codes = vec![];
         for _ in 0..2 {
-            let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
-            codes.push(error_code(answer.expect("an answer within 10 s")));
+            codes.push(error_code(pool.answer().await));
         }
         codes.sort();
         assert_eq!(codes, [None, Some(-32003)]);
         assert!(started.elapsed() >= Duration::from_millis(50));
-        assert!(running.is_empty());
+        assert!(pool.running.is_empty());
         // Its late completion, if it ever came, would name a call no
         // longer waiting; a new call at the same place is answered as its
         // own.
-        start_pool_call(&mut running, &server, &mut session, "t/echo", "[2]");
-        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
-        assert!(answer.ok().flatten().is_some_and(|r| r.contains("[2]")));
+        pool.call("t/echo", "[2]");
+        assert!(pool.answer().await.is_some_and(|r| r.contains("[2]")));
     }
 
     #[tokio::test]
     async fn calls_timed_out_one_after_another_each_get_their_reply() {
-        let server = crate::rpc::dispatch::tests::server(8);
-        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
-        let mut running = Running::default();
+        let mut pool = Pool::new(8);
         // Two calls of 50 ms deadlines, 20 ms apart: the timer fires for
         // the first, then is set again (and must wake the task) for the
         // second, with nothing else to wake it.
-        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
+        pool.call("t/hang", "null");
         tokio::time::sleep(Duration::from_millis(20)).await;
-        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
+        pool.call("t/hang", "null");
         for _ in 0..2 {
-            let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
-            assert_eq!(
-                error_code(answer.expect("an answer within 10 s")),
-                Some(-32003)
-            );
+            assert_eq!(error_code(pool.answer().await), Some(-32003));
         }
-        assert!(running.is_empty());
+        assert!(pool.running.is_empty());
     }
 
     #[tokio::test]
@@ -539,42 +552,27 @@ mod tests {
         // once; a hang of 100 ms comes after it (the timer is not moved
         // later). The timer fires with nothing overdue, and is set again
         // for the hang, with nothing else to wake the task.
-        let server = crate::rpc::dispatch::tests::server_of(
+        let mut pool = Pool::over(crate::rpc::dispatch::tests::server_of(
             "name=t version=1 actions=t/echo!@40,t/refuse!,t/panic!,t/garbage!,t/hang!@100 code=1",
             8,
-        );
-        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
-        let mut running = Running::default();
-        start_pool_call(&mut running, &server, &mut session, "t/echo", "[1]");
-        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
-        assert_eq!(error_code(answer.expect("the echo's reply")), None);
-        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
-        let answer = tokio::time::timeout(Duration::from_secs(10), running.next_answer()).await;
-        assert_eq!(
-            error_code(answer.expect("an answer within 10 s")),
-            Some(-32003)
-        );
+        ));
+        pool.call("t/echo", "[1]");
+        assert_eq!(error_code(pool.answer().await), None);
+        pool.call("t/hang", "null");
+        assert_eq!(error_code(pool.answer().await), Some(-32003));
     }
 
     #[tokio::test]
     async fn a_call_past_its_deadline_is_answered_before_answers_queued_after() {
-        let server = crate::rpc::dispatch::tests::server(16);
-        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
-        let mut running = Running::default();
-        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
+        let mut pool = Pool::new(16);
+        pool.call("t/hang", "null");
         tokio::time::sleep(Duration::from_millis(60)).await;
         // Past the hang's 50 ms deadline, eight answers queue up before
         // the set is looked at: the timeout comes first all the same.
         for n in 0..8 {
-            start_pool_call(
-                &mut running,
-                &server,
-                &mut session,
-                "t/echo",
-                &format!("[{n}]"),
-            );
+            pool.call("t/echo", &format!("[{n}]"));
         }
-        let inbox = Arc::clone(&running.0.as_ref().expect("the set").inbox);
+        let inbox = pool.inbox();
         let started = Instant::now();
         while inbox.queued() < 8 {
             assert!(
@@ -583,25 +581,23 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let first = running.answer_now().await.expect("an answer now");
+        let first = pool.running.answer_now().await.expect("an answer now");
         assert_eq!(error_code(first), Some(-32003));
         for _ in 0..8 {
-            let answer = running.answer_now().await.expect("an echo's answer");
+            let answer = pool.running.answer_now().await.expect("an echo's answer");
             assert_eq!(error_code(answer), None);
         }
-        assert!(running.is_empty());
+        assert!(pool.running.is_empty());
     }
 
     #[tokio::test]
     async fn pool_calls_left_waiting_when_the_connection_ends_still_time_out() {
-        let server = crate::rpc::dispatch::tests::server(8);
-        let mut session = crate::rpc::dispatch::tests::session(&server.state, None);
-        let mut running = Running::default();
-        start_pool_call(&mut running, &server, &mut session, "t/hang", "null");
+        let mut pool = Pool::new(8);
+        pool.call("t/hang", "null");
         // Polled once here: the timer is registered with this task.
-        assert_eq!(running.answer_now().await, None);
-        let inbox = Arc::clone(&running.0.as_ref().expect("the set").inbox);
-        running.finish_detached();
+        assert_eq!(pool.running.answer_now().await, None);
+        let inbox = pool.inbox();
+        std::mem::take(&mut pool.running).finish_detached();
         // The new task times the call out (polling the timer afresh, with
         // its own waker), then ends, closing the inbox.
         let started = Instant::now();
