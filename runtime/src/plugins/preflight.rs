@@ -11,7 +11,7 @@
 //! server's calls come first; one starved for [`STARVED_GRACE`] runs
 //! again at the server's priority.
 
-use super::check_process::{end, finish_if_exited};
+use super::check_process::{ChildProcess, end, finish};
 use super::refusal::RefusalKind;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -174,7 +174,7 @@ fn run_check(
     let (stdout, stderr) = match (drain(child.stdout.take()), drain(child.stderr.take())) {
         (Ok(stdout), Ok(stderr)) => (stdout, stderr),
         (Err(e), _) | (_, Err(e)) => {
-            end(&mut child);
+            end(child);
             return Err(PreflightError::Broken(format!(
                 "cannot start a thread to read its output: {e}"
             )));
@@ -182,11 +182,14 @@ fn run_check(
     };
     let started = Instant::now();
     let status = loop {
-        match finish_if_exited(&mut child) {
-            Ok(Some(status)) => break status,
+        match child.exit_status() {
+            Ok(Some(status)) => {
+                finish(child);
+                break status;
+            }
             Ok(None) => {}
             Err(e) => {
-                end(&mut child);
+                end(child);
                 return Err(PreflightError::Broken(format!("waiting for it: {e}")));
             }
         }
@@ -194,7 +197,7 @@ fn run_check(
         if priority == Priority::Background && elapsed >= STARVED_GRACE {
             let off_cpu = elapsed.saturating_sub(cpu_time(child.id()));
             if off_cpu >= STARVED_GRACE {
-                match end(&mut child) {
+                match end(child) {
                     // It finished just before it was killed.
                     Some(status) if status.signal().is_none() => break status,
                     _ => return Ok(Finished::Starved(off_cpu)),
@@ -202,7 +205,7 @@ fn run_check(
             }
         }
         if has_hung(child.id(), elapsed, timeout) {
-            end(&mut child);
+            end(child);
             return Ok(Finished::Ran(Err(PreflightError::Hung(timeout))));
         }
         std::thread::sleep(POLL);
@@ -319,7 +322,7 @@ pub const PARENT_ENV: &str = "SWITCHBOARD_PREFLIGHT_PARENT";
 /// value in [`NICE_ENV`]) and makes it die (SIGKILL) with the server thread
 /// that started it, so a server killed mid-preflight leaves no check
 /// process behind (one stuck in a hanging constructor would spin
-/// forever). That thread waits for the child, so it outlives it
+/// forever). That thread waits until the child has exited, so it outlives it
 /// otherwise. Done in the child rather than between fork and exec, which
 /// would cost the server a full `fork` instead of a `posix_spawn`.
 pub fn become_preflight_child() {
