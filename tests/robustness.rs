@@ -67,24 +67,36 @@ async fn get_from(source: [u8; 4], server: &Server, path: &str) -> (u16, String)
 /// `/status` read from `source`.
 async fn status_from(source: [u8; 4], server: &Server) -> Value {
     let (code, response) = get_from(source, server, "/status").await;
+    status_of(code, &response)
+}
+
+/// The `/status` document in a response, which must be a 200.
+fn status_of(code: u16, response: &str) -> Value {
     assert_eq!(code, 200, "{response}");
     let body = response.split_once("\r\n\r\n").unwrap().1;
     serde_json::from_str(body).unwrap()
 }
 
 /// Polls `/status` (from `source`) until `done` holds for it; fails
-/// after [`WAIT`] with the last one.
+/// after [`WAIT`] with the last one. The poll is itself a pending
+/// handshake: while a flood's places are still being given back it may
+/// be refused (503, `max_pending_handshakes`), and is then tried again.
 async fn wait_status(source: [u8; 4], server: &Server, what: &str, done: impl Fn(&Value) -> bool) {
     let start = Instant::now();
     loop {
-        let status = status_from(source, server).await;
-        if done(&status) {
-            return;
-        }
+        let (code, response) = get_from(source, server, "/status").await;
+        let last = if code == 503 && response.contains("max_pending_handshakes") {
+            response
+        } else {
+            let status = status_of(code, &response);
+            if done(&status) {
+                return;
+            }
+            format!("{:#}", status["bounds"])
+        };
         assert!(
             start.elapsed() < WAIT,
-            "timed out waiting for {what}; bounds: {:#}",
-            status["bounds"]
+            "timed out waiting for {what}; the last /status: {last}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
