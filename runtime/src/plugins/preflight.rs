@@ -322,9 +322,10 @@ pub const PARENT_ENV: &str = "SWITCHBOARD_PREFLIGHT_PARENT";
 /// value in [`NICE_ENV`]) and makes it die (SIGKILL) with the server thread
 /// that started it, so a server killed mid-preflight leaves no check
 /// process behind (one stuck in a hanging constructor would spin
-/// forever). That thread waits until the child has exited, so it outlives it
-/// otherwise. Done in the child rather than between fork and exec, which
-/// would cost the server a full `fork` instead of a `posix_spawn`.
+/// forever). That thread waits until the child has exited (another
+/// thread reaps it), so it outlives it otherwise. Done in the child
+/// rather than between fork and exec, which would cost the server a full
+/// `fork` instead of a `posix_spawn`.
 pub fn become_preflight_child() {
     let Some(server) = std::env::var(PARENT_ENV)
         .ok()
