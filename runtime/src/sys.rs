@@ -1,8 +1,8 @@
 //! The server's few direct calls into the C library, outside plugin
 //! loading: the open-file limit, handing freed memory back to the OS, who
 //! the server runs as, a thread's id and time spent waiting for a CPU
-//! (for the action pool's growth), and the action threads' scheduling
-//! policy.
+//! (for the action pool's growth), the action threads' scheduling
+//! policy, and a background thread's priority.
 //! Each `unsafe` block here says why it is sound.
 
 /// Raises this process's soft open-file limit to its hard limit (which an
@@ -70,6 +70,27 @@ pub fn thread_id() -> i32 {
 pub fn run_queue_wait_ns(tid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
     stat.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Lowers the calling thread's priority to nice `nice` (Linux gives each
+/// thread its own nice value, set through its id). For background work
+/// that must not take CPU from the calls on a saturated core: the thread
+/// that reaps preflight children. `false` where the kernel refused.
+pub fn lower_thread_priority(nice: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(tid) = libc::id_t::try_from(thread_id()) else {
+            return false;
+        };
+        // SAFETY: a plain system call on the calling thread; lowering a
+        // priority needs no privilege.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = nice;
+        false
+    }
 }
 
 /// Asks the kernel not to let the calling thread preempt others when it

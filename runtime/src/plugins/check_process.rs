@@ -14,10 +14,11 @@
 //! where the kernel flushes the child's `/proc` entries, and on a
 //! saturated core that flush was measured taking 20 s (2 of 30 reload
 //! storms): done on the watch thread it held back the next reload.
-//! Children wait for that thread in a queue of at most [`REAP_QUEUE`];
-//! each holds a pid (and counts towards the user's process limit) until
-//! it is reaped, so when the queue is full the next child is reaped
-//! where it ended, as before.
+//! That thread runs at nice [`REAPER_NICE`], so that such a flush takes
+//! little CPU from the calls. Children wait for it in a queue of at most
+//! [`REAP_QUEUE`]; each holds a pid (and counts towards the user's
+//! process limit) until it is reaped, so when the queue is full the next
+//! child is reaped where it ended, as before.
 
 use std::io;
 use std::process::{Child, ExitStatus};
@@ -148,6 +149,7 @@ fn reaper() -> Option<&'static mpsc::SyncSender<Child>> {
             let started = std::thread::Builder::new()
                 .name(REAPER_NAME.into())
                 .spawn(move || {
+                    crate::sys::lower_thread_priority(REAPER_NICE);
                     for mut child in children {
                         reap(&mut child, Reaper::Thread);
                     }
@@ -167,6 +169,13 @@ fn reaper() -> Option<&'static mpsc::SyncSender<Child>> {
 
 /// The name of the reaper thread.
 const REAPER_NAME: &str = "preflight-reap";
+
+/// The reaper thread's nice value. A slow flush keeps it on the CPU for
+/// seconds, in the kernel: at nice 0 it took about 60% of a saturated
+/// server core from the calls (`perf record` of that core during one);
+/// at nice 19 it gets the little CPU left over. An ordinary reap needs
+/// only microseconds of it.
+const REAPER_NICE: i32 = 19;
 
 /// Has `child` reaped on the reaper thread, or here if there is none or
 /// its queue is full.
@@ -366,6 +375,26 @@ mod tests {
         assert_eq!(state(pid), Some('Z'), "seen to exit, not yet reaped");
         finish(child);
         assert_eq!(reaped(pid).as_deref(), Some(REAPER_NAME));
+        assert_eq!(reaper_nice(), Some(REAPER_NICE), "the reaper runs niced");
+    }
+
+    /// The nice value of this process's reaper thread (field 19 of its
+    /// `stat`), if it runs.
+    fn reaper_nice() -> Option<i32> {
+        let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+        tasks.flatten().find_map(|task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if name.trim() != REAPER_NAME {
+                return None;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            stat.rsplit_once(") ")?
+                .1
+                .split_whitespace()
+                .nth(16)?
+                .parse()
+                .ok()
+        })
     }
 
     #[test]
