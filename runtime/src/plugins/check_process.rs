@@ -171,10 +171,9 @@ fn reaper() -> Option<&'static mpsc::SyncSender<Child>> {
 const REAPER_NAME: &str = "preflight-reap";
 
 /// The reaper thread's nice value. A slow flush keeps it on the CPU for
-/// seconds, in the kernel: at nice 0 it took about 60% of a saturated
-/// server core from the calls (`perf record` of that core during one);
-/// at nice 19 it gets the little CPU left over. An ordinary reap needs
-/// only microseconds of it.
+/// seconds, in the kernel: at nice 0 it took 63% of a saturated server
+/// core from the calls (`perf record` of that core during one), at nice
+/// 19 8%. An ordinary reap needs only microseconds of CPU.
 const REAPER_NICE: i32 = 19;
 
 /// Has `child` reaped on the reaper thread, or here if there is none or
