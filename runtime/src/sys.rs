@@ -74,8 +74,9 @@ pub fn run_queue_wait_ns(tid: i32) -> Option<u64> {
 
 /// Lowers the calling thread's priority to nice `nice` (Linux gives each
 /// thread its own nice value, set through its id). For background work
-/// that must not take CPU from the calls on a saturated core: the thread
-/// that reaps preflight children. `false` where the kernel refused.
+/// that must not take CPU from the calls on a saturated core: the
+/// preflight child and the thread that reaps it. `false` where the kernel
+/// refused.
 pub fn lower_thread_priority(nice: i32) -> bool {
     #[cfg(target_os = "linux")]
     {

@@ -340,8 +340,8 @@ pub fn become_preflight_child() {
             .and_then(|nice| nice.parse::<libc::c_int>().ok())
             .unwrap_or(0);
         if nice != 0 {
-            // SAFETY: a plain system call on this process.
-            let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+            // Its first thread, before any other starts (they inherit it).
+            crate::sys::lower_thread_priority(nice);
         }
         // SAFETY: plain system calls on this process.
         let armed = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == 0;
