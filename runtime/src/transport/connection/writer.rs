@@ -66,10 +66,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
                 Step::Wait(wait) => wait.await,
             },
             Held::After(incoming) => self.on_frame(incoming).next().await,
-            Held::Empty => return None,
+            Held::Empty => {
+                batch.recycle();
+                return None;
+            }
         };
         if batch.has_more() {
             self.batch = Some(batch);
+        } else {
+            batch.recycle();
         }
         Some(next)
     }
