@@ -11,6 +11,7 @@ use crate::plugins::Registry;
 use crate::rooms::broker::{Broker, LocalBroker};
 use crate::rooms::hub::Hub;
 use crate::rooms::{RoomLimits, Rooms};
+use crate::rpc::dispatch::PoolJob;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -33,7 +34,7 @@ pub struct ServerState {
     /// (`max_inflight_calls`).
     pub inflight: CallSlots,
     /// The threads actions run on.
-    pub action_threads: ActionThreads,
+    pub action_threads: ActionThreads<PoolJob>,
     /// When the server started.
     pub started: Instant,
     /// The bounds on connections in force (settings checked against the

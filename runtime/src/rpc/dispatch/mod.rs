@@ -10,7 +10,7 @@
 //! runs on the connection's own task instead, with no hand-off and no
 //! deadline.
 
-use crate::action_threads::ActionThreads;
+use crate::action_threads::{ActionThreads, Job};
 use crate::auth::Identity;
 use crate::call_slots::CallSlot;
 use crate::lifecycle;
@@ -392,7 +392,7 @@ struct PreparedCall {
     /// Where to report failures as lifecycle `error` events.
     registry_events: Option<Arc<ServerState>>,
     /// Where it runs.
-    threads: ActionThreads,
+    threads: ActionThreads<PoolJob>,
 }
 
 /// The action at `method`, if this connection may call it (it exists; the
@@ -483,6 +483,36 @@ pub struct PoolCall {
     started: Instant,
 }
 
+/// A call handed to the action pool: what its thread needs to run it.
+/// Queued as it is, not boxed (see [`crate::action_threads::Job`]).
+pub struct PoolJob {
+    entry: Arc<ActionEntry>,
+    params: Option<FrameText>,
+    conn_id: u64,
+    identity: Option<Arc<Identity>>,
+    reply: PendingReply,
+    /// The connection's and the server's call slots, held until the
+    /// plugin returns.
+    _slots: (CallSlot, CallSlot),
+}
+
+impl std::fmt::Debug for PoolJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolJob")
+            .field("action", &self.entry.path)
+            .field("conn_id", &self.conn_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Job for PoolJob {
+    fn run(self) {
+        let params = self.params.as_deref().unwrap_or("null");
+        let args = call_args(params, self.conn_id, self.identity.as_deref());
+        self.entry.plugin.call(self.entry.index, &args, self.reply);
+    }
+}
+
 /// A pool call started: what answering it takes once the plugin has (or
 /// its deadline has passed).
 pub struct Waiting {
@@ -549,12 +579,13 @@ impl PoolCall {
             .and(identity.as_ref())
             .map(|i| Arc::clone(&i.user));
         let reply = reply.leaving_room(reply_room(id.as_deref()));
-        let plugin_entry = Arc::clone(&entry);
-        threads.run(move || {
-            let _slots = (server_slot, connection_slot);
-            let params = params.as_deref().unwrap_or("null");
-            let args = call_args(params, conn_id, identity.as_deref());
-            plugin_entry.plugin.call(plugin_entry.index, &args, reply);
+        threads.run(PoolJob {
+            entry: Arc::clone(&entry),
+            params,
+            conn_id,
+            identity,
+            reply,
+            _slots: (server_slot, connection_slot),
         });
         Waiting {
             entry,
