@@ -56,7 +56,7 @@ const STALL_CHECK: Duration = Duration::from_millis(1);
 /// The server's pool runs one concrete type (a call handed over, see
 /// `rpc::dispatch`), so its queue holds the calls themselves and handing
 /// one over allocates nothing; boxed, each call cost an allocation and
-/// its free (2% of a pool call's instructions, callgrind). Any closure is
+/// its free (3.5% of a pool call's instructions, callgrind). Any closure is
 /// a job too, boxed or not.
 pub trait Job: Send + 'static {
     /// Does the work (on a pool thread).
