@@ -252,6 +252,27 @@ async fn unknown_methods_and_action_errors() {
 }
 
 #[tokio::test]
+async fn typed_results_of_every_size_come_back_whole() {
+    // A typed action's result is serialized on the plugin's stack while
+    // it fits and moves to the heap when it outgrows it: sizes around
+    // that edge (and far beyond), with escapes and multi-byte text, come
+    // back exactly as stored.
+    let server = ServerConfig::default().start();
+    let mut c = server.connect_as("alice").await;
+    // Each character takes 1.75 bytes on average as JSON: 250 to 310 of
+    // them straddle 512 bytes one by one.
+    for len in [0usize, 1, 1_000, 70_000].into_iter().chain(250..=310) {
+        let text: String = "é\"\\x".chars().cycle().take(len).collect();
+        let value = json!({"text": text, "n": len});
+        let key = format!("size-{len}");
+        let stored = c.call("kv/set", json!({"key": key, "value": value})).await;
+        assert!(stored.get("error").is_none(), "{stored}");
+        let reply = c.call("kv/get", json!({"key": key})).await;
+        assert_eq!(reply["result"], value, "a result of {len} characters");
+    }
+}
+
+#[tokio::test]
 async fn a_panicking_action_fails_alone_and_the_server_carries_on() {
     let server = ServerConfig::default().start();
     let mut c = server.connect_as("alice").await;

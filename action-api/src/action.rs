@@ -6,6 +6,7 @@ use crate::error::ActionError;
 use crate::handler::{FnHandler, Handler, Policy};
 use crate::hooks::{AuthRequest, Authenticated, Event, EventKind, JoinRequest};
 use crate::raw_reply::RawReply;
+use crate::reply_buffer::ReplyBuffer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
@@ -227,15 +228,17 @@ impl Reply {
     /// Answers the call with a result or an error.
     pub fn send<R: Serialize>(mut self, result: Result<R, ActionError>) {
         // Serialize before taking the handle: if `Serialize` panics, the
-        // handle is still here and `Drop` answers the caller.
+        // handle is still here and `Drop` answers the caller. A short
+        // result is written on the stack (the host copies it).
+        let mut json = ReplyBuffer::new();
         let encoded = result.and_then(|value| {
-            serde_json::to_vec(&value).map_err(|e| {
+            serde_json::to_writer(&mut json, &value).map_err(|e| {
                 ActionError::internal(format!("the action's result could not be serialized: {e}"))
             })
         });
         let Some(raw) = self.raw.take() else { return };
         match encoded {
-            Ok(json) => raw.ok(&json),
+            Ok(()) => raw.ok(json.as_bytes()),
             Err(err) => raw.error(&err),
         }
     }

@@ -60,6 +60,7 @@ mod hooks;
 mod host_api;
 mod host_ref;
 mod raw_reply;
+mod reply_buffer;
 
 pub use action::{Action, Plugin, Reply};
 pub use context::{Context, Logger};

@@ -29,7 +29,7 @@ impl RawReply {
     pub(crate) fn ok(self, json: &[u8]) {
         match self.host.complete_serialized {
             // SAFETY: as in `complete`; `json` is JSON (what
-            // `serde_json::to_vec` returned, or the call's own params,
+            // serde_json wrote, or the call's own params,
             // which the host checked), which is what `complete_serialized`
             // asks for.
             Some(complete) => unsafe { complete(self.handle, ByteView::of(json)) },
