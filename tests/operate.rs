@@ -563,6 +563,40 @@ async fn metrics_move_with_what_happens_and_labels_stay_bounded() {
     );
 }
 
+/// A pool call's latency in `/metrics` covers the whole call: calls that
+/// end together and are answered from one look at the connection's inbox
+/// (sharing one clock read) each count at least as long as the action ran.
+#[tokio::test]
+async fn a_pool_calls_recorded_latency_covers_the_action() {
+    let server = with_admin().start();
+    let scrape = || get(&server, "/metrics", Some(ADMIN)).1;
+    let before = scrape();
+    let mut ann = server.connect_as("ann").await;
+    const CALLS: u64 = 4;
+    const SLEEP_MS: u64 = 150;
+    for id in 1..=CALLS {
+        ann.send(&json!({"jsonrpc": "2.0", "id": id, "method": "echo/sleep", "params": {"ms": SLEEP_MS}}))
+            .await;
+    }
+    for _ in 0..CALLS {
+        let reply = ann.recv().await;
+        assert_eq!(reply["result"], json!({"slept": SLEEP_MS}), "{reply}");
+    }
+    let after = scrape();
+    let moved = |name: &str| {
+        sum(&after, name, r#"action="echo/sleep""#) - sum(&before, name, r#"action="echo/sleep""#)
+    };
+    assert_eq!(
+        moved("switchboard_call_duration_seconds_count"),
+        CALLS as f64
+    );
+    let seconds = moved("switchboard_call_duration_seconds_sum");
+    assert!(
+        seconds >= (CALLS * SLEEP_MS) as f64 / 1000.0,
+        "{CALLS} calls of {SLEEP_MS} ms recorded as {seconds} s in all"
+    );
+}
+
 /// A user's connections share one message allowance; another user is
 /// unaffected.
 #[tokio::test]

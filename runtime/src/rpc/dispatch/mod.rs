@@ -105,15 +105,25 @@ fn record(
     outcome: &Result<String, CallError>,
 ) -> Instant {
     let now = Instant::now();
+    record_ended(metrics, started, now, outcome);
+    now
+}
+
+/// [`record`] for a call that ended at `ended`.
+fn record_ended(
+    metrics: &ActionMetrics,
+    started: Instant,
+    ended: Instant,
+    outcome: &Result<String, CallError>,
+) {
     metrics.record(
-        now.saturating_duration_since(started),
+        ended.saturating_duration_since(started),
         match outcome {
             Ok(_) => Ok(()),
             Err(CallError::Rpc(error)) => Err(Some(error.code)),
             Err(CallError::Action(_)) => Err(None),
         },
     );
-    now
 }
 
 /// Builds the reply for a call's outcome (`None` for a notification).
@@ -605,16 +615,21 @@ impl PoolCall {
         let waiting = self.start(reply);
         Box::pin(async move {
             let answer = Asked::awaited(answer).answer(deadline).await;
-            waiting.answered(answer)
+            waiting.answered(answer, Instant::now())
         })
     }
 }
 
 impl Waiting {
     /// The call's reply (`None` for a notification) to the plugin's
-    /// `answer`; its outcome is counted, and a failure reported to
-    /// lifecycle listeners.
-    pub(crate) fn answered(self, answer: Result<Answered, PluginFault>) -> Option<String> {
+    /// `answer`, taken at `ended` (the calls a connection takes from its
+    /// inbox together share one clock read); its outcome is counted, and
+    /// a failure reported to lifecycle listeners.
+    pub(crate) fn answered(
+        self,
+        answer: Result<Answered, PluginFault>,
+        ended: Instant,
+    ) -> Option<String> {
         // A span per call only when debug logging wants it.
         let _span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
             tracing::debug_span!(
@@ -626,7 +641,7 @@ impl Waiting {
             .entered()
         });
         let outcome = interpret(&self.entry, answer);
-        record(&self.entry.metrics, self.started, &outcome);
+        record_ended(&self.entry.metrics, self.started, ended, &outcome);
         if let (Some(state), Err(CallError::Rpc(error))) = (&self.registry_events, &outcome)
             && matches!(error.code, ErrorCode::Timeout | ErrorCode::ActionFailed)
         {
@@ -646,7 +661,7 @@ impl Waiting {
     /// The reply of a call whose deadline has passed.
     pub fn timed_out(self) -> Option<String> {
         let after = self.entry.timeout;
-        self.answered(Err(PluginFault::TimedOut(after)))
+        self.answered(Err(PluginFault::TimedOut(after)), Instant::now())
     }
 }
 

@@ -53,6 +53,9 @@ struct Calls {
     inbox: Arc<Inbox>,
     /// Completions taken from the inbox, answered one per poll.
     ended: VecDeque<Ended>,
+    /// When they were taken: the end of each of their calls, for its
+    /// action's latency (one clock read for all of them).
+    taken_at: Option<Instant>,
     /// Calls whose deadlines have passed, answered one per poll.
     overdue: Vec<CallKey>,
     /// The deadlines' timer, set for `timer_at` (none: not set).
@@ -129,6 +132,7 @@ impl Running {
                 next_number: 0,
                 inbox: Arc::new(Inbox::default()),
                 ended: VecDeque::new(),
+                taken_at: None,
                 overdue: Vec::new(),
                 timer: None,
                 timer_at: None,
@@ -247,7 +251,8 @@ impl Calls {
                 // completion is dropped.
                 if let Some((waiting, _)) = self.take_waiting(key) {
                     let answer = done.map_or(Err(PluginFault::NotAsked), read);
-                    return Some(waiting.answered(answer));
+                    let ended = *self.taken_at.get_or_insert_with(Instant::now);
+                    return Some(waiting.answered(answer, ended));
                 }
                 continue;
             }
@@ -258,6 +263,7 @@ impl Calls {
             if self.ended.is_empty() {
                 return None;
             }
+            self.taken_at = Some(Instant::now());
         }
     }
 
