@@ -49,9 +49,7 @@ impl ReplyBuffer {
         // `MaybeUninit<u8>` has `u8`'s layout.
         unsafe { std::slice::from_raw_parts(written.as_ptr().cast::<u8>(), written.len()) }
     }
-}
 
-impl ReplyBuffer {
     /// Writes `bytes` on the heap: the stack is full, or was.
     #[cold]
     #[inline(never)]
