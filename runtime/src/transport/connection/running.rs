@@ -251,7 +251,7 @@ impl Calls {
                 // completion is dropped.
                 if let Some((waiting, _)) = self.take_waiting(key) {
                     let answer = done.map_or(Err(PluginFault::NotAsked), read);
-                    let ended = *self.taken_at.get_or_insert_with(Instant::now);
+                    let ended = self.taken_at.unwrap_or_else(Instant::now);
                     return Some(waiting.answered(answer, ended));
                 }
                 continue;
