@@ -14,6 +14,7 @@ use crate::transport::connection::{self, Outbound, Speaks};
 use crate::transport::read_ahead::ReadAhead;
 pub use crate::transport::response::Body;
 use crate::transport::response::{respond, text};
+use crate::transport::websocket::WebSocket;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,9 +23,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -266,12 +266,7 @@ impl Routes {
                 }
             };
             let config = ws_config(state.config.max_message_bytes);
-            let ws = WebSocketStream::from_raw_socket(
-                ReadAhead::new(TokioIo::new(upgraded)),
-                Role::Server,
-                Some(config),
-            )
-            .await;
+            let ws = WebSocket::server(ReadAhead::new(TokioIo::new(upgraded)), config);
             crate::metrics::global().connection_opened();
             let user = identity.as_ref().map(|i| Arc::clone(&i.user));
             lifecycle::emit(

@@ -13,6 +13,8 @@
 //!   the client's address behind a trusted reverse proxy;
 //! - [`read_ahead`]: socket reads in large gulps through a per-thread
 //!   buffer, so an idle connection holds no read buffer;
+//! - [`websocket`]: tungstenite on the async socket, for a connection
+//!   served by one task;
 //! - [`connection`]: one task per WebSocket: reads frames, hands them to
 //!   [`crate::rpc`], writes replies and pushes in bursts.
 
@@ -29,3 +31,4 @@ pub mod response;
 pub mod static_files;
 pub mod tls;
 pub mod token_endpoint;
+pub mod websocket;

@@ -33,6 +33,7 @@ use crate::rpc::protocol::{self, Envelope, Frame, FrameSource, Refusal};
 use crate::rpc::session::Session;
 use crate::state::ServerState;
 use crate::transport::read_ahead::ReadState;
+use crate::transport::websocket::WebSocket;
 use bytes::Bytes;
 use futures_util::future::{self, Either};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -42,7 +43,6 @@ use std::time::Duration;
 use timers::{Beat, Timer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep, timeout};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -96,7 +96,7 @@ pub enum Speaks {
 /// connection costs the size of this future's largest state; spawn it as
 /// a task of its own rather than await it inside another.
 pub fn serve<S>(
-    ws: WebSocketStream<S>,
+    ws: WebSocket<S>,
     state: Arc<ServerState>,
     session: Session,
     outbound: Outbound,
@@ -176,7 +176,7 @@ impl Outbound {
 }
 
 struct Connection<S> {
-    ws: WebSocketStream<S>,
+    ws: WebSocket<S>,
     state: Arc<ServerState>,
     session: Session,
     /// Handed to running calls; dropped at shutdown so the queue ends when
@@ -231,7 +231,7 @@ enum Next {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     fn new(
-        ws: WebSocketStream<S>,
+        ws: WebSocket<S>,
         state: Arc<ServerState>,
         mut session: Session,
         outbound: Outbound,

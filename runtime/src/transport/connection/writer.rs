@@ -85,7 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
         if self.ws.get_ref().drained() {
             return None;
         }
-        self.ws.next().now_or_never()
+        self.ws.next_now()
     }
 
     pub(super) async fn flush(&mut self) -> Next {
@@ -193,15 +193,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + ReadState> Connection<S> {
     }
 
     /// Whether the socket's sink takes a frame now, without waiting (it
-    /// does unless a write is stalled). Asked with a waker that wakes
-    /// nothing: a sink that is not ready is then written through the
-    /// general path, whose poll registers the task's own waker.
+    /// does unless a write is stalled). A sink that is not ready is then
+    /// written through the general path, which waits for it.
     pub(super) fn sink_ready_now(&mut self) -> bool {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        matches!(
-            Pin::new(&mut self.ws).poll_ready(&mut cx),
-            std::task::Poll::Ready(Ok(()))
-        )
+        self.ws.ready_now()
     }
 
     /// Buffers a reply for the next flush, at once: only right after
